@@ -1,0 +1,35 @@
+# Makefile for the qlater extension (PGXS)
+
+EXTENSION = qlater
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big = qlater
+OBJS = \
+	src/api.o \
+	src/args.o \
+	src/catalog.o \
+	src/handlers.o \
+	src/inflight.o \
+	src/job.o \
+	src/launcher.o \
+	src/qlater.o \
+	src/shmem.o \
+	src/worker.o
+PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
+
+DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+
+REGRESS = setup api args security
+REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# Treat every compiler warning as an error when asked: make WERROR=1
+ifdef WERROR
+override CFLAGS += -Werror
+endif

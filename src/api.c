@@ -1,0 +1,533 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *		SQL-callable functions: registration, enqueue, retry, cancel.
+ *
+ * Only these functions write qlater's tables.  Each one checks what the
+ * caller may do as the caller, then writes as the tables' owner (a local
+ * user-ID change, see catalog.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "api.h"
+#include "args.h"
+#include "catalog.h"
+#include "handlers.h"
+#include "qlater.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(qlater_register);
+PG_FUNCTION_INFO_V1(qlater_unregister);
+PG_FUNCTION_INFO_V1(qlater_enqueue);
+PG_FUNCTION_INFO_V1(qlater_retry);
+PG_FUNCTION_INFO_V1(qlater_cancel);
+PG_FUNCTION_INFO_V1(qlater_workers);
+PG_FUNCTION_INFO_V1(qlater_wake_launcher);
+
+/* the enqueue statement, prepared once per catalog generation */
+static SPIPlanPtr enqueue_plan = NULL;
+static uint32 enqueue_plan_generation = 0;
+
+/* whether this backend has made sure the launcher serves its database */
+static bool launcher_checked = false;
+
+/* ql_check_priority: raise an error for a priority out of range */
+void
+ql_check_priority(int32 priority)
+{
+	if (priority < QL_MIN_PRIORITY || priority > QL_MAX_PRIORITY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("priority %d is out of range", priority),
+				 errhint("A priority is between %d and %d; lower values run first.",
+						 QL_MIN_PRIORITY, QL_MAX_PRIORITY)));
+}
+
+/* ql_check_max_attempts: raise an error for a max_attempts below 1 */
+void
+ql_check_max_attempts(int32 max_attempts)
+{
+	if (max_attempts < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be at least 1, not %d", max_attempts)));
+}
+
+/* ql_check_queue_name: raise an error for an empty or overlong queue name */
+void
+ql_check_queue_name(const char *queue)
+{
+	if (queue[0] == '\0' || strlen(queue) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid queue name \"%s\"", queue),
+				 errhint("A queue name has 1 to %d bytes.", NAMEDATALEN - 1)));
+}
+
+/* ql_arg_not_null: raise an error if argument n of the call is NULL */
+static void
+ql_arg_not_null(FunctionCallInfo fcinfo, int n, const char *name)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/*
+ * ql_check_proc_owner: raise an error unless the current user owns the
+ * function (superusers own everything).
+ */
+static void
+ql_check_proc_owner(Oid proc)
+{
+#if PG_VERSION_NUM >= 160000
+	if (!object_ownercheck(ProcedureRelationId, proc, GetUserId()))
+#else
+	if (!pg_proc_ownercheck(proc, GetUserId()))
+#endif
+		aclcheck_error(ACLCHECK_NOT_OWNER,
+					   get_func_prokind(proc) == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION,
+					   get_func_name(proc));
+}
+
+/*
+ * ql_is_admin: whether the current user sees and manages every role's jobs
+ * (superuser or member of qlater_admin).
+ */
+bool
+ql_is_admin(void)
+{
+	Oid			admin;
+
+	if (superuser())
+		return true;
+	admin = get_role_oid("qlater_admin", true);
+	return OidIsValid(admin) && is_member_of_role(GetUserId(), admin);
+}
+
+/*
+ * qlater_register(handler regprocedure, queue text, priority int,
+ *				   max_attempts int, timeout interval) returns void
+ */
+Datum
+qlater_register(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	Oid			proc;
+	char	   *queue;
+	int32		priority;
+	int32		max_attempts;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {TEXTOID, TEXTOID, INT4OID, INT4OID, INTERVALOID, NAMEOID};
+	QlUserSave	save;
+	char	   *query;
+
+	ql_arg_not_null(fcinfo, 0, "handler");
+	ql_arg_not_null(fcinfo, 1, "queue");
+	ql_arg_not_null(fcinfo, 2, "priority");
+	ql_arg_not_null(fcinfo, 3, "max_attempts");
+	proc = PG_GETARG_OID(0);
+	queue = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	priority = PG_GETARG_INT32(2);
+	max_attempts = PG_GETARG_INT32(3);
+
+	if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(proc)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", proc)));
+	ql_check_proc_owner(proc);
+	ql_check_handler_signature(proc);
+	ql_check_queue_name(queue);
+	ql_check_priority(priority);
+	ql_check_max_attempts(max_attempts);
+	if (!PG_ARGISNULL(4))
+	{
+		Interval   *t = PG_GETARG_INTERVAL_P(4);
+
+		if (t->month < 0 || t->day < 0 || t->time < 0 ||
+			(t->month == 0 && t->day == 0 && t->time == 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must be positive")));
+		values[4] = PG_GETARG_DATUM(4);
+	}
+	else
+		nulls[4] = 'n';
+
+	values[0] = CStringGetTextDatum(format_procedure_qualified(proc));
+	values[1] = CStringGetTextDatum(queue);
+	values[2] = Int32GetDatum(priority);
+	values[3] = Int32GetDatum(max_attempts);
+	values[5] = DirectFunctionCall1(namein,
+									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+
+	query = psprintf("INSERT INTO %s.qlater_handler AS h "
+					 "(handler, queue, priority, max_attempts, timeout, registered_by) "
+					 "VALUES ($1, $2, $3, $4, $5, $6) "
+					 "ON CONFLICT (handler) DO UPDATE SET queue = excluded.queue, "
+					 "priority = excluded.priority, max_attempts = excluded.max_attempts, "
+					 "timeout = excluded.timeout, registered_by = excluded.registered_by, "
+					 "registered_at = now()",
+					 c->schema_quoted);
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(query, 6, types, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not register job handler");
+	SPI_finish();
+	ql_restore_user(&save);
+	ql_handlers_changed();
+	PG_RETURN_VOID();
+}
+
+/* qlater_unregister(handler regprocedure) returns boolean */
+Datum
+qlater_unregister(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	Oid			proc = PG_GETARG_OID(0);
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	QlUserSave	save;
+	bool		found;
+
+	if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(proc)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", proc)));
+	ql_check_proc_owner(proc);
+	values[0] = CStringGetTextDatum(format_procedure_qualified(proc));
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_handler WHERE handler = $1",
+									   c->schema_quoted),
+							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not unregister job handler");
+	found = SPI_processed > 0;
+	SPI_finish();
+	ql_restore_user(&save);
+	if (found)
+		ql_handlers_changed();
+	PG_RETURN_BOOL(found);
+}
+
+/*
+ * ql_check_launcher: once per backend, make sure the launcher serves this
+ * database (a database copied from a template that has qlater was never
+ * announced by CREATE EXTENSION).
+ */
+static void
+ql_check_launcher(void)
+{
+	QlDatabase *db;
+	bool		active;
+
+	if (launcher_checked || ql_shared == NULL)
+		return;
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
+	db = ql_find_database(MyDatabaseId, false);
+	active = (db != NULL && db->state == QL_DB_ACTIVE);
+	LWLockRelease(ql_shared->lock);
+	if (!active)
+		ql_wake_launcher_at_commit();
+	launcher_checked = true;
+}
+
+/*
+ * ql_insert_job: write a job row as the tables' owner; returns its id.
+ * The caller has checked everything.
+ */
+int64
+ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
+			  Jsonb *args, int32 priority, TimestampTz run_at,
+			  int32 max_attempts, const Interval *timeout)
+{
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	QlUserSave	save;
+	int64		id;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = CStringGetTextDatum(signature);
+	values[2] = JsonbPGetDatum(args);
+	values[3] = Int32GetDatum(priority);
+	values[4] = TimestampTzGetDatum(run_at);
+	values[5] = Int32GetDatum(max_attempts);
+	if (timeout)
+		values[6] = IntervalPGetDatum(timeout);
+	else
+		nulls[6] = 'n';
+	values[7] = DirectFunctionCall1(namein,
+									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (enqueue_plan == NULL || enqueue_plan_generation != c->generation)
+	{
+		Oid			types[8] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
+		TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(psprintf("INSERT INTO %s.qlater_job "
+									"(queue, handler, args, priority, run_at, max_attempts, timeout, role) "
+									"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+									c->schema_quoted), 8, types);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		if (enqueue_plan)
+			SPI_freeplan(enqueue_plan);
+		enqueue_plan = plan;
+		enqueue_plan_generation = c->generation;
+	}
+	if (SPI_execute_plan(enqueue_plan, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not enqueue job");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	ql_restore_user(&save);
+
+	ql_check_launcher();
+	ql_wake_workers_at_commit(1);
+	return id;
+}
+
+/*
+ * qlater_enqueue(handler text, args jsonb, run_at timestamptz, queue text,
+ *				  priority int, max_attempts int) returns bigint
+ *
+ * Resolves the handler under the caller's search_path among registered
+ * handlers, checks EXECUTE and the arguments as the caller, and writes the
+ * job in the caller's transaction.  NULL options take the handler's
+ * registered defaults.
+ */
+Datum
+qlater_enqueue(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	char	   *name;
+	Oid			proc;
+	QlHandler  *h;
+	QlProcInfo *pi;
+	AclResult	aclresult;
+	Jsonb	   *args;
+	TimestampTz run_at;
+	char	   *queue;
+	int32		priority;
+	int32		max_attempts;
+	bool		has_timeout;
+	Interval	timeout;
+
+	ql_arg_not_null(fcinfo, 0, "handler");
+	ql_arg_not_null(fcinfo, 1, "args");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	args = PG_GETARG_JSONB_P(1);
+	run_at = PG_ARGISNULL(2) ? GetCurrentTransactionStartTimestamp() : PG_GETARG_TIMESTAMPTZ(2);
+
+	proc = ql_resolve_handler(name, &h);
+	/* copy what we need of h: the next lookup may reload the registry */
+	queue = PG_ARGISNULL(3) ? pstrdup(h->queue) : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	priority = PG_ARGISNULL(4) ? h->priority : PG_GETARG_INT32(4);
+	max_attempts = PG_ARGISNULL(5) ? h->max_attempts : PG_GETARG_INT32(5);
+	has_timeout = h->has_timeout;
+	timeout = h->timeout;
+
+	aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult,
+					   get_func_prokind(proc) == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION,
+					   get_func_name(proc));
+	ql_check_queue_name(queue);
+	ql_check_priority(priority);
+	ql_check_max_attempts(max_attempts);
+	if (TIMESTAMP_NOT_FINITE(run_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("run_at must be finite")));
+
+	pi = ql_procinfo(proc);
+	args = ql_args_normalize(pi, args);
+
+	PG_RETURN_INT64(ql_insert_job(c, queue, pi->signature, args, priority, run_at,
+								  max_attempts, has_timeout ? &timeout : NULL));
+}
+
+/*
+ * ql_lock_job_row: lock a job's row and return its role and dead flag.
+ * Returns false if there is no such job.  Raises an error if the job is
+ * another role's and the caller is no admin.  Caller is connected to SPI
+ * and acts as the owner.
+ */
+static bool
+ql_lock_job_row(const QlCatalog *c, int64 id, const QlUserSave *caller, bool *dead)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		isnull;
+	char	   *role;
+
+	values[0] = Int64GetDatum(id);
+	if (SPI_execute_with_args(psprintf("SELECT role, dead FROM %s.qlater_job "
+									   "WHERE id = $1 FOR UPDATE", c->schema_quoted),
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read job");
+	if (SPI_processed == 0)
+		return false;
+	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	*dead = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
+	/* the check is about the caller, not the owner we act as */
+	if (strcmp(role, GetUserNameFromId(caller->userid, false)) != 0)
+	{
+		Oid			admin = get_role_oid("qlater_admin", true);
+
+		if (!superuser_arg(caller->userid) &&
+			!(OidIsValid(admin) && is_member_of_role(caller->userid, admin)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for job %lld", (long long) id),
+					 errdetail("The job belongs to role \"%s\".", role),
+					 errhint("Only the job's role, superusers and members of qlater_admin may change it.")));
+	}
+	return true;
+}
+
+/* qlater_retry(id bigint) returns boolean: put a dead job back as pending */
+Datum
+qlater_retry(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	int64		id = PG_GETARG_INT64(0);
+	QlUserSave	save;
+	bool		dead;
+	bool		found;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	found = ql_lock_job_row(c, id, &save, &dead);
+	if (found)
+	{
+		if (!dead)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("job %lld is not dead", (long long) id),
+					 errhint("Only dead jobs can be retried.")));
+		values[0] = Int64GetDatum(id);
+		if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET dead = false, "
+										   "attempts = 0, crashes = 0, run_at = now() "
+										   "WHERE id = $1", c->schema_quoted),
+								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not retry job");
+		ql_wake_workers_at_commit(1);
+	}
+	SPI_finish();
+	ql_restore_user(&save);
+	PG_RETURN_BOOL(found);
+}
+
+/*
+ * qlater_cancel(id bigint) returns boolean: remove a job.  If a session
+ * holds its claim (a worker running it), that attempt is interrupted when
+ * this transaction commits; the worker then finds the job gone and rolls
+ * its work back.
+ */
+Datum
+qlater_cancel(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	int64		id = PG_GETARG_INT64(0);
+	QlUserSave	save;
+	bool		dead;
+	bool		found;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	found = ql_lock_job_row(c, id, &save, &dead);
+	if (found)
+	{
+		/* a claim we cannot take means the job is running */
+		if (!ql_try_claim(id, false))
+			ql_cancel_running_at_commit(id);
+		values[0] = Int64GetDatum(id);
+		if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_job WHERE id = $1",
+										   c->schema_quoted),
+								  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not cancel job");
+	}
+	SPI_finish();
+	ql_restore_user(&save);
+	PG_RETURN_BOOL(found);
+}
+
+/* qlater_workers(): one row per running worker */
+Datum
+qlater_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	ql_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < ql_shared->nslots; i++)
+	{
+		QlWorkerSlot *slot = &ql_shared->slots[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		pid_t		pid = slot->pid;
+		uint64		job = pg_atomic_read_u64(&slot->job_id);
+
+		if (pid == 0)
+			continue;
+		values[0] = Int32GetDatum(pid);
+		values[1] = ObjectIdGetDatum(slot->dboid);
+		values[2] = Int64GetDatum((int64) job);
+		nulls[2] = (job == 0);
+		values[3] = BoolGetDatum(pg_atomic_read_u32(&slot->idle) != 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * qlater_wake_launcher(): called by the install script, so that workers
+ * start in this database once CREATE EXTENSION commits.
+ */
+Datum
+qlater_wake_launcher(PG_FUNCTION_ARGS)
+{
+	if (ql_shared == NULL)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("qlater is not loaded via \"shared_preload_libraries\""),
+				 errhint("Add qlater to shared_preload_libraries and restart the server; "
+						 "until then no job runs.")));
+	else
+		ql_wake_launcher_at_commit();
+	PG_RETURN_VOID();
+}

@@ -1,0 +1,29 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.h
+ *		Checks and writes shared by the SQL-callable functions.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QLATER_API_H
+#define QLATER_API_H
+
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+
+#include "catalog.h"
+
+/* priorities: lower runs first */
+#define QL_MIN_PRIORITY		(-32768)
+#define QL_MAX_PRIORITY		32767
+
+extern void ql_check_priority(int32 priority);
+extern void ql_check_max_attempts(int32 max_attempts);
+extern void ql_check_queue_name(const char *queue);
+extern bool ql_is_admin(void);
+extern int64 ql_insert_job(const QlCatalog *c, const char *queue,
+						   const char *signature, Jsonb *args, int32 priority,
+						   TimestampTz run_at, int32 max_attempts,
+						   const Interval *timeout);
+
+#endif							/* QLATER_API_H */

@@ -1,0 +1,639 @@
+/*-------------------------------------------------------------------------
+ *
+ * args.c
+ *		Handler parameters and job arguments.
+ *
+ * A job's args are JSON: an array passes arguments by position, an object
+ * by name.  Each value becomes the declared parameter type through the
+ * type's input function (json and jsonb parameters take the value as is;
+ * JSON null is SQL NULL).  At enqueue every value is checked under the
+ * caller's settings; a value whose text could mean something else under
+ * other settings (dates, times, intervals, reg* types, ...) is stored in
+ * its canonical text, written under fixed settings that any reader parses
+ * the same way.  Values of other types are stored as given.
+ *
+ * Parameter information is cached per backend by function OID and dropped
+ * when pg_proc changes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "args.h"
+
+/* cache of QlProcInfo by OID, and of signature text to OID */
+typedef struct QlSignatureEntry
+{
+	char		signature[NAMEDATALEN * 4];	/* hash key */
+	Oid			oid;
+} QlSignatureEntry;
+
+static MemoryContext procinfo_cxt = NULL;
+static HTAB *procinfo_hash = NULL;
+static HTAB *signature_hash = NULL;
+static bool procinfo_stale = false;
+
+/* error context while a value is converted */
+typedef struct QlArgContext
+{
+	QlProcInfo *pi;
+	int			argno;
+} QlArgContext;
+
+/* ql_procinfo_invalidate: syscache callback for pg_proc and pg_type */
+static void
+ql_procinfo_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	procinfo_stale = true;
+}
+
+/*
+ * ql_procinfo_reset: (re)create the caches.  Called only at the start of a
+ * lookup, when no caller holds a pointer into them.
+ */
+static void
+ql_procinfo_reset(void)
+{
+	HASHCTL		ctl;
+
+	if (procinfo_cxt == NULL)
+	{
+		procinfo_cxt = AllocSetContextCreate(CacheMemoryContext,
+											 "qlater handler info",
+											 ALLOCSET_SMALL_SIZES);
+		CacheRegisterSyscacheCallback(PROCOID, ql_procinfo_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, ql_procinfo_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, ql_procinfo_invalidate, (Datum) 0);
+	}
+	else
+		MemoryContextReset(procinfo_cxt);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(QlProcInfo);
+	ctl.hcxt = procinfo_cxt;
+	procinfo_hash = hash_create("qlater handler info", 32, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAMEDATALEN * 4;
+	ctl.entrysize = sizeof(QlSignatureEntry);
+	ctl.hcxt = procinfo_cxt;
+	signature_hash = hash_create("qlater handler signatures", 32, &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	procinfo_stale = false;
+}
+
+static void
+ql_procinfo_check_cache(void)
+{
+	if (procinfo_hash == NULL || procinfo_stale)
+		ql_procinfo_reset();
+}
+
+/*
+ * ql_type_is_safe: true if the text of a value of this type means the same
+ * whatever the session's settings, so it can be stored as given.
+ */
+static bool
+ql_type_is_safe(Oid typid)
+{
+	Oid			base = getBaseType(typid);
+	Oid			elem;
+
+	switch (base)
+	{
+		case BOOLOID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+		case NUMERICOID:
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case NAMEOID:
+		case CHAROID:
+		case UUIDOID:
+		case JSONOID:
+		case JSONBOID:
+		case BYTEAOID:
+		case OIDOID:
+		case INETOID:
+		case CIDROID:
+		case MACADDROID:
+		case MACADDR8OID:
+		case BITOID:
+		case VARBITOID:
+		case XMLOID:
+			return true;
+		default:
+			break;
+	}
+	if (type_is_enum(base))
+		return true;
+	elem = get_element_type(base);
+	if (OidIsValid(elem))
+		return ql_type_is_safe(elem);
+	return false;
+}
+
+/*
+ * ql_procinfo: what a call of the function or procedure needs.  Raises an
+ * error if it does not exist.  The result stays valid until the next call
+ * of ql_procinfo or ql_signature_oid.
+ */
+QlProcInfo *
+ql_procinfo(Oid procoid)
+{
+	QlProcInfo *pi;
+	bool		found;
+	HeapTuple	tuple;
+	Form_pg_proc proc;
+	Oid		   *alltypes;
+	char	  **allnames;
+	char	   *modes;
+	int			nall;
+	int			i;
+	int			n;
+	MemoryContext old;
+
+	ql_procinfo_check_cache();
+	pi = hash_search(procinfo_hash, &procoid, HASH_FIND, NULL);
+	if (pi != NULL)
+		return pi;
+
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(procoid));
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", procoid)));
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+
+	old = MemoryContextSwitchTo(procinfo_cxt);
+	pi = hash_search(procinfo_hash, &procoid, HASH_ENTER, &found);
+	pi->prokind = proc->prokind;
+	pi->variadic = OidIsValid(proc->provariadic);
+	pi->ndefaults = proc->pronargdefaults;
+	nall = get_func_arg_info(tuple, &alltypes, &allnames, &modes);
+	pi->argtypes = palloc0(sizeof(Oid) * Max(nall, 1));
+	pi->argnames = palloc0(sizeof(char *) * Max(nall, 1));
+	pi->argsafe = palloc0(sizeof(bool) * Max(nall, 1));
+	pi->inflinfo = palloc0(sizeof(FmgrInfo) * Max(nall, 1));
+	pi->typioparam = palloc0(sizeof(Oid) * Max(nall, 1));
+	pi->typoutput = palloc0(sizeof(Oid) * Max(nall, 1));
+	pi->all_safe = true;
+	n = 0;
+	for (i = 0; i < nall; i++)
+	{
+		char		mode = modes ? modes[i] : PROARGMODE_IN;
+		Oid			typinput;
+		bool		isvarlena;
+		char		typtype = get_typtype(alltypes[i]);
+
+		if (mode == PROARGMODE_OUT || mode == PROARGMODE_TABLE)
+			continue;
+		pi->argtypes[n] = alltypes[i];
+		pi->argnames[n] = (allnames && allnames[i] && allnames[i][0]) ?
+			pstrdup(allnames[i]) : NULL;
+		pi->argsafe[n] = ql_type_is_safe(alltypes[i]);
+		if (!pi->argsafe[n])
+			pi->all_safe = false;
+		/* pseudo-types have no usable I/O: ql_check_handler_signature refuses them */
+		if (typtype != TYPTYPE_PSEUDO)
+		{
+			getTypeInputInfo(alltypes[i], &typinput, &pi->typioparam[n]);
+			fmgr_info_cxt(typinput, &pi->inflinfo[n], procinfo_cxt);
+			getTypeOutputInfo(alltypes[i], &pi->typoutput[n], &isvarlena);
+		}
+		n++;
+	}
+	pi->nargs = n;
+	pi->signature = format_procedure_qualified(procoid);
+	pi->callname = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+											  NameStr(proc->proname));
+	MemoryContextSwitchTo(old);
+	ReleaseSysCache(tuple);
+	return pi;
+}
+
+/*
+ * ql_signature_oid: the function a schema-qualified signature such as
+ * "public.f(text,integer)" names, or InvalidOid if there is none (dropped,
+ * renamed, or a type is gone).
+ */
+Oid
+ql_signature_oid(const char *signature)
+{
+	QlSignatureEntry *entry;
+	bool		found;
+	Datum		result;
+	char		key[NAMEDATALEN * 4];
+
+	ql_procinfo_check_cache();
+	if (strlen(signature) >= sizeof(key))
+		return InvalidOid;
+	memset(key, 0, sizeof(key));
+	strlcpy(key, signature, sizeof(key));
+	entry = hash_search(signature_hash, key, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->oid;
+
+	{
+		LOCAL_FCINFO(fcinfo, 1);
+
+		InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = PointerGetDatum(cstring_to_text(signature));
+		fcinfo->args[0].isnull = false;
+		result = to_regprocedure(fcinfo);
+		if (fcinfo->isnull)
+			result = ObjectIdGetDatum(InvalidOid);
+	}
+	entry = hash_search(signature_hash, key, HASH_ENTER, &found);
+	entry->oid = DatumGetObjectId(result);
+	return entry->oid;
+}
+
+/*
+ * ql_check_handler_signature: refuse functions qlater cannot call with
+ * arguments from JSON: polymorphic and pseudo-type parameters, and
+ * procedures with output parameters.
+ */
+void
+ql_check_handler_signature(Oid procoid)
+{
+	HeapTuple	tuple;
+	Oid		   *types;
+	char	  **names;
+	char	   *modes;
+	int			nall;
+	int			i;
+	char		prokind;
+
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(procoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for function %u", procoid);
+	prokind = ((Form_pg_proc) GETSTRUCT(tuple))->prokind;
+	if (prokind != PROKIND_FUNCTION && prokind != PROKIND_PROCEDURE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a function or procedure",
+						format_procedure(procoid)),
+				 errhint("Aggregate and window functions cannot be job handlers.")));
+	nall = get_func_arg_info(tuple, &types, &names, &modes);
+	for (i = 0; i < nall; i++)
+	{
+		char		mode = modes ? modes[i] : PROARGMODE_IN;
+
+		if (mode == PROARGMODE_OUT || mode == PROARGMODE_TABLE)
+		{
+			if (prokind == PROKIND_PROCEDURE)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("procedure \"%s\" has output parameters",
+								format_procedure(procoid)),
+						 errhint("A job handler procedure takes input parameters only.")));
+			continue;
+		}
+		if (IsPolymorphicType(types[i]) || get_typtype(types[i]) == TYPTYPE_PSEUDO)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("parameter %d of \"%s\" has type %s, which a job cannot pass",
+							i + 1, format_procedure(procoid), format_type_be(types[i])),
+					 errhint("Job handlers take parameters of concrete types; wrap the function in one that does.")));
+	}
+	ReleaseSysCache(tuple);
+}
+
+/* ql_arg_errcontext: error context naming the argument being converted */
+static void
+ql_arg_errcontext(void *arg)
+{
+	QlArgContext *ctx = (QlArgContext *) arg;
+	QlProcInfo *pi = ctx->pi;
+
+	if (pi->argnames[ctx->argno])
+		errcontext("argument %d (\"%s\") of handler \"%s\"",
+				   ctx->argno + 1, pi->argnames[ctx->argno], pi->signature);
+	else
+		errcontext("argument %d of handler \"%s\"", ctx->argno + 1, pi->signature);
+}
+
+/*
+ * ql_arg_datum: the value of JSON value v for input parameter argno, in the
+ * current memory context.
+ */
+static Datum
+ql_arg_datum(QlProcInfo *pi, int argno, JsonbValue *v, bool *isnull)
+{
+	Oid			typid = pi->argtypes[argno];
+	Oid			base = getBaseType(typid);
+	char	   *str = NULL;
+	ErrorContextCallback errcb;
+	QlArgContext ctx;
+	Datum		result;
+
+	ctx.pi = pi;
+	ctx.argno = argno;
+	errcb.callback = ql_arg_errcontext;
+	errcb.arg = &ctx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	if (v->type == jbvNull)
+		str = NULL;
+	else if (base == JSONBOID || base == JSONOID)
+	{
+		Jsonb	   *jb = JsonbValueToJsonb(v);
+
+		if (typid == JSONBOID)
+		{
+			error_context_stack = errcb.previous;
+			*isnull = false;
+			return JsonbPGetDatum(jb);
+		}
+		str = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+	}
+	else
+	{
+		switch (v->type)
+		{
+			case jbvString:
+				str = pnstrdup(v->val.string.val, v->val.string.len);
+				break;
+			case jbvNumeric:
+				str = DatumGetCString(DirectFunctionCall1(numeric_out,
+														  NumericGetDatum(v->val.numeric)));
+				break;
+			case jbvBool:
+				str = v->val.boolean ? "true" : "false";
+				break;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("argument %d of handler \"%s\" must be a JSON scalar or null",
+								argno + 1, pi->signature),
+						 errhint("Only json and jsonb parameters take JSON arrays and objects; "
+								 "pass other values as JSON strings in the type's input syntax.")));
+		}
+	}
+
+	result = InputFunctionCall(&pi->inflinfo[argno], str, pi->typioparam[argno], -1);
+	error_context_stack = errcb.previous;
+	*isnull = (str == NULL);
+	return result;
+}
+
+/*
+ * ql_match_args: map the JSON args onto the input parameters.  On return,
+ * vals[i] is the value given for parameter i or NULL if it was left to its
+ * default; *named tells the notation.  Raises an error for a call that
+ * could not be made.
+ */
+static void
+ql_match_args(QlProcInfo *pi, Jsonb *args, JsonbValue **vals, bool *named)
+{
+	int			nrequired = pi->nargs - pi->ndefaults;
+	int			i;
+
+	for (i = 0; i < pi->nargs; i++)
+		vals[i] = NULL;
+
+	if (JB_ROOT_IS_ARRAY(args) && !JB_ROOT_IS_SCALAR(args))
+	{
+		int			n = JB_ROOT_COUNT(args);
+
+		*named = false;
+		if (n < nrequired || n > pi->nargs)
+		{
+			if (nrequired == pi->nargs)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("handler \"%s\" takes %d arguments, but %d were given",
+								pi->signature, pi->nargs, n)));
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("handler \"%s\" takes %d to %d arguments, but %d were given",
+								pi->signature, nrequired, pi->nargs, n)));
+		}
+		for (i = 0; i < n; i++)
+			vals[i] = getIthJsonbValueFromContainer(&args->root, i);
+	}
+	else if (JB_ROOT_IS_OBJECT(args))
+	{
+		JsonbIterator *it = JsonbIteratorInit(&args->root);
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+
+		*named = true;
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			char	   *key;
+			int			argno = -1;
+
+			if (tok != WJB_KEY)
+				continue;
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			for (i = 0; i < pi->nargs; i++)
+			{
+				if (pi->argnames[i] && strcmp(pi->argnames[i], key) == 0)
+				{
+					argno = i;
+					break;
+				}
+			}
+			if (argno < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("handler \"%s\" has no parameter named \"%s\"",
+								pi->signature, key)));
+			tok = JsonbIteratorNext(&it, &v, true);
+			Assert(tok == WJB_VALUE);
+			vals[argno] = palloc(sizeof(JsonbValue));
+			*vals[argno] = v;
+		}
+		for (i = 0; i < nrequired; i++)
+		{
+			if (vals[i] != NULL)
+				continue;
+			if (pi->argnames[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("missing value for parameter \"%s\" of handler \"%s\"",
+								pi->argnames[i], pi->signature),
+						 errhint("Every parameter without a default must be given.")));
+			else
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("parameter %d of handler \"%s\" has no name and no default",
+								i + 1, pi->signature),
+						 errhint("Pass the arguments as a JSON array to give them by position.")));
+		}
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job arguments must be a JSON array or object"),
+				 errhint("A JSON array passes arguments by position, an object by parameter name.")));
+}
+
+/*
+ * ql_canonical_settings: enter a GUC nest level with the settings under which
+ * canonical text is written.  Undo with AtEOXact_GUC(true, level).
+ */
+static int
+ql_canonical_settings(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("datestyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "iso_8601", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("timezone", "UTC", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
+ * ql_args_normalize: check args against the handler's parameters (count,
+ * names, each value through its type's input function) under the caller's
+ * settings, and return the JSON to store.  Raises an error for a call that
+ * could not be made.
+ */
+Jsonb *
+ql_args_normalize(QlProcInfo *pi, Jsonb *args)
+{
+	JsonbValue **vals;
+	Datum	   *datums;
+	bool	   *isnull;
+	bool		named;
+	bool		rewrite = false;
+	int			i;
+	JsonbParseState *state = NULL;
+	JsonbValue *res;
+
+	vals = palloc(sizeof(JsonbValue *) * Max(pi->nargs, 1));
+	datums = palloc(sizeof(Datum) * Max(pi->nargs, 1));
+	isnull = palloc(sizeof(bool) * Max(pi->nargs, 1));
+	ql_match_args(pi, args, vals, &named);
+
+	for (i = 0; i < pi->nargs; i++)
+	{
+		if (vals[i] == NULL)
+			continue;
+		datums[i] = ql_arg_datum(pi, i, vals[i], &isnull[i]);
+		if (!pi->argsafe[i] && !isnull[i])
+			rewrite = true;
+	}
+	if (!rewrite)
+		return args;
+
+	/* write the canonical text of every settings-dependent value */
+	{
+		int			level = ql_canonical_settings();
+
+		for (i = 0; i < pi->nargs; i++)
+		{
+			char	   *text;
+
+			if (vals[i] == NULL || pi->argsafe[i] || isnull[i])
+				continue;
+			text = OidOutputFunctionCall(pi->typoutput[i], datums[i]);
+			vals[i] = palloc(sizeof(JsonbValue));
+			vals[i]->type = jbvString;
+			vals[i]->val.string.val = text;
+			vals[i]->val.string.len = strlen(text);
+		}
+		AtEOXact_GUC(true, level);
+	}
+
+	pushJsonbValue(&state, named ? WJB_BEGIN_OBJECT : WJB_BEGIN_ARRAY, NULL);
+	for (i = 0; i < pi->nargs; i++)
+	{
+		if (vals[i] == NULL)
+			continue;
+		if (named)
+		{
+			JsonbValue	key;
+
+			key.type = jbvString;
+			key.val.string.val = pi->argnames[i];
+			key.val.string.len = strlen(pi->argnames[i]);
+			pushJsonbValue(&state, WJB_KEY, &key);
+			pushJsonbValue(&state, WJB_VALUE, vals[i]);
+		}
+		else
+			pushJsonbValue(&state, WJB_ELEM, vals[i]);
+	}
+	res = pushJsonbValue(&state, named ? WJB_END_OBJECT : WJB_END_ARRAY, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+/*
+ * ql_args_to_call: build the SQL call of the handler with the stored args,
+ * in the current memory context.
+ */
+void
+ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
+{
+	JsonbValue **vals;
+	bool		named;
+	int			i;
+	int			n = 0;
+	StringInfoData q;
+
+	vals = palloc(sizeof(JsonbValue *) * Max(pi->nargs, 1));
+	ql_match_args(pi, args, vals, &named);
+
+	call->types = palloc(sizeof(Oid) * Max(pi->nargs, 1));
+	call->values = palloc(sizeof(Datum) * Max(pi->nargs, 1));
+	call->nulls = palloc(sizeof(char) * Max(pi->nargs, 1));
+
+	initStringInfo(&q);
+	appendStringInfo(&q, "%s %s(",
+					 pi->prokind == PROKIND_PROCEDURE ? "CALL" : "SELECT",
+					 pi->callname);
+	for (i = 0; i < pi->nargs; i++)
+	{
+		bool		isnull;
+
+		if (vals[i] == NULL)
+			continue;
+		call->types[n] = pi->argtypes[i];
+		call->values[n] = ql_arg_datum(pi, i, vals[i], &isnull);
+		call->nulls[n] = isnull ? 'n' : ' ';
+		if (n > 0)
+			appendStringInfoString(&q, ", ");
+		if (named)
+			appendStringInfo(&q, "%s => ", quote_identifier(pi->argnames[i]));
+		else if (pi->variadic && i == pi->nargs - 1)
+			appendStringInfoString(&q, "VARIADIC ");
+		appendStringInfo(&q, "$%d", n + 1);
+		n++;
+	}
+	appendStringInfoChar(&q, ')');
+	call->query = q.data;
+	call->nparams = n;
+}

@@ -1,0 +1,155 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *		Where qlater's objects live in the current database: the extension's
+ *		schema, its tables and their owner, cached per backend and dropped
+ *		on relcache invalidation; and running code as that owner.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+
+#include "catalog.h"
+#include "qlater.h"
+
+static QlCatalog cat;
+static bool cat_valid = false;
+static bool callback_registered = false;
+
+/*
+ * ql_catalog_invalidate: relcache callback; any change to one of our
+ * tables (or a full reset) makes us look everything up again.
+ */
+static void
+ql_catalog_invalidate(Datum arg, Oid relid)
+{
+	if (!cat_valid)
+		return;
+	if (relid == InvalidOid || relid == cat.job_relid ||
+		relid == cat.handler_relid)
+		cat_valid = false;
+}
+
+/* ql_rel_owner: owner of a relation */
+static Oid
+ql_rel_owner(Oid relid)
+{
+	HeapTuple	tuple;
+	Oid			owner;
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/*
+ * ql_extension_schema: OID of the schema qlater is installed in, or
+ * InvalidOid if the extension is not installed in this database.
+ */
+static Oid
+ql_extension_schema(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	Oid			result = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum(QLATER_EXTENSION_NAME));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		result = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+/*
+ * ql_catalog: where qlater lives in this database.  Must be called in a
+ * transaction.  Returns NULL if the extension is not installed and
+ * missing_ok; otherwise raises an error in that case.
+ */
+const QlCatalog *
+ql_catalog(bool missing_ok)
+{
+	Oid			nsp;
+
+	if (cat_valid)
+		return &cat;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(ql_catalog_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
+
+	nsp = ql_extension_schema();
+	if (!OidIsValid(nsp))
+	{
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"qlater\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION qlater.")));
+	}
+
+	cat.schema_oid = nsp;
+	cat.job_relid = get_relname_relid("qlater_job", nsp);
+	cat.handler_relid = get_relname_relid("qlater_handler", nsp);
+	if (!OidIsValid(cat.job_relid) || !OidIsValid(cat.handler_relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tables of extension \"qlater\" are missing"),
+				 errhint("Reinstall the extension with DROP EXTENSION and CREATE EXTENSION.")));
+	cat.owner = ql_rel_owner(cat.job_relid);
+	strlcpy(cat.schema_quoted,
+			quote_identifier(get_namespace_name(nsp)), sizeof(cat.schema_quoted));
+	cat.generation++;
+	cat_valid = true;
+	return &cat;
+}
+
+/*
+ * ql_become_owner: act as the owner of qlater's tables until ql_restore_user.
+ * The switch is a local user-ID change, as PostgreSQL's referential
+ * integrity checks do, so row-level security of the tables does not apply
+ * and nothing run meanwhile can SET ROLE out of it.
+ */
+void
+ql_become_owner(const QlCatalog *c, QlUserSave *save)
+{
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	SetUserIdAndSecContext(c->owner,
+						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_NOFORCE_RLS);
+}
+
+/* ql_restore_user: undo ql_become_owner */
+void
+ql_restore_user(const QlUserSave *save)
+{
+	SetUserIdAndSecContext(save->userid, save->sec_context);
+}

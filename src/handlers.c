@@ -1,0 +1,218 @@
+/*-------------------------------------------------------------------------
+ *
+ * handlers.c
+ *		The registry of job handlers (table qlater_handler), cached per
+ *		backend by function OID.
+ *
+ * The table stores each handler by its schema-qualified signature.  The
+ * cache maps the functions those signatures name now; it is dropped when
+ * the table changes (qlater_register and qlater_unregister send a relcache
+ * invalidation for it) or when pg_proc changes (a rename or drop).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "args.h"
+#include "catalog.h"
+#include "handlers.h"
+
+static MemoryContext handler_cxt = NULL;
+static HTAB *handler_hash = NULL;
+static bool handler_stale = true;
+
+/* invalidation callbacks: forget the registry */
+static void
+ql_handlers_relcache_cb(Datum arg, Oid relid)
+{
+	handler_stale = true;
+}
+
+static void
+ql_handlers_syscache_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	handler_stale = true;
+}
+
+/*
+ * ql_handlers_changed: make every backend reload the registry once the
+ * current transaction commits.
+ */
+void
+ql_handlers_changed(void)
+{
+	const QlCatalog *c = ql_catalog(false);
+
+	CacheInvalidateRelcacheByRelid(c->handler_relid);
+}
+
+/* ql_handlers_load: read the registry table into a fresh cache */
+static void
+ql_handlers_load(void)
+{
+	const QlCatalog *c = ql_catalog(false);
+	HASHCTL		ctl;
+	char	   *query;
+	uint64		i;
+
+	if (handler_cxt == NULL)
+	{
+		handler_cxt = AllocSetContextCreate(CacheMemoryContext,
+											"qlater handlers",
+											ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(ql_handlers_relcache_cb, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, ql_handlers_syscache_cb, (Datum) 0);
+	}
+	else
+		MemoryContextReset(handler_cxt);
+	handler_hash = NULL;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(QlHandler);
+	ctl.hcxt = handler_cxt;
+
+	/* mark fresh before reading, so an invalidation meanwhile is kept */
+	handler_stale = false;
+
+	query = psprintf("SELECT handler, queue, priority, max_attempts, timeout "
+					 "FROM %s.qlater_handler", c->schema_quoted);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the job handler registry");
+
+	handler_hash = hash_create("qlater handlers", 32, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *signature = SPI_getvalue(tup, desc, 1);
+		Oid			proc = ql_signature_oid(signature);
+		QlHandler  *h;
+		bool		found;
+		bool		isnull;
+		Datum		d;
+
+		if (!OidIsValid(proc))
+			continue;			/* function dropped or renamed */
+		h = hash_search(handler_hash, &proc, HASH_ENTER, &found);
+		h->queue = MemoryContextStrdup(handler_cxt, SPI_getvalue(tup, desc, 2));
+		h->priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		h->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		h->has_timeout = !isnull;
+		if (!isnull)
+			h->timeout = *DatumGetIntervalP(d);
+	}
+	SPI_finish();
+}
+
+/*
+ * ql_handler_lookup: the registration of a function, or NULL if it is not
+ * a registered handler.  Valid until the next call.
+ */
+QlHandler *
+ql_handler_lookup(Oid proc)
+{
+	if (handler_stale || handler_hash == NULL)
+		ql_handlers_load();
+	return hash_search(handler_hash, &proc, HASH_FIND, NULL);
+}
+
+/*
+ * ql_resolve_handler: the registered handler that name denotes under the
+ * caller's search_path: "name", "schema.name" or a signature
+ * "name(text,int)".  Only registered handlers are candidates, so an
+ * unregistered overload makes nothing ambiguous.  Raises an error if there
+ * is no such handler or more than one.
+ */
+Oid
+ql_resolve_handler(const char *name, QlHandler **handler)
+{
+	Oid			result = InvalidOid;
+	QlHandler  *h;
+
+	if (strchr(name, '(') != NULL)
+	{
+		LOCAL_FCINFO(fcinfo, 1);
+		Datum		d;
+
+		InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = PointerGetDatum(cstring_to_text(name));
+		fcinfo->args[0].isnull = false;
+		d = to_regprocedure(fcinfo);
+		if (fcinfo->isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("function %s does not exist", name),
+					 errhint("Check the name and argument types, and the search_path.")));
+		result = DatumGetObjectId(d);
+		h = ql_handler_lookup(result);
+	}
+	else
+	{
+		List	   *names = stringToQualifiedNameList(name);
+		FuncCandidateList clist;
+		int			nfound = 0;
+		char	   *first = NULL;
+
+#if PG_VERSION_NUM >= 140000
+		clist = FuncnameGetCandidates(names, -1, NIL, false, false, false, true);
+#else
+		clist = FuncnameGetCandidates(names, -1, NIL, false, false, true);
+#endif
+		if (clist == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("function \"%s\" does not exist", name),
+					 errhint("Check the name and the search_path.")));
+		for (; clist != NULL; clist = clist->next)
+		{
+			if (ql_handler_lookup(clist->oid) == NULL)
+				continue;
+			if (nfound == 0)
+				result = clist->oid;
+			else if (first == NULL)
+				first = format_procedure(result);
+			nfound++;
+		}
+		if (nfound > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_AMBIGUOUS_FUNCTION),
+					 errmsg("handler name \"%s\" is ambiguous", name),
+					 errdetail("%d registered handlers have this name.", nfound),
+					 errhint("Name the handler with its argument types, for example \"%s\".",
+							 first)));
+		if (nfound == 0)
+		{
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("function \"%s\" is not registered as a job handler", name),
+					 errhint("Register it with qlater_register('%s(...)').", name)));
+		}
+		h = ql_handler_lookup(result);
+	}
+
+	if (h == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("function %s is not registered as a job handler",
+						format_procedure(result)),
+				 errhint("Register it with qlater_register('%s').",
+						 format_procedure(result))));
+	*handler = h;
+	return result;
+}

@@ -1,0 +1,28 @@
+/*-------------------------------------------------------------------------
+ *
+ * handlers.h
+ *		The registry of job handlers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QLATER_HANDLERS_H
+#define QLATER_HANDLERS_H
+
+#include "datatype/timestamp.h"
+
+/* a registered handler and its defaults */
+typedef struct QlHandler
+{
+	Oid			proc;			/* hash key */
+	char	   *queue;
+	int32		priority;
+	int32		max_attempts;
+	bool		has_timeout;
+	Interval	timeout;
+} QlHandler;
+
+extern QlHandler *ql_handler_lookup(Oid proc);
+extern Oid	ql_resolve_handler(const char *name, QlHandler **handler);
+extern void ql_handlers_changed(void);
+
+#endif							/* QLATER_HANDLERS_H */

@@ -1,0 +1,669 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.c
+ *		Claiming and running one job in a worker.
+ *
+ * A job is claimed with a session-level advisory lock in qlater's key space
+ * (qlater.c), as Que does: claiming writes nothing, never waits, and a
+ * claim vanishes with the session that held it.  The classic race: a lock
+ * granted just after another worker finished and deleted the same job, as
+ * seen in an older snapshot.  So once the lock is held the row is read
+ * again under a fresh snapshot, and the lock is released only after the
+ * transaction that finished the job has committed.
+ *
+ * The job runs in its own transaction as the role that enqueued it, with a
+ * local user-ID change as PostgreSQL's security-restricted operations make
+ * (so SET ROLE, RESET ROLE and SET SESSION AUTHORIZATION are refused inside
+ * it), and in a GUC nest level that drops whatever the handler SET.  Its
+ * row is deleted in the same transaction.  If the handler fails, the
+ * transaction is rolled back and the failure is recorded in a new one:
+ * attempts + 1, last_error, and a retry after attempts^4 + 3 seconds, or
+ * 'dead' once max_attempts is reached.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/params.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#include "args.h"
+#include "catalog.h"
+#include "inflight.h"
+#include "job.h"
+#include "qlater.h"
+#include "shmem.h"
+
+/* a claimed job, copied into job_cxt */
+typedef struct QlJob
+{
+	int64		id;
+	char	   *handler;
+	Jsonb	   *args;
+	char	   *role;
+	bool		has_timeout;
+	Interval	timeout;
+	int32		attempts;
+	int32		max_attempts;
+} QlJob;
+
+/* statements on the job table, prepared once per catalog generation */
+typedef struct QlPlans
+{
+	uint32		generation;
+	SPIPlanPtr	candidates;
+	SPIPlanPtr	fetch;
+	SPIPlanPtr	delete;
+	SPIPlanPtr	fail;
+	SPIPlanPtr	next;
+	SPIPlanPtr	crash;
+} QlPlans;
+
+/* handler call plans by query text */
+typedef struct QlCallPlan
+{
+	char		query[1024];	/* hash key */
+	SPIPlanPtr	plan;
+} QlCallPlan;
+
+#define QL_MAX_CALL_PLANS	1000
+
+static QlPlans plans;
+static HTAB *call_plans = NULL;
+static MemoryContext job_cxt = NULL;
+static TimeoutId job_timeout_id;
+static volatile sig_atomic_t job_timed_out = false;
+
+/*
+ * ql_job_timeout_handler: the job's timeout ran out: cancel what it is
+ * doing, and remember it, so that a handler that catches the cancel still
+ * fails.
+ */
+static void
+ql_job_timeout_handler(void)
+{
+	job_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+/* ql_job_init: per-process set-up; call once after connecting */
+void
+ql_job_init(void)
+{
+	job_cxt = AllocSetContextCreate(TopMemoryContext, "qlater job",
+									ALLOCSET_DEFAULT_SIZES);
+	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
+	memset(&plans, 0, sizeof(plans));
+}
+
+/* ql_prepare: prepare and keep a statement; caller is connected to SPI */
+static SPIPlanPtr
+ql_prepare(const char *query, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(query, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", query,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/* ql_prepare_plans: (re)prepare the job-table statements if needed */
+static void
+ql_prepare_plans(const QlCatalog *c)
+{
+	const char *s = c->schema_quoted;
+	Oid			t_limit[1] = {INT4OID};
+	Oid			t_id[1] = {INT8OID};
+	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
+	Oid			t_crash[2] = {INT8OID, INT4OID};
+
+	if (plans.candidates != NULL && plans.generation == c->generation)
+		return;
+	if (plans.candidates != NULL)
+	{
+		SPI_freeplan(plans.candidates);
+		SPI_freeplan(plans.fetch);
+		SPI_freeplan(plans.delete);
+		SPI_freeplan(plans.fail);
+		SPI_freeplan(plans.next);
+		SPI_freeplan(plans.crash);
+	}
+	plans.candidates = ql_prepare(psprintf("SELECT id FROM %s.qlater_job "
+										   "WHERE NOT dead AND run_at <= now() "
+										   "ORDER BY priority, run_at, id LIMIT $1", s),
+								  1, t_limit);
+	plans.fetch = ql_prepare(psprintf("SELECT handler, args, role, timeout, attempts, max_attempts "
+									  "FROM %s.qlater_job "
+									  "WHERE id = $1 AND NOT dead AND run_at <= now()", s),
+							 1, t_id);
+	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
+							  1, t_id);
+	plans.fail = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, last_error = $3, "
+									 "run_at = $4, dead = $5 WHERE id = $1", s),
+							5, t_fail);
+	plans.next = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
+									 "WHERE NOT dead AND run_at > now()", s),
+							0, NULL);
+	plans.crash = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = attempts + 1, "
+									  "crashes = crashes + 1, "
+									  "dead = (crashes + 1 >= $2 OR attempts + 1 >= max_attempts), "
+									  "run_at = now() + make_interval(secs => power(attempts + 1, 4) + 3), "
+									  "last_error = jsonb_build_object("
+									  "'sqlstate', 'XX000', "
+									  "'message', 'the server crashed while the job ran', "
+									  "'detail', format('Crash %%s of at most %%s.', crashes + 1, $2), "
+									  "'hint', 'A handler that crashes its process restarts the whole server.', "
+									  "'context', NULL, 'attempt', attempts + 1, 'at', now()) "
+									  "WHERE id = $1", s),
+							 2, t_crash);
+	plans.generation = c->generation;
+}
+
+/*
+ * ql_error_json: the last_error value of a failed attempt.
+ */
+static Jsonb *
+ql_error_json(ErrorData *edata, int attempt, TimestampTz at)
+{
+	StringInfoData buf;
+	const char *keys[5] = {"sqlstate", "message", "detail", "hint", "context"};
+	const char *vals[5];
+	int			i;
+
+	vals[0] = unpack_sql_state(edata->sqlerrcode);
+	vals[1] = edata->message;
+	vals[2] = edata->detail;
+	vals[3] = edata->hint;
+	vals[4] = edata->context;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (i = 0; i < 5; i++)
+	{
+		escape_json(&buf, keys[i]);
+		appendStringInfoString(&buf, ": ");
+		if (vals[i])
+			escape_json(&buf, vals[i]);
+		else
+			appendStringInfoString(&buf, "null");
+		appendStringInfoString(&buf, ", ");
+	}
+	appendStringInfo(&buf, "\"attempt\": %d, \"at\": ", attempt);
+	escape_json(&buf, timestamptz_to_str(at));
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * ql_claim: claim the first ready job and read it under a fresh snapshot.
+ * Returns false if there is none.  Caller is connected to SPI, in a
+ * transaction with an active snapshot.
+ */
+static bool
+ql_claim(QlJob *job)
+{
+	int			limit = ql_shared->nslots * 2 + 8;
+	int			round;
+
+	for (round = 0; round < 3; round++)
+	{
+		Datum		lim = Int32GetDatum(limit);
+		uint64		n;
+		uint64		i;
+		int64	   *ids;
+
+		if (SPI_execute_plan(plans.candidates, &lim, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for jobs");
+		n = SPI_processed;
+		ids = palloc(sizeof(int64) * (n + 1));
+		for (i = 0; i < n; i++)
+		{
+			bool		isnull;
+
+			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+
+		for (i = 0; i < n; i++)
+		{
+			Datum		id = Int64GetDatum(ids[i]);
+			HeapTuple	tup;
+			TupleDesc	desc;
+			bool		isnull;
+			Datum		d;
+			MemoryContext old;
+
+			if (!ql_try_claim(ids[i], true))
+				continue;
+
+			/* re-read under a fresh snapshot: it may be done already */
+			PopActiveSnapshot();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			if (SPI_execute_plan(plans.fetch, &id, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read job");
+			if (SPI_processed == 0)
+			{
+				ql_release_claim(ids[i]);
+				continue;
+			}
+			tup = SPI_tuptable->vals[0];
+			desc = SPI_tuptable->tupdesc;
+			old = MemoryContextSwitchTo(job_cxt);
+			job->id = ids[i];
+			job->handler = SPI_getvalue(tup, desc, 1);
+			job->args = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 2, &isnull));
+			job->role = SPI_getvalue(tup, desc, 3);
+			d = SPI_getbinval(tup, desc, 4, &isnull);
+			job->has_timeout = !isnull;
+			if (!isnull)
+				job->timeout = *DatumGetIntervalP(d);
+			job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+			job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+			MemoryContextSwitchTo(old);
+			return true;
+		}
+		if (n < (uint64) limit)
+			break;
+		/* every candidate was claimed by others: look further */
+		limit *= 8;
+	}
+	return false;
+}
+
+/*
+ * ql_next_wakeup_ms: how long an idle worker may sleep: until the next
+ * future job is due, at most qlater.poll_interval.  Caller is connected to
+ * SPI.
+ */
+static long
+ql_next_wakeup_ms(void)
+{
+	bool		isnull;
+	Datum		d;
+	long		ms = ql_poll_interval;
+
+	if (SPI_execute_plan(plans.next, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for future jobs");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+	{
+		TimestampTz next = DatumGetTimestampTz(d);
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (next <= now)
+			ms = 0;
+		else
+		{
+			/* round up: waking early only costs another look */
+			int64		wait = (next - now + 999) / 1000;
+
+			if (wait < ms)
+				ms = (long) wait;
+		}
+	}
+	return ms;
+}
+
+/*
+ * ql_call_plan: the prepared plan of a handler call.  Caller is connected
+ * to SPI.
+ */
+static SPIPlanPtr
+ql_call_plan(QlCall *call)
+{
+	QlCallPlan *entry;
+	bool		found;
+	SPIPlanPtr	plan;
+
+	if (call_plans == NULL || hash_get_num_entries(call_plans) >= QL_MAX_CALL_PLANS)
+	{
+		HASHCTL		ctl;
+
+		if (call_plans != NULL)
+		{
+			HASH_SEQ_STATUS seq;
+
+			hash_seq_init(&seq, call_plans);
+			while ((entry = hash_seq_search(&seq)) != NULL)
+				SPI_freeplan(entry->plan);
+			hash_destroy(call_plans);
+		}
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(((QlCallPlan *) NULL)->query);
+		ctl.entrysize = sizeof(QlCallPlan);
+		call_plans = hash_create("qlater call plans", 64, &ctl,
+								 HASH_ELEM | HASH_STRINGS);
+	}
+
+	if (strlen(call->query) >= sizeof(((QlCallPlan *) NULL)->query))
+	{
+		plan = SPI_prepare(call->query, call->nparams, call->types);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", call->query,
+				 SPI_result_code_string(SPI_result));
+		return plan;
+	}
+	entry = hash_search(call_plans, call->query, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->plan;
+	plan = ql_prepare(call->query, call->nparams, call->types);
+	entry = hash_search(call_plans, call->query, HASH_ENTER, &found);
+	entry->plan = plan;
+	return plan;
+}
+
+/*
+ * ql_call_handler: run the handler as the job's role.  Caller is connected
+ * to SPI (non-atomic for a procedure).
+ */
+static void
+ql_call_handler(QlJob *job, Oid roleid, QlProcInfo *pi, QlCall *call, SPIPlanPtr plan)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+	int			rc;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	save_nestlevel = NewGUCNestLevel();
+	SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	if (pi->prokind == PROKIND_PROCEDURE)
+	{
+		SPIExecuteOptions options;
+		ParamListInfo params = makeParamList(call->nparams);
+		int			i;
+
+		for (i = 0; i < call->nparams; i++)
+		{
+			params->params[i].value = call->values[i];
+			params->params[i].isnull = (call->nulls[i] == 'n');
+			params->params[i].pflags = PARAM_FLAG_CONST;
+			params->params[i].ptype = call->types[i];
+		}
+		memset(&options, 0, sizeof(options));
+		options.params = params;
+		options.allow_nonatomic = true;
+		rc = SPI_execute_plan_extended(plan, &options);
+	}
+	else
+		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	AtEOXact_GUC(false, save_nestlevel);
+}
+
+/*
+ * ql_record_failure: in a new transaction, count the failed attempt and
+ * reschedule the job, or make it dead.
+ */
+static void
+ql_record_failure(QlJob *job, ErrorData *edata, bool permanent)
+{
+	int32		attempts = job->attempts + 1;
+	bool		dead = permanent || attempts >= job->max_attempts;
+	TimestampTz now;
+	Datum		values[5];
+	double		backoff;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	now = GetCurrentTransactionStartTimestamp();
+	backoff = (double) attempts * attempts * attempts * attempts + 3.0;
+	if (backoff > 365.0 * SECS_PER_DAY)
+		backoff = 365.0 * SECS_PER_DAY;
+
+	values[0] = Int64GetDatum(job->id);
+	values[1] = Int32GetDatum(attempts);
+	values[2] = JsonbPGetDatum(ql_error_json(edata, attempts, now));
+	values[3] = TimestampTzGetDatum(dead ? now : now + (TimestampTz) (backoff * USECS_PER_SEC));
+	values[4] = BoolGetDatum(dead);
+	if (SPI_execute_plan(plans.fail, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the failure of job %lld", (long long) job->id);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	ereport(LOG,
+			(errmsg("qlater job %lld (%s) failed%s: %s",
+					(long long) job->id, job->handler,
+					dead ? ", now dead" : "", edata->message)));
+}
+
+/*
+ * ql_execute: run a claimed job to its end: commit of its work and its
+ * removal, or rollback and a recorded failure.  Called in the transaction
+ * that claimed it, without SPI connection or active snapshot.
+ */
+static void
+ql_execute(QlJob *job, QlWorkerSlot *slot)
+{
+	volatile bool permanent = true;
+	volatile bool cancelled = false;
+	ErrorData  *edata = NULL;
+
+	job_timed_out = false;
+	PG_TRY();
+	{
+		Oid			proc = ql_signature_oid(job->handler);
+		Oid			roleid = get_role_oid(job->role, true);
+		QlProcInfo *pi;
+		QlCall		call;
+		SPIPlanPtr	plan;
+		Datum		id = Int64GetDatum(job->id);
+		MemoryContext old;
+
+		if (!OidIsValid(proc))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("function %s does not exist", job->handler),
+					 errdetail("The handler was dropped or renamed after the job was enqueued.")));
+		if (!OidIsValid(roleid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("role \"%s\" does not exist", job->role),
+					 errdetail("The role that enqueued the job was dropped or renamed.")));
+
+		pi = ql_procinfo(proc);
+		old = MemoryContextSwitchTo(job_cxt);
+		ql_args_to_call(pi, job->args, &call);
+		MemoryContextSwitchTo(old);
+
+		if (SPI_connect_ext(pi->prokind == PROKIND_PROCEDURE ? SPI_OPT_NONATOMIC : 0) != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		plan = ql_call_plan(&call);
+
+		/* from here on a failure is the handler's: retry it */
+		permanent = false;
+		if (job->has_timeout)
+		{
+			int64		ms = job->timeout.time / 1000 +
+				((int64) job->timeout.month * DAYS_PER_MONTH + job->timeout.day) *
+				SECS_PER_DAY * 1000;
+
+			enable_timeout_after(job_timeout_id, (int) Min(Max(ms, 1), INT_MAX));
+		}
+		ql_call_handler(job, roleid, pi, &call, plan);
+		if (job->has_timeout)
+			disable_timeout(job_timeout_id, false);
+
+		if (job_timed_out)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("job timed out after %s",
+							DatumGetCString(DirectFunctionCall1(interval_out,
+																IntervalPGetDatum(&job->timeout)))),
+					 errdetail("The handler went on after its cancel; its work is rolled back.")));
+		if (pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
+		{
+			cancelled = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("job was cancelled")));
+		}
+
+		/* the job's removal commits with the handler's work */
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_execute_plan(plans.delete, &id, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not remove job");
+		if (SPI_processed == 0)
+		{
+			/* qlater_cancel removed it meanwhile: its work must not stay */
+			cancelled = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("job was cancelled")));
+		}
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContext ecxt;
+
+		disable_timeout(job_timeout_id, false);
+		ecxt = MemoryContextSwitchTo(job_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		MemoryContextSwitchTo(ecxt);
+		AbortCurrentTransaction();
+	}
+	PG_END_TRY();
+
+	/* a cancel interrupted the handler */
+	if (edata != NULL && pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
+		cancelled = true;
+
+	if (edata != NULL && !cancelled)
+	{
+		if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			MemoryContext old = MemoryContextSwitchTo(job_cxt);
+
+			edata->message = psprintf("job timed out after %s",
+									  DatumGetCString(DirectFunctionCall1(interval_out,
+																		  IntervalPGetDatum(&job->timeout))));
+			MemoryContextSwitchTo(old);
+		}
+		ql_record_failure(job, edata, permanent);
+	}
+}
+
+/*
+ * ql_run_next_job: claim the first ready job and run it.  Returns
+ * QL_JOB_RAN after a job; QL_JOB_NONE if none was ready, with the time an
+ * idle worker may sleep in *sleep_ms; QL_JOB_NO_EXTENSION if qlater is no
+ * longer installed in this database.
+ */
+QlJobResult
+ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
+{
+	const QlCatalog *c;
+	QlJob		job;
+	bool		claimed;
+
+	MemoryContextReset(job_cxt);
+
+	/* a cancel meant for a job that has ended since must not hit this one */
+	QueryCancelPending = false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	c = ql_catalog(true);
+	if (c == NULL)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		return QL_JOB_NO_EXTENSION;
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ql_prepare_plans(c);
+
+	claimed = ql_claim(&job);
+	if (!claimed)
+	{
+		*sleep_ms = ql_next_wakeup_ms();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		return QL_JOB_NONE;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+
+	pg_atomic_write_u32(&slot->idle, 0);
+	pg_atomic_write_u64(&slot->job_id, (uint64) job.id);
+	ql_inflight_set(MyDatabaseId, job.id);
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("qlater job %lld: %s", (long long) job.id, job.handler));
+
+	ql_execute(&job, slot);
+
+	ql_release_claim(job.id);
+	ql_inflight_clear();
+	pg_atomic_write_u64(&slot->job_id, 0);
+	pg_atomic_compare_exchange_u64(&slot->cancel_job, &(uint64){(uint64) job.id}, 0);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return QL_JOB_RAN;
+}
+
+/*
+ * ql_count_crash: count a crash of the server against a job that was
+ * running in the process that crashed.  Runs its own transaction.
+ */
+void
+ql_count_crash(int64 job_id)
+{
+	const QlCatalog *c;
+	Datum		values[2];
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	c = ql_catalog(true);
+	if (c != NULL)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		ql_prepare_plans(c);
+		values[0] = Int64GetDatum(job_id);
+		values[1] = Int32GetDatum(ql_max_crashes);
+		if (SPI_execute_plan(plans.crash, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not count a crash of job %lld", (long long) job_id);
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}

@@ -1,0 +1,24 @@
+/*-------------------------------------------------------------------------
+ *
+ * job.h
+ *		Claiming and running one job in a worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QLATER_JOB_H
+#define QLATER_JOB_H
+
+#include "shmem.h"
+
+typedef enum QlJobResult
+{
+	QL_JOB_RAN,
+	QL_JOB_NONE,
+	QL_JOB_NO_EXTENSION
+} QlJobResult;
+
+extern void ql_job_init(void);
+extern QlJobResult ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms);
+extern void ql_count_crash(int64 job_id);
+
+#endif							/* QLATER_JOB_H */

@@ -1,0 +1,284 @@
+/*-------------------------------------------------------------------------
+ *
+ * qlater.c
+ *		Module entry point: settings, the launcher's registration, job claims
+ *		(advisory locks in qlater's key space) and the work done at commit
+ *		of a transaction that enqueued, retried or cancelled jobs.
+ *
+ * What a backend asks for at commit is kept in backend-local variables
+ * reset at the end of every transaction; shared state is in shmem.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "launcher.h"
+#include "qlater.h"
+#include "shmem.h"
+
+PG_MODULE_MAGIC;
+
+int			ql_max_workers = 4;
+int			ql_poll_interval = 5000;
+int			ql_max_crashes = 3;
+
+/* backend-local requests carried out at commit */
+static int	pending_wakeups = 0;
+static bool pending_launcher_wake = false;
+static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
+
+void		_PG_init(void);
+static void ql_xact_callback(XactEvent event, void *arg);
+
+/*
+ * _PG_init: define the settings; when preloaded, set up shared memory and
+ * register the launcher.
+ */
+void
+_PG_init(void)
+{
+	BackgroundWorker worker;
+
+	DefineCustomIntVariable("qlater.max_workers",
+							"Maximum number of jobs qlater runs at once, over all databases.",
+							"Each worker is a background worker process: "
+							"max_worker_processes must leave room for them and the launcher.",
+							&ql_max_workers,
+							4, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("qlater.poll_interval",
+							"Longest time an idle worker sleeps before it looks for due jobs.",
+							"Workers are woken at once by commits that enqueue jobs, and at the "
+							"run_at of the next future job; this is only a safety net.",
+							&ql_poll_interval,
+							5000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("qlater.max_crashes",
+							"Number of server crashes during a job after which the job is dead.",
+							NULL,
+							&ql_max_crashes,
+							3, 1, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("qlater");
+
+	RegisterXactCallback(ql_xact_callback, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	ql_shmem_init();
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "qlater");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "qlater_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "qlater launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "qlater launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * ql_require_preload: raise an error unless qlater was loaded through
+ * shared_preload_libraries (its shared memory exists).
+ */
+void
+ql_require_preload(void)
+{
+	if (ql_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("qlater must be loaded via \"shared_preload_libraries\"")));
+}
+
+/* ql_set_job_locktag: the advisory lock tag that claims a job */
+void
+ql_set_job_locktag(LOCKTAG *tag, int64 job_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) (((uint64) job_id) >> 32),
+						 (uint32) job_id,
+						 QLATER_LOCK_SPACE);
+}
+
+/*
+ * ql_try_claim: take a job's claim without waiting.  A session lock stays
+ * until ql_release_claim or the end of the session; otherwise it goes with
+ * the transaction.  Returns false if another session holds it.  A session
+ * that already holds the claim gets true again and holds it twice.
+ */
+bool
+ql_try_claim(int64 job_id, bool session_lock)
+{
+	LOCKTAG		tag;
+
+	ql_set_job_locktag(&tag, job_id);
+	return LockAcquire(&tag, ExclusiveLock, session_lock, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* ql_release_claim: release a session-level claim taken by ql_try_claim */
+void
+ql_release_claim(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	ql_set_job_locktag(&tag, job_id);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* ql_wake_workers_at_commit: wake up to njobs idle workers when we commit */
+void
+ql_wake_workers_at_commit(int njobs)
+{
+	pending_wakeups += njobs;
+}
+
+/* ql_wake_launcher_at_commit: tell the launcher about this database */
+void
+ql_wake_launcher_at_commit(void)
+{
+	pending_launcher_wake = true;
+}
+
+/* ql_cancel_running_at_commit: stop a running attempt of a job at commit */
+void
+ql_cancel_running_at_commit(int64 job_id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	pending_cancels = lappend(pending_cancels, (void *) palloc_object(int64));
+	*(int64 *) llast(pending_cancels) = job_id;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * ql_wake_idle_workers: set the latches of up to n idle workers of this
+ * database.  Each woken worker's idle flag is cleared here, so that the next
+ * committer wakes another one rather than the same.  Needs no lock.
+ */
+static void
+ql_wake_idle_workers(int n)
+{
+	int			i;
+
+	for (i = 0; i < ql_shared->nslots && n > 0; i++)
+	{
+		QlWorkerSlot *slot = &ql_shared->slots[i];
+		Latch	   *latch = slot->latch;
+
+		if (slot->dboid != MyDatabaseId || latch == NULL)
+			continue;
+		if (pg_atomic_read_u32(&slot->idle) == 0)
+			continue;
+		if (pg_atomic_exchange_u32(&slot->idle, 0) == 1)
+		{
+			SetLatch(latch);
+			n--;
+		}
+	}
+}
+
+/*
+ * ql_mark_database_active: record that this database has qlater and wake
+ * the launcher, which starts its workers.
+ */
+static void
+ql_mark_database_active(void)
+{
+	QlDatabase *db;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	db = ql_find_database(MyDatabaseId, true);
+	if (db != NULL)
+		db->state = QL_DB_UNKNOWN;
+	LWLockRelease(ql_shared->lock);
+	if (ql_shared->launcher_latch)
+		SetLatch(ql_shared->launcher_latch);
+}
+
+/*
+ * ql_signal_cancels: interrupt the workers running the given jobs.  The
+ * worker sees cancel_job equal to its job, rolls the attempt back and
+ * removes the job.
+ */
+static void
+ql_signal_cancels(List *job_ids)
+{
+	ListCell   *lc;
+
+	foreach(lc, job_ids)
+	{
+		int64		job_id = *(int64 *) lfirst(lc);
+		int			i;
+
+		for (i = 0; i < ql_shared->nslots; i++)
+		{
+			QlWorkerSlot *slot = &ql_shared->slots[i];
+			pid_t		pid = slot->pid;
+
+			if (slot->dboid != MyDatabaseId || pid == 0)
+				continue;
+			if (pg_atomic_read_u64(&slot->job_id) != (uint64) job_id)
+				continue;
+			pg_atomic_write_u64(&slot->cancel_job, (uint64) job_id);
+			kill(pid, SIGINT);
+		}
+	}
+}
+
+/*
+ * ql_xact_callback: after commit, carry out what the transaction asked for;
+ * after abort, forget it.  XACT_EVENT_COMMIT comes after the commit is
+ * visible to other sessions, so a woken worker sees the new jobs.
+ */
+static void
+ql_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+			if (ql_shared != NULL)
+			{
+				if (pending_wakeups > 0)
+					ql_wake_idle_workers(pending_wakeups);
+				if (pending_launcher_wake)
+					ql_mark_database_active();
+				if (pending_cancels != NIL)
+					ql_signal_cancels(pending_cancels);
+			}
+			/* FALLTHROUGH */
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			pending_wakeups = 0;
+			pending_launcher_wake = false;
+			if (pending_cancels != NIL)
+			{
+				list_free_deep(pending_cancels);
+				pending_cancels = NIL;
+			}
+			break;
+		default:
+			break;
+	}
+}

@@ -1,0 +1,122 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		Shared memory of qlater: the launcher's list of databases and one
+ *		slot per worker (see shmem.h for which lock protects what).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+
+#include "qlater.h"
+#include "shmem.h"
+
+QlShared   *ql_shared = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+ql_shmem_size(void)
+{
+	return add_size(offsetof(QlShared, slots),
+					mul_size(ql_max_workers, sizeof(QlWorkerSlot)));
+}
+
+static void
+ql_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(ql_shmem_size());
+	RequestNamedLWLockTranche("qlater", 1);
+}
+
+/*
+ * ql_shmem_startup: create or attach to the shared state.  Runs in the
+ * postmaster at start and after every crash-restart, which resets it.
+ */
+static void
+ql_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ql_shared = ShmemInitStruct("qlater", ql_shmem_size(), &found);
+	if (!found)
+	{
+		int			i;
+
+		memset(ql_shared, 0, ql_shmem_size());
+		ql_shared->lock = &(GetNamedLWLockTranche("qlater"))->lock;
+		ql_shared->nslots = ql_max_workers;
+		for (i = 0; i < ql_max_workers; i++)
+		{
+			pg_atomic_init_u32(&ql_shared->slots[i].idle, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].job_id, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * ql_shmem_init: install the hooks; called from _PG_init while
+ * shared_preload_libraries is processed.
+ */
+void
+ql_shmem_init(void)
+{
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = ql_shmem_request;
+#else
+	ql_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = ql_shmem_startup;
+}
+
+/*
+ * ql_find_database: the entry of a database, or NULL.  With create, a free
+ * entry is taken (state QL_DB_UNKNOWN) when there is none yet; NULL if the
+ * table is full.  Caller holds ql_shared->lock exclusively (shared is enough
+ * without create).
+ */
+QlDatabase *
+ql_find_database(Oid dboid, bool create)
+{
+	QlDatabase *free_entry = NULL;
+	int			i;
+
+	for (i = 0; i < QL_MAX_DATABASES; i++)
+	{
+		QlDatabase *db = &ql_shared->dbs[i];
+
+		if (db->state == QL_DB_FREE)
+		{
+			if (free_entry == NULL)
+				free_entry = db;
+		}
+		else if (db->dboid == dboid)
+			return db;
+	}
+	if (create && free_entry != NULL)
+	{
+		free_entry->dboid = dboid;
+		free_entry->state = QL_DB_UNKNOWN;
+		return free_entry;
+	}
+	return NULL;
+}

@@ -1,0 +1,82 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.h
+ *		Shared state of qlater: the databases served and the worker slots.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QLATER_SHMEM_H
+#define QLATER_SHMEM_H
+
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+
+/* at most this many databases are tracked by the launcher */
+#define QL_MAX_DATABASES	64
+
+/* at most this many crashed jobs are carried over a crash-restart */
+#define QL_MAX_CRASHED		64
+
+typedef enum QlDbState
+{
+	QL_DB_FREE = 0,				/* entry unused */
+	QL_DB_UNKNOWN,				/* not yet probed: start a worker to look */
+	QL_DB_ACTIVE,				/* qlater is installed: keep workers running */
+	QL_DB_ABSENT				/* qlater is not installed: no workers */
+} QlDbState;
+
+typedef struct QlDatabase
+{
+	Oid			dboid;
+	QlDbState	state;
+} QlDatabase;
+
+/* a job that was running in a process that crashed the server */
+typedef struct QlCrashedJob
+{
+	Oid			dboid;
+	int64		job_id;
+} QlCrashedJob;
+
+typedef struct QlWorkerSlot
+{
+	/* set by the launcher under the lock */
+	Oid			dboid;			/* InvalidOid: slot free */
+	bool		stop_requested; /* leave after the current job */
+	/* set by the worker itself */
+	pid_t		pid;
+	Latch	   *latch;
+	pg_atomic_uint32 idle;		/* 1 while waiting for work; an enqueuer
+								 * clears it when it sets the latch */
+	pg_atomic_uint64 job_id;	/* job being run, 0 if none */
+	pg_atomic_uint64 cancel_job;	/* job whose attempt must stop */
+} QlWorkerSlot;
+
+/*
+ * QlShared: one per cluster.
+ *
+ * lock protects dbs[], ncrashed/crashed[], and each slot's dboid,
+ * stop_requested and pid.  Latch pointers, idle, job_id and cancel_job are
+ * read without the lock (atomics, or a pointer that at worst wakes the wrong
+ * process once).
+ */
+typedef struct QlShared
+{
+	LWLock	   *lock;
+	bool		inflight_collected; /* qlater.inflight read since start */
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	QlDatabase	dbs[QL_MAX_DATABASES];
+	int			ncrashed;
+	QlCrashedJob crashed[QL_MAX_CRASHED];
+	int			nslots;
+	QlWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} QlShared;
+
+extern QlShared *ql_shared;
+
+extern void ql_shmem_init(void);
+extern QlDatabase *ql_find_database(Oid dboid, bool create);
+
+#endif							/* QLATER_SHMEM_H */
