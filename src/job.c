@@ -411,7 +411,11 @@ ql_call_handler(QlJob *job, Oid roleid, QlProcInfo *pi, QlCall *call, SPIPlanPtr
 		rc = SPI_execute_plan_extended(plan, &options);
 	}
 	else
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
 		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
+		PopActiveSnapshot();
+	}
 	if (rc < 0)
 		elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
 
