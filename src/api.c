@@ -171,7 +171,7 @@ qlater_register(PG_FUNCTION_ARGS)
 	else
 		nulls[4] = 'n';
 
-	values[0] = CStringGetTextDatum(format_procedure_qualified(proc));
+	values[0] = CStringGetTextDatum(ql_signature(proc));
 	values[1] = CStringGetTextDatum(queue);
 	values[2] = Int32GetDatum(priority);
 	values[3] = Int32GetDatum(max_attempts);
@@ -213,7 +213,7 @@ qlater_unregister(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function with OID %u does not exist", proc)));
 	ql_check_proc_owner(proc);
-	values[0] = CStringGetTextDatum(format_procedure_qualified(proc));
+	values[0] = CStringGetTextDatum(ql_signature(proc));
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -155,6 +155,43 @@ ql_type_is_safe(Oid typid)
 }
 
 /*
+ * ql_signature: the schema-qualified signature under which a handler is
+ * stored, e.g. public.export_stations(text,text).  Types of pg_catalog are
+ * left unqualified (pg_catalog is always searched first); others are
+ * qualified, so the text names the same function under any search_path.
+ */
+char *
+ql_signature(Oid procoid)
+{
+	HeapTuple	tuple;
+	Form_pg_proc proc;
+	StringInfoData buf;
+	int			i;
+
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(procoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for function %u", procoid);
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s(",
+					 quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+												NameStr(proc->proname)));
+	for (i = 0; i < proc->pronargs; i++)
+	{
+		char	   *t = format_type_be_qualified(proc->proargtypes.values[i]);
+
+		if (i > 0)
+			appendStringInfoChar(&buf, ',');
+		if (strncmp(t, "pg_catalog.", 11) == 0)
+			t += 11;
+		appendStringInfoString(&buf, t);
+	}
+	appendStringInfoChar(&buf, ')');
+	ReleaseSysCache(tuple);
+	return buf.data;
+}
+
+/*
  * ql_procinfo: what a call of the function or procedure needs.  Raises an
  * error if it does not exist.  The result stays valid until the next call
  * of ql_procinfo or ql_signature_oid.
@@ -225,7 +262,7 @@ ql_procinfo(Oid procoid)
 		n++;
 	}
 	pi->nargs = n;
-	pi->signature = format_procedure_qualified(procoid);
+	pi->signature = ql_signature(procoid);
 	pi->callname = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
 											  NameStr(proc->proname));
 	MemoryContextSwitchTo(old);
@@ -387,8 +424,8 @@ ql_arg_datum(QlProcInfo *pi, int argno, JsonbValue *v, bool *isnull)
 			default:
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("argument %d of handler \"%s\" must be a JSON scalar or null",
-								argno + 1, pi->signature),
+						 errmsg("a JSON array or object cannot be passed as type %s",
+								format_type_be(typid)),
 						 errhint("Only json and jsonb parameters take JSON arrays and objects; "
 								 "pass other values as JSON strings in the type's input syntax.")));
 		}

@@ -44,6 +44,7 @@ typedef struct QlCall
 
 extern QlProcInfo *ql_procinfo(Oid procoid);
 extern Oid	ql_signature_oid(const char *signature);
+extern char *ql_signature(Oid procoid);
 extern void ql_check_handler_signature(Oid procoid);
 extern Jsonb *ql_args_normalize(QlProcInfo *pi, Jsonb *args);
 extern void ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call);

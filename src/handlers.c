@@ -57,12 +57,19 @@ ql_handlers_changed(void)
 	CacheInvalidateRelcacheByRelid(c->handler_relid);
 }
 
-/* ql_handlers_load: read the registry table into a fresh cache */
+/*
+ * ql_handlers_load: read the registry table into a fresh cache.  Reads as
+ * the tables' owner: resolving a signature must not depend on the
+ * caller's rights on the handler's schema.  The cache is published only
+ * once complete, so an error leaves none.
+ */
 static void
 ql_handlers_load(void)
 {
 	const QlCatalog *c = ql_catalog(false);
 	HASHCTL		ctl;
+	HTAB	   *hash;
+	QlUserSave	save;
 	char	   *query;
 	uint64		i;
 
@@ -82,19 +89,20 @@ ql_handlers_load(void)
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(QlHandler);
 	ctl.hcxt = handler_cxt;
+	hash = hash_create("qlater handlers", 32, &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
-	/* mark fresh before reading, so an invalidation meanwhile is kept */
+	/* mark fresh before reading, so that an invalidation meanwhile is kept */
 	handler_stale = false;
 
 	query = psprintf("SELECT handler, queue, priority, max_attempts, timeout "
 					 "FROM %s.qlater_handler", c->schema_quoted);
+	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the job handler registry");
 
-	handler_hash = hash_create("qlater handlers", 32, &ctl,
-							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -108,7 +116,7 @@ ql_handlers_load(void)
 
 		if (!OidIsValid(proc))
 			continue;			/* function dropped or renamed */
-		h = hash_search(handler_hash, &proc, HASH_ENTER, &found);
+		h = hash_search(hash, &proc, HASH_ENTER, &found);
 		h->queue = MemoryContextStrdup(handler_cxt, SPI_getvalue(tup, desc, 2));
 		h->priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 		h->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
@@ -118,6 +126,8 @@ ql_handlers_load(void)
 			h->timeout = *DatumGetIntervalP(d);
 	}
 	SPI_finish();
+	ql_restore_user(&save);
+	handler_hash = hash;
 }
 
 /*

@@ -34,7 +34,10 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/portal.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -377,47 +380,85 @@ ql_call_plan(QlCall *call)
 }
 
 /*
- * ql_call_handler: run the handler as the job's role.  Caller is connected
- * to SPI (non-atomic for a procedure).
+ * ql_param_list: the call's parameters as a ParamListInfo.
+ */
+static ParamListInfo
+ql_param_list(QlCall *call)
+{
+	ParamListInfo params = makeParamList(call->nparams);
+	int			i;
+
+	for (i = 0; i < call->nparams; i++)
+	{
+		params->params[i].value = call->values[i];
+		params->params[i].isnull = (call->nulls[i] == 'n');
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = call->types[i];
+	}
+	return params;
+}
+
+/*
+ * ql_run_procedure: CALL a procedure handler at top level, through a portal
+ * as a client's CALL runs, so that it may COMMIT and ROLLBACK.  Caller is
+ * not connected to SPI and has no active snapshot.
  */
 static void
-ql_call_handler(QlJob *job, Oid roleid, QlProcInfo *pi, QlCall *call, SPIPlanPtr plan)
+ql_run_procedure(QlCall *call)
+{
+	List	   *raw = pg_parse_query(call->query);
+	RawStmt    *stmt = linitial_node(RawStmt, raw);
+	List	   *queries;
+	List	   *plist;
+	Portal		portal;
+	DestReceiver *dest = CreateDestReceiver(DestNone);
+	QueryCompletion qc;
+
+#if PG_VERSION_NUM >= 150000
+	queries = pg_analyze_and_rewrite_fixedparams(stmt, call->query, call->types,
+												 call->nparams, NULL);
+#else
+	queries = pg_analyze_and_rewrite(stmt, call->query, call->types,
+									 call->nparams, NULL);
+#endif
+	plist = pg_plan_queries(queries, call->query, CURSOR_OPT_PARALLEL_OK, NULL);
+
+	portal = CreatePortal("qlater job", true, true);
+	portal->visible = false;
+	PortalDefineQuery(portal, NULL, call->query, CMDTAG_CALL, plist, NULL);
+	PortalStart(portal, ql_param_list(call), 0, InvalidSnapshot);
+	(void) PortalRun(portal, FETCH_ALL, true, true, dest, dest, &qc);
+	PortalDrop(portal, false);
+}
+
+/*
+ * ql_call_handler: run the handler as the job's role.  A function is called
+ * through SPI (caller is connected), a procedure at top level.
+ */
+static void
+ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 {
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
-	int			rc;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	save_nestlevel = NewGUCNestLevel();
 	SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	if (pi->prokind == PROKIND_PROCEDURE)
-	{
-		SPIExecuteOptions options;
-		ParamListInfo params = makeParamList(call->nparams);
-		int			i;
-
-		for (i = 0; i < call->nparams; i++)
-		{
-			params->params[i].value = call->values[i];
-			params->params[i].isnull = (call->nulls[i] == 'n');
-			params->params[i].pflags = PARAM_FLAG_CONST;
-			params->params[i].ptype = call->types[i];
-		}
-		memset(&options, 0, sizeof(options));
-		options.params = params;
-		options.allow_nonatomic = true;
-		rc = SPI_execute_plan_extended(plan, &options);
-	}
+		ql_run_procedure(call);
 	else
 	{
+		SPIPlanPtr	plan = ql_call_plan(call);
+		int			rc;
+
 		PushActiveSnapshot(GetTransactionSnapshot());
 		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
 		PopActiveSnapshot();
+		if (rc < 0)
+			elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
 	}
-	if (rc < 0)
-		elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	AtEOXact_GUC(false, save_nestlevel);
@@ -482,7 +523,6 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 		Oid			roleid = get_role_oid(job->role, true);
 		QlProcInfo *pi;
 		QlCall		call;
-		SPIPlanPtr	plan;
 		Datum		id = Int64GetDatum(job->id);
 		MemoryContext old;
 
@@ -502,10 +542,6 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 		ql_args_to_call(pi, job->args, &call);
 		MemoryContextSwitchTo(old);
 
-		if (SPI_connect_ext(pi->prokind == PROKIND_PROCEDURE ? SPI_OPT_NONATOMIC : 0) != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		plan = ql_call_plan(&call);
-
 		/* from here on a failure is the handler's: retry it */
 		permanent = false;
 		if (job->has_timeout)
@@ -516,7 +552,11 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 
 			enable_timeout_after(job_timeout_id, (int) Min(Max(ms, 1), INT_MAX));
 		}
-		ql_call_handler(job, roleid, pi, &call, plan);
+		if (pi->prokind != PROKIND_PROCEDURE && SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		ql_call_handler(roleid, pi, &call);
+		if (pi->prokind == PROKIND_PROCEDURE && SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
 		if (job->has_timeout)
 			disable_timeout(job_timeout_id, false);
 

@@ -1,0 +1,91 @@
+-- api: registration, enqueue and the checks made at enqueue
+\set VERBOSITY default
+
+-- registration
+SELECT qlater_register('export_stations(text,text)');
+SELECT handler, queue, priority, max_attempts, timeout FROM qlater_handler;
+-- registering again updates the defaults
+SELECT qlater_register('export_stations(text,text)', queue => 'exports',
+                       priority => 5, max_attempts => 3, timeout => '1 minute');
+SELECT handler, queue, priority, max_attempts, timeout FROM qlater_handler;
+SELECT qlater_register('export_stations(text,text)');
+SELECT qlater_register('no_such_function(text)');
+SELECT qlater_register('export_stations(text,text)', priority => 100000);
+SELECT qlater_register('export_stations(text,text)', max_attempts => 0);
+SELECT qlater_register('export_stations(text,text)', timeout => '-1 second');
+SELECT qlater_register('export_stations(text,text)', queue => '');
+SELECT qlater_register('export_stations(text,text)', queue => NULL);
+CREATE FUNCTION poly(anyelement) RETURNS void LANGUAGE sql AS '';
+SELECT qlater_register('poly(anyelement)');
+CREATE FUNCTION anyvar(VARIADIC "any") RETURNS int LANGUAGE internal AS 'pg_num_nulls';
+SELECT qlater_register('anyvar("any")');
+SELECT qlater_register('count(*)');
+CREATE PROCEDURE proc_out(a int, OUT b int) LANGUAGE plpgsql AS $$ BEGIN b := a; END $$;
+SELECT qlater_register('proc_out(int)');
+
+-- enqueue: positional, named, defaults and options
+BEGIN;
+SELECT qlater_enqueue('export_stations', '["tenant-a"]', run_at => now() + interval '1 day') > 0 AS enqueued;
+SELECT qlater_enqueue('export_stations', '{"tenant": "tenant-a", "format": "xlsx"}', run_at => now() + interval '1 day') > 0 AS enqueued;
+SELECT qlater_enqueue('export_stations', '["tenant-b"]', run_at => now() + interval '1 day',
+                      queue => 'exports', priority => 10, max_attempts => 7) > 0 AS enqueued;
+SELECT qlater_enqueue('public.export_stations', '["tenant-c", "pdf"]', run_at => now() + interval '1 day') > 0 AS enqueued;
+SELECT qlater_enqueue('export_stations(text,text)', '{"tenant": "tenant-d"}', run_at => now() + interval '1 day') > 0 AS enqueued;
+SELECT handler, args, queue, priority, max_attempts, attempts, state, role = current_user AS mine
+  FROM qlater_jobs ORDER BY id;
+ROLLBACK;
+-- rolled back: no job left behind
+SELECT count(*) FROM qlater_jobs;
+
+-- every bad call is refused and enqueues nothing
+SELECT qlater_enqueue('no_such_handler', '[]');
+SELECT qlater_enqueue('no_such_schema.export_stations', '[]');
+SELECT qlater_enqueue('export_stations(int)', '[]');
+CREATE FUNCTION unregistered(a int) RETURNS void LANGUAGE sql AS '';
+SELECT qlater_enqueue('unregistered', '[1]');
+SELECT qlater_enqueue('unregistered(int)', '[1]');
+SELECT qlater_enqueue('export_stations', '[]');
+SELECT qlater_enqueue('export_stations', '["a", "b", "c"]');
+SELECT qlater_enqueue('export_stations', '{"format": "csv"}');
+SELECT qlater_enqueue('export_stations', '{"tenant": "a", "colour": "red"}');
+SELECT qlater_enqueue('export_stations', '"tenant-a"');
+SELECT qlater_enqueue('export_stations', '42');
+SELECT qlater_enqueue('export_stations', NULL);
+SELECT qlater_enqueue(NULL, '[]');
+SELECT qlater_enqueue('export_stations', '["a"]', priority => 40000);
+SELECT qlater_enqueue('export_stations', '["a"]', max_attempts => 0);
+SELECT qlater_enqueue('export_stations', '["a"]', queue => '');
+SELECT qlater_enqueue('export_stations', '["a"]', run_at => 'infinity');
+SELECT count(*) FROM qlater_jobs;
+
+-- an unregistered overload makes nothing ambiguous; two registered ones do
+CREATE FUNCTION export_stations(tenant int) RETURNS void LANGUAGE sql AS '';
+BEGIN;
+SELECT qlater_enqueue('export_stations', '["t"]', run_at => now() + interval '1 day') > 0 AS enqueued;
+ROLLBACK;
+SELECT qlater_register('export_stations(int)');
+SELECT qlater_enqueue('export_stations', '["t"]');
+BEGIN;
+SELECT qlater_enqueue('export_stations(integer)', '[1]', run_at => now() + interval '1 day') > 0 AS enqueued;
+ROLLBACK;
+SELECT qlater_unregister('export_stations(int)');
+SELECT qlater_unregister('export_stations(int)');
+DROP FUNCTION export_stations(int);
+
+-- the handler resolves under the caller's search_path
+CREATE SCHEMA other;
+CREATE FUNCTION other.hidden(a int) RETURNS void LANGUAGE sql AS '';
+SELECT qlater_register('other.hidden(int)');
+SELECT qlater_enqueue('hidden', '[1]');
+SET search_path = other, public;
+BEGIN;
+SELECT qlater_enqueue('hidden', '[1]', run_at => now() + interval '1 day') > 0 AS enqueued;
+ROLLBACK;
+RESET search_path;
+
+-- after commit the job runs in the background
+SELECT qlater_enqueue('export_stations', '["tenant-now"]') > 0 AS enqueued;
+SELECT qlater_enqueue('export_stations', '{"tenant": "tenant-named", "format": "xlsx"}') > 0 AS enqueued;
+SELECT wait_for_jobs();
+SELECT tenant, format, who = current_user AS as_me FROM done ORDER BY tenant;
+SELECT count(*) FROM qlater_jobs;
