@@ -8,6 +8,7 @@ OBJS = \
 	src/api.o \
 	src/args.o \
 	src/catalog.o \
+	src/cron.o \
 	src/handlers.o \
 	src/inflight.o \
 	src/job.o \
@@ -19,7 +20,7 @@ PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
-REGRESS = setup api args security
+REGRESS = setup api args security cron
 REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
 
 TAP_TESTS = 1

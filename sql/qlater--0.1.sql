@@ -146,6 +146,23 @@ COMMENT ON FUNCTION @extschema@.qlater_workers() IS
 REVOKE ALL ON FUNCTION @extschema@.qlater_workers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.qlater_workers() TO qlater_admin;
 
+CREATE FUNCTION @extschema@.qlater_cron_next(schedule text,
+                                             after timestamptz,
+                                             timezone text DEFAULT 'UTC')
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'qlater_cron_next'
+LANGUAGE C STRICT STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.qlater_cron_next(text, timestamptz, text) IS
+    'first tick of a cron schedule strictly after a time, evaluated in a time zone';
+
+CREATE FUNCTION @extschema@.qlater_cron_check(schedule text,
+                                              timezone text DEFAULT 'UTC')
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_cron_check'
+LANGUAGE C STRICT STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.qlater_cron_check(text, text) IS
+    'raise an error if a cron schedule or a time zone is invalid';
+
 /* Tell the launcher that this database now has qlater (takes effect at commit). */
 CREATE FUNCTION @extschema@.qlater_wake_launcher()
 RETURNS void
