@@ -1,0 +1,245 @@
+# 010_basic.pl: jobs run in the background after commit, as the role that
+# enqueued them; rollback, arguments, privileges, processes, run_at timing,
+# and jobs whose handler or role disappeared.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('basic');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 4\n"
+	  . "max_worker_processes = 16\n");
+$node->start;
+
+# the launcher runs even before any database has the extension
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'qlater launcher'"),
+	'the launcher shows up in pg_stat_activity as "qlater launcher"');
+
+$node->safe_psql('postgres', 'CREATE EXTENSION qlater');
+
+ok( $node->poll_query_until(
+		'postgres', q{
+SELECT count(*) = 4 FROM pg_stat_activity
+ WHERE backend_type = 'qlater worker' AND datname = 'postgres'}),
+	'4 workers show up in pg_stat_activity as "qlater worker"');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater launcher'"),
+	'1',
+	'exactly one launcher');
+
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE done (label text, a int, b text, cu text, su text,
+                   at timestamptz DEFAULT clock_timestamp());
+GRANT ALL ON done TO PUBLIC;
+CREATE FUNCTION rec(label text, a int DEFAULT 7, b text DEFAULT 'dflt')
+RETURNS void LANGUAGE sql
+AS $$ INSERT INTO done (label, a, b, cu, su)
+      VALUES (label, a, b, current_user, session_user) $$;
+SELECT qlater_register('rec(text,int,text)');
+CREATE ROLE alice LOGIN;
+});
+
+# wait until no job is left but dead ones
+sub wait_idle
+{
+	my ($db, $msg) = @_;
+	ok( $node->poll_query_until(
+			$db || 'postgres',
+			"SELECT count(*) = 0 FROM qlater_jobs WHERE state <> 'dead'"),
+		$msg || 'the queue drains');
+}
+
+# wait until a label shows up in done
+sub wait_label
+{
+	my ($label, $msg) = @_;
+	ok( $node->poll_query_until(
+			'postgres', "SELECT count(*) > 0 FROM done WHERE label = '$label'"),
+		$msg || "job '$label' ran");
+}
+
+### the job runs after commit, not before
+my $out = $node->safe_psql(
+	'postgres', q{
+BEGIN;
+SELECT qlater_enqueue('rec', '["after-commit"]') > 0;
+SELECT pg_sleep(0.5);
+SELECT count(*) FROM done;
+SELECT state FROM qlater_jobs;
+COMMIT;
+});
+is($out, "t\n\n0\npending", 'an uncommitted job is pending and does not run');
+wait_label('after-commit', 'the job runs in the background after commit');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM qlater_jobs'),
+	'0', 'a finished job is removed');
+
+### a rolled back enqueue leaves nothing
+$node->safe_psql(
+	'postgres', q{
+BEGIN;
+SELECT qlater_enqueue('rec', '["rolled-back"]');
+ROLLBACK;
+SELECT qlater_enqueue('rec', '["after-rollback"]');
+});
+wait_label('after-rollback');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT count(*) FROM done WHERE label = 'rolled-back'"),
+	'0',
+	'a rolled back enqueue never runs');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM qlater_jobs'),
+	'0', 'a rolled back enqueue leaves no job');
+
+### positional and named arguments, with defaults
+$node->safe_psql(
+	'postgres', q{
+SELECT qlater_enqueue('rec', '["pos-all", 1, "x"]');
+SELECT qlater_enqueue('rec', '["pos-default"]');
+SELECT qlater_enqueue('rec', '{"label": "named", "b": "nb"}');
+SELECT qlater_enqueue('rec', '{"b": "nb2", "a": 42, "label": "named-all"}');
+});
+wait_idle('postgres', 'argument jobs drain');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT string_agg(format('%s:%s:%s', label, a, b), ' ' ORDER BY label)
+  FROM done WHERE label IN ('pos-all', 'pos-default', 'named', 'named-all')}),
+	'named:7:nb named-all:42:nb2 pos-all:1:x pos-default:7:dflt',
+	'positional and named arguments, with defaults');
+
+### a role's job runs as that role
+$node->safe_psql(
+	'postgres', q{
+SET ROLE alice;
+SELECT qlater_enqueue('rec', '["as-alice"]');
+});
+# also when alice logs in herself
+$node->safe_psql('postgres',
+	q{SELECT qlater_enqueue('rec', '["as-alice-login"]')},
+	extra_params => [ '-U', 'alice' ]);
+wait_label('as-alice');
+wait_label('as-alice-login');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(cu, ',' ORDER BY label) FROM done WHERE label IN ('as-alice', 'as-alice-login')"
+	),
+	'alice,alice',
+	'the job of alice runs with current_user alice');
+my $su = $node->safe_psql('postgres',
+	"SELECT su FROM done WHERE label = 'as-alice'");
+note "session_user inside alice's job: $su";
+is( $node->safe_psql(
+		'postgres', "SELECT cu FROM done WHERE label = 'after-commit'"),
+	$node->safe_psql('postgres', 'SELECT current_user'),
+	'the superuser\'s job runs as the superuser');
+
+### a role cannot enqueue a handler it cannot EXECUTE
+$node->safe_psql(
+	'postgres', q{
+CREATE FUNCTION secret(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO done (label, cu) VALUES (label, current_user) $$;
+REVOKE EXECUTE ON FUNCTION secret(text) FROM PUBLIC;
+SELECT qlater_register('secret(text)');
+});
+my ($ret, $stdout, $stderr) = $node->psql(
+	'postgres', q{
+\set VERBOSITY verbose
+SET ROLE alice;
+SELECT qlater_enqueue('secret', '["secret-by-alice"]');
+});
+isnt($ret, 0, 'enqueue of a handler alice cannot execute fails');
+like($stderr, qr/42501/, 'with SQLSTATE 42501');
+is( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM qlater_jobs WHERE handler LIKE '%secret%'"),
+	'0',
+	'and enqueues nothing');
+
+### a future run_at job runs shortly after run_at
+# Idle workers sleep for qlater.poll_interval (5 s by default) at most; they
+# must wake for the due job on their own.
+my $run_at = $node->safe_psql('postgres',
+	"SELECT (clock_timestamp() + interval '2 seconds')::text");
+$node->safe_psql('postgres',
+	"SELECT qlater_enqueue('rec', '[\"timed\"]', run_at => '$run_at')");
+is( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM done WHERE label = 'timed'"),
+	'0',
+	'a future job does not run before its run_at');
+wait_label('timed');
+my $delay_ms = $node->safe_psql('postgres',
+	"SELECT round(extract(epoch FROM at - '$run_at'::timestamptz) * 1000) FROM done WHERE label = 'timed'"
+);
+note "the timed job started $delay_ms ms after its run_at";
+cmp_ok($delay_ms, '>=', 0, 'the timed job did not start before run_at');
+# ~100 ms is the goal; leave slack for a noisy machine
+cmp_ok($delay_ms, '<', 300, 'the timed job started within 300 ms of run_at');
+
+### a job whose handler was dropped after enqueue ends dead
+$node->safe_psql(
+	'postgres', q{
+CREATE FUNCTION doomed(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO done (label) VALUES (label) $$;
+SELECT qlater_register('doomed(text)');
+BEGIN;
+SELECT qlater_enqueue('doomed', '["doomed"]');
+DROP FUNCTION doomed(text);
+COMMIT;
+SELECT qlater_enqueue('rec', '["after-doomed"]');
+});
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT state = 'dead' FROM qlater_jobs WHERE handler LIKE '%doomed%'"),
+	'a job whose handler was dropped ends dead');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT format('%s|%s|%s|%s', last_error->>'sqlstate',
+              last_error->>'message' LIKE '%doomed%does not exist%',
+              last_error->>'attempt', attempts)
+  FROM qlater_jobs WHERE handler LIKE '%doomed%'}),
+	'42883|t|1|1',
+	'its last_error says the function does not exist');
+wait_label('after-doomed', 'other jobs keep running after the dropped handler');
+
+### a job whose role was dropped ends dead
+$node->safe_psql(
+	'postgres', q{
+CREATE ROLE bob;
+BEGIN;
+SET ROLE bob;
+SELECT qlater_enqueue('rec', '["by-bob"]');
+RESET ROLE;
+DROP ROLE bob;
+COMMIT;
+SELECT qlater_enqueue('rec', '["after-bob"]');
+});
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT state = 'dead' FROM qlater_jobs WHERE role = 'bob'"),
+	'a job whose role was dropped ends dead');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT format('%s|%s', last_error->>'sqlstate',
+              last_error->>'message' LIKE '%role%bob%does not exist%')
+  FROM qlater_jobs WHERE role = 'bob'}),
+	'42704|t',
+	'its last_error says the role does not exist');
+wait_label('after-bob', 'other jobs keep running after the dropped role');
+is( $node->safe_psql('postgres', "SELECT count(*) FROM done WHERE label = 'by-bob'"),
+	'0', 'the dropped role\'s job did nothing');
+
+# all 4 workers are still there
+is( $node->safe_psql(
+		'postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker'"),
+	'4',
+	'all workers survived');
+
+$node->stop;
+done_testing();
