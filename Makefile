@@ -8,6 +8,7 @@ OBJS = \
 	src/api.o \
 	src/args.o \
 	src/catalog.o \
+	src/consumer.o \
 	src/cron.o \
 	src/handlers.o \
 	src/inflight.o \

@@ -48,7 +48,27 @@ CREATE TABLE @extschema@.qlater_job (
     dead         boolean NOT NULL DEFAULT false,
     crashes      int NOT NULL DEFAULT 0,
     last_error   jsonb,
-    enqueued_at  timestamptz NOT NULL DEFAULT now()
+    enqueued_at  timestamptz NOT NULL DEFAULT now(),
+    claim_token  uuid,          -- lease mode of external consumers
+    lease_until  timestamptz
+);
+
+/*
+ * Declared queues.  A queue never declared is served by the in-server
+ * workers; an external queue is served by applications (qlater_lock).
+ */
+CREATE TABLE @extschema@.qlater_queue (
+    name       text PRIMARY KEY,
+    external   boolean NOT NULL DEFAULT false,
+    owner      name NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+/* roles allowed to consume an external queue (granted by its owner) */
+CREATE TABLE @extschema@.qlater_queue_consumer (
+    queue    text NOT NULL REFERENCES @extschema@.qlater_queue (name) ON DELETE CASCADE,
+    consumer name NOT NULL,
+    PRIMARY KEY (queue, consumer)
 );
 
 -- claim order
@@ -59,23 +79,30 @@ CREATE INDEX qlater_job_run_at ON @extschema@.qlater_job (run_at) WHERE NOT dead
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_handler', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_job', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_job_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_queue_consumer', '');
 
 -- Only the API writes jobs: no direct access for anyone but the owner.
 REVOKE ALL ON @extschema@.qlater_handler, @extschema@.qlater_job,
-    @extschema@.qlater_job_id_seq FROM PUBLIC;
-GRANT SELECT ON @extschema@.qlater_handler TO PUBLIC;
+    @extschema@.qlater_job_id_seq, @extschema@.qlater_queue,
+    @extschema@.qlater_queue_consumer FROM PUBLIC;
+GRANT SELECT ON @extschema@.qlater_handler, @extschema@.qlater_queue,
+    @extschema@.qlater_queue_consumer TO PUBLIC;
 
 /*
- * qlater_jobs: the jobs a role may see.  A job is 'running' while a session
- * holds its claim (an advisory lock in qlater's own key space, objsubid 29036).
+ * qlater_jobs: the jobs a role may see: its own, those of the external
+ * queues it may consume, or all for superusers and qlater_admin.  A job is
+ * 'running' while a session holds its claim (an advisory lock in qlater's
+ * own key space, objsubid 29036) or while its lease lasts.
  */
 CREATE VIEW @extschema@.qlater_jobs WITH (security_barrier) AS
 SELECT j.id, j.queue, j.handler, j.args, j.priority, j.run_at, j.attempts,
        j.max_attempts, j.last_error,
        CASE WHEN j.dead THEN 'dead'
-            WHEN l.pid IS NOT NULL THEN 'running'
+            WHEN l.pid IS NOT NULL OR j.lease_until > now() THEN 'running'
             ELSE 'pending' END AS state,
-       j.role, j.timeout, j.crashes, j.enqueued_at, l.pid AS locked_by
+       j.role, j.timeout, j.crashes, j.enqueued_at, l.pid AS locked_by,
+       j.claim_token, j.lease_until
   FROM @extschema@.qlater_job j
   LEFT JOIN pg_catalog.pg_locks l
          ON l.locktype = 'advisory'
@@ -86,7 +113,13 @@ SELECT j.id, j.queue, j.handler, j.args, j.priority, j.run_at, j.attempts,
         AND l.classid = (j.id >> 32)::oid
         AND l.objid = (j.id & 4294967295)::oid
  WHERE j.role = CURRENT_USER
-    OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER');
+    OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER')
+    OR EXISTS (SELECT FROM @extschema@.qlater_queue q
+                WHERE q.name = j.queue AND q.external
+                  AND (q.owner = CURRENT_USER
+                       OR EXISTS (SELECT FROM @extschema@.qlater_queue_consumer c
+                                   WHERE c.queue = q.name
+                                     AND c.consumer = CURRENT_USER)));
 
 GRANT SELECT ON @extschema@.qlater_jobs TO PUBLIC;
 COMMENT ON VIEW @extschema@.qlater_jobs IS
@@ -162,6 +195,74 @@ AS 'MODULE_PATHNAME', 'qlater_cron_check'
 LANGUAGE C STRICT STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.qlater_cron_check(text, text) IS
     'raise an error if a cron schedule or a time zone is invalid';
+
+/* ---- queues served by applications (external consumers) ---- */
+
+CREATE FUNCTION @extschema@.qlater_create_queue(name text, external boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_create_queue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_create_queue(text, boolean) IS
+    'declare a queue, served by the in-server workers or by applications (external)';
+
+CREATE FUNCTION @extschema@.qlater_grant_queue(queue text, consumer name)
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_grant_queue'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_grant_queue(text, name) IS
+    'allow a role to claim and see the jobs of an external queue';
+
+CREATE FUNCTION @extschema@.qlater_revoke_queue(queue text, consumer name)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'qlater_revoke_queue'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_revoke_queue(text, name) IS
+    'withdraw the right to consume an external queue';
+
+CREATE FUNCTION @extschema@.qlater_lock(queue text, max_jobs int DEFAULT 1,
+                                        lease interval DEFAULT NULL)
+RETURNS SETOF @extschema@.qlater_jobs
+AS 'MODULE_PATHNAME', 'qlater_lock'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_lock(text, int, interval) IS
+    'claim up to max_jobs ready jobs of an external queue (session claim, or a lease)';
+
+CREATE FUNCTION @extschema@.qlater_complete(id bigint, token uuid DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_complete'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_complete(bigint, uuid) IS
+    'finish a claimed job; its claim is released when this transaction commits';
+
+CREATE FUNCTION @extschema@.qlater_fail(id bigint, error text,
+                                        retry_at timestamptz DEFAULT NULL,
+                                        token uuid DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_fail'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_fail(bigint, text, timestamptz, uuid) IS
+    'record a failed attempt of a claimed job (backoff, then dead)';
+
+CREATE FUNCTION @extschema@.qlater_unlock(id bigint, token uuid DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_unlock'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_unlock(bigint, uuid) IS
+    'give back the claim of a job not started';
+
+CREATE FUNCTION @extschema@.qlater_extend(id bigint, token uuid, lease interval)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'qlater_extend'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_extend(bigint, uuid, interval) IS
+    'renew the lease of a job claimed in lease mode';
+
+CREATE FUNCTION @extschema@.qlater_listen(queue text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'qlater_listen'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_listen(text) IS
+    'LISTEN for jobs of an external queue; returns this session''s channel';
 
 /* Tell the launcher that this database now has qlater (takes effect at commit). */
 CREATE FUNCTION @extschema@.qlater_wake_launcher()

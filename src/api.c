@@ -27,6 +27,7 @@
 #include "api.h"
 #include "args.h"
 #include "catalog.h"
+#include "consumer.h"
 #include "handlers.h"
 #include "qlater.h"
 #include "shmem.h"
@@ -313,6 +314,46 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 }
 
 /*
+ * ql_enqueue_external: enqueue a job for the consumers of an external
+ * queue.  The handler is free text checked only for sanity; args are any
+ * JSON array or object.
+ */
+static int64
+ql_enqueue_external(const QlCatalog *c, const char *queue, const char *handler,
+					Jsonb *args, TimestampTz run_at, int32 priority, int32 max_attempts)
+{
+	const char *p;
+	int64		id;
+
+	if (handler[0] == '\0' || strlen(handler) > QL_MAX_APP_HANDLER)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid handler name \"%s\"", handler),
+				 errhint("An application handler name has 1 to %d bytes.", QL_MAX_APP_HANDLER)));
+	for (p = handler; *p; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid handler name \"%s\"", handler),
+					 errdetail("Handler names cannot contain control characters.")));
+	}
+	if (JB_ROOT_IS_SCALAR(args))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job arguments must be a JSON array or object")));
+	ql_check_priority(priority);
+	ql_check_max_attempts(max_attempts);
+	if (TIMESTAMP_NOT_FINITE(run_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("run_at must be finite")));
+	id = ql_insert_job(c, queue, handler, args, priority, run_at, max_attempts, NULL);
+	ql_notify_listener(queue, id);
+	return id;
+}
+
+/*
  * qlater_enqueue(handler text, args jsonb, run_at timestamptz, queue text,
  *				  priority int, max_attempts int) returns bigint
  *
@@ -343,6 +384,17 @@ qlater_enqueue(PG_FUNCTION_ARGS)
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	args = PG_GETARG_JSONB_P(1);
 	run_at = PG_ARGISNULL(2) ? GetCurrentTransactionStartTimestamp() : PG_GETARG_TIMESTAMPTZ(2);
+
+	/* a job for an application: the handler is its own business */
+	if (!PG_ARGISNULL(3))
+	{
+		queue = text_to_cstring(PG_GETARG_TEXT_PP(3));
+		ql_check_queue_name(queue);
+		if (ql_queue_is_external(c, queue))
+			PG_RETURN_INT64(ql_enqueue_external(c, queue, name, args, run_at,
+												PG_ARGISNULL(4) ? QL_DEFAULT_PRIORITY : PG_GETARG_INT32(4),
+												PG_ARGISNULL(5) ? QL_DEFAULT_MAX_ATTEMPTS : PG_GETARG_INT32(5)));
+	}
 
 	proc = ql_resolve_handler(name, &h);
 	/* copy what we need of h: the next lookup may reload the registry */

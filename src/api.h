@@ -17,6 +17,13 @@
 #define QL_MIN_PRIORITY		(-32768)
 #define QL_MAX_PRIORITY		32767
 
+/* defaults of jobs for applications (external queues) */
+#define QL_DEFAULT_PRIORITY		100
+#define QL_DEFAULT_MAX_ATTEMPTS	25
+
+/* longest application handler name */
+#define QL_MAX_APP_HANDLER		200
+
 extern void ql_check_priority(int32 priority);
 extern void ql_check_max_attempts(int32 max_attempts);
 extern void ql_check_queue_name(const char *queue);

@@ -156,7 +156,8 @@ ql_prepare_plans(const QlCatalog *c)
 	}
 	plans.candidates = ql_prepare(psprintf("SELECT id FROM %s.qlater_job "
 										   "WHERE NOT dead AND run_at <= now() "
-										   "ORDER BY priority, run_at, id LIMIT $1", s),
+										   "AND queue <> ALL (ARRAY(SELECT name FROM %s.qlater_queue WHERE external)) "
+										   "ORDER BY priority, run_at, id LIMIT $1", s, s),
 								  1, t_limit);
 	plans.fetch = ql_prepare(psprintf("SELECT handler, args, role, timeout, attempts, max_attempts "
 									  "FROM %s.qlater_job "
@@ -168,7 +169,8 @@ ql_prepare_plans(const QlCatalog *c)
 									 "run_at = $4, dead = $5 WHERE id = $1", s),
 							5, t_fail);
 	plans.next = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
-									 "WHERE NOT dead AND run_at > now()", s),
+									 "WHERE NOT dead AND run_at > now() "
+									 "AND queue <> ALL (ARRAY(SELECT name FROM %s.qlater_queue WHERE external))", s, s),
 							0, NULL);
 	plans.crash = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = attempts + 1, "
 									  "crashes = crashes + 1, "
@@ -186,21 +188,25 @@ ql_prepare_plans(const QlCatalog *c)
 }
 
 /*
- * ql_error_json: the last_error value of a failed attempt.
+ * ql_error_json_fields: the last_error value of a failed attempt: a jsonb
+ * object with the keys sqlstate, message, detail, hint, context (each may
+ * be NULL), attempt and at.
  */
-static Jsonb *
-ql_error_json(ErrorData *edata, int attempt, TimestampTz at)
+Jsonb *
+ql_error_json_fields(const char *sqlstate, const char *message,
+					 const char *detail, const char *hint,
+					 const char *context, int attempt, TimestampTz at)
 {
 	StringInfoData buf;
 	const char *keys[5] = {"sqlstate", "message", "detail", "hint", "context"};
 	const char *vals[5];
 	int			i;
 
-	vals[0] = unpack_sql_state(edata->sqlerrcode);
-	vals[1] = edata->message;
-	vals[2] = edata->detail;
-	vals[3] = edata->hint;
-	vals[4] = edata->context;
+	vals[0] = sqlstate;
+	vals[1] = message;
+	vals[2] = detail;
+	vals[3] = hint;
+	vals[4] = context;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
@@ -218,6 +224,29 @@ ql_error_json(ErrorData *edata, int attempt, TimestampTz at)
 	escape_json(&buf, timestamptz_to_str(at));
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* ql_error_json: the last_error value of an attempt that raised edata */
+static Jsonb *
+ql_error_json(ErrorData *edata, int attempt, TimestampTz at)
+{
+	return ql_error_json_fields(unpack_sql_state(edata->sqlerrcode),
+								edata->message, edata->detail, edata->hint,
+								edata->context, attempt, at);
+}
+
+/*
+ * ql_retry_time: when a job that has failed attempts times runs again:
+ * attempts^4 + 3 seconds after now, at most a year.
+ */
+TimestampTz
+ql_retry_time(int32 attempts, TimestampTz now)
+{
+	double		backoff = (double) attempts * attempts * attempts * attempts + 3.0;
+
+	if (backoff > 365.0 * SECS_PER_DAY)
+		backoff = 365.0 * SECS_PER_DAY;
+	return now + (TimestampTz) (backoff * USECS_PER_SEC);
 }
 
 /*
@@ -475,7 +504,6 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent)
 	bool		dead = permanent || attempts >= job->max_attempts;
 	TimestampTz now;
 	Datum		values[5];
-	double		backoff;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -483,14 +511,11 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	now = GetCurrentTransactionStartTimestamp();
-	backoff = (double) attempts * attempts * attempts * attempts + 3.0;
-	if (backoff > 365.0 * SECS_PER_DAY)
-		backoff = 365.0 * SECS_PER_DAY;
 
 	values[0] = Int64GetDatum(job->id);
 	values[1] = Int32GetDatum(attempts);
 	values[2] = JsonbPGetDatum(ql_error_json(edata, attempts, now));
-	values[3] = TimestampTzGetDatum(dead ? now : now + (TimestampTz) (backoff * USECS_PER_SEC));
+	values[3] = TimestampTzGetDatum(dead ? now : ql_retry_time(attempts, now));
 	values[4] = BoolGetDatum(dead);
 	if (SPI_execute_plan(plans.fail, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the failure of job %lld", (long long) job->id);

@@ -8,6 +8,9 @@
 #ifndef QLATER_JOB_H
 #define QLATER_JOB_H
 
+#include "datatype/timestamp.h"
+#include "utils/jsonb.h"
+
 #include "shmem.h"
 
 typedef enum QlJobResult
@@ -20,5 +23,10 @@ typedef enum QlJobResult
 extern void ql_job_init(void);
 extern QlJobResult ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms);
 extern void ql_count_crash(int64 job_id);
+extern Jsonb *ql_error_json_fields(const char *sqlstate, const char *message,
+								   const char *detail, const char *hint,
+								   const char *context, int attempt,
+								   TimestampTz at);
+extern TimestampTz ql_retry_time(int32 attempts, TimestampTz now);
 
 #endif							/* QLATER_JOB_H */

@@ -39,6 +39,7 @@ int			ql_max_crashes = 3;
 static int	pending_wakeups = 0;
 static bool pending_launcher_wake = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
+static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
 
 void		_PG_init(void);
 static void ql_xact_callback(XactEvent event, void *arg);
@@ -160,15 +161,34 @@ ql_wake_launcher_at_commit(void)
 	pending_launcher_wake = true;
 }
 
+/* ql_remember_job: add a job id to one of the lists carried to commit */
+static List *
+ql_remember_job(List *list, int64 job_id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	int64	   *p = palloc_object(int64);
+
+	*p = job_id;
+	list = lappend(list, p);
+	MemoryContextSwitchTo(old);
+	return list;
+}
+
 /* ql_cancel_running_at_commit: stop a running attempt of a job at commit */
 void
 ql_cancel_running_at_commit(int64 job_id)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	pending_cancels = ql_remember_job(pending_cancels, job_id);
+}
 
-	pending_cancels = lappend(pending_cancels, (void *) palloc_object(int64));
-	*(int64 *) llast(pending_cancels) = job_id;
-	MemoryContextSwitchTo(old);
+/*
+ * ql_release_claim_at_commit: release this session's claim of a job once
+ * the transaction that finished it has committed; an abort keeps it.
+ */
+void
+ql_release_claim_at_commit(int64 job_id)
+{
+	pending_releases = ql_remember_job(pending_releases, job_id);
 }
 
 /*
@@ -257,6 +277,12 @@ ql_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
+			{
+				ListCell   *lc;
+
+				foreach(lc, pending_releases)
+					ql_release_claim(*(int64 *) lfirst(lc));
+			}
 			if (ql_shared != NULL)
 			{
 				if (pending_wakeups > 0)
@@ -276,6 +302,11 @@ ql_xact_callback(XactEvent event, void *arg)
 			{
 				list_free_deep(pending_cancels);
 				pending_cancels = NIL;
+			}
+			if (pending_releases != NIL)
+			{
+				list_free_deep(pending_releases);
+				pending_releases = NIL;
 			}
 			break;
 		default:

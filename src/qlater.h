@@ -33,6 +33,7 @@ extern void ql_release_claim(int64 job_id);
 extern void ql_wake_workers_at_commit(int njobs);
 extern void ql_wake_launcher_at_commit(void);
 extern void ql_cancel_running_at_commit(int64 job_id);
+extern void ql_release_claim_at_commit(int64 job_id);
 extern void ql_require_preload(void);
 
 #endif							/* QLATER_H */

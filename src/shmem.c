@@ -61,6 +61,7 @@ ql_shmem_startup(void)
 		memset(ql_shared, 0, ql_shmem_size());
 		ql_shared->lock = &(GetNamedLWLockTranche("qlater"))->lock;
 		ql_shared->nslots = ql_max_workers;
+		pg_atomic_init_u32(&ql_shared->notify_next, 0);
 		for (i = 0; i < ql_max_workers; i++)
 		{
 			pg_atomic_init_u32(&ql_shared->slots[i].idle, 0);

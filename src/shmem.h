@@ -39,6 +39,17 @@ typedef struct QlCrashedJob
 	int64		job_id;
 } QlCrashedJob;
 
+/* at most this many sessions listen for jobs of external queues at once */
+#define QL_MAX_LISTENERS	256
+
+/* a session that called qlater_listen(queue) */
+typedef struct QlListener
+{
+	Oid			dboid;			/* InvalidOid: entry free */
+	pid_t		pid;
+	char		queue[NAMEDATALEN];
+} QlListener;
+
 typedef struct QlWorkerSlot
 {
 	/* set by the launcher under the lock */
@@ -56,7 +67,7 @@ typedef struct QlWorkerSlot
 /*
  * QlShared: one per cluster.
  *
- * lock protects dbs[], ncrashed/crashed[], and each slot's dboid,
+ * lock protects dbs[], ncrashed/crashed[], listeners[], and each slot's dboid,
  * stop_requested and pid.  Latch pointers, idle, job_id and cancel_job are
  * read without the lock (atomics, or a pointer that at worst wakes the wrong
  * process once).
@@ -70,6 +81,8 @@ typedef struct QlShared
 	QlDatabase	dbs[QL_MAX_DATABASES];
 	int			ncrashed;
 	QlCrashedJob crashed[QL_MAX_CRASHED];
+	QlListener	listeners[QL_MAX_LISTENERS];
+	pg_atomic_uint32 notify_next;	/* round robin among listeners */
 	int			nslots;
 	QlWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } QlShared;
