@@ -31,6 +31,9 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# every object depends on every header (PGXS tracks no header dependencies)
+$(OBJS): $(wildcard src/*.h)
+
 # Treat every compiler warning as an error when asked: make WERROR=1
 ifdef WERROR
 override CFLAGS += -Werror
