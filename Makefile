@@ -21,7 +21,7 @@ PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
-REGRESS = setup api args security cron
+REGRESS = setup api args security consumer cron
 REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
 
 TAP_TESTS = 1

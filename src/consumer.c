@@ -270,6 +270,8 @@ ql_change_consumer(FunctionCallInfo fcinfo, bool grant)
 	bool		external;
 	bool		changed;
 	Datum		values[2];
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
 
 	if (grant)
 		(void) get_role_oid(NameStr(*consumer), false);
@@ -281,7 +283,7 @@ ql_change_consumer(FunctionCallInfo fcinfo, bool grant)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("queue \"%s\" does not exist", queue),
 				 errhint("Declare it with qlater_create_queue('%s', external => true).", queue)));
-	if (strcmp(owner, GetUserNameFromId(save.userid, false)) != 0 && !ql_is_admin())
+	if (strcmp(owner, me) != 0 && !admin)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of queue \"%s\"", queue)));
