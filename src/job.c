@@ -96,6 +96,10 @@ static MemoryContext job_cxt = NULL;
 static TimeoutId job_timeout_id;
 static volatile sig_atomic_t job_timed_out = false;
 
+/* the worker's own user, restored after every job */
+static Oid	worker_userid;
+static int	worker_sec_context;
+
 /*
  * ql_job_timeout_handler: the job's timeout ran out: cancel what it is
  * doing, and remember it, so that a handler that catches the cancel still
@@ -117,6 +121,7 @@ ql_job_init(void)
 	job_cxt = AllocSetContextCreate(TopMemoryContext, "qlater job",
 									ALLOCSET_DEFAULT_SIZES);
 	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
+	GetUserIdAndSecContext(&worker_userid, &worker_sec_context);
 	memset(&plans, 0, sizeof(plans));
 }
 
@@ -462,35 +467,49 @@ ql_run_procedure(QlCall *call)
 
 /*
  * ql_call_handler: run the handler as the job's role.  A function is called
- * through SPI (caller is connected), a procedure at top level.
+ * through SPI (caller is connected), in a GUC nest level that undoes
+ * whatever it SETs.
+ *
+ * A procedure may COMMIT and ROLLBACK, and an abort restores the user that
+ * was current when the aborted transaction started; so every transaction
+ * of a procedure must start as the job's role.  The claiming transaction is
+ * ended first (the claim is a session lock and stays), and the job's own
+ * starts after the switch.  Its COMMITs would end a GUC nest level, so what
+ * it SETs is undone with ResetAllOptions() (as RESET ALL) afterwards.
  */
 static void
 ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 {
 	Oid			save_userid;
 	int			save_sec_context;
-	int			save_nestlevel;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	save_nestlevel = NewGUCNestLevel();
-	SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-
 	if (pi->prokind == PROKIND_PROCEDURE)
+	{
+		CommitTransactionCommand();
+		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
 		ql_run_procedure(call);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		ResetAllOptions();
+	}
 	else
 	{
 		SPIPlanPtr	plan = ql_call_plan(call);
+		int			save_nestlevel;
 		int			rc;
 
+		save_nestlevel = NewGUCNestLevel();
+		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
 		PopActiveSnapshot();
 		if (rc < 0)
 			elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		AtEOXact_GUC(false, save_nestlevel);
 	}
-
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	AtEOXact_GUC(false, save_nestlevel);
 }
 
 /*
@@ -539,6 +558,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 {
 	volatile bool permanent = true;
 	volatile bool cancelled = false;
+	volatile bool is_procedure = false;
 	ErrorData  *edata = NULL;
 
 	job_timed_out = false;
@@ -569,6 +589,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 
 		/* from here on a failure is the handler's: retry it */
 		permanent = false;
+		is_procedure = (pi->prokind == PROKIND_PROCEDURE);
 		if (job->has_timeout)
 		{
 			int64		ms = job->timeout.time / 1000 +
@@ -626,6 +647,15 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 		FlushErrorState();
 		MemoryContextSwitchTo(ecxt);
 		AbortCurrentTransaction();
+
+		/* the abort restored the user the transaction started with */
+		SetUserIdAndSecContext(worker_userid, worker_sec_context);
+		if (is_procedure)
+		{
+			StartTransactionCommand();
+			ResetAllOptions();
+			CommitTransactionCommand();
+		}
 	}
 	PG_END_TRY();
 
@@ -700,7 +730,11 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 
 	ql_execute(&job, slot);
 
-	ql_release_claim(job.id);
+	/*
+	 * Release the claim, now that the job's transaction has ended, and any
+	 * session-level advisory lock the handler left behind.
+	 */
+	LockReleaseSession(USER_LOCKMETHOD);
 	ql_inflight_clear();
 	pg_atomic_write_u64(&slot->job_id, 0);
 	pg_atomic_compare_exchange_u64(&slot->cancel_job, &(uint64){(uint64) job.id}, 0);
