@@ -49,6 +49,7 @@ CREATE TABLE @extschema@.qlater_job (
     crashes      int NOT NULL DEFAULT 0,
     last_error   jsonb,
     enqueued_at  timestamptz NOT NULL DEFAULT now(),
+    external     boolean NOT NULL DEFAULT false,  -- queue served by applications
     claim_token  uuid,          -- lease mode of external consumers
     lease_until  timestamptz
 );
@@ -71,10 +72,15 @@ CREATE TABLE @extschema@.qlater_queue_consumer (
     PRIMARY KEY (queue, consumer)
 );
 
--- claim order
-CREATE INDEX qlater_job_ready ON @extschema@.qlater_job (priority, run_at, id) WHERE NOT dead;
+-- claim order of the in-server workers
+CREATE INDEX qlater_job_ready ON @extschema@.qlater_job (priority, run_at, id)
+    WHERE NOT dead AND NOT external;
 -- next wake-up of idle workers
-CREATE INDEX qlater_job_run_at ON @extschema@.qlater_job (run_at) WHERE NOT dead;
+CREATE INDEX qlater_job_run_at ON @extschema@.qlater_job (run_at)
+    WHERE NOT dead AND NOT external;
+-- claim order of external consumers, per queue
+CREATE INDEX qlater_job_external ON @extschema@.qlater_job (queue, priority, run_at, id)
+    WHERE NOT dead AND external;
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_handler', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_job', '');

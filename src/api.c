@@ -254,22 +254,23 @@ ql_check_launcher(void)
 }
 
 /*
- * ql_insert_job: write a job row as the tables' owner; returns its id.
- * The caller has checked everything.
+ * ql_insert_row: write a job row as the tables' owner; returns its id.
+ * A job of an in-server queue wakes an idle worker at commit.  The caller
+ * has checked everything.
  */
-int64
-ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
+static int64
+ql_insert_row(const QlCatalog *c, const char *queue, const char *handler,
 			  Jsonb *args, int32 priority, TimestampTz run_at,
-			  int32 max_attempts, const Interval *timeout)
+			  int32 max_attempts, const Interval *timeout, bool external)
 {
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	QlUserSave	save;
 	int64		id;
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(queue);
-	values[1] = CStringGetTextDatum(signature);
+	values[1] = CStringGetTextDatum(handler);
 	values[2] = JsonbPGetDatum(args);
 	values[3] = Int32GetDatum(priority);
 	values[4] = TimestampTzGetDatum(run_at);
@@ -280,20 +281,21 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 		nulls[6] = 'n';
 	values[7] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+	values[8] = BoolGetDatum(external);
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (enqueue_plan == NULL || enqueue_plan_generation != c->generation)
 	{
-		Oid			types[8] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
-		TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID};
+		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
+		TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID};
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare(psprintf("INSERT INTO %s.qlater_job "
-									"(queue, handler, args, priority, run_at, max_attempts, timeout, role) "
-									"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-									c->schema_quoted), 8, types);
+									"(queue, handler, args, priority, run_at, max_attempts, timeout, role, external) "
+									"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+									c->schema_quoted), 9, types);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
@@ -308,9 +310,25 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 	SPI_finish();
 	ql_restore_user(&save);
 
-	ql_check_launcher();
-	ql_wake_workers_at_commit(1);
+	if (!external)
+	{
+		ql_check_launcher();
+		ql_wake_workers_at_commit(1);
+	}
 	return id;
+}
+
+/*
+ * ql_insert_job: write a job of an in-server queue for a handler (its
+ * signature); returns its id.  The caller has checked everything.
+ */
+int64
+ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
+			  Jsonb *args, int32 priority, TimestampTz run_at,
+			  int32 max_attempts, const Interval *timeout)
+{
+	return ql_insert_row(c, queue, signature, args, priority, run_at,
+						 max_attempts, timeout, false);
 }
 
 /*
@@ -348,7 +366,7 @@ ql_enqueue_external(const QlCatalog *c, const char *queue, const char *handler,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be finite")));
-	id = ql_insert_job(c, queue, handler, args, priority, run_at, max_attempts, NULL);
+	id = ql_insert_row(c, queue, handler, args, priority, run_at, max_attempts, NULL, true);
 	ql_notify_listener(queue, id);
 	return id;
 }

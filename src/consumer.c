@@ -248,6 +248,12 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 									   c->schema_quoted),
 							  3, types, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not declare queue");
+	/* the queue's jobs change hands */
+	if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET external = $2 "
+									   "WHERE queue = $1 AND external <> $2",
+									   c->schema_quoted),
+							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not move the jobs of queue \"%s\"", queue);
 	SPI_finish();
 	ql_restore_user(&save);
 
@@ -338,7 +344,7 @@ ql_claim_external(const QlCatalog *c, int64 id, const Interval *lease)
 	/* re-read under a fresh snapshot: it may be done, or leased */
 	values[0] = Int64GetDatum(id);
 	if (SPI_execute_with_args(psprintf("SELECT FROM %s.qlater_job WHERE id = $1 "
-									   "AND NOT dead AND run_at <= now() "
+									   "AND external AND NOT dead AND run_at <= now() "
 									   "AND (lease_until IS NULL OR lease_until < now())",
 									   c->schema_quoted),
 							  1, (Oid[]) {INT8OID}, values, NULL, false, 1) != SPI_OK_SELECT)
@@ -419,7 +425,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 		values[0] = CStringGetTextDatum(queue);
 		values[1] = Int32GetDatum(limit);
 		if (SPI_execute_with_args(psprintf("SELECT id FROM %s.qlater_job "
-										   "WHERE queue = $1 AND NOT dead AND run_at <= now() "
+										   "WHERE queue = $1 AND external AND NOT dead AND run_at <= now() "
 										   "AND (lease_until IS NULL OR lease_until < now()) "
 										   "ORDER BY priority, run_at, id LIMIT $2",
 										   c->schema_quoted),

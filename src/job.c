@@ -161,12 +161,12 @@ ql_prepare_plans(const QlCatalog *c)
 	}
 	plans.candidates = ql_prepare(psprintf("SELECT id FROM %s.qlater_job "
 										   "WHERE NOT dead AND run_at <= now() "
-										   "AND queue <> ALL (ARRAY(SELECT name FROM %s.qlater_queue WHERE external)) "
-										   "ORDER BY priority, run_at, id LIMIT $1", s, s),
+										   "AND NOT external "
+										   "ORDER BY priority, run_at, id LIMIT $1", s),
 								  1, t_limit);
 	plans.fetch = ql_prepare(psprintf("SELECT handler, args, role, timeout, attempts, max_attempts "
 									  "FROM %s.qlater_job "
-									  "WHERE id = $1 AND NOT dead AND run_at <= now()", s),
+									  "WHERE id = $1 AND NOT dead AND NOT external AND run_at <= now()", s),
 							 1, t_id);
 	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
@@ -174,8 +174,7 @@ ql_prepare_plans(const QlCatalog *c)
 									 "run_at = $4, dead = $5 WHERE id = $1", s),
 							5, t_fail);
 	plans.next = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
-									 "WHERE NOT dead AND run_at > now() "
-									 "AND queue <> ALL (ARRAY(SELECT name FROM %s.qlater_queue WHERE external))", s, s),
+									 "WHERE NOT dead AND NOT external AND run_at > now()", s),
 							0, NULL);
 	plans.crash = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = attempts + 1, "
 									  "crashes = crashes + 1, "
