@@ -736,7 +736,8 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 	LockReleaseSession(USER_LOCKMETHOD);
 	ql_inflight_clear();
 	pg_atomic_write_u64(&slot->job_id, 0);
-	pg_atomic_compare_exchange_u64(&slot->cancel_job, &(uint64){(uint64) job.id}, 0);
+	if (pg_atomic_read_u64(&slot->cancel_job) == (uint64) job.id)
+		pg_atomic_write_u64(&slot->cancel_job, 0);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return QL_JOB_RAN;
 }
