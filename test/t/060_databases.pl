@@ -1,0 +1,141 @@
+# 060_databases.pl: databases that get the extension after start get
+# workers without a restart; workers are shared out among databases; DROP
+# EXTENSION stops a database's workers and the others keep working.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+my $node = PostgreSQL::Test::Cluster->new('databases');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 4\n"
+	  . "max_worker_processes = 16\n");
+$node->start;
+
+my $setup = q{
+CREATE EXTENSION qlater;
+CREATE TABLE marks (label text, db text DEFAULT current_database(),
+                    at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION mark(label text, secs float8 DEFAULT 0) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(secs);
+    INSERT INTO marks (label) VALUES (label);
+END
+$$;
+SELECT qlater_register('mark(text,float8)');
+};
+
+# workers per database, as "db:n,db:n"
+my $per_db = q{
+SELECT coalesce(string_agg(datname || ':' || n, ',' ORDER BY datname), '')
+  FROM (SELECT datname, count(*) AS n FROM pg_stat_activity
+         WHERE backend_type = 'qlater worker' GROUP BY datname) s};
+
+$node->safe_psql('postgres', $setup);
+ok($node->poll_query_until('postgres', $per_db, 'postgres:4'),
+	'one database with qlater: it has all 4 workers');
+
+# a database created after start, without the extension: no worker stays
+$node->safe_psql('postgres', 'CREATE DATABASE plain');
+$node->safe_psql('postgres', 'CREATE DATABASE x');
+$node->safe_psql('x', $setup);
+ok($node->poll_query_until('postgres', $per_db, 'postgres:2,x:2'),
+	'a database that got the extension after start gets workers: 2 each');
+
+$node->safe_psql('x', "SELECT qlater_enqueue('mark', '[\"in-x\"]')");
+ok( $node->poll_query_until(
+		'x', "SELECT count(*) = 1 FROM marks WHERE label = 'in-x'"),
+	'jobs of the new database run without a restart');
+is($node->safe_psql('x', 'SELECT count(*) FROM qlater_jobs'), '0', 'and are removed');
+
+# a busy database does not starve the other
+$node->safe_psql('postgres',
+	"SELECT qlater_enqueue('mark', jsonb_build_array('busy-' || g, 2)) FROM generate_series(1, 8) g"
+);
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) = 2 FROM qlater_jobs WHERE state = 'running'"),
+	'postgres runs 2 jobs at once (its share)');
+my $t0 = time;
+$node->safe_psql('x', "SELECT qlater_enqueue('mark', '[\"x-while-busy\"]')");
+ok( $node->poll_query_until(
+		'x', "SELECT count(*) = 1 FROM marks WHERE label = 'x-while-busy'"),
+	'x runs its job while postgres is busy');
+cmp_ok(time - $t0, '<', 1.5, 'without waiting for the busy database');
+is( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM qlater_jobs WHERE state = 'running'"),
+	'2',
+	'postgres never ran more than its 2 workers');
+is($node->safe_psql('postgres', $per_db), 'postgres:2,x:2', 'still 2 workers each');
+
+# DROP EXTENSION stops the workers of that database
+$node->safe_psql('x', 'DROP EXTENSION qlater');
+ok($node->poll_query_until('postgres', $per_db, 'postgres:4'),
+	'after DROP EXTENSION in x, x has no worker and postgres gets all 4');
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%mark%'"),
+	'the busy jobs of postgres drain');
+is($node->safe_psql('postgres', "SELECT count(*) FROM marks WHERE label LIKE 'busy-%'"),
+	'8', 'every busy job ran');
+$node->safe_psql('postgres', "SELECT qlater_enqueue('mark', '[\"after-drop\"]')");
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) = 1 FROM marks WHERE label = 'after-drop'"),
+	'postgres keeps running jobs');
+
+# the extension back in x: workers again
+$node->safe_psql('x', 'DROP TABLE marks; DROP FUNCTION mark(text,float8)');
+$node->safe_psql('x', $setup);
+ok($node->poll_query_until('postgres', $per_db, 'postgres:2,x:2'),
+	'CREATE EXTENSION again in x: 2 workers each');
+$node->safe_psql('x', "SELECT qlater_enqueue('mark', '[\"in-x-again\"]')");
+ok( $node->poll_query_until(
+		'x', "SELECT count(*) = 1 FROM marks WHERE label = 'in-x-again'"),
+	'jobs of x run again');
+
+# a third database: 4 slots over 3 databases
+$node->safe_psql('postgres', 'CREATE DATABASE y');
+$node->safe_psql('y', $setup);
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT string_agg(n::text, ',' ORDER BY n)
+  FROM (SELECT count(*) AS n FROM pg_stat_activity
+         WHERE backend_type = 'qlater worker' GROUP BY datname) s},
+		'1,1,2'),
+	'3 databases: the 4 workers are shared 2/1/1');
+like($node->safe_psql('postgres', $per_db), qr/^postgres:\d,x:\d,y:\d$/,
+	'each of the 3 databases has workers, plain has none');
+$node->safe_psql('y', "SELECT qlater_enqueue('mark', '[\"in-y\"]')");
+ok( $node->poll_query_until(
+		'y', "SELECT count(*) = 1 FROM marks WHERE label = 'in-y'"),
+	'jobs of y run');
+
+# dropping a database with qlater (its workers must not keep it alive)
+my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE y');
+TODO:
+{
+	local $TODO = 'qlater workers stay connected to their database and block a plain DROP DATABASE';
+	is($ret, 0, 'a plain DROP DATABASE of a database with qlater succeeds');
+}
+if ($ret != 0)
+{
+	note "plain DROP DATABASE y: $err";
+	$node->safe_psql('postgres', 'DROP DATABASE y WITH (FORCE)');
+}
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'y'"),
+	'0', 'database y is dropped');
+ok($node->poll_query_until('postgres', $per_db, 'postgres:2,x:2'),
+	'after the drop of y, its slots go back to the others');
+$node->safe_psql('x', "SELECT qlater_enqueue('mark', '[\"x-after-y\"]')");
+$node->safe_psql('postgres', "SELECT qlater_enqueue('mark', '[\"pg-after-y\"]')");
+ok( $node->poll_query_until(
+		'x', "SELECT count(*) = 1 FROM marks WHERE label = 'x-after-y'"),
+	'x keeps working');
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) = 1 FROM marks WHERE label = 'pg-after-y'"),
+	'postgres keeps working');
+
+$node->stop;
+done_testing();
