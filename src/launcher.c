@@ -128,7 +128,18 @@ ql_scan_databases(bool add_unknown)
 		for (j = 0; j < npresent && !found; j++)
 			found = (present[j] == db->dboid);
 		if (!found)
+		{
 			db->state = QL_DB_FREE;
+			db->dropping_since = 0;
+		}
+		else if (db->dropping_since != 0 &&
+				 TimestampDifferenceExceeds(db->dropping_since, GetCurrentTimestamp(),
+											QL_RESCAN_MS))
+		{
+			/* a DROP DATABASE that failed: look again */
+			db->state = QL_DB_UNKNOWN;
+			db->dropping_since = 0;
+		}
 	}
 	if (add_unknown)
 	{

@@ -15,6 +15,8 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "postmaster/bgworker.h"
@@ -24,6 +26,7 @@
 #include "storage/proc.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "launcher.h"
 #include "qlater.h"
@@ -41,8 +44,12 @@ static bool pending_launcher_wake = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
 static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
 
+static object_access_hook_type prev_object_access_hook = NULL;
+
 void		_PG_init(void);
 static void ql_xact_callback(XactEvent event, void *arg);
+static void ql_object_access(ObjectAccessType access, Oid classId,
+							 Oid objectId, int subId, void *arg);
 
 /*
  * _PG_init: define the settings; when preloaded, set up shared memory and
@@ -87,6 +94,8 @@ _PG_init(void)
 		return;
 
 	ql_shmem_init();
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = ql_object_access;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -97,6 +106,43 @@ _PG_init(void)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "qlater launcher");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "qlater launcher");
 	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * ql_object_access: when DROP DATABASE begins, before it looks for other
+ * sessions in the database, make qlater's workers there leave (a running
+ * job is rolled back, as at shutdown), so that a plain DROP DATABASE works.
+ * The launcher starts no worker there for a while; if the drop failed, the
+ * database is probed again later (launcher.c).
+ */
+static void
+ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				 int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
+	{
+		QlDatabase *db;
+		int			i;
+
+		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+		db = ql_find_database(objectId, false);
+		if (db != NULL)
+		{
+			db->state = QL_DB_ABSENT;
+			db->dropping_since = GetCurrentTimestamp();
+		}
+		for (i = 0; i < ql_shared->nslots; i++)
+		{
+			QlWorkerSlot *slot = &ql_shared->slots[i];
+
+			if (slot->dboid == objectId && slot->pid != 0)
+				kill(slot->pid, SIGTERM);
+		}
+		LWLockRelease(ql_shared->lock);
+	}
 }
 
 /*

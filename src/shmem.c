@@ -117,6 +117,7 @@ ql_find_database(Oid dboid, bool create)
 	{
 		free_entry->dboid = dboid;
 		free_entry->state = QL_DB_UNKNOWN;
+		free_entry->dropping_since = 0;
 		return free_entry;
 	}
 	return NULL;

@@ -8,6 +8,7 @@
 #ifndef QLATER_SHMEM_H
 #define QLATER_SHMEM_H
 
+#include "datatype/timestamp.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -30,6 +31,7 @@ typedef struct QlDatabase
 {
 	Oid			dboid;
 	QlDbState	state;
+	TimestampTz dropping_since;	/* DROP DATABASE began; 0 if not */
 } QlDatabase;
 
 /* a job that was running in a process that crashed the server */
