@@ -112,9 +112,26 @@ ok( $node->poll_query_until(
 		'y', "SELECT count(*) = 1 FROM marks WHERE label = 'in-y'"),
 	'jobs of y run');
 
-# dropping a database with qlater: its workers leave when DROP DATABASE begins
+# dropping a database with qlater: its workers must not keep it alive
+# a DROP DATABASE that fails for another reason (a session in y) ...
+my $y_session = $node->background_psql('y');
+$y_session->query_safe('SELECT 1');
 my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE y');
-is($ret, 0, 'a plain DROP DATABASE of a database with qlater succeeds');
+isnt($ret, 0, 'DROP DATABASE y fails while a client session is in y');
+like($err, qr/being accessed by other users/, 'because of that session');
+$y_session->quit;
+# ... leaves y with workers that run its jobs
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'y'"),
+	'after a failed DROP DATABASE, y has workers again');
+$node->safe_psql('y', "SELECT qlater_enqueue('mark', '[\"in-y-after-failed-drop\"]')");
+ok( $node->poll_query_until(
+		'y', "SELECT count(*) = 1 FROM marks WHERE label = 'in-y-after-failed-drop'"),
+	'and its jobs run');
+# a plain DROP DATABASE then works
+($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE y');
+is($ret, 0, 'a plain DROP DATABASE of a database with qlater workers succeeds');
 note "DROP DATABASE y: $err" if $ret != 0;
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'y'"),
 	'0', 'database y is dropped');
