@@ -537,6 +537,23 @@ ql_finish_check(const QlCatalog *c, int64 id, pg_uuid_t *token,
 				 errhint("The lease may have run out and the job been claimed again.")));
 }
 
+/*
+ * ql_finish_begin: the start of complete, fail, unlock and extend: act as
+ * the owner, connect to SPI, lock the job's row and check the caller may
+ * finish it (ql_finish_check).  Undo with SPI_finish and ql_restore_user.
+ */
+static void
+ql_finish_begin(const QlCatalog *c, int64 id, pg_uuid_t *token, QlUserSave *save,
+				int32 *attempts, int32 *max_attempts)
+{
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+
+	ql_become_owner(c, save);
+	ql_spi_connect();
+	ql_finish_check(c, id, token, me, admin, attempts, max_attempts);
+}
+
 /* ql_token_arg: the optional token argument n, or NULL */
 static pg_uuid_t *
 ql_token_arg(FunctionCallInfo fcinfo, int n)
@@ -565,15 +582,9 @@ qlater_complete(PG_FUNCTION_ARGS)
 	QlUserSave	save;
 	int32		attempts;
 	int32		max_attempts;
-	char	   *me;
-	bool		admin;
 	Datum		values[1];
 
-	me = ql_current_user_name();
-	admin = ql_is_admin();
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	ql_finish_check(c, id, token, me, admin, &attempts, &max_attempts);
+	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
 	values[0] = Int64GetDatum(id);
 	if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", c->schema_quoted),
 							  1, (Oid[]) {INT8OID}, values, NULL, false, 0) != SPI_OK_DELETE)
@@ -599,8 +610,6 @@ qlater_fail(PG_FUNCTION_ARGS)
 	QlUserSave	save;
 	int32		attempts;
 	int32		max_attempts;
-	char	   *me;
-	bool		admin;
 	bool		dead;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	Datum		values[5];
@@ -611,11 +620,7 @@ qlater_fail(PG_FUNCTION_ARGS)
 				 errmsg("error must not be null")));
 	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
-	me = ql_current_user_name();
-	admin = ql_is_admin();
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	ql_finish_check(c, id, token, me, admin, &attempts, &max_attempts);
+	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
 	attempts++;
 	dead = attempts >= max_attempts;
 	values[0] = Int64GetDatum(id);
@@ -648,15 +653,9 @@ qlater_unlock(PG_FUNCTION_ARGS)
 	QlUserSave	save;
 	int32		attempts;
 	int32		max_attempts;
-	char	   *me;
-	bool		admin;
 	Datum		values[1];
 
-	me = ql_current_user_name();
-	admin = ql_is_admin();
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	ql_finish_check(c, id, token, me, admin, &attempts, &max_attempts);
+	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
 	if (token != NULL)
 	{
 		values[0] = Int64GetDatum(id);
@@ -683,8 +682,6 @@ qlater_extend(PG_FUNCTION_ARGS)
 	QlUserSave	save;
 	int32		attempts;
 	int32		max_attempts;
-	char	   *me;
-	bool		admin;
 	Datum		values[2];
 	bool		isnull;
 	TimestampTz until;
@@ -694,11 +691,7 @@ qlater_extend(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("lease must be positive")));
-	me = ql_current_user_name();
-	admin = ql_is_admin();
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	ql_finish_check(c, id, token, me, admin, &attempts, &max_attempts);
+	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
 	values[0] = Int64GetDatum(id);
 	values[1] = IntervalPGetDatum(lease);
 	if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET lease_until = now() + $2 "
