@@ -16,7 +16,8 @@ $node->append_conf('postgresql.conf',
 	  . "qlater.max_workers = 4\n"
 	  . "max_worker_processes = 16\n"
 	  . "qlater.max_crashes = 3\n"
-	  . "restart_after_crash = on\n");
+	  . "restart_after_crash = on\n"
+	  . "max_prepared_transactions = 2\n");
 $node->start;
 
 $node->safe_psql(
@@ -161,6 +162,39 @@ cmp_ok(
 	),
 	'>=', 0, 'k1 reran');
 wait_workers('4 workers run after the crash');
+
+### the crashed job does not run again before its crash is counted
+# After the crash-restart one worker counts the crash (attempts + 1,
+# crashes + 1, run_at after the backoff, or dead); until that commits the
+# other workers must not claim the job, or it runs again at once, without
+# backoff and even after max_crashes.  A prepared transaction keeps a lock on
+# the job's row across the crash, so that the count waits for it: this
+# widens a window that is otherwise a few milliseconds wide.
+my $recount = q1("SELECT qlater_enqueue('hold', '[\"recount\"]')");
+$pid = running_pid($recount);
+ok(defined $pid, 'recount is running');
+q1( "BEGIN; SELECT id FROM qlater_job WHERE id = $recount FOR UPDATE; "
+	  . "PREPARE TRANSACTION 'hold_row'");
+$log_offset = crash_with($pid, 'recount');
+$node->wait_for_log(qr/counting a server crash against qlater job $recount\b/, $log_offset);
+wait_workers('4 workers run while the count of the crash waits');
+q1('SELECT pg_sleep(1)');
+is( q1(
+		"SELECT concat_ws('|', state, attempts, crashes) FROM qlater_jobs WHERE id = $recount"
+	),
+	'pending|0|0',
+	'no worker runs the crashed job again while its crash is being counted');
+q1("ROLLBACK PREPARED 'hold_row'");
+ok( $node->poll_query_until(
+		'postgres', "SELECT crashes = 1 FROM qlater_jobs WHERE id = $recount"),
+	'the crash is counted once the row is free');
+q1("INSERT INTO pass VALUES ('recount')");
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) = 0 FROM qlater_jobs WHERE id = $recount"),
+	'recount finishes');
+is(q1("SELECT count(*) FROM marks WHERE label = 'recount done'"), '1',
+	'recount took effect once');
+wait_workers('4 workers run after the recount crash');
 
 ### a job that crashes its process every time ends dead
 my $bad = q1("SELECT qlater_enqueue('hold', '[\"crasher\"]')");
