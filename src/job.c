@@ -293,7 +293,7 @@ ql_claim(QlJob *job)
 			Datum		d;
 			MemoryContext old;
 
-			if (!ql_try_claim(ids[i], true))
+			if (ql_job_crash_pending(ids[i]) || !ql_try_claim(ids[i], true))
 				continue;
 
 			/* re-read under a fresh snapshot: it may be done already */

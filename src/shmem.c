@@ -122,3 +122,24 @@ ql_find_database(Oid dboid, bool create)
 	}
 	return NULL;
 }
+
+/*
+ * ql_job_crash_pending: whether a job of this database crashed the server
+ * and its crash is not counted yet; such a job must not be claimed.
+ */
+bool
+ql_job_crash_pending(int64 job_id)
+{
+	bool		pending = false;
+	int			i;
+
+	/* the list is empty but right after a crash-restart */
+	if (ql_shared->ncrashed == 0)
+		return false;
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
+	for (i = 0; i < ql_shared->ncrashed && !pending; i++)
+		pending = (ql_shared->crashed[i].dboid == MyDatabaseId &&
+				   ql_shared->crashed[i].job_id == job_id);
+	LWLockRelease(ql_shared->lock);
+	return pending;
+}

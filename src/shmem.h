@@ -39,6 +39,7 @@ typedef struct QlCrashedJob
 {
 	Oid			dboid;
 	int64		job_id;
+	bool		counting;		/* a worker is counting the crash */
 } QlCrashedJob;
 
 /* at most this many sessions listen for jobs of external queues at once */
@@ -93,5 +94,6 @@ extern QlShared *ql_shared;
 
 extern void ql_shmem_init(void);
 extern QlDatabase *ql_find_database(Oid dboid, bool create);
+extern bool ql_job_crash_pending(int64 job_id);
 
 #endif							/* QLATER_SHMEM_H */

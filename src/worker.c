@@ -84,7 +84,10 @@ ql_set_database_state(QlDbState state)
 
 /*
  * ql_recover_crashed_jobs: count the crash against each job of this
- * database that was running when the server crashed.
+ * database that was running when the server crashed.  An entry stays in
+ * the list until its count has committed, and no worker claims a job that
+ * is listed (ql_job_crash_pending), so the job cannot run again before its
+ * crash is counted and its backoff set.
  */
 static void
 ql_recover_crashed_jobs(void)
@@ -97,10 +100,12 @@ ql_recover_crashed_jobs(void)
 		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 		for (i = 0; i < ql_shared->ncrashed; i++)
 		{
-			if (ql_shared->crashed[i].dboid == MyDatabaseId)
+			QlCrashedJob *cj = &ql_shared->crashed[i];
+
+			if (cj->dboid == MyDatabaseId && !cj->counting)
 			{
-				job_id = ql_shared->crashed[i].job_id;
-				ql_shared->crashed[i] = ql_shared->crashed[--ql_shared->ncrashed];
+				job_id = cj->job_id;
+				cj->counting = true;
 				break;
 			}
 		}
@@ -111,6 +116,18 @@ ql_recover_crashed_jobs(void)
 				(errmsg("counting a server crash against qlater job %lld",
 						(long long) job_id)));
 		ql_count_crash(job_id);
+
+		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+		for (i = 0; i < ql_shared->ncrashed; i++)
+		{
+			if (ql_shared->crashed[i].dboid == MyDatabaseId &&
+				ql_shared->crashed[i].job_id == job_id)
+			{
+				ql_shared->crashed[i] = ql_shared->crashed[--ql_shared->ncrashed];
+				break;
+			}
+		}
+		LWLockRelease(ql_shared->lock);
 	}
 }
 
