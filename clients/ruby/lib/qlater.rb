@@ -1,0 +1,146 @@
+# frozen_string_literal: true
+
+# qlater: the Ruby client of the qlater PostgreSQL extension.
+#
+#   require "qlater"
+#   QLater.connection = PG.connect(dbname: "app")
+#
+#   class ExportStations
+#     include QLater::ProcessLater
+#     ...
+#   end
+#   ExportStations.new("tenant-a").later(:call)
+#
+#   QLater::Worker.new(queues: ["ruby"], threads: 4).run
+#
+# Plain Ruby and the pg gem; nothing else.  See clients/ruby/README.md.
+
+require "pg"
+require "json"
+
+module QLater
+  VERSION = "0.1.0"
+
+  # The queue `later` uses when neither the call nor the class names one.
+  DEFAULT_QUEUE = "ruby"
+
+  # Base class of the errors this library raises itself.
+  class Error < StandardError; end
+
+  # A job names a handler this process refuses to run (not a class that
+  # includes QLater::ProcessLater, a method that is not the class's own
+  # public method, arguments in an unknown format).
+  class UnsafeJob < Error; end
+
+  @default_queue = DEFAULT_QUEUE
+  @connection = nil
+
+  class << self
+    # The queue of `later` when neither the call nor the class sets one.
+    attr_accessor :default_queue
+
+    # Optional Logger (or anything with info/warn/error) for the worker.
+    attr_accessor :logger
+
+    # The connection `later` and `enqueue` write to: while a worker runs a
+    # job, the worker thread's own connection (the job's transaction);
+    # otherwise the one set with QLater.connection=.
+    def connection
+      Thread.current.thread_variable_get(:qlater_connection) || @connection ||
+        raise(Error, "no connection: set QLater.connection = PG.connect(...)")
+    end
+
+    # Sets the process-wide connection (a PG::Connection).  Not thread-safe
+    # in itself: a PG::Connection must not be used by two threads at once;
+    # give each thread its own with QLater.with_connection.
+    def connection=(conn)
+      @connection = conn
+    end
+
+    # Runs the block with +conn+ as QLater.connection in this thread only.
+    def with_connection(conn)
+      previous = Thread.current.thread_variable_get(:qlater_connection)
+      Thread.current.thread_variable_set(:qlater_connection, conn)
+      yield conn
+    ensure
+      Thread.current.thread_variable_set(:qlater_connection, previous)
+    end
+
+    # The QLater::Job the worker runs in this thread, or nil outside a job.
+    def current_job
+      Thread.current.thread_variable_get(:qlater_job)
+    end
+
+    # A transaction on QLater.connection that nests: inside a transaction
+    # already open (a job always runs in one) it is a savepoint, so a job's
+    # code can use it whether it runs now or later.  Returns the block's
+    # value; an exception rolls back (to the savepoint) and is re-raised.
+    def transaction(conn = connection)
+      if conn.transaction_status == PG::PQTRANS_IDLE
+        conn.transaction { yield conn }
+      else
+        name = "qlater_sp_#{conn.object_id}_#{Thread.current.object_id}"
+        conn.exec("SAVEPOINT #{name}")
+        begin
+          result = yield conn
+        rescue Exception
+          conn.exec("ROLLBACK TO SAVEPOINT #{name}")
+          conn.exec("RELEASE SAVEPOINT #{name}")
+          raise
+        end
+        conn.exec("RELEASE SAVEPOINT #{name}")
+        result
+      end
+    end
+
+    # Enqueues a call of an in-server SQL handler (a function registered
+    # with qlater_register), or, with queue: an external queue, a job for
+    # application consumers:
+    #
+    #   QLater.enqueue("export_stations", ["tenant-a"])
+    #   QLater.enqueue("export_stations", { tenant: "tenant-a", format: "xlsx" },
+    #                  run_at: Time.now + 3600, queue: "exports", priority: 10)
+    #
+    # +args+ is an Array (arguments by position) or a Hash (by parameter
+    # name), sent as JSON as it is.  Options left out (or nil) take the
+    # handler's registered defaults.  Returns the job id.  Runs on
+    # QLater.connection (or +connection:+), inside whatever transaction is
+    # open there: a rollback leaves no job.
+    def enqueue(handler, args = [], run_at: nil, queue: nil, priority: nil,
+                max_attempts: nil, connection: nil)
+      raise ArgumentError, "args must be an Array or a Hash" unless args.is_a?(Array) || args.is_a?(Hash)
+
+      conn = connection || self.connection
+      params = [handler.to_s, JSON.generate(args)]
+      sql = +"SELECT qlater_enqueue(handler => $1::text, args => $2::jsonb"
+      { run_at: [run_at, "timestamptz"], queue: [queue, "text"],
+        priority: [priority, "int"], max_attempts: [max_attempts, "int"] }.each do |name, (value, type)|
+        next if value.nil?
+
+        params << (name == :run_at ? time_param(value) : value.to_s)
+        sql << ", #{name} => $#{params.size}::#{type}"
+      end
+      sql << ")"
+      Integer(conn.exec_params(sql, params).getvalue(0, 0))
+    end
+
+    # A Time (or anything with iso8601, or a string PostgreSQL reads) as a
+    # timestamptz parameter.
+    def time_param(value)
+      if value.respond_to?(:iso8601)
+        value.respond_to?(:utc) ? value.dup.utc.iso8601(6) : value.iso8601
+      else
+        value.to_s
+      end
+    end
+
+    def log(level, message)
+      logger&.public_send(level, "qlater: #{message}")
+    end
+  end
+end
+
+require_relative "qlater/codec"
+require_relative "qlater/process_later"
+require_relative "qlater/job"
+require_relative "qlater/worker"
