@@ -65,6 +65,24 @@ class WorkerTest < QLaterTest::Case
     assert_equal 0, worker.work_off
   end
 
+  def test_lease_mode
+    RecordKey.new("leased").later
+    assert_equal 1, worker(lease: 60).work_off
+    assert_equal ["leased"], done_keys
+    assert_empty jobs
+
+    Boom.new("b").later(:call, max_attempts: 1)
+    assert_equal 1, worker(lease: "5 minutes").work_off
+    assert_equal ["dead"], jobs.map { |j| j["state"] }
+  end
+
+  def test_qlater_transaction_nests_as_a_savepoint_in_a_job
+    Nested.new("n").later
+    assert_equal 1, worker.work_off
+    assert_equal %w[n n-recovered], done_keys
+    assert_empty jobs
+  end
+
   def spawn_worker(batch: 1)
     lib = File.join(QLaterTest::ROOT, "lib")
     test = File.join(QLaterTest::ROOT, "test")

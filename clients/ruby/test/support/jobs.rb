@@ -68,3 +68,23 @@ class NotAJob
   def initialize(*) = nil
   def call = raise("NotAJob must never run")
 end
+
+# Uses QLater.transaction (a savepoint inside the worker's transaction) and
+# recovers from an SQL error in a nested one.
+class Nested
+  include QLater::ProcessLater
+
+  def initialize(key) = (@key = key)
+  def initializer_arguments = [@key]
+
+  def call
+    queue = QLater.current_job ? QLater.current_job.queue : "now"
+    insert = ->(key) { QLater.connection.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)", [queue, key]) }
+    QLater.transaction { insert.call(@key) }
+    begin
+      QLater.transaction { insert.call(@key) }
+    rescue PG::UniqueViolation
+      insert.call("#{@key}-recovered")
+    end
+  end
+end
