@@ -83,6 +83,34 @@ class WorkerTest < QLaterTest::Case
     assert_empty jobs
   end
 
+  def test_a_granted_consumer_role_runs_jobs_enqueued_by_another
+    conn.exec(<<~SQL)
+      DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rb_consumer') THEN CREATE ROLE rb_consumer LOGIN; END IF;
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rb_stranger') THEN CREATE ROLE rb_stranger LOGIN; END IF;
+      END $$;
+      GRANT SELECT, INSERT ON rb_done TO rb_consumer, rb_stranger;
+    SQL
+    conn.exec_params("SELECT qlater_grant_queue($1, 'rb_consumer')", [queue])
+    RecordKey.new("granted").later
+
+    stranger = worker(connect: -> { PG.connect(user: "rb_stranger") })
+    error = assert_raises(PG::InsufficientPrivilege, "a role without the grant runs nothing") { stranger.work_off }
+    assert_match(/permission denied for queue/, error.message)
+    error = assert_raises(PG::InsufficientPrivilege, "run gives up at once too") { stranger.run }
+    assert_equal ["pending"], jobs.map { |j| j["state"] }
+
+    assert_equal 1, worker(connect: -> { PG.connect(user: "rb_consumer") }).work_off
+    assert_equal ["granted"], done_keys
+    assert_empty jobs
+  end
+
+  def test_a_queue_that_is_not_external_stops_the_worker
+    w = QLater::Worker.new(queues: ["rb_never_declared"], connect: -> { QLaterTest.connect })
+    error = assert_raises(PG::ObjectNotInPrerequisiteState) { w.run }
+    assert_match(/not an external queue/, error.message)
+  end
+
   def spawn_worker(batch: 1)
     lib = File.join(QLaterTest::ROOT, "lib")
     test = File.join(QLaterTest::ROOT, "test")

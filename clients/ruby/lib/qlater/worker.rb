@@ -60,7 +60,7 @@ module QLater
       @stopping = false
       previous = trap_signals
       log(:info, "worker started: queues #{@queues.join(',')}, #{@threads} thread(s)")
-      spawn_threads(:run).each(&:join)
+      join(spawn_threads(:run))
       log(:info, "worker stopped")
       counts
     ensure
@@ -73,7 +73,7 @@ module QLater
     def work_off
       @stopping = false
       before = @counts[:completed] + @counts[:failed]
-      spawn_threads(:drain).each(&:value)
+      join(spawn_threads(:drain))
       @counts[:completed] + @counts[:failed] - before
     end
 
@@ -102,12 +102,32 @@ module QLater
       end
     end
 
+    # Waits for every thread; then raises the first error one of them raised.
+    def join(threads)
+      errors = threads.map do |t|
+        t.join
+        nil
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        e
+      end
+      error = errors.compact.first
+      raise error if error
+    end
+
+    # Errors of qlater_listen or qlater_lock no retry can fix: the role may
+    # not consume the queue, the queue is not external, qlater is not
+    # installed.  The worker stops and raises them.
+    FATAL_CLAIM_ERRORS = [PG::InsufficientPrivilege, PG::ObjectNotInPrerequisiteState,
+                          PG::UndefinedFunction, PG::InvalidParameterValue, PG::UndefinedObject].freeze
+
     def thread_main(mode)
       conn = nil
       until @stopping
+        phase = :claim
         begin
           conn ||= open_connection(listen: mode == :run)
           jobs = claim(conn)
+          phase = :run
           if jobs.empty?
             break if mode == :drain
 
@@ -122,7 +142,10 @@ module QLater
             run_job(conn, job)
           end
         rescue StandardError => e
-          raise if mode == :drain
+          if mode == :drain || (phase == :claim && FATAL_CLAIM_ERRORS.any? { |k| e.is_a?(k) })
+            stop
+            raise
+          end
 
           log(:error, "worker thread error: #{e.class}: #{e.message}")
           if conn && (conn.finished? || conn.status != PG::CONNECTION_OK)
@@ -152,8 +175,20 @@ module QLater
              when String, Hash then PG.connect(@connect)
              else raise ArgumentError, "connect: must be a Proc, a conninfo String or a Hash"
              end
-      @queues.each { |q| conn.exec_params("SELECT qlater_listen($1)", [q]) } if listen
+      begin
+        @queues.each { |q| listen(conn, q) } if listen
+      rescue StandardError
+        close(conn)
+        raise
+      end
       conn
+    end
+
+    def listen(conn, queue)
+      conn.exec_params("SELECT qlater_listen($1)", [queue])
+    rescue PG::ConfigurationLimitExceeded => e
+      # too many listening sessions: this one polls
+      log(:warn, "cannot listen for #{queue} (#{e.message.lines.first.strip}): polling every #{@poll_interval}s")
     end
 
     def close(conn)
