@@ -128,6 +128,9 @@ class WorkerTest < QLaterTest::Case
     end
     pid, out = spawn_worker
     wait_until(timeout: 30, message: "the worker subprocess to run jobs") { done_count >= 10 }
+    wait_until(timeout: 10, message: "a job claimed by the subprocess") do
+      jobs.any? { |j| j["state"] == "running" }
+    end
     Process.kill(:KILL, pid)
     Process.wait(pid)
     out.close
