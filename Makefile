@@ -15,13 +15,14 @@ OBJS = \
 	src/job.o \
 	src/launcher.o \
 	src/qlater.o \
+	src/schedule.o \
 	src/shmem.o \
 	src/worker.o
 PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
-REGRESS = setup api args security consumer cron
+REGRESS = setup api args security consumer cron schedule
 REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
 
 TAP_TESTS = 1

@@ -280,3 +280,72 @@ COMMENT ON FUNCTION @extschema@.qlater_wake_launcher() IS
 REVOKE ALL ON FUNCTION @extschema@.qlater_wake_launcher() FROM PUBLIC;
 
 SELECT @extschema@.qlater_wake_launcher();
+
+/* ---- schedules ---- */
+
+/*
+ * Recurring jobs.  Each tick of a schedule enqueues one job of its handler
+ * (stored by signature), run as the schedule's owner (stored by name).
+ * next_tick is the next tick to fire; the worker that fires a tick moves it
+ * on in the same transaction as the job it enqueues, so that each tick is
+ * enqueued once.  queue and priority NULL: the handler's registered
+ * defaults at each tick.  Only the API writes this table.
+ */
+CREATE TABLE @extschema@.qlater_schedule (
+    id          bigserial PRIMARY KEY,
+    name        text NOT NULL,
+    owner       name NOT NULL,
+    schedule    text NOT NULL,
+    timezone    text NOT NULL,
+    handler     text NOT NULL,
+    args        jsonb NOT NULL,
+    queue       text,
+    priority    int,
+    catch_up    boolean NOT NULL DEFAULT true,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    last_tick   timestamptz,
+    next_tick   timestamptz,
+    active      boolean NOT NULL DEFAULT true,
+    UNIQUE (owner, name)
+);
+-- the schedulers' look for due ticks
+CREATE INDEX qlater_schedule_due ON @extschema@.qlater_schedule (next_tick)
+    WHERE active;
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_schedule', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.qlater_schedule_id_seq', '');
+REVOKE ALL ON @extschema@.qlater_schedule, @extschema@.qlater_schedule_id_seq
+    FROM PUBLIC;
+
+/* qlater_schedules: the schedules of the current role, or all for admins */
+CREATE VIEW @extschema@.qlater_schedules WITH (security_barrier) AS
+SELECT s.name, s.schedule, s.timezone, s.handler, s.args, s.queue, s.owner,
+       s.last_tick, s.next_tick, s.active, s.priority, s.catch_up,
+       s.created_at, s.id
+  FROM @extschema@.qlater_schedule s
+ WHERE s.owner = CURRENT_USER
+    OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER');
+
+GRANT SELECT ON @extschema@.qlater_schedules TO PUBLIC;
+COMMENT ON VIEW @extschema@.qlater_schedules IS
+    'recurring jobs that the current role may see';
+
+CREATE FUNCTION @extschema@.qlater_schedule(name text, schedule text,
+                                            handler text,
+                                            args jsonb DEFAULT '[]',
+                                            queue text DEFAULT NULL,
+                                            priority int DEFAULT NULL,
+                                            timezone text DEFAULT 'UTC',
+                                            catch_up boolean DEFAULT true)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_schedule'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_schedule(text, text, text, jsonb, text, int, text, boolean) IS
+    'create or replace a recurring job of the current role, enqueued at each tick of a cron schedule';
+
+CREATE FUNCTION @extschema@.qlater_unschedule(name text, owner name DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'qlater_unschedule'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_unschedule(text, name) IS
+    'remove a schedule of the current role (admins: of any role)';

@@ -33,6 +33,7 @@
 #include "job.h"
 #include "launcher.h"
 #include "qlater.h"
+#include "schedule.h"
 #include "shmem.h"
 
 static QlWorkerSlot *my_slot = NULL;
@@ -200,13 +201,15 @@ qlater_worker_main(Datum main_arg)
 			break;
 
 		result = ql_run_next_job(my_slot, &sleep_ms);
-		if (result == QL_JOB_RAN)
-			continue;
 		if (result == QL_JOB_NO_EXTENSION)
 		{
 			ql_set_database_state(QL_DB_ABSENT);
 			break;
 		}
+		/* enqueue due ticks of schedules; a clock read unless one is due */
+		ql_schedule_fire_due(&sleep_ms);
+		if (result == QL_JOB_RAN)
+			continue;
 		if (sleep_ms > 0)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 sleep_ms, PG_WAIT_EXTENSION);
