@@ -1,0 +1,189 @@
+# 090_schedule.pl: schedules fire their jobs on time, each tick once across
+# a restart and a crash, at most one catch-up job after downtime (none with
+# catch_up off), as the schedule's owner; visibility of schedules.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('schedule');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 3\n"
+	  . "max_worker_processes = 16\n");
+$node->start;
+
+# the handler records the tick of its job (the job's run_at) and its role
+$node->safe_psql(
+	'postgres', q{
+CREATE EXTENSION qlater;
+CREATE TABLE ticks (label text, tick timestamptz,
+                    at timestamptz DEFAULT clock_timestamp(),
+                    who text DEFAULT current_user);
+GRANT ALL ON ticks TO PUBLIC;
+CREATE FUNCTION rec(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO ticks (label, tick)
+      SELECT label, run_at FROM qlater_jobs WHERE locked_by = pg_backend_pid() $$;
+SELECT qlater_register('rec(text)');
+CREATE ROLE alice LOGIN;
+CREATE ROLE bob LOGIN;
+});
+
+ok( $node->poll_query_until(
+		'postgres', q{
+SELECT count(*) = 3 FROM pg_stat_activity
+ WHERE backend_type = 'qlater worker' AND datname = 'postgres'}),
+	'workers are up');
+
+# wait until a label has at least n runs
+sub wait_runs
+{
+	my ($label, $n, $msg) = @_;
+	ok( $node->poll_query_until(
+			'postgres', "SELECT count(*) >= $n FROM ticks WHERE label = '$label'"),
+		$msg);
+}
+
+# each tick of a label ran exactly once
+sub no_duplicates
+{
+	my ($label, $msg) = @_;
+	is( $node->safe_psql(
+			'postgres', qq{
+SELECT count(*) - count(DISTINCT tick) FROM ticks WHERE label = '$label'}),
+		'0', $msg);
+}
+
+### a '2 seconds' schedule fires on time
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('two', '2 seconds', 'rec', '["two"]')});
+wait_runs('two', 4, "a '2 seconds' schedule fires");
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FILTER (WHERE tick IS NULL),
+       count(*) FILTER (WHERE at - tick >= interval '1 second' OR at < tick),
+       count(*) FILTER (WHERE extract(epoch FROM tick - s.created_at)::numeric % 2 <> 0)
+  FROM ticks, qlater_schedule s
+ WHERE label = 'two' AND s.name = 'two'}),
+	'0|0|0',
+	'every job runs within 1 s of its tick; ticks every 2 s from the creation');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FROM (
+  SELECT tick - lag(tick) OVER (ORDER BY tick) AS gap FROM ticks WHERE label = 'two'
+) g WHERE gap <> interval '2 seconds'}),
+	'0', 'consecutive ticks are 2 s apart');
+no_duplicates('two', 'no tick ran twice');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT last_tick = (SELECT max(tick) FROM ticks WHERE label = 'two')
+       OR last_tick > (SELECT max(tick) FROM ticks WHERE label = 'two'),
+       next_tick > last_tick
+  FROM qlater_schedules WHERE name = 'two'}),
+	't|t', 'the view shows the last and the next tick');
+
+### no duplicate tick across a restart
+$node->restart;
+my $n = $node->safe_psql('postgres', "SELECT count(*) FROM ticks WHERE label = 'two'");
+wait_runs('two', $n + 3, 'the schedule fires after a restart');
+no_duplicates('two', 'no tick ran twice across a restart');
+
+### downtime: one catch-up job, not one per missed tick; crash included
+# schedules whose ticks are long overdue: with catch-up, one job for the
+# latest tick; without, none
+$node->safe_psql(
+	'postgres', q{
+SELECT qlater_schedule('late_on', '0 0 1 1 *', 'rec', '["late_on"]');
+SELECT qlater_schedule('late_off', '0 0 1 1 *', 'rec', '["late_off"]', catch_up => false);
+UPDATE qlater_schedule SET next_tick = '2000-01-01 00:00+00' WHERE name LIKE 'late_%';
+});
+my $before = $node->safe_psql('postgres',
+	"SELECT max(tick) FROM ticks WHERE label = 'two'");
+$node->stop('immediate');
+sleep 7;
+$node->start;
+my $started = $node->safe_psql('postgres', 'SELECT pg_postmaster_start_time()');
+wait_runs('two', $n + 3 + 3, 'the schedule fires after a crash and downtime');
+# the ticks of the downtime (3 or more) yield one job at most: the first
+# tick run after the crash is at least 6 s after the last one before it,
+# and the next ones follow every 2 s
+note $node->safe_psql('postgres', qq{
+SELECT tick, at FROM ticks WHERE label = 'two' AND tick > '$before' ORDER BY tick});
+note "last tick before the crash $before, server started $started";
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT min(tick) - '$before' >= interval '6 seconds'
+  FROM ticks WHERE label = 'two' AND tick > '$before'}),
+	't', 'the ticks missed during 7 s of downtime are not replayed');
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT count(*) FROM (
+  SELECT tick - lag(tick) OVER (ORDER BY tick) AS gap
+    FROM ticks WHERE label = 'two' AND tick > '$before'
+) g WHERE gap <> interval '2 seconds'}),
+	'0', 'after one catch-up job, ticks follow every 2 s');
+no_duplicates('two', 'no tick ran twice across a crash');
+wait_runs('late_on', 1, 'an overdue tick runs once with catch_up');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*), min(tick) = max(tick),
+       min(tick) = date_trunc('year', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+  FROM ticks WHERE label = 'late_on'}),
+	'1|t|t', 'one job, for the latest missed tick');
+is( $node->safe_psql(
+		'postgres', q{
+SELECT name, last_tick IS NULL, next_tick > now(), active
+  FROM qlater_schedules WHERE name LIKE 'late_%' ORDER BY name}),
+	"late_off|t|t|t\nlate_on|f|t|t",
+	'catch_up off skips the overdue tick; both move to the next one');
+is($node->safe_psql('postgres', "SELECT count(*) FROM ticks WHERE label = 'late_off'"),
+	'0', 'no job for an overdue tick without catch_up');
+
+$node->safe_psql('postgres',
+	q{SELECT qlater_unschedule('two'), qlater_unschedule('late_on'), qlater_unschedule('late_off')});
+
+### roles: jobs run as the schedule's owner; roles see only their own
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('mine', '1 seconds', 'rec', '["alice"]')},
+	extra_params => [ '-U', 'alice' ]);
+wait_runs('alice', 2, "alice's schedule fires");
+is( $node->safe_psql(
+		'postgres', "SELECT DISTINCT who FROM ticks WHERE label = 'alice'"),
+	'alice', "its jobs run as alice");
+is( $node->safe_psql(
+		'postgres', 'SELECT count(*) FROM qlater_schedules',
+		extra_params => [ '-U', 'bob' ]),
+	'0', "bob does not see alice's schedule");
+my ($ret, $stdout, $stderr) = $node->psql(
+	'postgres', q{SELECT qlater_unschedule('mine', 'alice')},
+	extra_params => [ '-U', 'bob' ]);
+like($stderr, qr/permission denied for schedules of role "alice"/,
+	"bob cannot remove alice's schedule");
+is( $node->safe_psql(
+		'postgres', 'SELECT name, owner FROM qlater_schedules',
+		extra_params => [ '-U', 'alice' ]),
+	'mine|alice', 'alice sees her schedule');
+
+# a schedule whose handler is no longer registered is deactivated
+my $log_offset = -s $node->logfile;
+$node->safe_psql('postgres', q{SELECT qlater_unregister('rec(text)')});
+ok( $node->poll_query_until(
+		'postgres', q{SELECT NOT active FROM qlater_schedules WHERE name = 'mine'}),
+	'a schedule of an unregistered handler is deactivated');
+ok( $node->log_contains(
+		qr/qlater schedule "mine" of role "alice" is deactivated/, $log_offset),
+	'with a warning in the log');
+# registering it and scheduling again reactivates it
+$node->safe_psql('postgres', q{SELECT qlater_register('rec(text)')});
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('mine', '1 seconds', 'rec', '["alice2"]')},
+	extra_params => [ '-U', 'alice' ]);
+wait_runs('alice2', 1, 'scheduling again reactivates it');
+is($node->safe_psql('postgres',
+	q{SELECT qlater_unschedule('mine')}, extra_params => [ '-U', 'alice' ]),
+	't', 'alice removes her schedule');
+
+$node->stop;
+done_testing();
