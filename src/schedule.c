@@ -565,7 +565,6 @@ ql_schedule_fire_due(long *sleep_ms)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
-		sched_stale = true;
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
 	}
