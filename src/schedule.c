@@ -50,6 +50,7 @@
 #include "handlers.h"
 #include "qlater.h"
 #include "schedule.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(qlater_schedule);
 PG_FUNCTION_INFO_V1(qlater_unschedule);
@@ -83,6 +84,10 @@ static TimestampTz sched_next_check = 0;
 static bool sched_stale = true;
 static Oid	sched_relid = InvalidOid;
 static bool sched_callback_registered = false;
+
+/* a schedule changed in this transaction: wake a worker once it commits */
+static bool sched_wake_pending = false;
+static bool sched_release_cb_registered = false;
 
 /* ql_schedule_invalidate: relcache callback; a schedule may have changed */
 static void
@@ -135,6 +140,56 @@ ql_check_schedule_name(const char *name)
 					 errmsg("invalid schedule name \"%s\"", name),
 					 errdetail("Schedule names cannot contain control characters.")));
 	}
+}
+
+/*
+ * ql_schedule_release: resource release callback.  At the end of a
+ * committed top-level transaction that changed a schedule, after its
+ * invalidation messages have been sent (AtEOXact_Inval runs between the
+ * BEFORE_LOCKS and LOCKS phases, but after the transaction callbacks), set
+ * the latch of one idle worker of this database: woken earlier, it could
+ * miss the invalidation and sleep on its old next tick.  A busy worker sees
+ * the invalidation at its next job.
+ */
+static void
+ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
+					bool isTopLevel, void *arg)
+{
+	int			i;
+
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel || !sched_wake_pending)
+		return;
+	sched_wake_pending = false;
+	if (!isCommit || ql_shared == NULL)
+		return;
+	for (i = 0; i < ql_shared->nslots; i++)
+	{
+		QlWorkerSlot *slot = &ql_shared->slots[i];
+		Latch	   *latch = slot->latch;
+
+		if (slot->dboid == MyDatabaseId && latch != NULL &&
+			pg_atomic_read_u32(&slot->idle) != 0)
+		{
+			SetLatch(latch);
+			break;
+		}
+	}
+}
+
+/*
+ * ql_schedules_changed: make every worker of this database look at the
+ * schedules again once the current transaction commits.
+ */
+static void
+ql_schedules_changed(Oid relid)
+{
+	CacheInvalidateRelcacheByRelid(relid);
+	if (!sched_release_cb_registered)
+	{
+		RegisterResourceReleaseCallback(ql_schedule_release, NULL);
+		sched_release_cb_registered = true;
+	}
+	sched_wake_pending = true;
 }
 
 /*
@@ -263,9 +318,7 @@ qlater_schedule(PG_FUNCTION_ARGS)
 	SPI_finish();
 	ql_restore_user(&save);
 
-	/* schedulers look again, and an idle one wakes up, at commit */
-	CacheInvalidateRelcacheByRelid(relid);
-	ql_wake_workers_at_commit(1);
+	ql_schedules_changed(relid);
 	PG_RETURN_INT64(id);
 }
 
@@ -316,7 +369,7 @@ qlater_unschedule(PG_FUNCTION_ARGS)
 	SPI_finish();
 	ql_restore_user(&save);
 	if (found)
-		CacheInvalidateRelcacheByRelid(relid);
+		ql_schedules_changed(relid);
 	PG_RETURN_BOOL(found);
 }
 
