@@ -8,7 +8,8 @@ set -euo pipefail
 
 QL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_MAJOR=${PG_MAJOR:-15}
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# QL_PG_BIN: another (relocated) PostgreSQL installation, for development
+PG_BIN=${QL_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 export PATH="$PG_BIN:$PATH"
 
 # as_root CMD...: run a command as root (directly, or through sudo)
