@@ -292,10 +292,10 @@ ql_insert_row(const QlCatalog *c, const char *queue, const char *handler,
 		TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID};
 		SPIPlanPtr	plan;
 
-		plan = SPI_prepare(psprintf("INSERT INTO %s.qlater_job "
-									"(queue, handler, args, priority, run_at, max_attempts, timeout, role, external) "
-									"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-									c->schema_quoted), 9, types);
+		plan = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job "
+										   "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external) "
+										   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+										   c->schema_quoted), 9, types, CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);

@@ -125,11 +125,17 @@ ql_job_init(void)
 	memset(&plans, 0, sizeof(plans));
 }
 
-/* ql_prepare: prepare and keep a statement; caller is connected to SPI */
+/*
+ * ql_prepare: prepare and keep a statement, with a generic plan: the
+ * planner would otherwise plan every execution anew for a parameter such
+ * as a LIMIT, whose generic estimate looks worse than the custom one.
+ * Caller is connected to SPI.
+ */
 static SPIPlanPtr
 ql_prepare(const char *query, int nargs, Oid *types)
 {
-	SPIPlanPtr	plan = SPI_prepare(query, nargs, types);
+	SPIPlanPtr	plan = SPI_prepare_cursor(query, nargs, types,
+										  CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "could not prepare \"%s\": %s", query,
