@@ -25,8 +25,11 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/prepare.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -471,6 +474,35 @@ ql_run_procedure(QlCall *call)
 }
 
 /*
+ * ql_fire_commit_actions: run now, as the job's role, the user code that
+ * committing would run as the worker's user: deferred triggers, and the
+ * queries of cursors WITH HOLD, which are read to their end.  Triggers may
+ * open cursors and closing cursors may queue triggers: loop until nothing
+ * is left, as CommitTransaction() does.
+ */
+static void
+ql_fire_commit_actions(void)
+{
+	do
+		AfterTriggerFireDeferred();
+	while (PreCommit_Portals(false));
+}
+
+/*
+ * ql_reset_session: drop what an earlier job left in the session: cursors
+ * WITH HOLD, prepared statements and temporary tables: the next job may be
+ * another role's.  (LISTEN is refused in background workers.)  Called in
+ * a transaction, with a snapshot.
+ */
+static void
+ql_reset_session(void)
+{
+	PortalHashTableDeleteAll();
+	DropAllPreparedStatements();
+	ResetTempTableNamespace();
+}
+
+/*
  * ql_call_handler: run the handler as the job's role.  A function is called
  * through SPI (caller is connected), in a GUC nest level that undoes
  * whatever it SETs.
@@ -481,6 +513,10 @@ ql_run_procedure(QlCall *call)
  * ended first (the claim is a session lock and stays), and the job's own
  * starts after the switch.  Its COMMITs would end a GUC nest level, so what
  * it SETs is undone with ResetAllOptions() (as RESET ALL) afterwards.
+ *
+ * Either way, what the commit would run of the handler's code (deferred
+ * triggers, cursors WITH HOLD) runs before the switch back to the worker's
+ * user, which is a superuser.
  */
 static void
 ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
@@ -496,6 +532,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		ql_run_procedure(call);
+		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		ResetAllOptions();
 	}
@@ -512,6 +549,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		PopActiveSnapshot();
 		if (rc < 0)
 			elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
+		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		AtEOXact_GUC(false, save_nestlevel);
 	}
@@ -704,6 +742,7 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_reset_session();
 	c = ql_catalog(true);
 	if (c == NULL)
 	{
