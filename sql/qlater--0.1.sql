@@ -161,6 +161,18 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.qlater_enqueue(text, jsonb, timestamptz, text, int, int) IS
     'enqueue a call of a registered handler, run later by a background worker as the current role';
 
+CREATE FUNCTION @extschema@.qlater_enqueue_many(handler text,
+                                                args_list jsonb,
+                                                run_at timestamptz DEFAULT now(),
+                                                queue text DEFAULT NULL,
+                                                priority int DEFAULT NULL,
+                                                max_attempts int DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'qlater_enqueue_many'
+LANGUAGE C VOLATILE ROWS 100;
+COMMENT ON FUNCTION @extschema@.qlater_enqueue_many(text, jsonb, timestamptz, text, int, int) IS
+    'enqueue one job per element of a JSON array of args, in one statement; returns their ids';
+
 CREATE FUNCTION @extschema@.qlater_retry(id bigint)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'qlater_retry'
