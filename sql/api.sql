@@ -105,6 +105,25 @@ SELECT qlater_enqueue('hidden', '[1]', run_at => now() + interval '1 day') > 0 A
 ROLLBACK;
 RESET search_path;
 
+-- queues with batches: options, and what is refused
+SELECT qlater_create_queue('batched', batch_size => 32, batch_delay => '5 ms');
+SELECT name, external, batch_size, batch_delay FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_create_queue('batched', batch_size => 16);   -- the delay stays
+SELECT qlater_create_queue('batched');                     -- both stay
+SELECT name, external, batch_size, batch_delay FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_create_queue('batched', batch_size => 0);
+SELECT qlater_create_queue('batched', batch_size => 65);
+SELECT qlater_create_queue('batched', batch_delay => '0');
+SELECT qlater_create_queue('batched', batch_delay => '11 s');
+SELECT qlater_create_queue('batched', batch_delay => '1 day');
+SELECT qlater_create_queue('batched_app', external => true, batch_size => 2);
+-- made external, a queue loses its batches
+SELECT qlater_create_queue('batched', external => true);
+SELECT name, external, batch_size FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_create_queue('batched', external => false);
+SELECT name, external, batch_size FROM qlater_queue WHERE name = 'batched';
+DELETE FROM qlater_queue WHERE name = 'batched';
+
 -- after commit the job runs in the background
 SELECT qlater_enqueue('export_stations', '["tenant-now"]') > 0 AS enqueued;
 SELECT qlater_enqueue('export_stations', '{"tenant": "tenant-named", "format": "xlsx"}') > 0 AS enqueued;

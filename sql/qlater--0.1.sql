@@ -59,10 +59,15 @@ CREATE TABLE @extschema@.qlater_job (
  * workers; an external queue is served by applications (qlater_lock).
  */
 CREATE TABLE @extschema@.qlater_queue (
-    name       text PRIMARY KEY,
-    external   boolean NOT NULL DEFAULT false,
-    owner      name NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    name        text PRIMARY KEY,
+    external    boolean NOT NULL DEFAULT false,
+    owner       name NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the workers commit up to batch_size jobs together, each in its own
+    -- subtransaction, holding a finished job's commit back batch_delay at most
+    batch_size  int NOT NULL DEFAULT 1 CHECK (batch_size BETWEEN 1 AND 64),
+    batch_delay interval NOT NULL DEFAULT '20 ms'
+                CHECK (batch_delay > '0' AND batch_delay <= '10 s')
 );
 
 /* roles allowed to consume an external queue (granted by its owner) */
@@ -216,12 +221,14 @@ COMMENT ON FUNCTION @extschema@.qlater_cron_check(text, text) IS
 
 /* ---- queues served by applications (external consumers) ---- */
 
-CREATE FUNCTION @extschema@.qlater_create_queue(name text, external boolean DEFAULT false)
+CREATE FUNCTION @extschema@.qlater_create_queue(name text, external boolean DEFAULT false,
+                                                batch_size int DEFAULT NULL,
+                                                batch_delay interval DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'qlater_create_queue'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.qlater_create_queue(text, boolean) IS
-    'declare a queue, served by the in-server workers or by applications (external)';
+COMMENT ON FUNCTION @extschema@.qlater_create_queue(text, boolean, int, interval) IS
+    'declare a queue, served by the in-server workers (in batches or not) or by applications (external)';
 
 CREATE FUNCTION @extschema@.qlater_grant_queue(queue text, consumer name)
 RETURNS void
