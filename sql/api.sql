@@ -58,6 +58,28 @@ SELECT qlater_enqueue('export_stations', '["a"]', queue => '');
 SELECT qlater_enqueue('export_stations', '["a"]', run_at => 'infinity');
 SELECT count(*) FROM qlater_jobs;
 
+-- many jobs in one call: ids in the order of args_list, all or none
+BEGIN;
+CREATE TEMP TABLE many_ids AS
+SELECT n, id
+  FROM qlater_enqueue_many('export_stations',
+                           '[["t1"], {"tenant": "t2", "format": "pdf"}, ["t3"]]',
+                           run_at => now() + interval '1 day', priority => 7)
+       WITH ORDINALITY AS e (id, n);
+SELECT m.n, j.handler, j.args, j.priority, j.state, j.role = current_user AS mine
+  FROM many_ids m JOIN qlater_jobs j USING (id) ORDER BY m.n;
+SELECT bool_and(b.id > a.id) AS ids_ascend FROM many_ids a JOIN many_ids b ON b.n = a.n + 1;
+ROLLBACK;
+SELECT count(*) FROM qlater_enqueue_many('export_stations', '[]');
+SELECT qlater_enqueue_many('export_stations', '[["a"], ["b", "c", "d"]]');
+SELECT qlater_enqueue_many('export_stations', '[["a"], "b"]');
+SELECT qlater_enqueue_many('export_stations', '{"tenant": "a"}');
+SELECT qlater_enqueue_many('export_stations', '"a"');
+SELECT qlater_enqueue_many('export_stations', NULL);
+SELECT qlater_enqueue_many('no_such_handler', '[["a"]]');
+SELECT qlater_enqueue_many('export_stations', '[["a"]]', priority => 40000);
+SELECT count(*) FROM qlater_jobs;
+
 -- an unregistered overload makes nothing ambiguous; two registered ones do
 CREATE FUNCTION export_stations(tenant int) RETURNS void LANGUAGE sql AS '';
 BEGIN;
@@ -82,6 +104,25 @@ BEGIN;
 SELECT qlater_enqueue('hidden', '[1]', run_at => now() + interval '1 day') > 0 AS enqueued;
 ROLLBACK;
 RESET search_path;
+
+-- queues with batches: options, and what is refused
+SELECT qlater_create_queue('batched', batch_size => 32, batch_delay => '5 ms');
+SELECT name, external, batch_size, batch_delay FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_create_queue('batched', batch_size => 16);   -- the delay stays
+SELECT qlater_create_queue('batched');                     -- both stay
+SELECT name, external, batch_size, batch_delay FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_create_queue('batched', batch_size => 0);
+SELECT qlater_create_queue('batched', batch_size => 65);
+SELECT qlater_create_queue('batched', batch_delay => '0');
+SELECT qlater_create_queue('batched', batch_delay => '11 s');
+SELECT qlater_create_queue('batched', batch_delay => '1 day');
+SELECT qlater_create_queue('batched_app', external => true, batch_size => 2);
+-- made external, a queue loses its batches
+SELECT qlater_create_queue('batched', external => true);
+SELECT name, external, batch_size FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_create_queue('batched', external => false);
+SELECT name, external, batch_size FROM qlater_queue WHERE name = 'batched';
+DELETE FROM qlater_queue WHERE name = 'batched';
 
 -- after commit the job runs in the background
 SELECT qlater_enqueue('export_stations', '["tenant-now"]') > 0 AS enqueued;

@@ -59,10 +59,15 @@ CREATE TABLE @extschema@.qlater_job (
  * workers; an external queue is served by applications (qlater_lock).
  */
 CREATE TABLE @extschema@.qlater_queue (
-    name       text PRIMARY KEY,
-    external   boolean NOT NULL DEFAULT false,
-    owner      name NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    name        text PRIMARY KEY,
+    external    boolean NOT NULL DEFAULT false,
+    owner       name NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- the workers commit up to batch_size jobs together, each in its own
+    -- subtransaction, holding a finished job's commit back batch_delay at most
+    batch_size  int NOT NULL DEFAULT 1 CHECK (batch_size BETWEEN 1 AND 64),
+    batch_delay interval NOT NULL DEFAULT '20 ms'
+                CHECK (batch_delay > '0' AND batch_delay <= '10 s')
 );
 
 /* roles allowed to consume an external queue (granted by its owner) */
@@ -161,6 +166,18 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.qlater_enqueue(text, jsonb, timestamptz, text, int, int) IS
     'enqueue a call of a registered handler, run later by a background worker as the current role';
 
+CREATE FUNCTION @extschema@.qlater_enqueue_many(handler text,
+                                                args_list jsonb,
+                                                run_at timestamptz DEFAULT now(),
+                                                queue text DEFAULT NULL,
+                                                priority int DEFAULT NULL,
+                                                max_attempts int DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'qlater_enqueue_many'
+LANGUAGE C VOLATILE ROWS 100;
+COMMENT ON FUNCTION @extschema@.qlater_enqueue_many(text, jsonb, timestamptz, text, int, int) IS
+    'enqueue one job per element of a JSON array of args, in one statement; returns their ids';
+
 CREATE FUNCTION @extschema@.qlater_retry(id bigint)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'qlater_retry'
@@ -204,12 +221,14 @@ COMMENT ON FUNCTION @extschema@.qlater_cron_check(text, text) IS
 
 /* ---- queues served by applications (external consumers) ---- */
 
-CREATE FUNCTION @extschema@.qlater_create_queue(name text, external boolean DEFAULT false)
+CREATE FUNCTION @extschema@.qlater_create_queue(name text, external boolean DEFAULT false,
+                                                batch_size int DEFAULT NULL,
+                                                batch_delay interval DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'qlater_create_queue'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.qlater_create_queue(text, boolean) IS
-    'declare a queue, served by the in-server workers or by applications (external)';
+COMMENT ON FUNCTION @extschema@.qlater_create_queue(text, boolean, int, interval) IS
+    'declare a queue, served by the in-server workers (in batches or not) or by applications (external)';
 
 CREATE FUNCTION @extschema@.qlater_grant_queue(queue text, consumer name)
 RETURNS void

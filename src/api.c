@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * api.c
- *		SQL-callable functions: registration, enqueue, retry, cancel.
+ *		SQL-callable functions: registration, enqueue (one job or many),
+ *		retry, cancel.
  *
  * Only these functions write qlater's tables.  Each one checks what the
  * caller may do as the caller, then writes as the tables' owner (a local
@@ -17,9 +18,11 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -35,14 +38,28 @@
 PG_FUNCTION_INFO_V1(qlater_register);
 PG_FUNCTION_INFO_V1(qlater_unregister);
 PG_FUNCTION_INFO_V1(qlater_enqueue);
+PG_FUNCTION_INFO_V1(qlater_enqueue_many);
 PG_FUNCTION_INFO_V1(qlater_retry);
 PG_FUNCTION_INFO_V1(qlater_cancel);
 PG_FUNCTION_INFO_V1(qlater_workers);
 PG_FUNCTION_INFO_V1(qlater_wake_launcher);
 
-/* the enqueue statement, prepared once per catalog generation */
-static SPIPlanPtr enqueue_plan = NULL;
-static uint32 enqueue_plan_generation = 0;
+/* a job to enqueue, checked: everything but its args */
+typedef struct QlJobSpec
+{
+	const char *queue;
+	const char *handler;		/* signature, or an application's name */
+	QlProcInfo *pi;				/* the handler, for an in-server queue */
+	bool		external;
+	int32		priority;
+	int32		max_attempts;
+	TimestampTz run_at;
+	bool		has_timeout;
+	Interval	timeout;
+} QlJobSpec;
+
+/* the most listeners one call wakes for jobs of an external queue */
+#define QL_MAX_NOTIFY_PER_CALL	16
 
 /* whether this backend has made sure the launcher serves its database */
 static bool launcher_checked = false;
@@ -253,69 +270,114 @@ ql_check_launcher(void)
 	launcher_checked = true;
 }
 
+/* the enqueue statements, prepared once per catalog generation */
+typedef struct QlEnqueuePlans
+{
+	uint32		generation;
+	SPIPlanPtr	one;			/* one row: VALUES */
+	SPIPlanPtr	many;			/* one row per element of a jsonb[] */
+} QlEnqueuePlans;
+
+static QlEnqueuePlans enqueue_plans;
+
+/* ql_prepare_enqueue: (re)prepare the enqueue statements if needed */
+static void
+ql_prepare_enqueue(const QlCatalog *c)
+{
+	Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
+	TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID};
+	const char *columns = "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external)";
+	SPIPlanPtr	one;
+	SPIPlanPtr	many;
+
+	if (enqueue_plans.one != NULL && enqueue_plans.generation == c->generation)
+		return;
+	one = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job %s "
+									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+									  c->schema_quoted, columns),
+							 9, types, CURSOR_OPT_GENERIC_PLAN);
+	if (one == NULL)
+		elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
+	types[2] = JSONBARRAYOID;
+	many = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job %s "
+									   "SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
+									   "FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
+									   "ORDER BY n RETURNING id",
+									   c->schema_quoted, columns),
+							  9, types, CURSOR_OPT_GENERIC_PLAN);
+	if (many == NULL)
+		elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(one);
+	SPI_keepplan(many);
+	if (enqueue_plans.one != NULL)
+	{
+		SPI_freeplan(enqueue_plans.one);
+		SPI_freeplan(enqueue_plans.many);
+	}
+	enqueue_plans.one = one;
+	enqueue_plans.many = many;
+	enqueue_plans.generation = c->generation;
+}
+
 /*
- * ql_insert_row: write a job row as the tables' owner; returns its id.
- * A job of an in-server queue wakes an idle worker at commit.  The caller
- * has checked everything.
+ * ql_insert_rows: write n job rows (n >= 1), alike but for their args, as
+ * the tables' owner; the new ids go to ids[], in order.  Jobs of an
+ * in-server queue wake idle workers at commit.  The caller has checked
+ * everything.
  */
-static int64
-ql_insert_row(const QlCatalog *c, const char *queue, const char *handler,
-			  Jsonb *args, int32 priority, TimestampTz run_at,
-			  int32 max_attempts, const Interval *timeout, bool external)
+static void
+ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
+			   int n, int64 *ids)
 {
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	QlUserSave	save;
-	int64		id;
+	int			i;
 	bool		isnull;
 
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = CStringGetTextDatum(handler);
-	values[2] = JsonbPGetDatum(args);
-	values[3] = Int32GetDatum(priority);
-	values[4] = TimestampTzGetDatum(run_at);
-	values[5] = Int32GetDatum(max_attempts);
-	if (timeout)
-		values[6] = IntervalPGetDatum(timeout);
+	values[0] = CStringGetTextDatum(spec->queue);
+	values[1] = CStringGetTextDatum(spec->handler);
+	if (n == 1)
+		values[2] = JsonbPGetDatum(args[0]);
+	else
+		values[2] = PointerGetDatum(construct_array((Datum *) args, n, JSONBOID,
+													-1, false, TYPALIGN_INT));
+	values[3] = Int32GetDatum(spec->priority);
+	values[4] = TimestampTzGetDatum(spec->run_at);
+	values[5] = Int32GetDatum(spec->max_attempts);
+	if (spec->has_timeout)
+		values[6] = IntervalPGetDatum(&spec->timeout);
 	else
 		nulls[6] = 'n';
 	values[7] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
-	values[8] = BoolGetDatum(external);
+	values[8] = BoolGetDatum(spec->external);
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (enqueue_plan == NULL || enqueue_plan_generation != c->generation)
-	{
-		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
-		TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job "
-										   "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external) "
-										   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-										   c->schema_quoted), 9, types, CURSOR_OPT_GENERIC_PLAN);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		if (enqueue_plan)
-			SPI_freeplan(enqueue_plan);
-		enqueue_plan = plan;
-		enqueue_plan_generation = c->generation;
-	}
-	if (SPI_execute_plan(enqueue_plan, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not enqueue job");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	ql_prepare_enqueue(c);
+	if (SPI_execute_plan(n == 1 ? enqueue_plans.one : enqueue_plans.many,
+						 values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != (uint64) n)
+		elog(ERROR, "could not enqueue jobs");
+	for (i = 0; i < n; i++)
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 	ql_restore_user(&save);
 
-	if (!external)
+	if (spec->external)
+	{
+		/* wake listeners: one per job, a few at most */
+		for (i = 0; i < Min(n, QL_MAX_NOTIFY_PER_CALL); i++)
+			ql_notify_listener(spec->queue, ids[i]);
+	}
+	else
 	{
 		ql_check_launcher();
-		ql_wake_workers_at_commit(1);
+		ql_wake_workers_at_commit(n);
 	}
-	return id;
 }
 
 /*
@@ -327,21 +389,30 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 			  Jsonb *args, int32 priority, TimestampTz run_at,
 			  int32 max_attempts, const Interval *timeout)
 {
-	return ql_insert_row(c, queue, signature, args, priority, run_at,
-						 max_attempts, timeout, false);
+	QlJobSpec	spec;
+	int64		id;
+
+	memset(&spec, 0, sizeof(spec));
+	spec.queue = queue;
+	spec.handler = signature;
+	spec.priority = priority;
+	spec.run_at = run_at;
+	spec.max_attempts = max_attempts;
+	spec.has_timeout = (timeout != NULL);
+	if (timeout)
+		spec.timeout = *timeout;
+	ql_insert_rows(c, &spec, &args, 1, &id);
+	return id;
 }
 
 /*
- * ql_enqueue_external: enqueue a job for the consumers of an external
- * queue.  The handler is free text checked only for sanity; args are any
- * JSON array or object.
+ * ql_check_app_handler: raise an error for the handler name of a job for
+ * applications: free text, checked only for sanity.
  */
-static int64
-ql_enqueue_external(const QlCatalog *c, const char *queue, const char *handler,
-					Jsonb *args, TimestampTz run_at, int32 priority, int32 max_attempts)
+static void
+ql_check_app_handler(const char *handler)
 {
 	const char *p;
-	int64		id;
 
 	if (handler[0] == '\0' || strlen(handler) > QL_MAX_APP_HANDLER)
 		ereport(ERROR,
@@ -356,90 +427,198 @@ ql_enqueue_external(const QlCatalog *c, const char *queue, const char *handler,
 					 errmsg("invalid handler name \"%s\"", handler),
 					 errdetail("Handler names cannot contain control characters.")));
 	}
-	if (JB_ROOT_IS_SCALAR(args))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("job arguments must be a JSON array or object")));
-	ql_check_priority(priority);
-	ql_check_max_attempts(max_attempts);
-	if (TIMESTAMP_NOT_FINITE(run_at))
+}
+
+/*
+ * ql_job_spec: what qlater_enqueue and qlater_enqueue_many are asked, but
+ * the args (arguments 0 and 2 to 5 of the call: handler, run_at, queue,
+ * priority, max_attempts), checked.
+ *
+ * The handler of an in-server queue is resolved under the caller's
+ * search_path among registered handlers, and EXECUTE is checked as the
+ * caller; NULL options take its registered defaults.  The handler of an
+ * external queue is the application's business.
+ */
+static void
+ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
+{
+	char	   *name;
+
+	memset(spec, 0, sizeof(*spec));
+	ql_arg_not_null(fcinfo, 0, "handler");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	spec->run_at = PG_ARGISNULL(2) ? GetCurrentTransactionStartTimestamp() : PG_GETARG_TIMESTAMPTZ(2);
+	if (TIMESTAMP_NOT_FINITE(spec->run_at))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be finite")));
-	id = ql_insert_row(c, queue, handler, args, priority, run_at, max_attempts, NULL, true);
-	ql_notify_listener(queue, id);
-	return id;
+
+	if (!PG_ARGISNULL(3))
+	{
+		spec->queue = text_to_cstring(PG_GETARG_TEXT_PP(3));
+		ql_check_queue_name(spec->queue);
+		spec->external = ql_queue_is_external(c, spec->queue);
+	}
+	if (spec->external)
+	{
+		ql_check_app_handler(name);
+		spec->handler = name;
+		spec->priority = PG_ARGISNULL(4) ? QL_DEFAULT_PRIORITY : PG_GETARG_INT32(4);
+		spec->max_attempts = PG_ARGISNULL(5) ? QL_DEFAULT_MAX_ATTEMPTS : PG_GETARG_INT32(5);
+	}
+	else
+	{
+		QlHandler  *h;
+		Oid			proc = ql_resolve_handler(name, &h);
+		AclResult	aclresult;
+
+		/* copy what we need of h: the next lookup may reload the registry */
+		if (spec->queue == NULL)
+			spec->queue = pstrdup(h->queue);
+		spec->priority = PG_ARGISNULL(4) ? h->priority : PG_GETARG_INT32(4);
+		spec->max_attempts = PG_ARGISNULL(5) ? h->max_attempts : PG_GETARG_INT32(5);
+		spec->has_timeout = h->has_timeout;
+		spec->timeout = h->timeout;
+
+		aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
+		if (aclresult != ACLCHECK_OK)
+			aclcheck_error(aclresult,
+						   get_func_prokind(proc) == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION,
+						   get_func_name(proc));
+		spec->pi = ql_procinfo(proc);
+		spec->handler = spec->pi->signature;
+	}
+	ql_check_queue_name(spec->queue);
+	ql_check_priority(spec->priority);
+	ql_check_max_attempts(spec->max_attempts);
+}
+
+/*
+ * ql_job_args: the args to store for one job: checked against the
+ * handler's parameters, or, for an application, any JSON array or object.
+ */
+static Jsonb *
+ql_job_args(const QlJobSpec *spec, Jsonb *args)
+{
+	if (spec->external)
+	{
+		if (JB_ROOT_IS_SCALAR(args))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("job arguments must be a JSON array or object")));
+		return args;
+	}
+	return ql_args_normalize(spec->pi, args);
 }
 
 /*
  * qlater_enqueue(handler text, args jsonb, run_at timestamptz, queue text,
  *				  priority int, max_attempts int) returns bigint
  *
- * Resolves the handler under the caller's search_path among registered
- * handlers, checks EXECUTE and the arguments as the caller, and writes the
- * job in the caller's transaction.  NULL options take the handler's
- * registered defaults.
+ * Writes the job in the caller's transaction.
  */
 Datum
 qlater_enqueue(PG_FUNCTION_ARGS)
 {
 	const QlCatalog *c = ql_catalog(false);
-	char	   *name;
-	Oid			proc;
-	QlHandler  *h;
-	QlProcInfo *pi;
-	AclResult	aclresult;
+	QlJobSpec	spec;
 	Jsonb	   *args;
-	TimestampTz run_at;
-	char	   *queue;
-	int32		priority;
-	int32		max_attempts;
-	bool		has_timeout;
-	Interval	timeout;
+	int64		id;
 
-	ql_arg_not_null(fcinfo, 0, "handler");
 	ql_arg_not_null(fcinfo, 1, "args");
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	args = PG_GETARG_JSONB_P(1);
-	run_at = PG_ARGISNULL(2) ? GetCurrentTransactionStartTimestamp() : PG_GETARG_TIMESTAMPTZ(2);
+	ql_job_spec(fcinfo, c, &spec);
+	args = ql_job_args(&spec, PG_GETARG_JSONB_P(1));
+	ql_insert_rows(c, &spec, &args, 1, &id);
+	PG_RETURN_INT64(id);
+}
 
-	/* a job for an application: the handler is its own business */
-	if (!PG_ARGISNULL(3))
-	{
-		queue = text_to_cstring(PG_GETARG_TEXT_PP(3));
-		ql_check_queue_name(queue);
-		if (ql_queue_is_external(c, queue))
-			PG_RETURN_INT64(ql_enqueue_external(c, queue, name, args, run_at,
-												PG_ARGISNULL(4) ? QL_DEFAULT_PRIORITY : PG_GETARG_INT32(4),
-												PG_ARGISNULL(5) ? QL_DEFAULT_MAX_ATTEMPTS : PG_GETARG_INT32(5)));
-	}
+/* error context of qlater_enqueue_many: which element failed */
+static void
+ql_many_context(void *arg)
+{
+	errcontext("element %d of args_list", *(int *) arg + 1);
+}
 
-	proc = ql_resolve_handler(name, &h);
-	/* copy what we need of h: the next lookup may reload the registry */
-	queue = PG_ARGISNULL(3) ? pstrdup(h->queue) : text_to_cstring(PG_GETARG_TEXT_PP(3));
-	priority = PG_ARGISNULL(4) ? h->priority : PG_GETARG_INT32(4);
-	max_attempts = PG_ARGISNULL(5) ? h->max_attempts : PG_GETARG_INT32(5);
-	has_timeout = h->has_timeout;
-	timeout = h->timeout;
+/*
+ * qlater_enqueue_many(handler text, args_list jsonb, run_at timestamptz,
+ *					   queue text, priority int, max_attempts int)
+ *		returns setof bigint
+ *
+ * One job per element of the JSON array args_list, alike but for their
+ * args, written by one statement; returns their ids in the order of
+ * args_list.  All or none: a bad element fails the call.
+ */
+Datum
+qlater_enqueue_many(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	const QlCatalog *c = ql_catalog(false);
+	QlJobSpec	spec;
+	Jsonb	   *list;
+	int			n;
+	int			i;
+	Jsonb	  **args;
+	int64	   *ids;
+	MemoryContext elem_cxt;
+	MemoryContext old;
+	ErrorContextCallback errcb;
 
-	aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
-	if (aclresult != ACLCHECK_OK)
-		aclcheck_error(aclresult,
-					   get_func_prokind(proc) == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION,
-					   get_func_name(proc));
-	ql_check_queue_name(queue);
-	ql_check_priority(priority);
-	ql_check_max_attempts(max_attempts);
-	if (TIMESTAMP_NOT_FINITE(run_at))
+	ql_arg_not_null(fcinfo, 1, "args_list");
+	list = PG_GETARG_JSONB_P(1);
+	if (!JB_ROOT_IS_ARRAY(list) || JB_ROOT_IS_SCALAR(list))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("run_at must be finite")));
+				 errmsg("args_list must be a JSON array"),
+				 errhint("Each element of args_list is the args of one job, e.g. '[[1], [2], {\"x\": 3}]'.")));
+	ql_job_spec(fcinfo, c, &spec);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
-	pi = ql_procinfo(proc);
-	args = ql_args_normalize(pi, args);
+	n = JB_ROOT_COUNT(list);
+	if (n == 0)
+		return (Datum) 0;
+	if ((Size) n > MaxAllocSize / sizeof(Datum))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("args_list has too many elements")));
+	args = palloc(sizeof(Jsonb *) * n);
+	ids = palloc(sizeof(int64) * n);
 
-	PG_RETURN_INT64(ql_insert_job(c, queue, pi->signature, args, priority, run_at,
-								  max_attempts, has_timeout ? &timeout : NULL));
+	/* each element's checks leave garbage: keep only its result */
+	elem_cxt = AllocSetContextCreate(CurrentMemoryContext, "qlater_enqueue_many",
+									 ALLOCSET_DEFAULT_SIZES);
+	errcb.callback = ql_many_context;
+	errcb.arg = &i;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	for (i = 0; i < n; i++)
+	{
+		JsonbValue *v = getIthJsonbValueFromContainer(&list->root, i);
+		Jsonb	   *a;
+
+		if (v->type != jbvBinary)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("job arguments must be a JSON array or object"),
+				 errhint("Each element of args_list is the args of one job: '[[1], [2]]' makes two jobs.")));
+		old = MemoryContextSwitchTo(elem_cxt);
+		a = ql_job_args(&spec, JsonbValueToJsonb(v));
+		MemoryContextSwitchTo(old);
+		args[i] = palloc(VARSIZE(a));
+		memcpy(args[i], a, VARSIZE(a));
+		MemoryContextReset(elem_cxt);
+	}
+	error_context_stack = errcb.previous;
+	MemoryContextDelete(elem_cxt);
+
+	ql_insert_rows(c, &spec, args, n, ids);
+	for (i = 0; i < n; i++)
+	{
+		Datum		value = Int64GetDatum(ids[i]);
+		bool		isnull = false;
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
+	}
+	return (Datum) 0;
 }
 
 /*

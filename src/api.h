@@ -24,6 +24,15 @@
 /* longest application handler name */
 #define QL_MAX_APP_HANDLER		200
 
+/*
+ * most jobs a worker commits together, each in a subtransaction: a
+ * backend's cache of subtransaction IDs has 64 entries, and snapshots of
+ * every session slow down once one overflows
+ */
+#define QL_MAX_BATCH			64
+/* longest batch_delay */
+#define QL_MAX_BATCH_DELAY_MS	10000
+
 extern void ql_check_priority(int32 priority);
 extern void ql_check_max_attempts(int32 max_attempts);
 extern void ql_check_queue_name(const char *queue);

@@ -182,9 +182,49 @@ ql_check_consumer(const QlCatalog *c, const char *queue)
 }
 
 /*
- * qlater_create_queue(name text, external boolean) returns void
+ * ql_check_batch: raise an error for batch options out of range, or given
+ * for an external queue.
+ */
+static void
+ql_check_batch(FunctionCallInfo fcinfo, bool external)
+{
+	if (!PG_ARGISNULL(2))
+	{
+		int32		size = PG_GETARG_INT32(2);
+
+		if (size < 1 || size > QL_MAX_BATCH)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("batch_size %d is out of range", size),
+					 errhint("A batch has 1 to %d jobs, each in a subtransaction; "
+							 "1 commits every job alone.", QL_MAX_BATCH)));
+		if (external && size > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("an external queue cannot have batches"),
+					 errhint("Batches are for queues served by the in-server workers; "
+							 "applications commit their jobs themselves.")));
+	}
+	if (!PG_ARGISNULL(3))
+	{
+		Interval   *d = PG_GETARG_INTERVAL_P(3);
+
+		if (d->month != 0 || d->day != 0 || d->time <= 0 ||
+			d->time > QL_MAX_BATCH_DELAY_MS * INT64CONST(1000))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("batch_delay must be more than 0 and at most %d ms",
+							QL_MAX_BATCH_DELAY_MS)));
+	}
+}
+
+/*
+ * qlater_create_queue(name text, external boolean, batch_size int,
+ *					   batch_delay interval) returns void
  *
- * Declares a queue, or changes whether it is external.  The creating role
+ * Declares a queue, or changes it: whether it is external, and how the
+ * workers batch its jobs (NULL keeps the current setting; a new queue
+ * starts with batch_size 1 and batch_delay 20 ms).  The creating role
  * owns it; only its owner or an admin may change it.  A queue that holds
  * other roles' jobs ('default' always counts as such) can be turned
  * external only by an admin, since its jobs would leave the workers.
@@ -201,8 +241,9 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	char	   *owner;
 	bool		was_external;
 	bool		exists;
-	Oid			types[3] = {TEXTOID, BOOLOID, NAMEOID};
-	Datum		values[3];
+	Oid			types[5] = {TEXTOID, BOOLOID, NAMEOID, INT4OID, INTERVALOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -211,6 +252,7 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	external = PG_GETARG_BOOL(1);
 	ql_check_queue_name(queue);
+	ql_check_batch(fcinfo, external);
 
 	ql_become_owner(c, &save);
 	ql_spi_connect();
@@ -242,11 +284,20 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = BoolGetDatum(external);
 	values[2] = DirectFunctionCall1(namein, CStringGetDatum(me));
-	if (SPI_execute_with_args(psprintf("INSERT INTO %s.qlater_queue (name, external, owner) "
-									   "VALUES ($1, $2, $3) ON CONFLICT (name) "
-									   "DO UPDATE SET external = excluded.external",
+	values[3] = PG_GETARG_DATUM(2);
+	nulls[3] = PG_ARGISNULL(2) ? 'n' : ' ';
+	values[4] = PG_GETARG_DATUM(3);
+	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
+	/* an external queue has no batches */
+	if (SPI_execute_with_args(psprintf("INSERT INTO %s.qlater_queue AS q "
+									   "(name, external, owner, batch_size, batch_delay) "
+									   "VALUES ($1, $2, $3, coalesce($4, 1), coalesce($5, '20 ms')) "
+									   "ON CONFLICT (name) DO UPDATE SET external = excluded.external, "
+									   "batch_size = CASE WHEN excluded.external THEN 1 "
+									   "ELSE coalesce($4, q.batch_size) END, "
+									   "batch_delay = coalesce($5, q.batch_delay)",
 									   c->schema_quoted),
-							  3, types, values, NULL, false, 0) != SPI_OK_INSERT)
+							  5, types, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not declare queue");
 	/* the queue's jobs change hands */
 	if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET external = $2 "

@@ -25,8 +25,11 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/prepare.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -42,6 +45,8 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/resowner.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -49,6 +54,7 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
+#include "api.h"
 #include "args.h"
 #include "catalog.h"
 #include "inflight.h"
@@ -61,19 +67,35 @@ typedef struct QlJob
 {
 	int64		id;
 	char	   *handler;
+	Oid			proc;			/* InvalidOid if the handler is gone */
+	char		prokind;
 	Jsonb	   *args;
 	char	   *role;
 	bool		has_timeout;
 	Interval	timeout;
 	int32		attempts;
 	int32		max_attempts;
+	char	   *queue;
+	int32		batch_size;		/* of its queue */
+	int64		batch_delay;	/* of its queue, in microseconds */
+	int32		priority;		/* with run_at and id: its place in the */
+	TimestampTz run_at;			/* claim order */
 } QlJob;
+
+/* a place in the claim order (priority, run_at, id) */
+typedef struct QlKey
+{
+	int32		priority;
+	TimestampTz run_at;
+	int64		id;
+} QlKey;
 
 /* statements on the job table, prepared once per catalog generation */
 typedef struct QlPlans
 {
 	uint32		generation;
 	SPIPlanPtr	candidates;
+	SPIPlanPtr	candidates_after;
 	SPIPlanPtr	fetch;
 	SPIPlanPtr	delete;
 	SPIPlanPtr	fail;
@@ -150,6 +172,7 @@ ql_prepare_plans(const QlCatalog *c)
 {
 	const char *s = c->schema_quoted;
 	Oid			t_limit[1] = {INT4OID};
+	Oid			t_after[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			t_id[1] = {INT8OID};
 	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	Oid			t_crash[2] = {INT8OID, INT4OID};
@@ -159,6 +182,7 @@ ql_prepare_plans(const QlCatalog *c)
 	if (plans.candidates != NULL)
 	{
 		SPI_freeplan(plans.candidates);
+		SPI_freeplan(plans.candidates_after);
 		SPI_freeplan(plans.fetch);
 		SPI_freeplan(plans.delete);
 		SPI_freeplan(plans.fail);
@@ -170,9 +194,19 @@ ql_prepare_plans(const QlCatalog *c)
 										   "AND NOT external "
 										   "ORDER BY priority, run_at, id LIMIT $1", s),
 								  1, t_limit);
-	plans.fetch = ql_prepare(psprintf("SELECT handler, args, role, timeout, attempts, max_attempts "
-									  "FROM %s.qlater_job "
-									  "WHERE id = $1 AND NOT dead AND NOT external AND run_at <= now()", s),
+	plans.candidates_after = ql_prepare(psprintf("SELECT id FROM %s.qlater_job "
+												 "WHERE NOT dead AND run_at <= now() "
+												 "AND NOT external "
+												 "AND (priority, run_at, id) > ($2, $3, $4) "
+												 "ORDER BY priority, run_at, id LIMIT $1", s),
+										4, t_after);
+	plans.fetch = ql_prepare(psprintf("SELECT j.handler, j.args, j.role, j.timeout, j.attempts, "
+									  "j.max_attempts, j.queue, coalesce(q.batch_size, 1), "
+									  "(extract(epoch FROM coalesce(q.batch_delay, '20 ms')) * 1000000)::int8, "
+									  "j.priority, j.run_at "
+									  "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q ON q.name = j.queue "
+									  "WHERE j.id = $1 AND NOT j.dead AND NOT j.external AND j.run_at <= now()",
+									  s, s),
 							 1, t_id);
 	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
@@ -260,24 +294,86 @@ ql_retry_time(int32 attempts, TimestampTz now)
 }
 
 /*
- * ql_claim: claim the first ready job and read it under a fresh snapshot.
- * Returns false if there is none.  Caller is connected to SPI, in a
- * transaction with an active snapshot.
+ * ql_fetch: read a claimed job under a fresh snapshot, into job_cxt.
+ * Returns false if it is no longer ready (done, cancelled, rescheduled).
+ * Caller is connected to SPI, in a transaction with an active snapshot.
  */
 static bool
-ql_claim(QlJob *job)
+ql_fetch(int64 id, QlJob *job)
+{
+	Datum		idd = Int64GetDatum(id);
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	MemoryContext old;
+
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute_plan(plans.fetch, &idd, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read job");
+	if (SPI_processed == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	old = MemoryContextSwitchTo(job_cxt);
+	job->id = id;
+	job->handler = SPI_getvalue(tup, desc, 1);
+	job->args = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 2, &isnull));
+	job->role = SPI_getvalue(tup, desc, 3);
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	job->has_timeout = !isnull;
+	if (!isnull)
+		job->timeout = *DatumGetIntervalP(d);
+	job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	job->queue = SPI_getvalue(tup, desc, 7);
+	job->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+	job->batch_delay = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
+	job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+	job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 11, &isnull));
+	job->proc = ql_signature_oid(job->handler);
+	job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
+ * ql_claim: claim the first ready job, or with after, the first after that
+ * place in the claim order, and read it under a fresh snapshot.  Returns
+ * false if there is none.  Caller is connected to SPI, in a transaction
+ * with an active snapshot.
+ *
+ * A batch looks after its last job: the index entries before it are mostly
+ * of jobs done by this batch or by batches committed so recently that
+ * their entries cannot be marked dead yet, and a scan from the start would
+ * visit each of them again.
+ */
+static bool
+ql_claim(QlJob *job, const QlKey *after)
 {
 	int			limit = ql_shared->nslots * 2 + 8;
 	int			round;
 
 	for (round = 0; round < 3; round++)
 	{
-		Datum		lim = Int32GetDatum(limit);
+		Datum		params[4];
 		uint64		n;
 		uint64		i;
 		int64	   *ids;
+		int			rc;
 
-		if (SPI_execute_plan(plans.candidates, &lim, NULL, true, 0) != SPI_OK_SELECT)
+		params[0] = Int32GetDatum(limit);
+		if (after != NULL)
+		{
+			params[1] = Int32GetDatum(after->priority);
+			params[2] = TimestampTzGetDatum(after->run_at);
+			params[3] = Int64GetDatum(after->id);
+			rc = SPI_execute_plan(plans.candidates_after, params, NULL, true, 0);
+		}
+		else
+			rc = SPI_execute_plan(plans.candidates, params, NULL, true, 0);
+		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "could not look for jobs");
 		n = SPI_processed;
 		ids = palloc(sizeof(int64) * (n + 1));
@@ -292,41 +388,12 @@ ql_claim(QlJob *job)
 
 		for (i = 0; i < n; i++)
 		{
-			Datum		id = Int64GetDatum(ids[i]);
-			HeapTuple	tup;
-			TupleDesc	desc;
-			bool		isnull;
-			Datum		d;
-			MemoryContext old;
-
 			if (ql_job_crash_pending(ids[i]) || !ql_try_claim(ids[i], true))
 				continue;
-
 			/* re-read under a fresh snapshot: it may be done already */
-			PopActiveSnapshot();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			if (SPI_execute_plan(plans.fetch, &id, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not read job");
-			if (SPI_processed == 0)
-			{
-				ql_release_claim(ids[i]);
-				continue;
-			}
-			tup = SPI_tuptable->vals[0];
-			desc = SPI_tuptable->tupdesc;
-			old = MemoryContextSwitchTo(job_cxt);
-			job->id = ids[i];
-			job->handler = SPI_getvalue(tup, desc, 1);
-			job->args = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 2, &isnull));
-			job->role = SPI_getvalue(tup, desc, 3);
-			d = SPI_getbinval(tup, desc, 4, &isnull);
-			job->has_timeout = !isnull;
-			if (!isnull)
-				job->timeout = *DatumGetIntervalP(d);
-			job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-			job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-			MemoryContextSwitchTo(old);
-			return true;
+			if (ql_fetch(ids[i], job))
+				return true;
+			ql_release_claim(ids[i]);
 		}
 		if (n < (uint64) limit)
 			break;
@@ -471,6 +538,35 @@ ql_run_procedure(QlCall *call)
 }
 
 /*
+ * ql_fire_commit_actions: run now, as the job's role, the user code that
+ * committing would run as the worker's user: deferred triggers, and the
+ * queries of cursors WITH HOLD, which are read to their end.  Triggers may
+ * open cursors and closing cursors may queue triggers: loop until nothing
+ * is left, as CommitTransaction() does.
+ */
+static void
+ql_fire_commit_actions(void)
+{
+	do
+		AfterTriggerFireDeferred();
+	while (PreCommit_Portals(false));
+}
+
+/*
+ * ql_reset_session: drop what an earlier job left in the session: cursors
+ * WITH HOLD, prepared statements and temporary tables: the next job may be
+ * another role's.  (LISTEN is refused in background workers.)  Called in
+ * a transaction, with a snapshot.
+ */
+static void
+ql_reset_session(void)
+{
+	PortalHashTableDeleteAll();
+	DropAllPreparedStatements();
+	ResetTempTableNamespace();
+}
+
+/*
  * ql_call_handler: run the handler as the job's role.  A function is called
  * through SPI (caller is connected), in a GUC nest level that undoes
  * whatever it SETs.
@@ -481,6 +577,10 @@ ql_run_procedure(QlCall *call)
  * ended first (the claim is a session lock and stays), and the job's own
  * starts after the switch.  Its COMMITs would end a GUC nest level, so what
  * it SETs is undone with ResetAllOptions() (as RESET ALL) afterwards.
+ *
+ * Either way, what the commit would run of the handler's code (deferred
+ * triggers, cursors WITH HOLD) runs before the switch back to the worker's
+ * user, which is a superuser.
  */
 static void
 ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
@@ -496,6 +596,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		ql_run_procedure(call);
+		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		ResetAllOptions();
 	}
@@ -512,29 +613,34 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		PopActiveSnapshot();
 		if (rc < 0)
 			elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
+		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		AtEOXact_GUC(false, save_nestlevel);
 	}
 }
 
 /*
- * ql_record_failure: in a new transaction, count the failed attempt and
- * reschedule the job, or make it dead.
+ * ql_record_failure: count the failed attempt and reschedule the job, or
+ * make it dead: in a transaction of its own, or, for a job of a batch, in
+ * the batch's transaction.
  */
 static void
-ql_record_failure(QlJob *job, ErrorData *edata, bool permanent)
+ql_record_failure(QlJob *job, ErrorData *edata, bool permanent, bool in_batch)
 {
 	int32		attempts = job->attempts + 1;
 	bool		dead = permanent || attempts >= job->max_attempts;
 	TimestampTz now;
 	Datum		values[5];
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	if (!in_batch)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+	}
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	now = GetCurrentTransactionStartTimestamp();
+	now = GetCurrentTimestamp();
 
 	values[0] = Int64GetDatum(job->id);
 	values[1] = Int32GetDatum(attempts);
@@ -545,7 +651,8 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent)
 		elog(ERROR, "could not record the failure of job %lld", (long long) job->id);
 	SPI_finish();
 	PopActiveSnapshot();
-	CommitTransactionCommand();
+	if (!in_batch)
+		CommitTransactionCommand();
 
 	ereport(LOG,
 			(errmsg("qlater job %lld (%s) failed%s: %s",
@@ -554,29 +661,35 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent)
 }
 
 /*
- * ql_execute: run a claimed job to its end: commit of its work and its
- * removal, or rollback and a recorded failure.  Called in the transaction
- * that claimed it, without SPI connection or active snapshot.
+ * ql_execute: run a claimed job to its end.  Alone, in the transaction
+ * that claimed it: commit of its work and its removal, or rollback and a
+ * recorded failure.  In a batch, in a subtransaction of the batch's
+ * transaction, which the failure is recorded in.  Called without SPI
+ * connection or active snapshot.
  */
 static void
-ql_execute(QlJob *job, QlWorkerSlot *slot)
+ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 {
 	volatile bool permanent = true;
 	volatile bool cancelled = false;
-	volatile bool is_procedure = false;
 	ErrorData  *edata = NULL;
+	MemoryContext outer_cxt = CurrentMemoryContext;
+	ResourceOwner outer_owner = CurrentResourceOwner;
 
 	job_timed_out = false;
+	/* a cancel meant for a job that has ended since must not hit this one */
+	QueryCancelPending = false;
+	if (in_batch)
+		BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		Oid			proc = ql_signature_oid(job->handler);
 		Oid			roleid = get_role_oid(job->role, true);
 		QlProcInfo *pi;
 		QlCall		call;
 		Datum		id = Int64GetDatum(job->id);
 		MemoryContext old;
 
-		if (!OidIsValid(proc))
+		if (!OidIsValid(job->proc))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("function %s does not exist", job->handler),
@@ -587,14 +700,13 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 					 errmsg("role \"%s\" does not exist", job->role),
 					 errdetail("The role that enqueued the job was dropped or renamed.")));
 
-		pi = ql_procinfo(proc);
+		pi = ql_procinfo(job->proc);
 		old = MemoryContextSwitchTo(job_cxt);
 		ql_args_to_call(pi, job->args, &call);
 		MemoryContextSwitchTo(old);
 
 		/* from here on a failure is the handler's: retry it */
 		permanent = false;
-		is_procedure = (pi->prokind == PROKIND_PROCEDURE);
 		if (job->has_timeout)
 		{
 			int64		ms = job->timeout.time / 1000 +
@@ -640,7 +752,10 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 		}
 		PopActiveSnapshot();
 		SPI_finish();
-		CommitTransactionCommand();
+		if (in_batch)
+			ReleaseCurrentSubTransaction();
+		else
+			CommitTransactionCommand();
 	}
 	PG_CATCH();
 	{
@@ -651,11 +766,14 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 		edata = CopyErrorData();
 		FlushErrorState();
 		MemoryContextSwitchTo(ecxt);
-		AbortCurrentTransaction();
+		if (in_batch)
+			RollbackAndReleaseCurrentSubTransaction();
+		else
+			AbortCurrentTransaction();
 
-		/* the abort restored the user the transaction started with */
+		/* the abort restored the user the (sub)transaction started with */
 		SetUserIdAndSecContext(worker_userid, worker_sec_context);
-		if (is_procedure)
+		if (job->prokind == PROKIND_PROCEDURE)
 		{
 			StartTransactionCommand();
 			ResetAllOptions();
@@ -663,6 +781,8 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 		}
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(outer_cxt);
+	CurrentResourceOwner = outer_owner;
 
 	/* a cancel interrupted the handler */
 	if (edata != NULL && pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
@@ -679,15 +799,176 @@ ql_execute(QlJob *job, QlWorkerSlot *slot)
 																		  IntervalPGetDatum(&job->timeout))));
 			MemoryContextSwitchTo(old);
 		}
-		ql_record_failure(job, edata, permanent);
+		ql_record_failure(job, edata, permanent, in_batch);
 	}
 }
 
 /*
- * ql_run_next_job: claim the first ready job and run it.  Returns
- * QL_JOB_RAN after a job; QL_JOB_NONE if none was ready, with the time an
- * idle worker may sleep in *sleep_ms; QL_JOB_NO_EXTENSION if qlater is no
- * longer installed in this database.
+ * ql_run_one: run a claimed job, alone or as one of a batch, and show it
+ * in the worker's slot, in the crash accounting and in pg_stat_activity
+ * meanwhile.
+ */
+static void
+ql_run_one(QlJob *job, QlWorkerSlot *slot, bool in_batch)
+{
+	pg_atomic_write_u32(&slot->idle, 0);
+	pg_atomic_write_u64(&slot->job_id, (uint64) job->id);
+	ql_inflight_set(MyDatabaseId, job->id);
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("qlater job %lld: %s", (long long) job->id, job->handler));
+
+	ql_execute(job, slot, in_batch);
+
+	ql_inflight_clear();
+	pg_atomic_write_u64(&slot->job_id, 0);
+	if (pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
+		pg_atomic_write_u64(&slot->cancel_job, 0);
+}
+
+/*
+ * ql_batchable: whether a job may run in a batch: its queue batches, its
+ * handler is a function (a procedure that COMMITs cannot run in a
+ * subtransaction), and the workers' transactions see each statement's own
+ * snapshot (under REPEATABLE READ or SERIALIZABLE a batch's jobs would
+ * share one, and serialization failures would strike the whole batch).
+ */
+static bool
+ql_batchable(const QlJob *job)
+{
+	return job->batch_size > 1 && job->prokind == PROKIND_FUNCTION &&
+		!IsolationUsesXactSnapshot();
+}
+
+/*
+ * ql_claim_more: claim the next ready job after a place in the claim
+ * order for the batch of a queue, into *job.  Returns false if there is none that can join the batch.  Called
+ * in the batch's transaction, without SPI connection or active snapshot.
+ */
+static bool
+ql_claim_more(const char *queue, const QlKey *after, QlJob *job)
+{
+	bool		found;
+
+	MemoryContextReset(job_cxt);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_reset_session();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	found = ql_claim(job, after);
+	SPI_finish();
+	PopActiveSnapshot();
+	if (found && !(ql_batchable(job) && strcmp(job->queue, queue) == 0))
+	{
+		/* not for this batch: the next round runs it */
+		ql_release_claim(job->id);
+		found = false;
+	}
+	return found;
+}
+
+/*
+ * ql_rerun: run a job of a batch that failed to commit, alone, in a
+ * transaction of its own.  Its claim is still held.
+ */
+static void
+ql_rerun(int64 id, QlWorkerSlot *slot)
+{
+	QlJob		job;
+	bool		found;
+
+	MemoryContextReset(job_cxt);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	found = ql_fetch(id, &job);
+	SPI_finish();
+	PopActiveSnapshot();
+	if (found)
+		ql_run_one(&job, slot, false);
+	else
+		CommitTransactionCommand();
+}
+
+/*
+ * ql_run_batch: run the claimed job and more ready jobs of its queue in
+ * one transaction, each in a subtransaction of its own, and commit them
+ * together: one WAL flush for the batch.  The batch ends at the queue's
+ * batch_size, once batch_delay has passed since its first job ended, or
+ * when no more ready job can join.  A job's work and its removal still
+ * commit or roll back together, and a failure is the failing job's alone.
+ * Deferred triggers fire at the end of each job (ql_call_handler).  If
+ * the batch fails to commit, its jobs run again one by one.  Called in
+ * the claiming transaction, without SPI connection or active snapshot.
+ */
+static void
+ql_run_batch(QlJob *first, QlWorkerSlot *slot)
+{
+	int64		ids[QL_MAX_BATCH];
+	int			n = 0;
+	int			size = Min(first->batch_size, QL_MAX_BATCH);
+	int64		delay = first->batch_delay;
+	char		queue[NAMEDATALEN];
+	TimestampTz first_done = 0;
+	QlJob		next;
+	QlJob	   *job = first;
+	QlKey		last;
+	volatile bool committed = true;
+
+	strlcpy(queue, first->queue, sizeof(queue));
+	for (;;)
+	{
+		ids[n++] = job->id;
+		last.priority = job->priority;
+		last.run_at = job->run_at;
+		last.id = job->id;
+		ql_run_one(job, slot, true);
+		if (n == 1)
+			first_done = GetCurrentTimestamp();
+		if (n >= size || GetCurrentTimestamp() - first_done >= delay ||
+			!ql_claim_more(queue, &last, &next))
+			break;
+		job = &next;
+	}
+
+	PG_TRY();
+	{
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		MemoryContext ecxt = MemoryContextSwitchTo(job_cxt);
+
+		edata = CopyErrorData();
+		FlushErrorState();
+		MemoryContextSwitchTo(ecxt);
+		AbortCurrentTransaction();
+		SetUserIdAndSecContext(worker_userid, worker_sec_context);
+		ereport(LOG,
+				(errmsg("a batch of %d qlater jobs failed to commit: %s",
+						n, edata->message),
+				 errdetail("Its jobs run again one by one.")));
+		committed = false;
+	}
+	PG_END_TRY();
+
+	if (!committed)
+	{
+		int			i;
+
+		for (i = 0; i < n; i++)
+			ql_rerun(ids[i], slot);
+	}
+}
+
+/*
+ * ql_run_next_job: claim the first ready job and run it, alone or in a
+ * batch with more jobs of its queue.  Returns QL_JOB_RAN after a job;
+ * QL_JOB_NONE if none was ready, with the time an idle worker may sleep
+ * in *sleep_ms; QL_JOB_NO_EXTENSION if qlater is no longer installed in
+ * this database.
  */
 QlJobResult
 ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
@@ -698,12 +979,10 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 
 	MemoryContextReset(job_cxt);
 
-	/* a cancel meant for a job that has ended since must not hit this one */
-	QueryCancelPending = false;
-
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_reset_session();
 	c = ql_catalog(true);
 	if (c == NULL)
 	{
@@ -715,7 +994,7 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		elog(ERROR, "SPI_connect failed");
 	ql_prepare_plans(c);
 
-	claimed = ql_claim(&job);
+	claimed = ql_claim(&job, NULL);
 	if (!claimed)
 	{
 		*sleep_ms = ql_next_wakeup_ms();
@@ -727,23 +1006,16 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 	SPI_finish();
 	PopActiveSnapshot();
 
-	pg_atomic_write_u32(&slot->idle, 0);
-	pg_atomic_write_u64(&slot->job_id, (uint64) job.id);
-	ql_inflight_set(MyDatabaseId, job.id);
-	pgstat_report_activity(STATE_RUNNING,
-						   psprintf("qlater job %lld: %s", (long long) job.id, job.handler));
-
-	ql_execute(&job, slot);
+	if (ql_batchable(&job))
+		ql_run_batch(&job, slot);
+	else
+		ql_run_one(&job, slot, false);
 
 	/*
-	 * Release the claim, now that the job's transaction has ended, and any
-	 * session-level advisory lock the handler left behind.
+	 * Release the claims, now that the jobs' transaction has ended, and any
+	 * session-level advisory lock a handler left behind.
 	 */
 	LockReleaseSession(USER_LOCKMETHOD);
-	ql_inflight_clear();
-	pg_atomic_write_u64(&slot->job_id, 0);
-	if (pg_atomic_read_u64(&slot->cancel_job) == (uint64) job.id)
-		pg_atomic_write_u64(&slot->cancel_job, 0);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return QL_JOB_RAN;
 }

@@ -335,6 +335,63 @@ is(q1("SELECT last_error->>'sqlstate' FROM qlater_jobs WHERE handler LIKE '%revo
 	'42501', 'with 42501');
 is(q1("SELECT count(*) FROM log WHERE label = 'revoked'"), '0', 'and did nothing');
 
+### code that a commit runs runs as the job's role; nothing a job leaves
+### in the session reaches the next job
+q1(q{
+CREATE TABLE commit_log (label text, cu text, pid int);
+GRANT ALL ON commit_log TO PUBLIC;
+CREATE FUNCTION note_user(label text) RETURNS int LANGUAGE sql AS
+    'INSERT INTO commit_log VALUES (label, current_user, pg_backend_pid()) RETURNING 1';
+CREATE TABLE deferred_t (x int);
+GRANT ALL ON deferred_t TO PUBLIC;
+CREATE FUNCTION deferred_trig() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM note_user('deferred trigger'); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER deferred_tr AFTER INSERT ON deferred_t
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION deferred_trig();
+-- leaves a trigger for the commit, a cursor WITH HOLD whose query runs at
+-- commit, a prepared statement and a temporary table
+CREATE FUNCTION leave_things() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO deferred_t VALUES (1);
+    DECLARE held CURSOR WITH HOLD FOR SELECT note_user('cursor with hold');
+    PREPARE left_stmt AS SELECT 1;
+    CREATE TEMP TABLE left_temp (x int);
+    SELECT note_user('leave_things');
+$$;
+SELECT qlater_register('leave_things()', max_attempts => 1);
+CREATE FUNCTION look_around() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO commit_log SELECT concat_ws(',',
+        (SELECT count(*) FROM pg_cursors),
+        (SELECT count(*) FROM pg_prepared_statements),
+        to_regclass('pg_temp.left_temp')), current_user, pg_backend_pid();
+$$;
+SELECT qlater_register('look_around()', max_attempts => 1);
+});
+my $left = as_role_ok('alice', "SELECT qlater_enqueue('leave_things')");
+wait_done($left, 'a job that leaves things behind ran');
+is(q1("SELECT count(*) FROM qlater_jobs WHERE id = $left"), '0', 'and succeeded');
+is( q1(
+		"SELECT string_agg(DISTINCT label || ':' || cu, ',' ORDER BY label || ':' || cu) "
+		  . "FROM commit_log WHERE label IN ('deferred trigger', 'cursor with hold')"),
+	'cursor with hold:alice,deferred trigger:alice',
+	"a deferred trigger and a cursor WITH HOLD run as the job's role");
+my $left_pid = q1("SELECT pid FROM commit_log WHERE label = 'leave_things'");
+# bob's jobs until one runs in the process that ran alice's
+my $seen = 0;
+for my $round (1 .. 20)
+{
+	my $last = as_role_ok('bob',
+		"SELECT max(qlater_enqueue('look_around')) FROM generate_series(1, 8)");
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%look_around%'");
+	$seen = q1("SELECT count(*) FROM commit_log WHERE cu = 'bob' AND pid = $left_pid");
+	last if $seen > 0;
+}
+ok($seen > 0, "a job of bob ran in the worker that ran alice's");
+is( q1(
+		"SELECT string_agg(DISTINCT label, ';') FROM commit_log WHERE cu = 'bob' AND pid = $left_pid"),
+	'0,0',
+	'and found no cursor, prepared statement or temporary table of hers');
+
 ### workers survived
 is( q1("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker'"),
 	'4', 'all 4 workers are still there');
