@@ -375,7 +375,10 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	}
 	else
 	{
+		QlClaimKey	first = {spec->priority, spec->run_at, ids[0]};
+
 		ql_check_launcher();
+		ql_lower_frontier_at_commit(&first);
 		ql_wake_workers_at_commit(n);
 	}
 }
@@ -690,6 +693,7 @@ qlater_retry(PG_FUNCTION_ARGS)
 										   "WHERE id = $1", c->schema_quoted),
 								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not retry job");
+		ql_lower_frontier_at_commit(&ql_key_min);
 		ql_wake_workers_at_commit(1);
 	}
 	SPI_finish();

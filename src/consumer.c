@@ -309,6 +309,7 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	ql_restore_user(&save);
 
 	/* jobs of a queue turned internal are now the workers' */
+	ql_lower_frontier_at_commit(&ql_key_min);
 	ql_wake_workers_at_commit(1);
 	PG_RETURN_VOID();
 }

@@ -40,6 +40,8 @@ int			ql_max_crashes = 3;
 
 /* backend-local requests carried out at commit */
 static int	pending_wakeups = 0;
+static bool pending_lower = false;
+static QlClaimKey pending_first;
 static bool pending_launcher_wake = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
 static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
@@ -200,6 +202,32 @@ ql_wake_workers_at_commit(int njobs)
 	pending_wakeups += njobs;
 }
 
+/*
+ * ql_lower_frontier_at_commit: this transaction writes a job of the
+ * in-server workers at key (ql_key_min if unknown); at commit, move the
+ * claim frontier back to it if needed.
+ */
+void
+ql_lower_frontier_at_commit(const QlClaimKey *key)
+{
+	if (!pending_lower || ql_key_cmp(key, &pending_first) < 0)
+		pending_first = *key;
+	pending_lower = true;
+}
+
+/* ql_lower_frontier: move this database's claim frontier back to a key */
+static void
+ql_lower_frontier(const QlClaimKey *key)
+{
+	QlDatabase *db;
+
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
+	db = ql_find_database(MyDatabaseId, false);
+	if (db != NULL)
+		ql_frontier_lower(db, key);
+	LWLockRelease(ql_shared->lock);
+}
+
 /* ql_wake_launcher_at_commit: tell the launcher about this database */
 void
 ql_wake_launcher_at_commit(void)
@@ -331,6 +359,9 @@ ql_xact_callback(XactEvent event, void *arg)
 			}
 			if (ql_shared != NULL)
 			{
+				/* before the wake-up: a woken worker looks from the frontier */
+				if (pending_lower)
+					ql_lower_frontier(&pending_first);
 				if (pending_wakeups > 0)
 					ql_wake_idle_workers(pending_wakeups);
 				if (pending_launcher_wake)
@@ -343,6 +374,7 @@ ql_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			pending_wakeups = 0;
+			pending_lower = false;
 			pending_launcher_wake = false;
 			if (pending_cancels != NIL)
 			{
