@@ -16,6 +16,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -152,4 +153,23 @@ void
 ql_restore_user(const QlUserSave *save)
 {
 	SetUserIdAndSecContext(save->userid, save->sec_context);
+}
+
+/*
+ * ql_prepare_kept: prepare a statement through SPI and keep it for the life
+ * of the backend (SPI_keepplan); cursor_options as for SPI_prepare_cursor
+ * (CURSOR_OPT_GENERIC_PLAN: plan it once, not at every execution).  Caller
+ * is connected to SPI.  Raises an error if the statement cannot be prepared.
+ */
+SPIPlanPtr
+ql_prepare_kept(const char *query, int nargs, Oid *types, int cursor_options)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(query, nargs, types, cursor_options);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", query,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep the plan of \"%s\"", query);
+	return plan;
 }
