@@ -70,7 +70,7 @@ typedef enum QlConsumerStmt
 {
 	QL_STMT_QUEUE,				/* a queue's owner and kind */
 	QL_STMT_QUEUE_LOCK,			/* the same, locking the queue's row */
-	QL_STMT_CONSUMER,			/* is queue $1 external, may role $2 consume it */
+	QL_STMT_CONSUMER,			/* may role $2 consume queue $1 (QL_ACCESS) */
 	QL_STMT_OTHERS_JOBS,		/* has queue $1 jobs of roles other than $2 */
 	QL_STMT_DECLARE,			/* create a queue or change its kind */
 	QL_STMT_MOVE_JOBS,			/* a queue's jobs change hands */
@@ -79,8 +79,8 @@ typedef enum QlConsumerStmt
 	QL_STMT_CANDIDATES,			/* ready jobs of a queue, in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
 	QL_STMT_LEASE,				/* lease a job just claimed */
-	QL_STMT_FINISH,				/* lock a job's row, and who may finish it */
-	QL_STMT_COMPLETE,
+	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
+	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
 	QL_STMT_FAIL,
 	QL_STMT_UNLEASE,
 	QL_STMT_EXTEND,
@@ -93,6 +93,30 @@ typedef struct QlStmtDef
 	int			nargs;
 	Oid			types[5];
 } QlStmtDef;
+
+/*
+ * Whether role $2 may consume the queue of row q of qlater_queue ($3: the
+ * role is an admin): QL_NOT_EXTERNAL, QL_DENIED or QL_ALLOWED (an
+ * undeclared queue gives no row: not external either).
+ */
+#define QL_NOT_EXTERNAL	0
+#define QL_DENIED		1
+#define QL_ALLOWED		2
+#define QL_ACCESS \
+	"CASE WHEN NOT q.external THEN 0 " \
+	"WHEN $3 OR q.owner OPERATOR(pg_catalog.=) $2 " \
+	"OR EXISTS (SELECT FROM %1$s.qlater_queue_consumer c " \
+	"WHERE c.queue OPERATOR(pg_catalog.=) q.name " \
+	"AND c.consumer OPERATOR(pg_catalog.=) $2) THEN 2 ELSE 1 END"
+
+/*
+ * What ql_finish_begin checks of job j: its claim token, attempts,
+ * max_attempts, queue, and whether role $2 may consume that queue.
+ */
+#define QL_FINISH_ROW \
+	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
+	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
+	"WHERE q.name OPERATOR(pg_catalog.=) j.queue)"
 
 /* a job that may be claimed now */
 #define QL_CLAIMABLE \
@@ -122,11 +146,8 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		1, {TEXTOID}
 	},
 	[QL_STMT_CONSUMER] = {
-		"SELECT q.external, $3 OR q.owner OPERATOR(pg_catalog.=) $2 "
-		"OR EXISTS (SELECT FROM %1$s.qlater_queue_consumer c "
-		"WHERE c.queue OPERATOR(pg_catalog.=) q.name "
-		"AND c.consumer OPERATOR(pg_catalog.=) $2) "
-		"FROM %1$s.qlater_queue q WHERE q.name OPERATOR(pg_catalog.=) $1",
+		"SELECT " QL_ACCESS " FROM %1$s.qlater_queue q "
+		"WHERE q.name OPERATOR(pg_catalog.=) $1",
 		3, {TEXTOID, NAMEOID, BOOLOID}
 	},
 	[QL_STMT_OTHERS_JOBS] = {
@@ -172,19 +193,14 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		2, {INT8OID, INTERVALOID}
 	},
 	[QL_STMT_FINISH] = {
-		"SELECT j.claim_token, j.attempts, j.max_attempts, j.queue, q.external, "
-		"$3 OR q.owner OPERATOR(pg_catalog.=) $2 "
-		"OR EXISTS (SELECT FROM %1$s.qlater_queue_consumer c "
-		"WHERE c.queue OPERATOR(pg_catalog.=) j.queue "
-		"AND c.consumer OPERATOR(pg_catalog.=) $2) "
-		"FROM %1$s.qlater_job j LEFT JOIN %1$s.qlater_queue q "
-		"ON q.name OPERATOR(pg_catalog.=) j.queue "
-		"WHERE j.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF j",
+		"SELECT " QL_FINISH_ROW " FROM %1$s.qlater_job j "
+		"WHERE j.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 		3, {INT8OID, NAMEOID, BOOLOID}
 	},
 	[QL_STMT_COMPLETE] = {
-		"DELETE FROM %1$s.qlater_job WHERE id OPERATOR(pg_catalog.=) $1",
-		1, {INT8OID}
+		"DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
+		"RETURNING " QL_FINISH_ROW,
+		3, {INT8OID, NAMEOID, BOOLOID}
 	},
 	[QL_STMT_FAIL] = {
 		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
@@ -221,7 +237,6 @@ typedef struct QlClaimed
 /* what ql_finish_begin found out about the job to finish */
 typedef struct QlFinish
 {
-	const QlCatalog *c;
 	int64		id;
 	pg_uuid_t  *token;			/* NULL in session mode */
 	QlUserSave	save;
@@ -330,63 +345,46 @@ ql_queue_is_external(const QlCatalog *c, const char *queue)
 }
 
 /*
- * ql_may_consume: whether the role named me may consume the queue: its
- * owner, a granted consumer, or an admin (admin: the role is a superuser or
- * a member of qlater_admin).  *external tells whether the queue is an
- * external queue at all; if not, nobody may.  Caller is connected to SPI
- * and acts as the owner of the tables.
+ * ql_access_error: raise the error for a queue one may not consume, given
+ * QL_ACCESS of it (NULL for a queue never declared); return if allowed.
  */
-static bool
-ql_may_consume(const QlCatalog *c, const char *queue, const char *me,
-			   bool admin, bool *external)
+static void
+ql_access_error(const char *queue, Datum access, bool isnull)
+{
+	if (isnull || DatumGetInt32(access) == QL_NOT_EXTERNAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("queue \"%s\" is not an external queue", queue),
+				 errhint("Declare it with qlater_create_queue('%s', external => true).", queue)));
+	if (DatumGetInt32(access) != QL_ALLOWED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for queue \"%s\"", queue),
+				 errhint("The queue's owner grants consumers with qlater_grant_queue().")));
+}
+
+/*
+ * ql_check_consumer: raise an error unless queue is an external queue the
+ * role named me may consume: its owner, a granted consumer, or an admin
+ * (admin: the role is a superuser or a member of qlater_admin).  Caller is
+ * connected to SPI and acts as the owner of the tables.
+ */
+static void
+ql_check_consumer(const QlCatalog *c, const char *queue, const char *me,
+				  bool admin)
 {
 	Datum		values[3];
-	bool		isnull;
-	bool		allowed;
+	Datum		access = (Datum) 0;
+	bool		isnull = true;
 
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = ql_name_datum(me);
 	values[2] = BoolGetDatum(admin);
 	if (ql_exec(c, QL_STMT_CONSUMER, values, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read queue consumers");
-	*external = false;
-	if (SPI_processed == 0)
-		return false;
-	*external = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
-	allowed = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 2, &isnull));
-	return *external && allowed;
-}
-
-/* ql_consumer_error: raise the error for a queue one may not consume */
-static void
-ql_consumer_error(const char *queue, bool external)
-{
-	if (!external)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("queue \"%s\" is not an external queue", queue),
-				 errhint("Declare it with qlater_create_queue('%s', external => true).", queue)));
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for queue \"%s\"", queue),
-			 errhint("The queue's owner grants consumers with qlater_grant_queue().")));
-}
-
-/*
- * ql_check_consumer: raise an error unless queue is an external queue the
- * current user may consume.  Caller is connected to SPI and acts as the
- * owner of the tables; me and admin describe the caller.
- */
-static void
-ql_check_consumer(const QlCatalog *c, const char *queue, const char *me,
-				  bool admin)
-{
-	bool		external;
-
-	if (!ql_may_consume(c, queue, me, admin, &external))
-		ql_consumer_error(queue, external);
+	if (SPI_processed > 0)
+		access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	ql_access_error(queue, access, isnull);
 }
 
 /*
@@ -705,13 +703,15 @@ qlater_lock(PG_FUNCTION_ARGS)
 
 /*
  * ql_finish_begin: the start of complete, fail, unlock and extend: act as
- * the owner, connect to SPI, lock the job's row and check that the caller
- * may finish it: it consumes the job's queue, and holds the session claim
- * or presents the lease's token.  Fills *f; undo with ql_finish_leave
- * (or ql_finish_end).
+ * the owner, connect to SPI, run statement s on the job's row (it locks or
+ * deletes the row and returns QL_FINISH_ROW) and check that the caller may
+ * finish the job: it consumes the job's queue, and holds the session claim
+ * or presents the lease's token.  An error here undoes what s did, with the
+ * (sub)transaction.  Fills *f; undo with ql_finish_leave.
  */
 static void
-ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token)
+ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
+				QlConsumerStmt s, int expected)
 {
 	char	   *me = ql_current_user_name();
 	bool		admin = ql_is_admin();
@@ -719,13 +719,10 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token)
 	HeapTuple	row;
 	TupleDesc	desc;
 	Datum		d;
+	Datum		access;
 	bool		token_null;
-	bool		external;
-	bool		allowed;
 	bool		isnull;
-	char	   *queue;
 
-	f->c = c;
 	f->id = id;
 	f->token = token;
 	ql_become_owner(c, &f->save);
@@ -734,7 +731,7 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token)
 	values[0] = Int64GetDatum(id);
 	values[1] = ql_name_datum(me);
 	values[2] = BoolGetDatum(admin);
-	if (ql_exec(c, QL_STMT_FINISH, values, false, 1) != SPI_OK_SELECT)
+	if (ql_exec(c, s, values, false, 1) != expected)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -746,13 +743,8 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token)
 	d = SPI_getbinval(row, desc, 1, &token_null);
 	f->attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
 	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
-	queue = SPI_getvalue(row, desc, 4);
-	/* a NULL is false: a queue never declared is no external queue */
-	external = DatumGetBool(SPI_getbinval(row, desc, 5, &isnull));
-	allowed = DatumGetBool(SPI_getbinval(row, desc, 6, &isnull));
-
-	if (!external || !allowed)
-		ql_consumer_error(queue, external);
+	access = SPI_getbinval(row, desc, 5, &isnull);
+	ql_access_error(SPI_getvalue(row, desc, 4), access, isnull);
 
 	if (token == NULL)
 	{
@@ -781,27 +773,14 @@ ql_finish_leave(QlFinish *f)
 }
 
 /*
- * ql_finish_end: run statement s on the job checked by ql_finish_begin
- * (values[0], its $1, is set here to the job's id), then ql_finish_leave.
+ * ql_finish_job: the end of complete and fail, once the job is removed or
+ * rescheduled: ql_finish_leave, and in session mode release the claim when
+ * this transaction commits (a rollback keeps it).
  */
 static void
-ql_finish_end(QlFinish *f, QlConsumerStmt s, Datum *values, int expected)
+ql_finish_job(QlFinish *f)
 {
-	values[0] = Int64GetDatum(f->id);
-	if (ql_exec(f->c, s, values, false, 0) != expected)
-		elog(ERROR, "could not change job %lld", (long long) f->id);
 	ql_finish_leave(f);
-}
-
-/*
- * ql_finish_job: the end of complete and fail: run statement s, which
- * removes or reschedules the job, and in session mode release the claim
- * when this transaction commits (a rollback keeps it).
- */
-static void
-ql_finish_job(QlFinish *f, QlConsumerStmt s, Datum *values, int expected)
-{
-	ql_finish_end(f, s, values, expected);
 	if (f->token == NULL)
 		ql_release_claim_at_commit(f->id);
 }
@@ -832,10 +811,10 @@ qlater_complete(PG_FUNCTION_ARGS)
 	int64		id = ql_id_arg(fcinfo);
 	pg_uuid_t  *token = ql_token_arg(fcinfo, 1);
 	QlFinish	f;
-	Datum		values[1];
 
-	ql_finish_begin(&f, c, id, token);
-	ql_finish_job(&f, QL_STMT_COMPLETE, values, SPI_OK_DELETE);
+	/* the row is checked as it is deleted: an error undoes the delete */
+	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_DELETE_RETURNING);
+	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
 
@@ -862,16 +841,19 @@ qlater_fail(PG_FUNCTION_ARGS)
 				 errmsg("error must not be null")));
 	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
-	ql_finish_begin(&f, c, id, token);
+	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	attempts = f.attempts + 1;
 	dead = attempts >= f.max_attempts;
+	values[0] = Int64GetDatum(id);
 	values[1] = Int32GetDatum(attempts);
 	values[2] = JsonbPGetDatum(ql_error_json_fields(NULL, error, NULL, NULL, NULL, attempts, now));
 	values[3] = TimestampTzGetDatum(dead ? now :
 									PG_ARGISNULL(2) ? ql_retry_time(attempts, now) :
 									PG_GETARG_TIMESTAMPTZ(2));
 	values[4] = BoolGetDatum(dead);
-	ql_finish_job(&f, QL_STMT_FAIL, values, SPI_OK_UPDATE);
+	if (ql_exec(c, QL_STMT_FAIL, values, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the failure of job %lld", (long long) id);
+	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
 
@@ -885,14 +867,16 @@ qlater_unlock(PG_FUNCTION_ARGS)
 	QlFinish	f;
 	Datum		values[1];
 
-	ql_finish_begin(&f, c, id, token);
+	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	if (token != NULL)
-		ql_finish_end(&f, QL_STMT_UNLEASE, values, SPI_OK_UPDATE);
-	else
 	{
-		ql_finish_leave(&f);
-		ql_release_claim(id);
+		values[0] = Int64GetDatum(id);
+		if (ql_exec(c, QL_STMT_UNLEASE, values, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not unlock job %lld", (long long) id);
 	}
+	ql_finish_leave(&f);
+	if (token == NULL)
+		ql_release_claim(id);
 	PG_RETURN_VOID();
 }
 
@@ -910,11 +894,11 @@ qlater_extend(PG_FUNCTION_ARGS)
 	TimestampTz until;
 
 	ql_check_lease(lease);
-	ql_finish_begin(&f, c, id, token);
+	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	values[0] = Int64GetDatum(id);
 	values[1] = IntervalPGetDatum(lease);
 	if (ql_exec(c, QL_STMT_EXTEND, values, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not extend lease");
+		elog(ERROR, "could not extend the lease of job %lld", (long long) id);
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	ql_finish_leave(&f);
 	PG_RETURN_TIMESTAMPTZ(until);
