@@ -3,7 +3,8 @@
  * catalog.c
  *		Where qlater's objects live in the current database: the extension's
  *		schema, its tables and their owner, cached per backend and dropped
- *		on relcache invalidation; and running code as that owner.
+ *		on relcache invalidation of the tables and on syscache invalidation
+ *		of the schema (renamed); and running code as that owner.
  *
  *-------------------------------------------------------------------------
  */
@@ -44,6 +45,22 @@ ql_catalog_invalidate(Datum arg, Oid relid)
 		return;
 	if (relid == InvalidOid || relid == cat.job_relid ||
 		relid == cat.handler_relid)
+		cat_valid = false;
+}
+
+/*
+ * ql_catalog_invalidate_schema: syscache callback on pg_namespace; a change
+ * of our schema (a rename), or a full reset, makes us look everything up
+ * again.
+ */
+static void
+ql_catalog_invalidate_schema(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (!cat_valid)
+		return;
+	if (hashvalue == 0 ||
+		hashvalue == GetSysCacheHashValue1(NAMESPACEOID,
+										   ObjectIdGetDatum(cat.schema_oid)))
 		cat_valid = false;
 }
 
@@ -103,6 +120,8 @@ ql_catalog(bool missing_ok)
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(ql_catalog_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, ql_catalog_invalidate_schema,
+									  (Datum) 0);
 		callback_registered = true;
 	}
 
