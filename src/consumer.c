@@ -29,6 +29,7 @@
 #include "nodes/parsenodes.h"
 #include "storage/ipc.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/timestamp.h"
@@ -76,7 +77,7 @@ typedef enum QlConsumerStmt
 	QL_STMT_MOVE_JOBS,			/* a queue's jobs change hands */
 	QL_STMT_GRANT,
 	QL_STMT_REVOKE,
-	QL_STMT_CANDIDATES,			/* ready jobs of a queue, in claim order */
+	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
 	QL_STMT_LEASE,				/* lease a job just claimed */
 	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
@@ -176,9 +177,11 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		2, {TEXTOID, NAMEOID}
 	},
 	[QL_STMT_CANDIDATES] = {
-		"SELECT id FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 AND "
-		QL_CLAIMABLE " ORDER BY priority, run_at, id LIMIT $2",
-		2, {TEXTOID, INT4OID}
+		"SELECT (SELECT " QL_ACCESS " FROM %1$s.qlater_queue q "
+		"WHERE q.name OPERATOR(pg_catalog.=) $1), "
+		"ARRAY(SELECT id FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
+		"AND " QL_CLAIMABLE " ORDER BY priority, run_at, id LIMIT $4)",
+		4, {TEXTOID, NAMEOID, BOOLOID, INT4OID}
 	},
 	[QL_STMT_CLAIM] = {
 		"SELECT " QL_CLAIMED_ROW " FROM %1$s.qlater_job "
@@ -658,35 +661,38 @@ qlater_lock(PG_FUNCTION_ARGS)
 	limit = max_jobs * 2 + 16;
 	ql_become_owner(c, &save);
 	ql_spi_connect();
-	ql_check_consumer(c, queue, me, admin);
 	for (round = 0; round < 3 && nclaimed < max_jobs; round++)
 	{
-		Datum		values[2];
-		uint64		n;
-		uint64		k;
-		int64	   *cand;
+		Datum		values[4];
+		Datum		access;
+		bool		isnull;
+		ArrayType  *ids;
+		Datum	   *cand;
+		int			n;
+		int			k;
 
+		/* whether the caller may consume the queue comes with the candidates */
 		values[0] = CStringGetTextDatum(queue);
-		values[1] = Int32GetDatum(limit);
-		if (ql_exec(c, QL_STMT_CANDIDATES, values, false, 0) != SPI_OK_SELECT)
+		values[1] = ql_name_datum(me);
+		values[2] = BoolGetDatum(admin);
+		values[3] = Int32GetDatum(limit);
+		if (ql_exec(c, QL_STMT_CANDIDATES, values, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "could not look for jobs");
-		n = SPI_processed;
-		cand = palloc(sizeof(int64) * (n + 1));
-		for (k = 0; k < n; k++)
-		{
-			bool		isnull;
-
-			cand[k] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
-												  SPI_tuptable->tupdesc, 1, &isnull));
-		}
+		access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		ql_access_error(queue, access, isnull);
+		ids = DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 2, &isnull));
 		SPI_freetuptable(SPI_tuptable);
+		deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+						  TYPALIGN_DOUBLE, &cand, NULL, &n);
 		for (k = 0; k < n && nclaimed < max_jobs; k++)
 		{
-			if (ql_claim_external(c, cand[k], lease, rsinfo->setDesc,
-								  &claimed[nclaimed]))
+			if (ql_claim_external(c, DatumGetInt64(cand[k]), lease,
+								  rsinfo->setDesc, &claimed[nclaimed]))
 				nclaimed++;
 		}
-		if (n < (uint64) limit)
+		if (n < limit)
 			break;
 		/* every candidate was claimed by others: look further */
 		limit *= 8;
