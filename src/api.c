@@ -292,23 +292,17 @@ ql_prepare_enqueue(const QlCatalog *c)
 
 	if (enqueue_plans.one != NULL && enqueue_plans.generation == c->generation)
 		return;
-	one = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job %s "
-									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-									  c->schema_quoted, columns),
-							 9, types, CURSOR_OPT_GENERIC_PLAN);
-	if (one == NULL)
-		elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
+	one = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+								   c->schema_quoted, columns),
+						  9, types, CURSOR_OPT_GENERIC_PLAN);
 	types[2] = JSONBARRAYOID;
-	many = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job %s "
-									   "SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
-									   "FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
-									   "ORDER BY n RETURNING id",
-									   c->schema_quoted, columns),
-							  9, types, CURSOR_OPT_GENERIC_PLAN);
-	if (many == NULL)
-		elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(one);
-	SPI_keepplan(many);
+	many = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
+									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
+									"FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
+									"ORDER BY n RETURNING id",
+									c->schema_quoted, columns),
+						   9, types, CURSOR_OPT_GENERIC_PLAN);
 	if (enqueue_plans.one != NULL)
 	{
 		SPI_freeplan(enqueue_plans.one);

@@ -132,10 +132,23 @@ ql_job_timeout_handler(void)
 	SetLatch(MyLatch);
 }
 
+/*
+ * ql_worker_search_path: the search_path of the worker's own statements,
+ * which run as a superuser: the database's (ALTER DATABASE ... SET) could
+ * hold an operator or function of the same name as one they use.
+ * Handlers run with the database's (ql_call_handler).
+ */
+static void
+ql_worker_search_path(void)
+{
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+}
+
 /* ql_job_init: per-process set-up; call once after connecting */
 void
 ql_job_init(void)
 {
+	ql_worker_search_path();
 	job_cxt = AllocSetContextCreate(TopMemoryContext, "qlater job",
 									ALLOCSET_DEFAULT_SIZES);
 	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
@@ -157,14 +170,7 @@ ql_job_init(void)
 static SPIPlanPtr
 ql_prepare(const char *query, int nargs, Oid *types)
 {
-	SPIPlanPtr	plan = SPI_prepare_cursor(query, nargs, types,
-										  CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", query,
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
+	return ql_prepare_kept(query, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /* ql_prepare_plans: (re)prepare the job-table statements if needed */
@@ -657,7 +663,8 @@ ql_reset_session(void)
  * starts after the switch.  Its COMMITs would end a GUC nest level, so what
  * it SETs is undone with ResetAllOptions() (as RESET ALL) afterwards.
  *
- * Either way, what the commit would run of the handler's code (deferred
+ * Either way the handler runs with the database's search_path, not the
+ * worker's own, and what the commit would run of its code (deferred
  * triggers, cursors WITH HOLD) runs before the switch back to the worker's
  * user, which is a superuser.
  */
@@ -670,6 +677,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	if (pi->prokind == PROKIND_PROCEDURE)
 	{
+		ResetAllOptions();		/* the database's search_path, from now on */
 		CommitTransactionCommand();
 		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		SetCurrentStatementStartTimestamp();
@@ -678,6 +686,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		ResetAllOptions();
+		ql_worker_search_path();
 	}
 	else
 	{
@@ -686,6 +695,8 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		int			rc;
 
 		save_nestlevel = NewGUCNestLevel();
+		(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
@@ -862,6 +873,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		{
 			StartTransactionCommand();
 			ResetAllOptions();
+			ql_worker_search_path();
 			CommitTransactionCommand();
 		}
 	}
