@@ -373,7 +373,7 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 
 		ql_check_launcher();
 		ql_lower_frontier_at_commit(&first);
-		ql_wake_workers_at_commit(n);
+		ql_wake_workers_at_commit(n, spec->run_at);
 	}
 }
 
@@ -688,7 +688,7 @@ qlater_retry(PG_FUNCTION_ARGS)
 								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not retry job");
 		ql_lower_frontier_at_commit(&ql_key_min);
-		ql_wake_workers_at_commit(1);
+		ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	}
 	SPI_finish();
 	ql_restore_user(&save);

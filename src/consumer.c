@@ -515,7 +515,7 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 
 	/* jobs of a queue turned internal are now the workers' */
 	ql_lower_frontier_at_commit(&ql_key_min);
-	ql_wake_workers_at_commit(1);
+	ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	PG_RETURN_VOID();
 }
 

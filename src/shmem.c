@@ -72,6 +72,7 @@ ql_shmem_startup(void)
 			pg_atomic_init_u32(&ql_shared->slots[i].idle, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].job_id, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].wake_at, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);

@@ -83,6 +83,8 @@ typedef struct QlWorkerSlot
 								 * clears it when it sets the latch */
 	pg_atomic_uint64 job_id;	/* job being run, 0 if none */
 	pg_atomic_uint64 cancel_job;	/* job whose attempt must stop */
+	pg_atomic_uint64 wake_at;	/* an idle worker's next look on its own
+								 * (TimestampTz); 0 while it looks */
 } QlWorkerSlot;
 
 /*
