@@ -277,6 +277,8 @@ SELECT qlater_cron_next('0 0 30,31 feb */2', '2024-01-01');
 SELECT qlater_cron_next('* * * * *', '2024-01-01', 'Foo/Bar');
 SELECT qlater_cron_next('* * * * *', '2024-01-01', '');
 SELECT qlater_cron_next('10 seconds', '2024-01-01', 'Nowhere');
+-- a zone with leap seconds (Debian's tzdata has the right/ zones)
+SELECT qlater_cron_check('* * * * *', 'right/UTC');
 -- infinite times
 SELECT qlater_cron_next('* * * * *', 'infinity');
 SELECT qlater_cron_next('10 seconds', '-infinity');

@@ -601,7 +601,8 @@ ql_cron_find_timezone(const char *tzname, int elevel)
 	{
 		ereport(elevel,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("time zone \"%s\" not recognized", tzname)));
+				 errmsg("time zone \"%s\" not recognized", tzname),
+				 errhint("The view pg_timezone_names lists the time zones, such as \"Europe/Berlin\".")));
 		return NULL;
 	}
 	if (!pg_tz_acceptable(tz))
