@@ -12,9 +12,10 @@
  * in one transaction.  A second worker either skips a locked row or, once
  * the first has committed, finds it no longer due; so each tick is
  * enqueued exactly once, across restarts, crashes and concurrent workers.
- * Ticks missed while no worker ran (the server was down) are not replayed:
- * the latest one is enqueued once, or not at all with catch_up = false if
- * it is later than QL_SCHEDULE_GRACE_MS.
+ * Ticks missed while the server was down are not replayed: the latest one
+ * is enqueued once, or not at all with catch_up = false if it is later than
+ * QL_SCHEDULE_GRACE_MS.  A tick that is late only because every worker was
+ * busy is enqueued all the same.
  *
  * Each worker keeps in process-local memory the time of the earliest
  * next_tick it saw, and looks at the table again only when that time has
@@ -60,6 +61,9 @@ PG_FUNCTION_INFO_V1(qlater_unschedule);
 
 /* longest time a scheduler trusts its cached next tick */
 #define QL_SCHEDULE_MAX_WAIT_MS	(60 * 1000)
+
+/* most ticks of one schedule enqueued by one pass */
+#define QL_SCHEDULE_MAX_TICKS	1000
 
 /* a due schedule, as read by the scheduler */
 typedef struct QlDueSchedule
@@ -477,18 +481,24 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 }
 
 /*
- * ql_fire_one: fire a due schedule whose row the caller has locked:
- * enqueue the job of its latest due tick (unless it is too late and
- * catch-up is off), then record that tick and the next one.  An error
- * rolls back only this schedule's job, after a warning, and skips the
- * tick.  Caller is connected to SPI and acts as the tables' owner.
+ * ql_fire_one: fire a due schedule whose row the caller has locked, and
+ * record its last fired tick and its next tick.
+ *
+ * Due ticks before this process started may have fallen while the server
+ * was down (or was a standby): of those only the latest is enqueued, and
+ * with catch-up off only if it is at most QL_SCHEDULE_GRACE_MS late.  Every
+ * later due tick fell while this worker ran, and is late only because every
+ * worker of the database was busy: each is enqueued, up to
+ * QL_SCHEDULE_MAX_TICKS (the rest at the next pass).  An error rolls back
+ * this schedule's jobs, after a warning, and skips its due ticks.  Caller is
+ * connected to SPI and acts as the tables' owner.
  */
 static void
 ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile TimestampTz latest = d->next_tick;
+	volatile TimestampTz last = 0;
 	volatile TimestampTz next = DT_NOEND;
 	volatile bool fired = false;
 	volatile bool active = true;
@@ -502,16 +512,36 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 	{
 		QlCronSchedule s;
 		pg_tz	   *tz;
+		TimestampTz t = d->next_tick;
+		int			n;
 
 		(void) ql_cron_parse(d->schedule, &s, ERROR);
 		tz = ql_cron_find_timezone(d->timezone, ERROR);
-		latest = ql_latest_tick(&s, tz, d->created_at, d->next_tick, now);
+		/* on error, skip every due tick */
 		next = ql_cron_next_tz(&s, now, tz, d->created_at);
-		if (d->catch_up || now - latest <= (int64) QL_SCHEDULE_GRACE_MS * 1000)
+
+		/* of the ticks before this process started, the latest or none */
+		if (t < MyStartTimestamp)
 		{
-			active = ql_enqueue_tick(c, d, latest);
-			fired = active;
+			t = ql_latest_tick(&s, tz, d->created_at, t,
+							   Min(now, MyStartTimestamp - 1));
+			if (!d->catch_up &&
+				now - t > (int64) QL_SCHEDULE_GRACE_MS * 1000)
+				t = ql_cron_next_tz(&s, t, tz, d->created_at);
 		}
+		for (n = 0; t <= now && n < QL_SCHEDULE_MAX_TICKS; n++)
+		{
+			if (!ql_enqueue_tick(c, d, t))
+			{
+				active = false;
+				break;
+			}
+			fired = true;
+			last = t;
+			t = ql_cron_next_tz(&s, t, tz, d->created_at);
+		}
+		if (active)
+			next = t;
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -540,7 +570,7 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 
 	values[0] = Int64GetDatum(d->id);
 	values[1] = BoolGetDatum(fired);
-	values[2] = TimestampTzGetDatum(latest);
+	values[2] = TimestampTzGetDatum(last);
 	values[3] = TimestampTzGetDatum(next);
 	if (TIMESTAMP_NOT_FINITE(next))
 		nulls[3] = 'n';

@@ -27,6 +27,9 @@ CREATE FUNCTION rec(label text) RETURNS void LANGUAGE sql
 AS $$ INSERT INTO ticks (label, tick)
       SELECT label, run_at FROM qlater_jobs WHERE locked_by = pg_backend_pid() $$;
 SELECT qlater_register('rec(text)');
+CREATE FUNCTION nap(secs float8) RETURNS void LANGUAGE sql
+AS $$ SELECT pg_sleep(secs) $$;
+SELECT qlater_register('nap(float8)');
 CREATE ROLE alice LOGIN;
 CREATE ROLE bob LOGIN;
 });
@@ -144,6 +147,43 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM ticks WHERE label = 'late_
 $node->safe_psql('postgres',
 	q{SELECT qlater_unschedule('two'), qlater_unschedule('late_on'), qlater_unschedule('late_off')});
 
+# wait until no nap job is left
+sub wait_naps_done
+{
+	my ($msg) = @_;
+	ok( $node->poll_query_until(
+			'postgres', q{SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%nap%'}),
+		$msg);
+}
+
+### ticks that find every worker busy are all enqueued, catch_up off too
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('busy', '2 seconds', 'rec', '["busy"]', catch_up => false)});
+wait_runs('busy', 1, 'the schedule fires');
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[8]') FROM generate_series(1, 3)});
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 3 FROM qlater_jobs WHERE handler LIKE '%nap%' AND state = 'running'}),
+	'every worker is busy');
+my $busy_from = $node->safe_psql('postgres', 'SELECT now()');
+wait_naps_done('the workers are free again');
+my $busy_to = $node->safe_psql('postgres', 'SELECT now()');
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT count(*) >= 2 FROM ticks WHERE label = 'busy' AND tick > '$busy_to'}),
+	'the schedule fires after the busy time');
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('busy')});
+note $node->safe_psql('postgres', qq{
+SELECT tick, at FROM ticks WHERE label = 'busy' ORDER BY tick});
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT count(*) FILTER (WHERE tick > '$busy_from' AND tick < '$busy_to') >= 3,
+       count(*) - count(DISTINCT tick),
+       count(*) FILTER (WHERE gap <> interval '2 seconds')
+  FROM (SELECT tick, tick - lag(tick) OVER (ORDER BY tick) AS gap
+          FROM ticks WHERE label = 'busy') g}),
+	't|0|0', 'each tick of the busy time ran once after it, none lost');
+
+
 ### roles: jobs run as the schedule's owner; roles see only their own
 $node->safe_psql('postgres',
 	q{SELECT qlater_schedule('mine', '1 seconds', 'rec', '["alice"]')},
@@ -184,6 +224,7 @@ wait_runs('alice2', 1, 'scheduling again reactivates it');
 is($node->safe_psql('postgres',
 	q{SELECT qlater_unschedule('mine')}, extra_params => [ '-U', 'alice' ]),
 	't', 'alice removes her schedule');
+
 
 $node->stop;
 done_testing();
