@@ -151,9 +151,10 @@ ql_check_schedule_name(const char *name)
  * committed top-level transaction that changed a schedule, after its
  * invalidation messages have been sent (AtEOXact_Inval runs between the
  * BEFORE_LOCKS and LOCKS phases, but after the transaction callbacks), set
- * the latch of one idle worker of this database: woken earlier, it could
- * miss the invalidation and sleep on its old next tick.  A busy worker sees
- * the invalidation at its next job.
+ * the latch of every idle worker of this database: woken earlier, one could
+ * miss the invalidation and sleep on its old next tick.  Every one, since
+ * the first may take a long job before the tick.  A busy worker sees the
+ * invalidation at its next job.
  */
 static void
 ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
@@ -173,10 +174,7 @@ ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
 
 		if (slot->dboid == MyDatabaseId && latch != NULL &&
 			pg_atomic_read_u32(&slot->idle) != 0)
-		{
 			SetLatch(latch);
-			break;
-		}
 	}
 }
 

@@ -183,6 +183,28 @@ SELECT count(*) FILTER (WHERE tick > '$busy_from' AND tick < '$busy_to') >= 3,
           FROM ticks WHERE label = 'busy') g}),
 	't|0|0', 'each tick of the busy time ran once after it, none lost');
 
+### a changed schedule wakes every idle worker: its first tick is on time
+### even though the worker woken first takes a long job
+$node->safe_psql('postgres', q{ALTER SYSTEM SET qlater.poll_interval = '60s'});
+$node->reload;
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('woken', '2 seconds', 'rec', '["woken"]')});
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[6]')});
+wait_runs('woken', 3, 'the schedule fires');
+my $created = $node->safe_psql('postgres',
+	q{SELECT created_at FROM qlater_schedules WHERE name = 'woken'});
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('woken')});
+note $node->safe_psql('postgres', q{
+SELECT tick, at FROM ticks WHERE label = 'woken' ORDER BY tick});
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT min(tick) = '$created'::timestamptz + interval '2 seconds',
+       count(*) FILTER (WHERE at - tick >= interval '1 second' OR at < tick)
+  FROM ticks WHERE label = 'woken'}),
+	't|0', 'the first tick and the next ones ran within 1 s');
+wait_naps_done('the long job is done');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET qlater.poll_interval});
+$node->reload;
 
 ### roles: jobs run as the schedule's owner; roles see only their own
 $node->safe_psql('postgres',
