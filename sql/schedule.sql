@@ -14,6 +14,10 @@ CREATE FUNCTION sched_test.private() RETURNS void LANGUAGE sql AS '';
 REVOKE EXECUTE ON FUNCTION sched_test.private() FROM PUBLIC;
 SELECT qlater_register('sched_test.private()');
 CREATE FUNCTION sched_test.unregistered() RETURNS void LANGUAGE sql AS '';
+-- an external queue, served by applications, and a handler defaulting to it
+SELECT qlater_create_queue('sched_app', external => true);
+CREATE FUNCTION sched_test.app() RETURNS void LANGUAGE sql AS '';
+SELECT qlater_register('sched_test.app()', queue => 'sched_app');
 
 -- ticks far in the future, so that nothing fires during the test
 SET ROLE ql_sched_alice;
@@ -63,6 +67,9 @@ SELECT qlater_schedule('bad', '@daily', 'tick', '["x", "not a number"]');
 -- other options
 SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', priority => 100000);
 SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', queue => '');
+-- jobs of schedules are for the in-server workers
+SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', queue => 'sched_app');
+SELECT qlater_schedule('bad', '@daily', 'app');
 SELECT qlater_schedule('', '@daily', 'tick', '["x"]');
 SELECT qlater_schedule(NULL, '@daily', 'tick', '["x"]');
 SELECT qlater_schedule('bad', NULL, 'tick', '["x"]');
@@ -109,6 +116,8 @@ SELECT count(*) FROM qlater_jobs WHERE handler LIKE 'sched_test.%';
 SELECT qlater_unschedule(name, owner) FROM qlater_schedules ORDER BY name;
 SELECT qlater_unregister('sched_test.tick(text,int)');
 SELECT qlater_unregister('sched_test.private()');
+SELECT qlater_unregister('sched_test.app()');
+DELETE FROM qlater_queue WHERE name = 'sched_app';
 DROP SCHEMA sched_test CASCADE;
 RESET search_path;
 DROP ROLE ql_sched_alice;

@@ -214,6 +214,7 @@ qlater_schedule(PG_FUNCTION_ARGS)
 	char	   *schedule;
 	char	   *handler;
 	char	   *tzname;
+	char	   *queue = NULL;
 	Jsonb	   *args;
 	QlCronSchedule sched;
 	pg_tz	   *tz;
@@ -250,14 +251,8 @@ qlater_schedule(PG_FUNCTION_ARGS)
 	tz = ql_cron_find_timezone(tzname, ERROR);
 	if (!PG_ARGISNULL(4))
 	{
-		char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(4));
-
+		queue = text_to_cstring(PG_GETARG_TEXT_PP(4));
 		ql_check_queue_name(queue);
-		if (ql_queue_is_external(c, queue))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
-					 errhint("Schedules enqueue jobs for the in-server workers.")));
 		values[6] = CStringGetTextDatum(queue);
 	}
 	else
@@ -272,6 +267,13 @@ qlater_schedule(PG_FUNCTION_ARGS)
 
 	/* the handler and its arguments, checked as qlater_enqueue does */
 	proc = ql_resolve_handler(handler, &h);
+	if (queue == NULL)
+		queue = pstrdup(h->queue);
+	if (ql_queue_is_external(c, queue))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
+				 errhint("Schedules enqueue jobs for the in-server workers: pass a queue that is not external.")));
 	aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult,
@@ -425,8 +427,9 @@ ql_latest_tick(const QlCronSchedule *s, pg_tz *tz, TimestampTz anchor,
 
 /*
  * ql_enqueue_tick: enqueue the job of a tick, as the schedule's owner.
- * Returns false, after a warning, if the owner or the handler is gone (the
- * schedule is then deactivated).  Caller acts as the tables' owner.
+ * Returns false, after a warning, if the owner or the handler is gone or
+ * the queue became external (the schedule is then deactivated).  Caller
+ * acts as the tables' owner.
  */
 static bool
 ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
@@ -468,6 +471,16 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	max_attempts = h->max_attempts;
 	has_timeout = h->has_timeout;
 	timeout = h->timeout;
+	if (ql_queue_is_external(c, queue))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("qlater schedule \"%s\" of role \"%s\" is deactivated",
+						d->name, d->owner),
+				 errdetail("Its queue \"%s\" is now external, served by applications.", queue),
+				 errhint("Call qlater_schedule again with a queue that is not external.")));
+		return false;
+	}
 
 	/* the job's role is the current user: the schedule's owner */
 	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);

@@ -248,5 +248,26 @@ is($node->safe_psql('postgres',
 	't', 'alice removes her schedule');
 
 
+### a schedule into a queue that became external is deactivated: its
+### jobs would be in an application's queue yet run by the workers
+$node->safe_psql(
+	'postgres', q{
+SELECT qlater_create_queue('alice_q');
+SELECT qlater_schedule('to_ext', '1 seconds', 'rec', '["to_ext"]', queue => 'alice_q');
+}, extra_params => [ '-U', 'alice' ]);
+wait_runs('to_ext', 1, 'the schedule fires into its queue');
+$log_offset = -s $node->logfile;
+$node->safe_psql('postgres', q{SELECT qlater_create_queue('alice_q', external => true)},
+	extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT NOT active FROM qlater_schedules WHERE name = 'to_ext'}),
+	'a schedule into a queue turned external is deactivated');
+ok( $node->log_contains(
+		qr/qlater schedule "to_ext" of role "alice" is deactivated/, $log_offset),
+	'with a warning in the log');
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM qlater_job WHERE queue = 'alice_q' AND NOT external}),
+	'0', 'no job of it waits for the in-server workers in the external queue');
+
 $node->stop;
 done_testing();
