@@ -33,6 +33,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -645,7 +646,16 @@ ql_schedule_fire_due(long *sleep_ms)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+
+	/*
+	 * Read committed whatever the database's default: a due row that
+	 * another worker fired after our snapshot is then read again and found
+	 * not due, rather than failing the pass with a serialization error.
+	 * Set before the transaction's first snapshot.
+	 */
+	XactIsoLevel = XACT_READ_COMMITTED;
 	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "qlater: firing due schedules");
 	if (!sched_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(ql_schedule_invalidate, (Datum) 0);
@@ -659,6 +669,7 @@ ql_schedule_fire_due(long *sleep_ms)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
 	}
@@ -725,5 +736,6 @@ ql_schedule_fire_due(long *sleep_ms)
 	ql_restore_user(&save);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
 	ql_schedule_lower_sleep(sleep_ms, GetCurrentTimestamp());
 }

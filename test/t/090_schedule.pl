@@ -269,5 +269,42 @@ is( $node->safe_psql(
 		'postgres', q{SELECT count(*) FROM qlater_job WHERE queue = 'alice_q' AND NOT external}),
 	'0', 'no job of it waits for the in-server workers in the external queue');
 
+### the scheduler reads committed rows whatever the database's default
+### isolation: a schedule changed while a worker waited to fire it
+$node->safe_psql('postgres',
+	q{ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'});
+$node->restart;
+$node->safe_psql('postgres', q{SELECT qlater_schedule('rr', '1 seconds', 'rec', '["rr"]')});
+wait_runs('rr', 1, 'the schedule fires under repeatable read');
+my $workers = $node->safe_psql('postgres',
+	q{SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+	   WHERE backend_type = 'qlater worker' AND datname = 'postgres'});
+$log_offset = -s $node->logfile;
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN');
+$locker->query_safe('LOCK TABLE qlater_schedule IN ACCESS EXCLUSIVE MODE');
+ok( $node->poll_query_until(
+		'postgres', q{
+SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+ WHERE NOT l.granted AND a.backend_type = 'qlater worker'
+   AND l.relation = 'qlater_schedule'::regclass}),
+	'a worker waits to fire the schedule');
+$locker->query_safe(
+	q{UPDATE qlater_schedule SET next_tick = now() + interval '2 seconds' WHERE name = 'rr'});
+$locker->query_safe('COMMIT');
+$locker->quit;
+$n = $node->safe_psql('postgres', "SELECT count(*) FROM ticks WHERE label = 'rr'");
+wait_runs('rr', $n + 2, 'the schedule fires on');
+ok( !$node->log_contains(qr/could not serialize access/, $log_offset),
+	'no serialization failure in the scheduler');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+		   WHERE backend_type = 'qlater worker' AND datname = 'postgres'}),
+	$workers, 'no worker died');
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('rr')});
+$node->safe_psql('postgres',
+	q{ALTER DATABASE postgres RESET default_transaction_isolation});
+
 $node->stop;
 done_testing();
