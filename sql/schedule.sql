@@ -101,6 +101,35 @@ SELECT qlater_unschedule('yearly', 'ql_sched_bob');
 SELECT qlater_unschedule('yearly', 'ql_sched_bob');
 RESET ROLE;
 
+-- the caller's search_path lends the schedule functions no operator: it
+-- would run as the tables' owner
+CREATE SCHEMA sched_trap AUTHORIZATION ql_sched_alice;
+SET ROLE ql_sched_alice;
+CREATE FUNCTION sched_trap.text_eq(a text, b text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap ran as %', current_user;
+    RETURN a OPERATOR(pg_catalog.=) b;
+END $$;
+CREATE OPERATOR sched_trap.= (LEFTARG = text, RIGHTARG = text,
+                              FUNCTION = sched_trap.text_eq);
+CREATE FUNCTION sched_trap.name_eq(a name, b name) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap ran as %', current_user;
+    RETURN a OPERATOR(pg_catalog.=) b;
+END $$;
+CREATE OPERATOR sched_trap.= (LEFTARG = name, RIGHTARG = name,
+                              FUNCTION = sched_trap.name_eq);
+SET search_path = sched_trap, pg_catalog, sched_test, public;
+SELECT 'a'::text = 'a'::text AS trap_works;
+SELECT qlater_schedule('trap', '@yearly', 'tick', '["trap"]', queue => 'nightly') > 0 AS created;
+SELECT qlater_unschedule('trap');
+SELECT qlater_unschedule('trap', 'ql_sched_alice');
+SET search_path = sched_test, public;
+RESET ROLE;
+DROP SCHEMA sched_trap CASCADE;
+
 -- alice removes her own
 SET ROLE ql_sched_alice;
 SELECT qlater_unschedule('tokyo');
