@@ -81,6 +81,79 @@ SELECT qlater_complete(:job3, :'token');
 SELECT count(*) FROM qlater_jobs;
 RESET ROLE;
 
+-- a refused finish changes nothing, even when it is refused after the row
+-- was read (the job's row is checked as it is deleted)
+SET ROLE ql_stranger;
+SELECT qlater_enqueue('Kept', '[]', queue => 'ruby') AS job4 \gset
+RESET ROLE;
+SET ROLE ql_app_worker;
+SELECT id = :job4 AS claimed FROM qlater_lock('ruby');
+RESET ROLE;
+SET ROLE ql_stranger;
+SELECT qlater_complete(:job4);
+RESET ROLE;
+SELECT state FROM qlater_jobs WHERE id = :job4;
+SET ROLE ql_app_worker;
+BEGIN;
+SAVEPOINT s;
+SELECT qlater_complete(:job4, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+ROLLBACK TO s;
+SELECT state FROM qlater_jobs WHERE id = :job4;
+SELECT qlater_complete(:job4);
+COMMIT;
+SELECT count(*) FROM qlater_jobs WHERE id = :job4;
+RESET ROLE;
+
+-- the statements run as the tables' owner: nothing in them is looked up
+-- under the caller's search_path (operators, functions, types)
+CREATE SCHEMA ql_evil;
+CREATE TABLE ql_evil.calls (who name, what text);
+GRANT USAGE ON SCHEMA ql_evil TO PUBLIC;
+GRANT INSERT ON ql_evil.calls TO PUBLIC;
+CREATE FUNCTION ql_evil.record(what text) RETURNS void LANGUAGE sql
+    AS $$INSERT INTO ql_evil.calls VALUES (current_user, what)$$;
+CREATE FUNCTION ql_evil.now() RETURNS timestamptz LANGUAGE sql
+    AS $$SELECT ql_evil.record('now'); SELECT pg_catalog.now()$$;
+CREATE FUNCTION ql_evil.gen_random_uuid() RETURNS uuid LANGUAGE sql
+    AS $$SELECT ql_evil.record('gen_random_uuid'); SELECT pg_catalog.gen_random_uuid()$$;
+CREATE FUNCTION ql_evil.pg_backend_pid() RETURNS int LANGUAGE sql
+    AS $$SELECT ql_evil.record('pg_backend_pid'); SELECT pg_catalog.pg_backend_pid()$$;
+CREATE FUNCTION ql_evil.int8eq(bigint, bigint) RETURNS boolean LANGUAGE sql
+    AS $$SELECT ql_evil.record('bigint ='); SELECT $1 OPERATOR(pg_catalog.=) $2$$;
+CREATE FUNCTION ql_evil.texteq(text, text) RETURNS boolean LANGUAGE sql
+    AS $$SELECT ql_evil.record('text ='); SELECT $1 OPERATOR(pg_catalog.=) $2$$;
+CREATE FUNCTION ql_evil.nameeq(name, name) RETURNS boolean LANGUAGE sql
+    AS $$SELECT ql_evil.record('name ='); SELECT $1 OPERATOR(pg_catalog.=) $2$$;
+CREATE OPERATOR ql_evil.= (FUNCTION = ql_evil.int8eq, LEFTARG = bigint, RIGHTARG = bigint);
+CREATE OPERATOR ql_evil.= (FUNCTION = ql_evil.texteq, LEFTARG = text, RIGHTARG = text);
+CREATE OPERATOR ql_evil.= (FUNCTION = ql_evil.nameeq, LEFTARG = name, RIGHTARG = name);
+SET ROLE ql_stranger;
+SELECT qlater_enqueue('Evil', '[1]', queue => 'ruby') AS job5 \gset
+SELECT qlater_enqueue('Evil', '[2]', queue => 'ruby', priority => 200) AS job6 \gset
+RESET ROLE;
+SET search_path = ql_evil, pg_catalog, public;
+SET ROLE ql_app_owner;
+SELECT qlater_grant_queue('ruby', 'ql_stranger');
+SELECT qlater_revoke_queue('ruby', 'ql_stranger');
+SELECT qlater_create_queue('ruby', external => true);
+RESET ROLE;
+SET ROLE ql_app_worker;
+SELECT id = :job5 AS claimed FROM qlater_lock('ruby');
+SELECT qlater_fail(:job5, 'Error: once');
+SELECT claim_token AS token FROM qlater_lock('ruby', 1, lease => '5 minutes') \gset
+SELECT qlater_extend(:job6, :'token', '10 minutes') IS NOT NULL AS extended;
+SELECT qlater_unlock(:job6, :'token');
+SELECT claim_token AS token FROM qlater_lock('ruby', 1, lease => '5 minutes') \gset
+SELECT qlater_complete(:job6, :'token');
+SELECT count(*) FROM qlater_lock('ruby');
+RESET ROLE;
+RESET search_path;
+SELECT count(*) AS evil_calls FROM ql_evil.calls;
+SELECT qlater_cancel(:job5);
+SET client_min_messages = warning;
+DROP SCHEMA ql_evil CASCADE;
+RESET client_min_messages;
+
 -- only the owner (or an admin) changes a queue
 SET ROLE ql_app_owner;
 SELECT qlater_revoke_queue('ruby', 'ql_app_worker');

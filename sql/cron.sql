@@ -67,6 +67,11 @@ SELECT qlater_cron_next('0 0 * * 0', '2024-01-01'),
        qlater_cron_next('0 0 * * 5-7', '2024-01-01'),
        qlater_cron_next('0 0 * * 7/7', '2024-01-01');
 SELECT * FROM cron_ticks('0 0 * * */2', '2024-01-01', n => 5);
+-- sun ends a range as 7 only after a later start: sun-sun is Sunday alone
+SELECT * FROM cron_ticks('0 0 * * sun-sun', '2024-01-01', n => 2);
+SELECT * FROM cron_ticks('0 0 * * 0-sun', '2024-01-01', n => 2);
+SELECT * FROM cron_ticks('0 0 * * sun-0', '2024-01-01', n => 2);
+SELECT * FROM cron_ticks('0 0 * * sat-sun', '2024-01-01', n => 3);
 
 --
 -- The two day fields (Vixie cron): both restricted means either matches
@@ -262,6 +267,8 @@ SELECT qlater_cron_next('/5 * * * *', '2024-01-01');
 SELECT qlater_cron_next('5-1 * * * *', '2024-01-01');
 SELECT qlater_cron_next('* * * dec-jan *', '2024-01-01');
 SELECT qlater_cron_next('* * * * sat-mon', '2024-01-01');
+SELECT qlater_cron_next('* * * * 6-0', '2024-01-01');
+SELECT qlater_cron_next('* * * * sat-0', '2024-01-01');
 -- schedules that can never fire
 SELECT qlater_cron_next('0 0 30 2 *', '2024-01-01');
 SELECT qlater_cron_next('0 0 31 2,4,6,9,11 *', '2024-01-01');
@@ -270,6 +277,8 @@ SELECT qlater_cron_next('0 0 30,31 feb */2', '2024-01-01');
 SELECT qlater_cron_next('* * * * *', '2024-01-01', 'Foo/Bar');
 SELECT qlater_cron_next('* * * * *', '2024-01-01', '');
 SELECT qlater_cron_next('10 seconds', '2024-01-01', 'Nowhere');
+-- a zone with leap seconds (Debian's tzdata has the right/ zones)
+SELECT qlater_cron_check('* * * * *', 'right/UTC');
 -- infinite times
 SELECT qlater_cron_next('* * * * *', 'infinity');
 SELECT qlater_cron_next('10 seconds', '-infinity');

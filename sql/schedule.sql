@@ -14,6 +14,10 @@ CREATE FUNCTION sched_test.private() RETURNS void LANGUAGE sql AS '';
 REVOKE EXECUTE ON FUNCTION sched_test.private() FROM PUBLIC;
 SELECT qlater_register('sched_test.private()');
 CREATE FUNCTION sched_test.unregistered() RETURNS void LANGUAGE sql AS '';
+-- an external queue, served by applications, and a handler defaulting to it
+SELECT qlater_create_queue('sched_app', external => true);
+CREATE FUNCTION sched_test.app() RETURNS void LANGUAGE sql AS '';
+SELECT qlater_register('sched_test.app()', queue => 'sched_app');
 
 -- ticks far in the future, so that nothing fires during the test
 SET ROLE ql_sched_alice;
@@ -63,6 +67,9 @@ SELECT qlater_schedule('bad', '@daily', 'tick', '["x", "not a number"]');
 -- other options
 SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', priority => 100000);
 SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', queue => '');
+-- jobs of schedules are for the in-server workers
+SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', queue => 'sched_app');
+SELECT qlater_schedule('bad', '@daily', 'app');
 SELECT qlater_schedule('', '@daily', 'tick', '["x"]');
 SELECT qlater_schedule(NULL, '@daily', 'tick', '["x"]');
 SELECT qlater_schedule('bad', NULL, 'tick', '["x"]');
@@ -94,6 +101,35 @@ SELECT qlater_unschedule('yearly', 'ql_sched_bob');
 SELECT qlater_unschedule('yearly', 'ql_sched_bob');
 RESET ROLE;
 
+-- the caller's search_path lends the schedule functions no operator: it
+-- would run as the tables' owner
+CREATE SCHEMA sched_trap AUTHORIZATION ql_sched_alice;
+SET ROLE ql_sched_alice;
+CREATE FUNCTION sched_trap.text_eq(a text, b text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap ran as %', current_user;
+    RETURN a OPERATOR(pg_catalog.=) b;
+END $$;
+CREATE OPERATOR sched_trap.= (LEFTARG = text, RIGHTARG = text,
+                              FUNCTION = sched_trap.text_eq);
+CREATE FUNCTION sched_trap.name_eq(a name, b name) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap ran as %', current_user;
+    RETURN a OPERATOR(pg_catalog.=) b;
+END $$;
+CREATE OPERATOR sched_trap.= (LEFTARG = name, RIGHTARG = name,
+                              FUNCTION = sched_trap.name_eq);
+SET search_path = sched_trap, pg_catalog, sched_test, public;
+SELECT 'a'::text = 'a'::text AS trap_works;
+SELECT qlater_schedule('trap', '@yearly', 'tick', '["trap"]', queue => 'nightly') > 0 AS created;
+SELECT qlater_unschedule('trap');
+SELECT qlater_unschedule('trap', 'ql_sched_alice');
+SET search_path = sched_test, public;
+RESET ROLE;
+DROP SCHEMA sched_trap CASCADE;
+
 -- alice removes her own
 SET ROLE ql_sched_alice;
 SELECT qlater_unschedule('tokyo');
@@ -109,6 +145,8 @@ SELECT count(*) FROM qlater_jobs WHERE handler LIKE 'sched_test.%';
 SELECT qlater_unschedule(name, owner) FROM qlater_schedules ORDER BY name;
 SELECT qlater_unregister('sched_test.tick(text,int)');
 SELECT qlater_unregister('sched_test.private()');
+SELECT qlater_unregister('sched_test.app()');
+DELETE FROM qlater_queue WHERE name = 'sched_app';
 DROP SCHEMA sched_test CASCADE;
 RESET search_path;
 DROP ROLE ql_sched_alice;

@@ -85,6 +85,33 @@ SELECT count(*) FROM qlater_workers();
 SELECT qlater_wake_launcher();
 RESET ROLE;
 
+-- the caller's search_path lends qlater's statements no operator: they
+-- would run it as the tables' owner
+CREATE SCHEMA ql_trap AUTHORIZATION ql_alice;
+SET ROLE ql_alice;
+CREATE FUNCTION ql_trap.int8_eq(a int8, b int8) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap ran as %', current_user;
+    RETURN a OPERATOR(pg_catalog.=) b;
+END $$;
+CREATE OPERATOR ql_trap.= (LEFTARG = int8, RIGHTARG = int8, FUNCTION = ql_trap.int8_eq);
+CREATE FUNCTION ql_trap.text_eq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trap ran as %', current_user;
+    RETURN a OPERATOR(pg_catalog.=) b;
+END $$;
+CREATE OPERATOR ql_trap.= (LEFTARG = text, RIGHTARG = text, FUNCTION = ql_trap.text_eq);
+SET search_path = ql_trap, pg_catalog, public;
+SELECT 1::int8 = 1::int8 AS trap_works;
+SELECT qlater_cancel(-1);
+SELECT qlater_retry(-1);
+SELECT qlater_enqueue('whoami', '["trap"]', run_at => now() + interval '1 day', queue => 'trapq') > 0 AS enqueued;
+SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue OPERATOR(pg_catalog.=) 'trapq';
+SELECT qlater_unregister('alice_fn()');
+RESET search_path;
+RESET ROLE;
+DROP SCHEMA ql_trap CASCADE;
+
 DROP FUNCTION alice_fn();
 DROP FUNCTION enqueue_as_owner();
 REVOKE ALL ON TABLE done FROM PUBLIC;

@@ -292,23 +292,17 @@ ql_prepare_enqueue(const QlCatalog *c)
 
 	if (enqueue_plans.one != NULL && enqueue_plans.generation == c->generation)
 		return;
-	one = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job %s "
-									  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-									  c->schema_quoted, columns),
-							 9, types, CURSOR_OPT_GENERIC_PLAN);
-	if (one == NULL)
-		elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
+	one = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+								   c->schema_quoted, columns),
+						  9, types, CURSOR_OPT_GENERIC_PLAN);
 	types[2] = JSONBARRAYOID;
-	many = SPI_prepare_cursor(psprintf("INSERT INTO %s.qlater_job %s "
-									   "SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
-									   "FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
-									   "ORDER BY n RETURNING id",
-									   c->schema_quoted, columns),
-							  9, types, CURSOR_OPT_GENERIC_PLAN);
-	if (many == NULL)
-		elog(ERROR, "could not prepare enqueue: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(one);
-	SPI_keepplan(many);
+	many = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
+									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
+									"FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
+									"ORDER BY n RETURNING id",
+									c->schema_quoted, columns),
+						   9, types, CURSOR_OPT_GENERIC_PLAN);
 	if (enqueue_plans.one != NULL)
 	{
 		SPI_freeplan(enqueue_plans.one);
@@ -375,8 +369,11 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	}
 	else
 	{
+		QlClaimKey	first = {spec->priority, spec->run_at, ids[0]};
+
 		ql_check_launcher();
-		ql_wake_workers_at_commit(n);
+		ql_lower_frontier_at_commit(&first);
+		ql_wake_workers_at_commit(n, spec->run_at);
 	}
 }
 
@@ -690,7 +687,8 @@ qlater_retry(PG_FUNCTION_ARGS)
 										   "WHERE id = $1", c->schema_quoted),
 								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not retry job");
-		ql_wake_workers_at_commit(1);
+		ql_lower_frontier_at_commit(&ql_key_min);
+		ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	}
 	SPI_finish();
 	ql_restore_user(&save);

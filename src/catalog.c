@@ -3,7 +3,8 @@
  * catalog.c
  *		Where qlater's objects live in the current database: the extension's
  *		schema, its tables and their owner, cached per backend and dropped
- *		on relcache invalidation; and running code as that owner.
+ *		on relcache invalidation of the tables and on syscache invalidation
+ *		of the schema (renamed); and running code as that owner.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,9 +17,11 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -43,6 +46,22 @@ ql_catalog_invalidate(Datum arg, Oid relid)
 		return;
 	if (relid == InvalidOid || relid == cat.job_relid ||
 		relid == cat.handler_relid)
+		cat_valid = false;
+}
+
+/*
+ * ql_catalog_invalidate_schema: syscache callback on pg_namespace; a change
+ * of our schema (a rename), or a full reset, makes us look everything up
+ * again.
+ */
+static void
+ql_catalog_invalidate_schema(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (!cat_valid)
+		return;
+	if (hashvalue == 0 ||
+		hashvalue == GetSysCacheHashValue1(NAMESPACEOID,
+										   ObjectIdGetDatum(cat.schema_oid)))
 		cat_valid = false;
 }
 
@@ -102,6 +121,8 @@ ql_catalog(bool missing_ok)
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(ql_catalog_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, ql_catalog_invalidate_schema,
+									  (Datum) 0);
 		callback_registered = true;
 	}
 
@@ -136,7 +157,10 @@ ql_catalog(bool missing_ok)
  * ql_become_owner: act as the owner of qlater's tables until ql_restore_user.
  * The switch is a local user-ID change, as PostgreSQL's referential
  * integrity checks do, so row-level security of the tables does not apply
- * and nothing run meanwhile can SET ROLE out of it.
+ * and nothing run meanwhile can SET ROLE out of it.  The search_path is
+ * pg_catalog meanwhile (in a GUC nest level): the caller's could hold an
+ * operator or function of the same name as one the statements use, which
+ * would run as the owner.
  */
 void
 ql_become_owner(const QlCatalog *c, QlUserSave *save)
@@ -145,11 +169,34 @@ ql_become_owner(const QlCatalog *c, QlUserSave *save)
 	SetUserIdAndSecContext(c->owner,
 						   save->sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_NOFORCE_RLS);
+	save->nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 /* ql_restore_user: undo ql_become_owner */
 void
 ql_restore_user(const QlUserSave *save)
 {
+	AtEOXact_GUC(true, save->nestlevel);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
+}
+
+/*
+ * ql_prepare_kept: prepare a statement through SPI and keep it for the life
+ * of the backend (SPI_keepplan); cursor_options as for SPI_prepare_cursor
+ * (CURSOR_OPT_GENERIC_PLAN: plan it once, not at every execution).  Caller
+ * is connected to SPI.  Raises an error if the statement cannot be prepared.
+ */
+SPIPlanPtr
+ql_prepare_kept(const char *query, int nargs, Oid *types, int cursor_options)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(query, nargs, types, cursor_options);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", query,
+			 SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "could not keep the plan of \"%s\"", query);
+	return plan;
 }

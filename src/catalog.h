@@ -8,6 +8,8 @@
 #ifndef QLATER_CATALOG_H
 #define QLATER_CATALOG_H
 
+#include "executor/spi.h"
+
 typedef struct QlCatalog
 {
 	Oid			schema_oid;
@@ -22,10 +24,13 @@ typedef struct QlUserSave
 {
 	Oid			userid;
 	int			sec_context;
+	int			nestlevel;		/* GUC nest level of the owner's settings */
 } QlUserSave;
 
 extern const QlCatalog *ql_catalog(bool missing_ok);
 extern void ql_become_owner(const QlCatalog *c, QlUserSave *save);
 extern void ql_restore_user(const QlUserSave *save);
+extern SPIPlanPtr ql_prepare_kept(const char *query, int nargs, Oid *types,
+								  int cursor_options);
 
 #endif							/* QLATER_CATALOG_H */

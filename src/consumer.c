@@ -26,11 +26,14 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "storage/ipc.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
 #include "api.h"
@@ -52,6 +55,202 @@ PG_FUNCTION_INFO_V1(qlater_listen);
 
 #define QL_MAX_LOCK_JOBS	1000
 
+/*
+ * The statements of this module.  Each is prepared on its first use in a
+ * backend, planned once (a generic plan: they look rows up by key, and the
+ * claim order is an index's order) and kept, until the catalog is loaded
+ * again (the extension was dropped and created again, or its tables
+ * changed: catalog.c), when they are prepared anew.
+ *
+ * They run as the owner of the tables but under the caller's search_path,
+ * so every name in them is schema-qualified, operators, functions and
+ * types included: a schema of the caller's listed before pg_catalog must
+ * not slip its own "=" or now() into them.  %1$s is qlater's schema.
+ */
+typedef enum QlConsumerStmt
+{
+	QL_STMT_QUEUE,				/* a queue's owner and kind */
+	QL_STMT_QUEUE_LOCK,			/* the same, locking the queue's row */
+	QL_STMT_CONSUMER,			/* may role $2 consume queue $1 (QL_ACCESS) */
+	QL_STMT_OTHERS_JOBS,		/* has queue $1 jobs of roles other than $2 */
+	QL_STMT_DECLARE,			/* create or change a queue */
+	QL_STMT_MOVE_JOBS,			/* a queue's jobs change hands */
+	QL_STMT_GRANT,
+	QL_STMT_REVOKE,
+	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
+	QL_STMT_CLAIM,				/* re-read a job just claimed */
+	QL_STMT_LEASE,				/* lease a job just claimed */
+	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
+	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
+	QL_STMT_FAIL,
+	QL_STMT_UNLEASE,
+	QL_STMT_EXTEND,
+	QL_NUM_STMTS
+} QlConsumerStmt;
+
+typedef struct QlStmtDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			types[5];
+} QlStmtDef;
+
+/*
+ * Whether role $2 may consume the queue of row q of qlater_queue ($3: the
+ * role is an admin): QL_NOT_EXTERNAL, QL_DENIED or QL_ALLOWED (an
+ * undeclared queue gives no row: not external either).
+ */
+#define QL_NOT_EXTERNAL	0
+#define QL_DENIED		1
+#define QL_ALLOWED		2
+#define QL_ACCESS \
+	"CASE WHEN NOT q.external THEN 0 " \
+	"WHEN $3 OR q.owner OPERATOR(pg_catalog.=) $2 " \
+	"OR EXISTS (SELECT FROM %1$s.qlater_queue_consumer c " \
+	"WHERE c.queue OPERATOR(pg_catalog.=) q.name " \
+	"AND c.consumer OPERATOR(pg_catalog.=) $2) THEN 2 ELSE 1 END"
+
+/*
+ * What ql_finish_begin checks of job j: its claim token, attempts,
+ * max_attempts, queue, and whether role $2 may consume that queue.
+ */
+#define QL_FINISH_ROW \
+	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
+	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
+	"WHERE q.name OPERATOR(pg_catalog.=) j.queue)"
+
+/* a job that may be claimed now */
+#define QL_CLAIMABLE \
+	"external AND NOT dead AND run_at OPERATOR(pg_catalog.<=) pg_catalog.now() " \
+	"AND (lease_until IS NULL OR lease_until OPERATOR(pg_catalog.<) pg_catalog.now())"
+
+/*
+ * A job just claimed, as the row qlater_jobs shows it to the claimer:
+ * 'running', and held by this session (a lease's claim holds a transaction
+ * lock until the claiming transaction ends).  Columns 1, 5 and 6 are id,
+ * priority and run_at.
+ */
+#define QL_CLAIMED_ROW \
+	"id, queue, handler, args, priority, run_at, attempts, max_attempts, " \
+	"last_error, 'running'::pg_catalog.text, role, timeout, crashes, " \
+	"enqueued_at, pg_catalog.pg_backend_pid(), claim_token, lease_until"
+
+static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
+	[QL_STMT_QUEUE] = {
+		"SELECT owner, external FROM %1$s.qlater_queue "
+		"WHERE name OPERATOR(pg_catalog.=) $1",
+		1, {TEXTOID}
+	},
+	[QL_STMT_QUEUE_LOCK] = {
+		"SELECT owner, external FROM %1$s.qlater_queue "
+		"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+		1, {TEXTOID}
+	},
+	[QL_STMT_CONSUMER] = {
+		"SELECT " QL_ACCESS " FROM %1$s.qlater_queue q "
+		"WHERE q.name OPERATOR(pg_catalog.=) $1",
+		3, {TEXTOID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_OTHERS_JOBS] = {
+		"SELECT FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
+		"AND role OPERATOR(pg_catalog.<>) $2 LIMIT 1",
+		2, {TEXTOID, NAMEOID}
+	},
+	[QL_STMT_DECLARE] = {
+		"INSERT INTO %1$s.qlater_queue AS q (name, external, owner, batch_size, batch_delay) "
+		"VALUES ($1, $2, $3, coalesce($4, 1), coalesce($5, '20 ms')) "
+		"ON CONFLICT (name) DO UPDATE SET external = excluded.external, "
+		/* an external queue has no batches */
+		"batch_size = CASE WHEN excluded.external THEN 1 ELSE coalesce($4, q.batch_size) END, "
+		"batch_delay = coalesce($5, q.batch_delay)",
+		5, {TEXTOID, BOOLOID, NAMEOID, INT4OID, INTERVALOID}
+	},
+	[QL_STMT_MOVE_JOBS] = {
+		"UPDATE %1$s.qlater_job SET external = $2 "
+		"WHERE queue OPERATOR(pg_catalog.=) $1 AND external OPERATOR(pg_catalog.<>) $2",
+		2, {TEXTOID, BOOLOID}
+	},
+	[QL_STMT_GRANT] = {
+		"INSERT INTO %1$s.qlater_queue_consumer (queue, consumer) VALUES ($1, $2) "
+		"ON CONFLICT DO NOTHING",
+		2, {TEXTOID, NAMEOID}
+	},
+	[QL_STMT_REVOKE] = {
+		"DELETE FROM %1$s.qlater_queue_consumer "
+		"WHERE queue OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2",
+		2, {TEXTOID, NAMEOID}
+	},
+	[QL_STMT_CANDIDATES] = {
+		"SELECT (SELECT " QL_ACCESS " FROM %1$s.qlater_queue q "
+		"WHERE q.name OPERATOR(pg_catalog.=) $1), "
+		"ARRAY(SELECT id FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
+		"AND " QL_CLAIMABLE " ORDER BY priority, run_at, id LIMIT $4)",
+		4, {TEXTOID, NAMEOID, BOOLOID, INT4OID}
+	},
+	[QL_STMT_CLAIM] = {
+		"SELECT " QL_CLAIMED_ROW " FROM %1$s.qlater_job "
+		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE,
+		1, {INT8OID}
+	},
+	[QL_STMT_LEASE] = {
+		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
+		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
+		" RETURNING " QL_CLAIMED_ROW,
+		2, {INT8OID, INTERVALOID}
+	},
+	[QL_STMT_FINISH] = {
+		"SELECT " QL_FINISH_ROW " FROM %1$s.qlater_job j "
+		"WHERE j.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+		3, {INT8OID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_COMPLETE] = {
+		"DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
+		"RETURNING " QL_FINISH_ROW,
+		3, {INT8OID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_FAIL] = {
+		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
+		"dead = $5, claim_token = NULL, lease_until = NULL "
+		"WHERE id OPERATOR(pg_catalog.=) $1",
+		5, {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID}
+	},
+	[QL_STMT_UNLEASE] = {
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+		"WHERE id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	},
+	[QL_STMT_EXTEND] = {
+		"UPDATE %1$s.qlater_job "
+		"SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
+		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING lease_until",
+		2, {INT8OID, INTERVALOID}
+	},
+};
+
+/* the prepared statements, and the catalog generation they were made for */
+static SPIPlanPtr stmt_plans[QL_NUM_STMTS];
+static uint32 stmt_generation = 0;
+
+/* a job claimed by qlater_lock, kept until the rows are sorted */
+typedef struct QlClaimed
+{
+	int32		priority;
+	TimestampTz run_at;
+	int64		id;
+	HeapTuple	row;			/* as qlater_jobs shows it */
+} QlClaimed;
+
+/* what ql_finish_begin found out about the job to finish */
+typedef struct QlFinish
+{
+	int64		id;
+	pg_uuid_t  *token;			/* NULL in session mode */
+	QlUserSave	save;
+	int32		attempts;
+	int32		max_attempts;
+} QlFinish;
+
 static bool listener_exit_registered = false;
 
 /* ql_spi_connect: connect to SPI or fail */
@@ -62,6 +261,53 @@ ql_spi_connect(void)
 		elog(ERROR, "SPI_connect failed");
 }
 
+/*
+ * ql_exec_nulls: run statement s of catalog c (preparing it on first use)
+ * with the given parameters (nulls as SPI takes them); returns SPI's result
+ * code.  Caller is connected to SPI.
+ */
+static int
+ql_exec_nulls(const QlCatalog *c, QlConsumerStmt s, Datum *values,
+			  const char *nulls, bool read_only, long count)
+{
+	if (stmt_generation != c->generation)
+	{
+		int			i;
+
+		for (i = 0; i < QL_NUM_STMTS; i++)
+		{
+			if (stmt_plans[i] != NULL)
+				SPI_freeplan(stmt_plans[i]);
+			stmt_plans[i] = NULL;
+		}
+		stmt_generation = c->generation;
+	}
+	if (stmt_plans[s] == NULL)
+	{
+		const QlStmtDef *d = &stmt_defs[s];
+
+		stmt_plans[s] = ql_prepare_kept(psprintf(d->sql, c->schema_quoted),
+										d->nargs, (Oid *) d->types,
+										CURSOR_OPT_GENERIC_PLAN);
+	}
+	return SPI_execute_plan(stmt_plans[s], values, nulls, read_only, count);
+}
+
+/* ql_exec: ql_exec_nulls without null values */
+static int
+ql_exec(const QlCatalog *c, QlConsumerStmt s, Datum *values, bool read_only,
+		long count)
+{
+	return ql_exec_nulls(c, s, values, NULL, read_only, count);
+}
+
+/* ql_name_datum: a name value of a C string */
+static Datum
+ql_name_datum(const char *s)
+{
+	return DirectFunctionCall1(namein, CStringGetDatum(s));
+}
+
 /* ql_current_user_name: name of the current user */
 static char *
 ql_current_user_name(void)
@@ -70,22 +316,20 @@ ql_current_user_name(void)
 }
 
 /*
- * ql_queue_info: whether a queue is declared, and its owner and kind.
- * Caller is connected to SPI and acts as the owner of the tables.
+ * ql_queue_info: whether a queue is declared, and its owner and kind;
+ * for_update locks its row.  Caller is connected to SPI and acts as the
+ * owner of the tables.
  */
 static bool
 ql_queue_info(const QlCatalog *c, const char *queue, bool for_update,
 			  char **owner, bool *external)
 {
-	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(queue);
-	if (SPI_execute_with_args(psprintf("SELECT owner, external FROM %s.qlater_queue "
-									   "WHERE name = $1%s", c->schema_quoted,
-									   for_update ? " FOR UPDATE" : ""),
-							  1, types, values, NULL, !for_update, 1) != SPI_OK_SELECT)
+	if (ql_exec(c, for_update ? QL_STMT_QUEUE_LOCK : QL_STMT_QUEUE, values,
+				!for_update, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read queue");
 	if (SPI_processed == 0)
 		return false;
@@ -116,69 +360,46 @@ ql_queue_is_external(const QlCatalog *c, const char *queue)
 }
 
 /*
- * ql_consumer_allowed: whether role me may consume the queue, and whether
- * the queue is external at all.  Caller is connected to SPI and acts as the
- * owner of the tables.
+ * ql_access_error: raise the error for a queue one may not consume, given
+ * QL_ACCESS of it (NULL for a queue never declared); return if allowed.
  */
-static bool
-ql_consumer_allowed(const QlCatalog *c, const char *queue, const char *me,
-					bool admin, bool *external)
-{
-	char	   *owner;
-	Datum		values[2];
-
-	if (!ql_queue_info(c, queue, false, &owner, external) || !*external)
-	{
-		*external = false;
-		return false;
-	}
-	if (admin || strcmp(owner, me) == 0)
-		return true;
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = DirectFunctionCall1(namein, CStringGetDatum(me));
-	if (SPI_execute_with_args(psprintf("SELECT FROM %s.qlater_queue_consumer "
-									   "WHERE queue = $1 AND consumer = $2",
-									   c->schema_quoted),
-							  2, (Oid[]) {TEXTOID, NAMEOID}, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue consumers");
-	return SPI_processed > 0;
-}
-
-/* ql_consumer_error: raise the error for a queue one may not consume */
 static void
-ql_consumer_error(const char *queue, bool external)
+ql_access_error(const char *queue, Datum access, bool isnull)
 {
-	if (!external)
+	if (isnull || DatumGetInt32(access) == QL_NOT_EXTERNAL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("queue \"%s\" is not an external queue", queue),
 				 errhint("Declare it with qlater_create_queue('%s', external => true).", queue)));
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied for queue \"%s\"", queue),
-			 errhint("The queue's owner grants consumers with qlater_grant_queue().")));
+	if (DatumGetInt32(access) != QL_ALLOWED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for queue \"%s\"", queue),
+				 errhint("The queue's owner grants consumers with qlater_grant_queue().")));
 }
 
 /*
  * ql_check_consumer: raise an error unless queue is an external queue the
- * current user may consume: its owner, a granted consumer, or an admin.
+ * role named me may consume: its owner, a granted consumer, or an admin
+ * (admin: the role is a superuser or a member of qlater_admin).  Caller is
+ * connected to SPI and acts as the owner of the tables.
  */
 static void
-ql_check_consumer(const QlCatalog *c, const char *queue)
+ql_check_consumer(const QlCatalog *c, const char *queue, const char *me,
+				  bool admin)
 {
-	QlUserSave	save;
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
-	bool		external;
-	bool		allowed;
+	Datum		values[3];
+	Datum		access = (Datum) 0;
+	bool		isnull = true;
 
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	allowed = ql_consumer_allowed(c, queue, me, admin, &external);
-	SPI_finish();
-	ql_restore_user(&save);
-	if (!allowed)
-		ql_consumer_error(queue, external);
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = ql_name_datum(me);
+	values[2] = BoolGetDatum(admin);
+	if (ql_exec(c, QL_STMT_CONSUMER, values, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read queue consumers");
+	if (SPI_processed > 0)
+		access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	ql_access_error(queue, access, isnull);
 }
 
 /*
@@ -241,7 +462,6 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	char	   *owner;
 	bool		was_external;
 	bool		exists;
-	Oid			types[5] = {TEXTOID, BOOLOID, NAMEOID, INT4OID, INTERVALOID};
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
@@ -266,11 +486,8 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 		bool		others;
 
 		values[0] = CStringGetTextDatum(queue);
-		values[1] = DirectFunctionCall1(namein, CStringGetDatum(me));
-		if (SPI_execute_with_args(psprintf("SELECT FROM %s.qlater_job "
-										   "WHERE queue = $1 AND role <> $2 LIMIT 1",
-										   c->schema_quoted),
-								  2, (Oid[]) {TEXTOID, NAMEOID}, values, NULL, true, 1) != SPI_OK_SELECT)
+		values[1] = ql_name_datum(me);
+		if (ql_exec(c, QL_STMT_OTHERS_JOBS, values, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read jobs");
 		others = SPI_processed > 0;
 		if (others || strcmp(queue, "default") == 0)
@@ -283,33 +500,22 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = BoolGetDatum(external);
-	values[2] = DirectFunctionCall1(namein, CStringGetDatum(me));
+	values[2] = ql_name_datum(me);
 	values[3] = PG_GETARG_DATUM(2);
 	nulls[3] = PG_ARGISNULL(2) ? 'n' : ' ';
 	values[4] = PG_GETARG_DATUM(3);
 	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
-	/* an external queue has no batches */
-	if (SPI_execute_with_args(psprintf("INSERT INTO %s.qlater_queue AS q "
-									   "(name, external, owner, batch_size, batch_delay) "
-									   "VALUES ($1, $2, $3, coalesce($4, 1), coalesce($5, '20 ms')) "
-									   "ON CONFLICT (name) DO UPDATE SET external = excluded.external, "
-									   "batch_size = CASE WHEN excluded.external THEN 1 "
-									   "ELSE coalesce($4, q.batch_size) END, "
-									   "batch_delay = coalesce($5, q.batch_delay)",
-									   c->schema_quoted),
-							  5, types, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (ql_exec_nulls(c, QL_STMT_DECLARE, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not declare queue");
 	/* the queue's jobs change hands */
-	if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET external = $2 "
-									   "WHERE queue = $1 AND external <> $2",
-									   c->schema_quoted),
-							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (ql_exec(c, QL_STMT_MOVE_JOBS, values, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not move the jobs of queue \"%s\"", queue);
 	SPI_finish();
 	ql_restore_user(&save);
 
 	/* jobs of a queue turned internal are now the workers' */
-	ql_wake_workers_at_commit(1);
+	ql_lower_frontier_at_commit(&ql_key_min);
+	ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	PG_RETURN_VOID();
 }
 
@@ -346,12 +552,7 @@ ql_change_consumer(FunctionCallInfo fcinfo, bool grant)
 				 errmsg("must be owner of queue \"%s\"", queue)));
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = NameGetDatum(consumer);
-	if (SPI_execute_with_args(grant ?
-							  psprintf("INSERT INTO %s.qlater_queue_consumer VALUES ($1, $2) "
-									   "ON CONFLICT DO NOTHING", c->schema_quoted) :
-							  psprintf("DELETE FROM %s.qlater_queue_consumer "
-									   "WHERE queue = $1 AND consumer = $2", c->schema_quoted),
-							  2, (Oid[]) {TEXTOID, NAMEOID}, values, NULL, false, 0) < 0)
+	if (ql_exec(c, grant ? QL_STMT_GRANT : QL_STMT_REVOKE, values, false, 0) < 0)
 		elog(ERROR, "could not change queue consumers");
 	changed = SPI_processed > 0;
 	SPI_finish();
@@ -374,17 +575,53 @@ qlater_revoke_queue(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(ql_change_consumer(fcinfo, false));
 }
 
+/* ql_check_lease: raise an error unless a lease interval is positive */
+static void
+ql_check_lease(const Interval *lease)
+{
+	if (lease->month < 0 || lease->day < 0 || lease->time < 0 ||
+		(lease->month == 0 && lease->day == 0 && lease->time == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lease must be positive")));
+}
+
 /*
- * ql_claim_external: try to claim one job for an external consumer.  In
- * session mode the claim is a session lock; in lease mode a transaction
- * lock guards the row while its lease is written.  Caller is connected to
- * SPI and acts as the owner.
+ * ql_check_row_type: the rows of QL_CLAIMED_ROW must be rows of
+ * qlater_jobs, the result type of qlater_lock.
+ */
+static void
+ql_check_row_type(TupleDesc row, TupleDesc result)
+{
+	int			i;
+
+	if (row->natts != result->natts)
+		elog(ERROR, "claimed job has %d columns, qlater_jobs %d",
+			 row->natts, result->natts);
+	for (i = 0; i < row->natts; i++)
+	{
+		if (TupleDescAttr(row, i)->atttypid != TupleDescAttr(result, i)->atttypid)
+			elog(ERROR, "column %d of a claimed job does not match qlater_jobs", i + 1);
+	}
+}
+
+/*
+ * ql_claim_external: try to claim one job for an external consumer; on
+ * success fill *out, its row copied into the caller's memory.  In session
+ * mode the claim is a session lock; in lease mode a transaction lock guards
+ * the row while its lease is written.  Caller is connected to SPI and acts
+ * as the owner; result is the row type of qlater_lock.
  */
 static bool
-ql_claim_external(const QlCatalog *c, int64 id, const Interval *lease)
+ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
+				  TupleDesc result, QlClaimed *out)
 {
 	LOCKTAG		tag;
 	Datum		values[2];
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	bool		ok;
 
 	ql_set_job_locktag(&tag, id);
 	if (LockHeldByMe(&tag, ExclusiveLock))
@@ -392,29 +629,49 @@ ql_claim_external(const QlCatalog *c, int64 id, const Interval *lease)
 	if (!ql_try_claim(id, lease == NULL))
 		return false;
 
-	/* re-read under a fresh snapshot: it may be done, or leased */
+	/*
+	 * Read the job again, or lease it, under a fresh snapshot: it may have
+	 * been finished by the session whose claim we just followed.
+	 */
 	values[0] = Int64GetDatum(id);
-	if (SPI_execute_with_args(psprintf("SELECT FROM %s.qlater_job WHERE id = $1 "
-									   "AND external AND NOT dead AND run_at <= now() "
-									   "AND (lease_until IS NULL OR lease_until < now())",
-									   c->schema_quoted),
-							  1, (Oid[]) {INT8OID}, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read job");
+	if (lease == NULL)
+		ok = ql_exec(c, QL_STMT_CLAIM, values, false, 1) == SPI_OK_SELECT;
+	else
+	{
+		values[1] = IntervalPGetDatum(lease);
+		ok = ql_exec(c, QL_STMT_LEASE, values, false, 0) == SPI_OK_UPDATE_RETURNING;
+	}
+	if (!ok)
+		elog(ERROR, "could not claim job %lld", (long long) id);
 	if (SPI_processed == 0)
 	{
 		LockRelease(&tag, ExclusiveLock, lease == NULL);
 		return false;
 	}
-	if (lease != NULL)
-	{
-		values[1] = IntervalPGetDatum(lease);
-		if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET claim_token = gen_random_uuid(), "
-										   "lease_until = now() + $2 WHERE id = $1",
-										   c->schema_quoted),
-								  2, (Oid[]) {INT8OID, INTERVALOID}, values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not lease job");
-	}
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	ql_check_row_type(desc, result);
+	out->id = id;
+	out->priority = DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull));
+	out->run_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &isnull));
+	out->row = SPI_copytuple(row);
 	return true;
+}
+
+/* ql_claimed_cmp: qsort order of claimed jobs: (priority, run_at, id) */
+static int
+ql_claimed_cmp(const void *a, const void *b)
+{
+	const QlClaimed *x = (const QlClaimed *) a;
+	const QlClaimed *y = (const QlClaimed *) b;
+
+	if (x->priority != y->priority)
+		return x->priority < y->priority ? -1 : 1;
+	if (x->run_at != y->run_at)
+		return x->run_at < y->run_at ? -1 : 1;
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return 0;
 }
 
 /*
@@ -422,7 +679,8 @@ ql_claim_external(const QlCatalog *c, int64 id, const Interval *lease)
  *		returns setof qlater_jobs
  *
  * Claims up to max_jobs ready jobs of an external queue in (priority,
- * run_at, id) order, never waiting on other consumers' claims.
+ * run_at, id) order, never waiting on other consumers' claims, and returns
+ * them in that order.
  */
 Datum
 qlater_lock(PG_FUNCTION_ARGS)
@@ -432,12 +690,13 @@ qlater_lock(PG_FUNCTION_ARGS)
 	char	   *queue;
 	int32		max_jobs;
 	Interval   *lease = NULL;
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
 	QlUserSave	save;
-	int64	   *claimed;
+	QlClaimed  *claimed;
 	int			nclaimed = 0;
 	int			limit;
 	int			round;
-	Datum	   *ids;
 	int			i;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -453,122 +712,104 @@ qlater_lock(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 	{
 		lease = PG_GETARG_INTERVAL_P(2);
-		if (lease->month < 0 || lease->day < 0 || lease->time < 0 ||
-			(lease->month == 0 && lease->day == 0 && lease->time == 0))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("lease must be positive")));
+		ql_check_lease(lease);
 	}
-	ql_check_consumer(c, queue);
 	InitMaterializedSRF(fcinfo, 0);
 
-	claimed = palloc(sizeof(int64) * max_jobs);
+	claimed = palloc(sizeof(QlClaimed) * max_jobs);
 	limit = max_jobs * 2 + 16;
 	ql_become_owner(c, &save);
 	ql_spi_connect();
 	for (round = 0; round < 3 && nclaimed < max_jobs; round++)
 	{
-		Datum		values[2];
-		uint64		n;
-		uint64		k;
-		int64	   *cand;
+		Datum		values[4];
+		Datum		access;
+		bool		isnull;
+		ArrayType  *ids;
+		Datum	   *cand;
+		int			n;
+		int			k;
 
+		/* whether the caller may consume the queue comes with the candidates */
 		values[0] = CStringGetTextDatum(queue);
-		values[1] = Int32GetDatum(limit);
-		if (SPI_execute_with_args(psprintf("SELECT id FROM %s.qlater_job "
-										   "WHERE queue = $1 AND external AND NOT dead AND run_at <= now() "
-										   "AND (lease_until IS NULL OR lease_until < now()) "
-										   "ORDER BY priority, run_at, id LIMIT $2",
-										   c->schema_quoted),
-								  2, (Oid[]) {TEXTOID, INT4OID}, values, NULL, false, 0) != SPI_OK_SELECT)
+		values[1] = ql_name_datum(me);
+		values[2] = BoolGetDatum(admin);
+		values[3] = Int32GetDatum(limit);
+		if (ql_exec(c, QL_STMT_CANDIDATES, values, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "could not look for jobs");
-		n = SPI_processed;
-		cand = palloc(sizeof(int64) * (n + 1));
-		for (k = 0; k < n; k++)
-		{
-			bool		isnull;
-
-			cand[k] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
-												  SPI_tuptable->tupdesc, 1, &isnull));
-		}
+		access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		ql_access_error(queue, access, isnull);
+		ids = DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+		SPI_freetuptable(SPI_tuptable);
+		deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+						  TYPALIGN_DOUBLE, &cand, NULL, &n);
 		for (k = 0; k < n && nclaimed < max_jobs; k++)
 		{
-			if (ql_claim_external(c, cand[k], lease))
-				claimed[nclaimed++] = cand[k];
+			if (ql_claim_external(c, DatumGetInt64(cand[k]), lease,
+								  rsinfo->setDesc, &claimed[nclaimed]))
+				nclaimed++;
 		}
-		if (n < (uint64) limit)
+		if (n < limit)
 			break;
+		/* every candidate was claimed by others: look further */
 		limit *= 8;
 	}
 	SPI_finish();
 	ql_restore_user(&save);
 
-	if (nclaimed == 0)
-		return (Datum) 0;
-
-	/* the rows, as the caller sees them */
-	ids = palloc(sizeof(Datum) * nclaimed);
+	/* a later round may have found jobs that come first */
+	qsort(claimed, nclaimed, sizeof(QlClaimed), ql_claimed_cmp);
 	for (i = 0; i < nclaimed; i++)
-		ids[i] = Int64GetDatum(claimed[i]);
-	ql_spi_connect();
-	{
-		Datum		values[1];
-		uint64		k;
-
-		values[0] = PointerGetDatum(construct_array(ids, nclaimed, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (SPI_execute_with_args(psprintf("SELECT * FROM %s.qlater_jobs WHERE id = ANY ($1) "
-										   "ORDER BY priority, run_at, id", c->schema_quoted),
-								  1, (Oid[]) {INT8ARRAYOID}, values, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read claimed jobs");
-		for (k = 0; k < SPI_processed; k++)
-		{
-			Datum	   *vals = palloc(sizeof(Datum) * rsinfo->setDesc->natts);
-			bool	   *nulls = palloc(sizeof(bool) * rsinfo->setDesc->natts);
-
-			heap_deform_tuple(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, vals, nulls);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, vals, nulls);
-		}
-	}
-	SPI_finish();
+		tuplestore_puttuple(rsinfo->setResult, claimed[i].row);
 	return (Datum) 0;
 }
 
 /*
- * ql_finish_check: lock a claimed job's row and check that the caller may
- * finish it: it consumes the queue, and holds the session claim or
- * presents the lease's token.  Returns attempts and max_attempts.  Caller
- * is connected to SPI and acts as the owner; me and admin describe the
- * caller.
+ * ql_finish_begin: the start of complete, fail, unlock and extend: act as
+ * the owner, connect to SPI, run statement s on the job's row (it locks or
+ * deletes the row and returns QL_FINISH_ROW) and check that the caller may
+ * finish the job: it consumes the job's queue, and holds the session claim
+ * or presents the lease's token.  An error here undoes what s did, with the
+ * (sub)transaction.  Fills *f; undo with ql_finish_leave.
  */
 static void
-ql_finish_check(const QlCatalog *c, int64 id, pg_uuid_t *token,
-				const char *me, bool admin, int32 *attempts, int32 *max_attempts)
+ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
+				QlConsumerStmt s, int expected)
 {
-	Datum		values[1];
-	bool		isnull;
-	char	   *queue;
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+	Datum		values[3];
+	HeapTuple	row;
+	TupleDesc	desc;
 	Datum		d;
+	Datum		access;
 	bool		token_null;
-	bool		external;
+	bool		isnull;
+
+	f->id = id;
+	f->token = token;
+	ql_become_owner(c, &f->save);
+	ql_spi_connect();
 
 	values[0] = Int64GetDatum(id);
-	if (SPI_execute_with_args(psprintf("SELECT queue, claim_token, attempts, max_attempts "
-									   "FROM %s.qlater_job WHERE id = $1 FOR UPDATE",
-									   c->schema_quoted),
-							  1, (Oid[]) {INT8OID}, values, NULL, false, 1) != SPI_OK_SELECT)
+	values[1] = ql_name_datum(me);
+	values[2] = BoolGetDatum(admin);
+	if (ql_exec(c, s, values, false, 1) != expected)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("job %lld does not exist", (long long) id),
 				 errhint("It may have been completed or cancelled already.")));
-	queue = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &token_null);
-	*attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
-	*max_attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
-
-	if (!ql_consumer_allowed(c, queue, me, admin, &external))
-		ql_consumer_error(queue, external);
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	d = SPI_getbinval(row, desc, 1, &token_null);
+	f->attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	access = SPI_getbinval(row, desc, 5, &isnull);
+	ql_access_error(SPI_getvalue(row, desc, 4), access, isnull);
 
 	if (token == NULL)
 	{
@@ -588,21 +829,25 @@ ql_finish_check(const QlCatalog *c, int64 id, pg_uuid_t *token,
 				 errhint("The lease may have run out and the job been claimed again.")));
 }
 
+/* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
+static void
+ql_finish_leave(QlFinish *f)
+{
+	SPI_finish();
+	ql_restore_user(&f->save);
+}
+
 /*
- * ql_finish_begin: the start of complete, fail, unlock and extend: act as
- * the owner, connect to SPI, lock the job's row and check the caller may
- * finish it (ql_finish_check).  Undo with SPI_finish and ql_restore_user.
+ * ql_finish_job: the end of complete and fail, once the job is removed or
+ * rescheduled: ql_finish_leave, and in session mode release the claim when
+ * this transaction commits (a rollback keeps it).
  */
 static void
-ql_finish_begin(const QlCatalog *c, int64 id, pg_uuid_t *token, QlUserSave *save,
-				int32 *attempts, int32 *max_attempts)
+ql_finish_job(QlFinish *f)
 {
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
-
-	ql_become_owner(c, save);
-	ql_spi_connect();
-	ql_finish_check(c, id, token, me, admin, attempts, max_attempts);
+	ql_finish_leave(f);
+	if (f->token == NULL)
+		ql_release_claim_at_commit(f->id);
 }
 
 /* ql_token_arg: the optional token argument n, or NULL */
@@ -630,20 +875,11 @@ qlater_complete(PG_FUNCTION_ARGS)
 	const QlCatalog *c = ql_catalog(false);
 	int64		id = ql_id_arg(fcinfo);
 	pg_uuid_t  *token = ql_token_arg(fcinfo, 1);
-	QlUserSave	save;
-	int32		attempts;
-	int32		max_attempts;
-	Datum		values[1];
+	QlFinish	f;
 
-	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
-	values[0] = Int64GetDatum(id);
-	if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", c->schema_quoted),
-							  1, (Oid[]) {INT8OID}, values, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not complete job");
-	SPI_finish();
-	ql_restore_user(&save);
-	if (token == NULL)
-		ql_release_claim_at_commit(id);
+	/* the row is checked as it is deleted: an error undoes the delete */
+	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_DELETE_RETURNING);
+	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
 
@@ -658,9 +894,8 @@ qlater_fail(PG_FUNCTION_ARGS)
 	int64		id = ql_id_arg(fcinfo);
 	char	   *error;
 	pg_uuid_t  *token = ql_token_arg(fcinfo, 3);
-	QlUserSave	save;
+	QlFinish	f;
 	int32		attempts;
-	int32		max_attempts;
 	bool		dead;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	Datum		values[5];
@@ -671,9 +906,9 @@ qlater_fail(PG_FUNCTION_ARGS)
 				 errmsg("error must not be null")));
 	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
-	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
-	attempts++;
-	dead = attempts >= max_attempts;
+	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
+	attempts = f.attempts + 1;
+	dead = attempts >= f.max_attempts;
 	values[0] = Int64GetDatum(id);
 	values[1] = Int32GetDatum(attempts);
 	values[2] = JsonbPGetDatum(ql_error_json_fields(NULL, error, NULL, NULL, NULL, attempts, now));
@@ -681,16 +916,9 @@ qlater_fail(PG_FUNCTION_ARGS)
 									PG_ARGISNULL(2) ? ql_retry_time(attempts, now) :
 									PG_GETARG_TIMESTAMPTZ(2));
 	values[4] = BoolGetDatum(dead);
-	if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET attempts = $2, last_error = $3, "
-									   "run_at = $4, dead = $5, claim_token = NULL, "
-									   "lease_until = NULL WHERE id = $1", c->schema_quoted),
-							  5, (Oid[]) {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID},
-							  values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (ql_exec(c, QL_STMT_FAIL, values, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the failure of job %lld", (long long) id);
-	SPI_finish();
-	ql_restore_user(&save);
-	if (token == NULL)
-		ql_release_claim_at_commit(id);
+	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
 
@@ -701,22 +929,17 @@ qlater_unlock(PG_FUNCTION_ARGS)
 	const QlCatalog *c = ql_catalog(false);
 	int64		id = ql_id_arg(fcinfo);
 	pg_uuid_t  *token = ql_token_arg(fcinfo, 1);
-	QlUserSave	save;
-	int32		attempts;
-	int32		max_attempts;
+	QlFinish	f;
 	Datum		values[1];
 
-	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
+	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	if (token != NULL)
 	{
 		values[0] = Int64GetDatum(id);
-		if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET claim_token = NULL, "
-										   "lease_until = NULL WHERE id = $1", c->schema_quoted),
-								  1, (Oid[]) {INT8OID}, values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not unlock job");
+		if (ql_exec(c, QL_STMT_UNLEASE, values, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not unlock job %lld", (long long) id);
 	}
-	SPI_finish();
-	ql_restore_user(&save);
+	ql_finish_leave(&f);
 	if (token == NULL)
 		ql_release_claim(id);
 	PG_RETURN_VOID();
@@ -730,28 +953,19 @@ qlater_extend(PG_FUNCTION_ARGS)
 	int64		id = PG_GETARG_INT64(0);
 	pg_uuid_t  *token = PG_GETARG_UUID_P(1);
 	Interval   *lease = PG_GETARG_INTERVAL_P(2);
-	QlUserSave	save;
-	int32		attempts;
-	int32		max_attempts;
+	QlFinish	f;
 	Datum		values[2];
 	bool		isnull;
 	TimestampTz until;
 
-	if (lease->month < 0 || lease->day < 0 || lease->time < 0 ||
-		(lease->month == 0 && lease->day == 0 && lease->time == 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lease must be positive")));
-	ql_finish_begin(c, id, token, &save, &attempts, &max_attempts);
+	ql_check_lease(lease);
+	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	values[0] = Int64GetDatum(id);
 	values[1] = IntervalPGetDatum(lease);
-	if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET lease_until = now() + $2 "
-									   "WHERE id = $1 RETURNING lease_until", c->schema_quoted),
-							  2, (Oid[]) {INT8OID, INTERVALOID}, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not extend lease");
+	if (ql_exec(c, QL_STMT_EXTEND, values, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not extend the lease of job %lld", (long long) id);
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	ql_restore_user(&save);
+	ql_finish_leave(&f);
 	PG_RETURN_TIMESTAMPTZ(until);
 }
 
@@ -781,13 +995,18 @@ qlater_listen(PG_FUNCTION_ARGS)
 {
 	const QlCatalog *c = ql_catalog(false);
 	char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	QlUserSave	save;
 	char		channel[NAMEDATALEN];
 	int			i;
 	int			free_slot = -1;
 	bool		found = false;
 
 	ql_require_preload();
-	ql_check_consumer(c, queue);
+	ql_become_owner(c, &save);
+	ql_spi_connect();
+	ql_check_consumer(c, queue, ql_current_user_name(), ql_is_admin());
+	SPI_finish();
+	ql_restore_user(&save);
 	snprintf(channel, sizeof(channel), "qlater_%d", MyProcPid);
 
 	if (!listener_exit_registered)

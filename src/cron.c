@@ -11,10 +11,10 @@
  *	 "1-30/5" is every 5th value from 1 to 30, "5/10" every 10th value from 5
  *	 to the largest, and "*" with step 15 every 15th value of the field.
  *	 Months may be named jan to dec and weekdays sun to sat, in any case and
- *	 also in ranges; weekday 7 is Sunday like 0.  When both day fields are
- *	 restricted, a day matches if either field matches; a day field whose
- *	 text starts with "*" (with or without a step) is unrestricted, and then
- *	 a day must match both fields.
+ *	 also in ranges ("sun" ends a range as 7: "fri-sun"); weekday 7 is
+ *	 Sunday like 0.  When both day fields are restricted, a day matches if
+ *	 either field matches; a day field whose text starts with "*" (with or
+ *	 without a step) is unrestricted, and then a day must match both fields.
  * - A macro: @yearly, @annually, @monthly, @weekly, @daily, @midnight or
  *	 @hourly.
  * - An interval "N seconds" (or "N second"), N from 1 to 59: ticks fall at
@@ -230,12 +230,11 @@ ql_cron_errdetail_allowed(const QlCronFieldDef *def)
  * ql_cron_parse_value
  *		Parse str[0..len), a number or a name, as a value of a field.
  *
- * range_end is true for the end of a range, where "sun" means 7 so that
- * "fri-sun" works.  Returns false if str is not a valid value.
+ * Returns false if str is not a valid value.
  */
 static bool
 ql_cron_parse_value(const char *str, int len, const QlCronFieldDef *def,
-					bool range_end, int *value)
+					int *value)
 {
 	int			i;
 
@@ -252,8 +251,6 @@ ql_cron_parse_value(const char *str, int len, const QlCronFieldDef *def,
 		if (pg_strncasecmp(str, def->names[i], 3) == 0)
 		{
 			*value = def->first_name_value + i;
-			if (range_end && def->names == ql_cron_dow_names && *value == 0)
-				*value = 7;
 			return true;
 		}
 	}
@@ -349,18 +346,22 @@ ql_cron_parse_item(const char *schedule, const QlCronFieldDef *def,
 		int			lolen = (int) (dash - item);
 		int			hilen = baselen - lolen - 1;
 
-		if (!ql_cron_parse_value(item, lolen, def, false, &lo))
+		if (!ql_cron_parse_value(item, lolen, def, &lo))
 		{
 			ql_cron_report_value(schedule, def, item, itemlen,
 								 item, lolen, elevel);
 			return false;
 		}
-		if (!ql_cron_parse_value(dash + 1, hilen, def, true, &hi))
+		if (!ql_cron_parse_value(dash + 1, hilen, def, &hi))
 		{
 			ql_cron_report_value(schedule, def, item, itemlen,
 								 dash + 1, hilen, elevel);
 			return false;
 		}
+		/* "sun" ending a range that starts later is 7: "fri-sun" */
+		if (def->names == ql_cron_dow_names && hi == 0 && lo > 0 &&
+			!ql_cron_all_digits(dash + 1, hilen))
+			hi = 7;
 		if (lo > hi)
 		{
 			ereport(elevel,
@@ -373,7 +374,7 @@ ql_cron_parse_item(const char *schedule, const QlCronFieldDef *def,
 	}
 	else
 	{
-		if (!ql_cron_parse_value(item, baselen, def, false, &lo))
+		if (!ql_cron_parse_value(item, baselen, def, &lo))
 		{
 			ql_cron_report_value(schedule, def, item, itemlen,
 								 item, baselen, elevel);
@@ -600,7 +601,8 @@ ql_cron_find_timezone(const char *tzname, int elevel)
 	{
 		ereport(elevel,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("time zone \"%s\" not recognized", tzname)));
+				 errmsg("time zone \"%s\" not recognized", tzname),
+				 errhint("The view pg_timezone_names lists the time zones, such as \"Europe/Berlin\".")));
 		return NULL;
 	}
 	if (!pg_tz_acceptable(tz))

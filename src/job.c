@@ -76,27 +76,19 @@ typedef struct QlJob
 	int32		attempts;
 	int32		max_attempts;
 	char	   *queue;
-	int32		batch_size;		/* of its queue */
-	int64		batch_delay;	/* of its queue, in microseconds */
 	int32		priority;		/* with run_at and id: its place in the */
 	TimestampTz run_at;			/* claim order */
 } QlJob;
 
-/* a place in the claim order (priority, run_at, id) */
-typedef struct QlKey
-{
-	int32		priority;
-	TimestampTz run_at;
-	int64		id;
-} QlKey;
 
 /* statements on the job table, prepared once per catalog generation */
 typedef struct QlPlans
 {
 	uint32		generation;
 	SPIPlanPtr	candidates;
-	SPIPlanPtr	candidates_after;
+	SPIPlanPtr	future_before;
 	SPIPlanPtr	fetch;
+	SPIPlanPtr	queue;
 	SPIPlanPtr	delete;
 	SPIPlanPtr	fail;
 	SPIPlanPtr	next;
@@ -122,6 +114,10 @@ static volatile sig_atomic_t job_timed_out = false;
 static Oid	worker_userid;
 static int	worker_sec_context;
 
+/* this database's shared entry, and when a look last started at the start */
+static QlDatabase *my_database;
+static TimestampTz last_look_from_start = 0;
+
 /*
  * ql_job_timeout_handler: the job's timeout ran out: cancel what it is
  * doing, and remember it, so that a handler that catches the cancel still
@@ -136,15 +132,33 @@ ql_job_timeout_handler(void)
 	SetLatch(MyLatch);
 }
 
+/*
+ * ql_worker_search_path: the search_path of the worker's own statements,
+ * which run as a superuser: the database's (ALTER DATABASE ... SET) could
+ * hold an operator or function of the same name as one they use.
+ * Handlers run with the database's (ql_call_handler).
+ */
+static void
+ql_worker_search_path(void)
+{
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+}
+
 /* ql_job_init: per-process set-up; call once after connecting */
 void
 ql_job_init(void)
 {
+	ql_worker_search_path();
 	job_cxt = AllocSetContextCreate(TopMemoryContext, "qlater job",
 									ALLOCSET_DEFAULT_SIZES);
 	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
 	GetUserIdAndSecContext(&worker_userid, &worker_sec_context);
 	memset(&plans, 0, sizeof(plans));
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
+	my_database = ql_find_database(MyDatabaseId, false);
+	LWLockRelease(ql_shared->lock);
+	if (my_database == NULL)
+		elog(ERROR, "database %u is not served by qlater", MyDatabaseId);
 }
 
 /*
@@ -156,14 +170,7 @@ ql_job_init(void)
 static SPIPlanPtr
 ql_prepare(const char *query, int nargs, Oid *types)
 {
-	SPIPlanPtr	plan = SPI_prepare_cursor(query, nargs, types,
-										  CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "could not prepare \"%s\": %s", query,
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
+	return ql_prepare_kept(query, nargs, types, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /* ql_prepare_plans: (re)prepare the job-table statements if needed */
@@ -171,8 +178,9 @@ static void
 ql_prepare_plans(const QlCatalog *c)
 {
 	const char *s = c->schema_quoted;
-	Oid			t_limit[1] = {INT4OID};
-	Oid			t_after[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Oid			t_from[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Oid			t_prio[2] = {INT4OID, INT4OID};
+	Oid			t_queue[1] = {TEXTOID};
 	Oid			t_id[1] = {INT8OID};
 	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	Oid			t_crash[2] = {INT8OID, INT4OID};
@@ -182,32 +190,33 @@ ql_prepare_plans(const QlCatalog *c)
 	if (plans.candidates != NULL)
 	{
 		SPI_freeplan(plans.candidates);
-		SPI_freeplan(plans.candidates_after);
+		SPI_freeplan(plans.future_before);
 		SPI_freeplan(plans.fetch);
+		SPI_freeplan(plans.queue);
 		SPI_freeplan(plans.delete);
 		SPI_freeplan(plans.fail);
 		SPI_freeplan(plans.next);
 		SPI_freeplan(plans.crash);
 	}
-	plans.candidates = ql_prepare(psprintf("SELECT id FROM %s.qlater_job "
-										   "WHERE NOT dead AND run_at <= now() "
-										   "AND NOT external "
+	plans.candidates = ql_prepare(psprintf("SELECT id, priority, run_at FROM %s.qlater_job "
+										   "WHERE NOT dead AND run_at <= now() AND NOT external "
+										   "AND (priority, run_at, id) >= ($2, $3, $4) "
 										   "ORDER BY priority, run_at, id LIMIT $1", s),
-								  1, t_limit);
-	plans.candidates_after = ql_prepare(psprintf("SELECT id FROM %s.qlater_job "
-												 "WHERE NOT dead AND run_at <= now() "
-												 "AND NOT external "
-												 "AND (priority, run_at, id) > ($2, $3, $4) "
-												 "ORDER BY priority, run_at, id LIMIT $1", s),
-										4, t_after);
-	plans.fetch = ql_prepare(psprintf("SELECT j.handler, j.args, j.role, j.timeout, j.attempts, "
-									  "j.max_attempts, j.queue, coalesce(q.batch_size, 1), "
-									  "(extract(epoch FROM coalesce(q.batch_delay, '20 ms')) * 1000000)::int8, "
-									  "j.priority, j.run_at "
-									  "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q ON q.name = j.queue "
-									  "WHERE j.id = $1 AND NOT j.dead AND NOT j.external AND j.run_at <= now()",
-									  s, s),
+								  4, t_from);
+	plans.future_before = ql_prepare(psprintf("SELECT FROM %s.qlater_job "
+											  "WHERE NOT dead AND NOT external AND run_at > now() "
+											  "AND priority >= $1 AND priority < $2 LIMIT 1", s),
+									 2, t_prio);
+	/* by id alone: no plan may read another index than the key's */
+	plans.fetch = ql_prepare(psprintf("SELECT handler, args, role, timeout, attempts, "
+									  "max_attempts, queue, priority, run_at, "
+									  "NOT dead AND NOT external AND run_at <= now() "
+									  "FROM %s.qlater_job WHERE id = $1", s),
 							 1, t_id);
+	plans.queue = ql_prepare(psprintf("SELECT batch_size, "
+									  "(extract(epoch FROM batch_delay) * 1000000)::int8 "
+									  "FROM %s.qlater_queue WHERE name = $1", s),
+							 1, t_queue);
 	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
 	plans.fail = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, last_error = $3, "
@@ -229,6 +238,8 @@ ql_prepare_plans(const QlCatalog *c)
 									  "WHERE id = $1", s),
 							 2, t_crash);
 	plans.generation = c->generation;
+	/* a new job table: the frontier means nothing in it */
+	ql_frontier_lower(my_database, &ql_key_min);
 }
 
 /*
@@ -316,6 +327,8 @@ ql_fetch(int64 id, QlJob *job)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
+	if (!DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)))
+		return false;			/* dead, external or rescheduled */
 	old = MemoryContextSwitchTo(job_cxt);
 	job->id = id;
 	job->handler = SPI_getvalue(tup, desc, 1);
@@ -328,10 +341,8 @@ ql_fetch(int64 id, QlJob *job)
 	job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 	job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 	job->queue = SPI_getvalue(tup, desc, 7);
-	job->batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-	job->batch_delay = DatumGetInt64(SPI_getbinval(tup, desc, 9, &isnull));
-	job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
-	job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 11, &isnull));
+	job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+	job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
 	job->proc = ql_signature_oid(job->handler);
 	job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
 	MemoryContextSwitchTo(old);
@@ -339,21 +350,81 @@ ql_fetch(int64 id, QlJob *job)
 }
 
 /*
- * ql_claim: claim the first ready job, or with after, the first after that
- * place in the claim order, and read it under a fresh snapshot.  Returns
- * false if there is none.  Caller is connected to SPI, in a transaction
- * with an active snapshot.
+ * ql_next_frontier: where the claim frontier may move after a look from
+ * it, at from, found first the ready job at first (NULL if none).
  *
- * A batch looks after its last job: the index entries before it are mostly
- * of jobs done by this batch or by batches committed so recently that
- * their entries cannot be marked dead yet, and a scan from the start would
- * visit each of them again.
+ * No ready job lies before from.  Every index entry between from and
+ * first with the same priority is of a job not visible to the look's
+ * snapshot: done (deleted) or not yet committed, and a commit that writes
+ * jobs lowers the frontier again (qlater.c).  Entries of jobs not due yet
+ * may lie before first only at a lower priority: the frontier crosses into
+ * first's priority only if there are none.  Without a ready job, it moves
+ * past the entries due by now at its priority.  Caller is connected to SPI.
+ */
+static void
+ql_next_frontier(const QlClaimKey *from, const QlClaimKey *first,
+				 QlClaimKey *next)
+{
+	if (first != NULL && first->priority == from->priority)
+	{
+		*next = *first;
+		return;
+	}
+	if (first != NULL)
+	{
+		Datum		params[2];
+
+		params[0] = Int32GetDatum(from->priority);
+		params[1] = Int32GetDatum(first->priority);
+		if (SPI_execute_plan(plans.future_before, params, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for future jobs");
+		if (SPI_processed == 0)
+		{
+			*next = *first;
+			return;
+		}
+	}
+	next->priority = from->priority;
+	next->run_at = GetCurrentTransactionStartTimestamp();	/* now() */
+	next->id = PG_INT64_MAX;
+}
+
+/*
+ * ql_claim: claim the first ready job at or after a place in the claim
+ * order, and read it under a fresh snapshot.  Returns false if there is
+ * none.  Caller is connected to SPI, in a transaction with an active
+ * snapshot.
+ *
+ * Without from, the look starts at the claim frontier of the database
+ * (moving it forward), or every qlater.poll_interval at the start of the
+ * order, in case jobs were written other than through qlater's functions.
+ * A batch looks from its last job.  Either way the look skips the index
+ * entries of jobs done, which stay until no snapshot can see them: a look
+ * from the start would visit each of them again, with every claim, and
+ * for as long as any session holds an old snapshot.
  */
 static bool
-ql_claim(QlJob *job, const QlKey *after)
+ql_claim(QlJob *job, const QlClaimKey *from)
 {
 	int			limit = ql_shared->nslots * 2 + 8;
 	int			round;
+	QlClaimKey	start;
+	uint64		gen = 0;
+	bool		frontier = (from == NULL);
+
+	if (frontier)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		ql_frontier_get(my_database, &start, &gen);
+		if (now - last_look_from_start >= (int64) ql_poll_interval * 1000)
+		{
+			start = ql_key_min;
+			last_look_from_start = now;
+		}
+	}
+	else
+		start = *from;
 
 	for (round = 0; round < 3; round++)
 	{
@@ -361,19 +432,12 @@ ql_claim(QlJob *job, const QlKey *after)
 		uint64		n;
 		uint64		i;
 		int64	   *ids;
-		int			rc;
 
 		params[0] = Int32GetDatum(limit);
-		if (after != NULL)
-		{
-			params[1] = Int32GetDatum(after->priority);
-			params[2] = TimestampTzGetDatum(after->run_at);
-			params[3] = Int64GetDatum(after->id);
-			rc = SPI_execute_plan(plans.candidates_after, params, NULL, true, 0);
-		}
-		else
-			rc = SPI_execute_plan(plans.candidates, params, NULL, true, 0);
-		if (rc != SPI_OK_SELECT)
+		params[1] = Int32GetDatum(start.priority);
+		params[2] = TimestampTzGetDatum(start.run_at);
+		params[3] = Int64GetDatum(start.id);
+		if (SPI_execute_plan(plans.candidates, params, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look for jobs");
 		n = SPI_processed;
 		ids = palloc(sizeof(int64) * (n + 1));
@@ -384,7 +448,28 @@ ql_claim(QlJob *job, const QlKey *after)
 			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 												 SPI_tuptable->tupdesc, 1, &isnull));
 		}
-		SPI_freetuptable(SPI_tuptable);
+		if (frontier && round == 0)
+		{
+			QlClaimKey	first;
+			QlClaimKey	next;
+			bool		isnull;
+
+			if (n > 0)
+			{
+				HeapTuple	tup = SPI_tuptable->vals[0];
+				TupleDesc	desc = SPI_tuptable->tupdesc;
+
+				first.id = ids[0];
+				first.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+				first.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+			}
+			SPI_freetuptable(SPI_tuptable);
+			ql_next_frontier(&start, n > 0 ? &first : NULL, &next);
+			if (ql_key_cmp(&next, &start) > 0)
+				ql_frontier_advance(my_database, &next, gen);
+		}
+		else
+			SPI_freetuptable(SPI_tuptable);
 
 		for (i = 0; i < n; i++)
 		{
@@ -578,7 +663,8 @@ ql_reset_session(void)
  * starts after the switch.  Its COMMITs would end a GUC nest level, so what
  * it SETs is undone with ResetAllOptions() (as RESET ALL) afterwards.
  *
- * Either way, what the commit would run of the handler's code (deferred
+ * Either way the handler runs with the database's search_path, not the
+ * worker's own, and what the commit would run of its code (deferred
  * triggers, cursors WITH HOLD) runs before the switch back to the worker's
  * user, which is a superuser.
  */
@@ -591,6 +677,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	if (pi->prokind == PROKIND_PROCEDURE)
 	{
+		ResetAllOptions();		/* the database's search_path, from now on */
 		CommitTransactionCommand();
 		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		SetCurrentStatementStartTimestamp();
@@ -599,6 +686,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		ResetAllOptions();
+		ql_worker_search_path();
 	}
 	else
 	{
@@ -607,6 +695,8 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		int			rc;
 
 		save_nestlevel = NewGUCNestLevel();
+		(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
@@ -649,6 +739,12 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent, bool in_batch)
 	values[4] = BoolGetDatum(dead);
 	if (SPI_execute_plan(plans.fail, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not record the failure of job %lld", (long long) job->id);
+	if (!dead)
+	{
+		QlClaimKey	key = {job->priority, DatumGetTimestampTz(values[3]), job->id};
+
+		ql_lower_frontier_at_commit(&key);
+	}
 	SPI_finish();
 	PopActiveSnapshot();
 	if (!in_batch)
@@ -777,6 +873,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		{
 			StartTransactionCommand();
 			ResetAllOptions();
+			ql_worker_search_path();
 			CommitTransactionCommand();
 		}
 	}
@@ -826,8 +923,8 @@ ql_run_one(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 }
 
 /*
- * ql_batchable: whether a job may run in a batch: its queue batches, its
- * handler is a function (a procedure that COMMITs cannot run in a
+ * ql_batchable: whether a job may run in a batch, if its queue batches:
+ * its handler is a function (a procedure that COMMITs cannot run in a
  * subtransaction), and the workers' transactions see each statement's own
  * snapshot (under REPEATABLE READ or SERIALIZABLE a batch's jobs would
  * share one, and serialization failures would strike the whole batch).
@@ -835,17 +932,41 @@ ql_run_one(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 static bool
 ql_batchable(const QlJob *job)
 {
-	return job->batch_size > 1 && job->prokind == PROKIND_FUNCTION &&
-		!IsolationUsesXactSnapshot();
+	return job->prokind == PROKIND_FUNCTION && !IsolationUsesXactSnapshot();
 }
 
 /*
- * ql_claim_more: claim the next ready job after a place in the claim
- * order for the batch of a queue, into *job.  Returns false if there is none that can join the batch.  Called
- * in the batch's transaction, without SPI connection or active snapshot.
+ * ql_queue_batch: how a queue's jobs are batched: the most jobs in a batch
+ * (1: none) and the longest wait, in microseconds, since its first job
+ * ended.  Caller is connected to SPI, with an active snapshot.
+ */
+static void
+ql_queue_batch(const char *queue, int *size, int64 *delay)
+{
+	Datum		name = CStringGetTextDatum(queue);
+	bool		isnull;
+
+	if (SPI_execute_plan(plans.queue, &name, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read queue");
+	*size = 1;
+	*delay = 0;
+	if (SPI_processed == 0)
+		return;
+	*size = Min(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull)),
+				QL_MAX_BATCH);
+	*delay = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 2, &isnull));
+}
+
+/*
+ * ql_claim_more: claim the next ready job for the batch of a queue, at or
+ * after its last job, into *job.  Returns false if there is none that can
+ * join the batch.  Called in the batch's transaction, without SPI
+ * connection or active snapshot.
  */
 static bool
-ql_claim_more(const char *queue, const QlKey *after, QlJob *job)
+ql_claim_more(const char *queue, const QlClaimKey *after, QlJob *job)
 {
 	bool		found;
 
@@ -894,26 +1015,25 @@ ql_rerun(int64 id, QlWorkerSlot *slot)
 /*
  * ql_run_batch: run the claimed job and more ready jobs of its queue in
  * one transaction, each in a subtransaction of its own, and commit them
- * together: one WAL flush for the batch.  The batch ends at the queue's
- * batch_size, once batch_delay has passed since its first job ended, or
- * when no more ready job can join.  A job's work and its removal still
+ * together: one WAL flush for the batch.  The batch ends at size jobs
+ * (the queue's batch_size), once delay (its batch_delay, in microseconds)
+ * has passed since its first job ended, or when no more ready job can
+ * join.  A job's work and its removal still
  * commit or roll back together, and a failure is the failing job's alone.
  * Deferred triggers fire at the end of each job (ql_call_handler).  If
  * the batch fails to commit, its jobs run again one by one.  Called in
  * the claiming transaction, without SPI connection or active snapshot.
  */
 static void
-ql_run_batch(QlJob *first, QlWorkerSlot *slot)
+ql_run_batch(QlJob *first, int size, int64 delay, QlWorkerSlot *slot)
 {
 	int64		ids[QL_MAX_BATCH];
 	int			n = 0;
-	int			size = Min(first->batch_size, QL_MAX_BATCH);
-	int64		delay = first->batch_delay;
 	char		queue[NAMEDATALEN];
 	TimestampTz first_done = 0;
 	QlJob		next;
 	QlJob	   *job = first;
-	QlKey		last;
+	QlClaimKey		last;
 	volatile bool committed = true;
 
 	strlcpy(queue, first->queue, sizeof(queue));
@@ -976,6 +1096,8 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 	const QlCatalog *c;
 	QlJob		job;
 	bool		claimed;
+	int			batch_size = 1;
+	int64		batch_delay = 0;
 
 	MemoryContextReset(job_cxt);
 
@@ -1003,11 +1125,13 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		CommitTransactionCommand();
 		return QL_JOB_NONE;
 	}
+	if (ql_batchable(&job))
+		ql_queue_batch(job.queue, &batch_size, &batch_delay);
 	SPI_finish();
 	PopActiveSnapshot();
 
-	if (ql_batchable(&job))
-		ql_run_batch(&job, slot);
+	if (batch_size > 1)
+		ql_run_batch(&job, batch_size, batch_delay, slot);
 	else
 		ql_run_one(&job, slot, false);
 
@@ -1043,6 +1167,7 @@ ql_count_crash(int64 job_id)
 		values[1] = Int32GetDatum(ql_max_crashes);
 		if (SPI_execute_plan(plans.crash, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not count a crash of job %lld", (long long) job_id);
+		ql_lower_frontier_at_commit(&ql_key_min);
 		SPI_finish();
 	}
 	PopActiveSnapshot();

@@ -40,6 +40,9 @@ int			ql_max_crashes = 3;
 
 /* backend-local requests carried out at commit */
 static int	pending_wakeups = 0;
+static TimestampTz pending_future = 0;	/* earliest run_at of future jobs */
+static bool pending_lower = false;
+static QlClaimKey pending_first;
 static bool pending_launcher_wake = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
 static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
@@ -193,11 +196,44 @@ ql_release_claim(int64 job_id)
 	LockRelease(&tag, ExclusiveLock, true);
 }
 
-/* ql_wake_workers_at_commit: wake up to njobs idle workers when we commit */
+/*
+ * ql_wake_workers_at_commit: at commit, wake up to njobs idle workers for
+ * jobs due at run_at: now, or for a future run_at, one idle worker whose
+ * next look on its own would come later than that.
+ */
 void
-ql_wake_workers_at_commit(int njobs)
+ql_wake_workers_at_commit(int njobs, TimestampTz run_at)
 {
-	pending_wakeups += njobs;
+	if (run_at <= GetCurrentTimestamp())
+		pending_wakeups += njobs;
+	else if (pending_future == 0 || run_at < pending_future)
+		pending_future = run_at;
+}
+
+/*
+ * ql_lower_frontier_at_commit: this transaction writes a job of the
+ * in-server workers at key (ql_key_min if unknown); at commit, move the
+ * claim frontier back to it if needed.
+ */
+void
+ql_lower_frontier_at_commit(const QlClaimKey *key)
+{
+	if (!pending_lower || ql_key_cmp(key, &pending_first) < 0)
+		pending_first = *key;
+	pending_lower = true;
+}
+
+/* ql_lower_frontier: move this database's claim frontier back to a key */
+static void
+ql_lower_frontier(const QlClaimKey *key)
+{
+	QlDatabase *db;
+
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
+	db = ql_find_database(MyDatabaseId, false);
+	if (db != NULL)
+		ql_frontier_lower(db, key);
+	LWLockRelease(ql_shared->lock);
 }
 
 /* ql_wake_launcher_at_commit: tell the launcher about this database */
@@ -239,14 +275,32 @@ ql_release_claim_at_commit(int64 job_id)
 
 /*
  * ql_wake_idle_workers: set the latches of up to n idle workers of this
- * database.  Each woken worker's idle flag is cleared here, so that the next
- * committer wakes another one rather than the same.  Needs no lock.
+ * database; for jobs due later (due not 0), of one, unless an idle worker
+ * will look by then on its own (one in the middle of a look, wake_at 0,
+ * may have missed them).  Each woken
+ * worker's idle flag is cleared here, so that the next committer wakes
+ * another one rather than the same.  Needs no lock.
  */
 static void
-ql_wake_idle_workers(int n)
+ql_wake_idle_workers(int n, TimestampTz due)
 {
 	int			i;
 
+	if (due != 0)
+	{
+		pg_memory_barrier();
+		for (i = 0; i < ql_shared->nslots; i++)
+		{
+			QlWorkerSlot *slot = &ql_shared->slots[i];
+			uint64		wake_at;
+
+			if (slot->dboid != MyDatabaseId || pg_atomic_read_u32(&slot->idle) == 0)
+				continue;
+			wake_at = pg_atomic_read_u64(&slot->wake_at);
+			if (wake_at != 0 && (TimestampTz) wake_at <= due)
+				return;
+		}
+	}
 	for (i = 0; i < ql_shared->nslots && n > 0; i++)
 	{
 		QlWorkerSlot *slot = &ql_shared->slots[i];
@@ -331,8 +385,13 @@ ql_xact_callback(XactEvent event, void *arg)
 			}
 			if (ql_shared != NULL)
 			{
+				/* before the wake-up: a woken worker looks from the frontier */
+				if (pending_lower)
+					ql_lower_frontier(&pending_first);
 				if (pending_wakeups > 0)
-					ql_wake_idle_workers(pending_wakeups);
+					ql_wake_idle_workers(pending_wakeups, 0);
+				else if (pending_future != 0)
+					ql_wake_idle_workers(1, pending_future);
 				if (pending_launcher_wake)
 					ql_mark_database_active();
 				if (pending_cancels != NIL)
@@ -343,6 +402,8 @@ ql_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			pending_wakeups = 0;
+			pending_future = 0;
+			pending_lower = false;
 			pending_launcher_wake = false;
 			if (pending_cancels != NIL)
 			{

@@ -11,6 +11,8 @@
 
 #include "storage/lock.h"
 
+#include "shmem.h"
+
 /*
  * qlater's own advisory-lock key space.  pg_advisory_lock() uses field4 = 1
  * (bigint key) or 2 (two int4 keys); qlater claims jobs with field4 = 29036,
@@ -30,7 +32,8 @@ extern int	ql_max_crashes;
 extern void ql_set_job_locktag(LOCKTAG *tag, int64 job_id);
 extern bool ql_try_claim(int64 job_id, bool session_lock);
 extern void ql_release_claim(int64 job_id);
-extern void ql_wake_workers_at_commit(int njobs);
+extern void ql_wake_workers_at_commit(int njobs, TimestampTz run_at);
+extern void ql_lower_frontier_at_commit(const QlClaimKey *key);
 extern void ql_wake_launcher_at_commit(void);
 extern void ql_cancel_running_at_commit(int64 job_id);
 extern void ql_release_claim_at_commit(int64 job_id);

@@ -12,9 +12,10 @@
  * in one transaction.  A second worker either skips a locked row or, once
  * the first has committed, finds it no longer due; so each tick is
  * enqueued exactly once, across restarts, crashes and concurrent workers.
- * Ticks missed while no worker ran (the server was down) are not replayed:
- * the latest one is enqueued once, or not at all with catch_up = false if
- * it is later than QL_SCHEDULE_GRACE_MS.
+ * Ticks missed while the server was down are not replayed: the latest one
+ * is enqueued once, or not at all with catch_up = false if it is later than
+ * QL_SCHEDULE_GRACE_MS.  A tick that is late only because every worker was
+ * busy is enqueued all the same.
  *
  * Each worker keeps in process-local memory the time of the earliest
  * next_tick it saw, and looks at the table again only when that time has
@@ -32,6 +33,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
@@ -60,6 +62,9 @@ PG_FUNCTION_INFO_V1(qlater_unschedule);
 
 /* longest time a scheduler trusts its cached next tick */
 #define QL_SCHEDULE_MAX_WAIT_MS	(60 * 1000)
+
+/* most ticks of one schedule enqueued by one pass */
+#define QL_SCHEDULE_MAX_TICKS	1000
 
 /* a due schedule, as read by the scheduler */
 typedef struct QlDueSchedule
@@ -147,9 +152,10 @@ ql_check_schedule_name(const char *name)
  * committed top-level transaction that changed a schedule, after its
  * invalidation messages have been sent (AtEOXact_Inval runs between the
  * BEFORE_LOCKS and LOCKS phases, but after the transaction callbacks), set
- * the latch of one idle worker of this database: woken earlier, it could
- * miss the invalidation and sleep on its old next tick.  A busy worker sees
- * the invalidation at its next job.
+ * the latch of every idle worker of this database: woken earlier, one could
+ * miss the invalidation and sleep on its old next tick.  Every one, since
+ * the first may take a long job before the tick.  A busy worker sees the
+ * invalidation at its next job.
  */
 static void
 ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
@@ -169,10 +175,7 @@ ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
 
 		if (slot->dboid == MyDatabaseId && latch != NULL &&
 			pg_atomic_read_u32(&slot->idle) != 0)
-		{
 			SetLatch(latch);
-			break;
-		}
 	}
 }
 
@@ -212,6 +215,7 @@ qlater_schedule(PG_FUNCTION_ARGS)
 	char	   *schedule;
 	char	   *handler;
 	char	   *tzname;
+	char	   *queue = NULL;
 	Jsonb	   *args;
 	QlCronSchedule sched;
 	pg_tz	   *tz;
@@ -248,14 +252,8 @@ qlater_schedule(PG_FUNCTION_ARGS)
 	tz = ql_cron_find_timezone(tzname, ERROR);
 	if (!PG_ARGISNULL(4))
 	{
-		char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(4));
-
+		queue = text_to_cstring(PG_GETARG_TEXT_PP(4));
 		ql_check_queue_name(queue);
-		if (ql_queue_is_external(c, queue))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
-					 errhint("Schedules enqueue jobs for the in-server workers.")));
 		values[6] = CStringGetTextDatum(queue);
 	}
 	else
@@ -270,6 +268,13 @@ qlater_schedule(PG_FUNCTION_ARGS)
 
 	/* the handler and its arguments, checked as qlater_enqueue does */
 	proc = ql_resolve_handler(handler, &h);
+	if (queue == NULL)
+		queue = pstrdup(h->queue);
+	if (ql_queue_is_external(c, queue))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
+				 errhint("Schedules enqueue jobs for the in-server workers: pass a queue that is not external.")));
 	aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult,
@@ -423,8 +428,9 @@ ql_latest_tick(const QlCronSchedule *s, pg_tz *tz, TimestampTz anchor,
 
 /*
  * ql_enqueue_tick: enqueue the job of a tick, as the schedule's owner.
- * Returns false, after a warning, if the owner or the handler is gone (the
- * schedule is then deactivated).  Caller acts as the tables' owner.
+ * Returns false, after a warning, if the owner or the handler is gone or
+ * the queue became external (the schedule is then deactivated).  Caller
+ * acts as the tables' owner.
  */
 static bool
 ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
@@ -466,6 +472,16 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	max_attempts = h->max_attempts;
 	has_timeout = h->has_timeout;
 	timeout = h->timeout;
+	if (ql_queue_is_external(c, queue))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("qlater schedule \"%s\" of role \"%s\" is deactivated",
+						d->name, d->owner),
+				 errdetail("Its queue \"%s\" is now external, served by applications.", queue),
+				 errhint("Call qlater_schedule again with a queue that is not external.")));
+		return false;
+	}
 
 	/* the job's role is the current user: the schedule's owner */
 	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);
@@ -477,18 +493,24 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 }
 
 /*
- * ql_fire_one: fire a due schedule whose row the caller has locked:
- * enqueue the job of its latest due tick (unless it is too late and
- * catch-up is off), then record that tick and the next one.  An error
- * rolls back only this schedule's job, after a warning, and skips the
- * tick.  Caller is connected to SPI and acts as the tables' owner.
+ * ql_fire_one: fire a due schedule whose row the caller has locked, and
+ * record its last fired tick and its next tick.
+ *
+ * Due ticks before this process started may have fallen while the server
+ * was down (or was a standby): of those only the latest is enqueued, and
+ * with catch-up off only if it is at most QL_SCHEDULE_GRACE_MS late.  Every
+ * later due tick fell while this worker ran, and is late only because every
+ * worker of the database was busy: each is enqueued, up to
+ * QL_SCHEDULE_MAX_TICKS (the rest at the next pass).  An error rolls back
+ * this schedule's jobs, after a warning, and skips its due ticks.  Caller is
+ * connected to SPI and acts as the tables' owner.
  */
 static void
 ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile TimestampTz latest = d->next_tick;
+	volatile TimestampTz last = 0;
 	volatile TimestampTz next = DT_NOEND;
 	volatile bool fired = false;
 	volatile bool active = true;
@@ -502,16 +524,36 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 	{
 		QlCronSchedule s;
 		pg_tz	   *tz;
+		TimestampTz t = d->next_tick;
+		int			n;
 
 		(void) ql_cron_parse(d->schedule, &s, ERROR);
 		tz = ql_cron_find_timezone(d->timezone, ERROR);
-		latest = ql_latest_tick(&s, tz, d->created_at, d->next_tick, now);
+		/* on error, skip every due tick */
 		next = ql_cron_next_tz(&s, now, tz, d->created_at);
-		if (d->catch_up || now - latest <= (int64) QL_SCHEDULE_GRACE_MS * 1000)
+
+		/* of the ticks before this process started, the latest or none */
+		if (t < MyStartTimestamp)
 		{
-			active = ql_enqueue_tick(c, d, latest);
-			fired = active;
+			t = ql_latest_tick(&s, tz, d->created_at, t,
+							   Min(now, MyStartTimestamp - 1));
+			if (!d->catch_up &&
+				now - t > (int64) QL_SCHEDULE_GRACE_MS * 1000)
+				t = ql_cron_next_tz(&s, t, tz, d->created_at);
 		}
+		for (n = 0; t <= now && n < QL_SCHEDULE_MAX_TICKS; n++)
+		{
+			if (!ql_enqueue_tick(c, d, t))
+			{
+				active = false;
+				break;
+			}
+			fired = true;
+			last = t;
+			t = ql_cron_next_tz(&s, t, tz, d->created_at);
+		}
+		if (active)
+			next = t;
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -540,7 +582,7 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 
 	values[0] = Int64GetDatum(d->id);
 	values[1] = BoolGetDatum(fired);
-	values[2] = TimestampTzGetDatum(latest);
+	values[2] = TimestampTzGetDatum(last);
 	values[3] = TimestampTzGetDatum(next);
 	if (TIMESTAMP_NOT_FINITE(next))
 		nulls[3] = 'n';
@@ -604,7 +646,16 @@ ql_schedule_fire_due(long *sleep_ms)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+
+	/*
+	 * Read committed whatever the database's default: a due row that
+	 * another worker fired after our snapshot is then read again and found
+	 * not due, rather than failing the pass with a serialization error.
+	 * Set before the transaction's first snapshot.
+	 */
+	XactIsoLevel = XACT_READ_COMMITTED;
 	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "qlater: firing due schedules");
 	if (!sched_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(ql_schedule_invalidate, (Datum) 0);
@@ -618,6 +669,7 @@ ql_schedule_fire_due(long *sleep_ms)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
 	}
@@ -684,5 +736,6 @@ ql_schedule_fire_due(long *sleep_ms)
 	ql_restore_user(&save);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
 	ql_schedule_lower_sleep(sleep_ms, GetCurrentTimestamp());
 }

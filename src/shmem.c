@@ -62,11 +62,17 @@ ql_shmem_startup(void)
 		ql_shared->lock = &(GetNamedLWLockTranche("qlater"))->lock;
 		ql_shared->nslots = ql_max_workers;
 		pg_atomic_init_u32(&ql_shared->notify_next, 0);
+		for (i = 0; i < QL_MAX_DATABASES; i++)
+		{
+			SpinLockInit(&ql_shared->dbs[i].frontier_mutex);
+			ql_shared->dbs[i].frontier = ql_key_min;
+		}
 		for (i = 0; i < ql_max_workers; i++)
 		{
 			pg_atomic_init_u32(&ql_shared->slots[i].idle, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].job_id, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].wake_at, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -118,6 +124,7 @@ ql_find_database(Oid dboid, bool create)
 		free_entry->dboid = dboid;
 		free_entry->state = QL_DB_UNKNOWN;
 		free_entry->dropping_since = 0;
+		ql_frontier_lower(free_entry, &ql_key_min);
 		return free_entry;
 	}
 	return NULL;
@@ -142,4 +149,59 @@ ql_job_crash_pending(int64 job_id)
 				   ql_shared->crashed[i].job_id == job_id);
 	LWLockRelease(ql_shared->lock);
 	return pending;
+}
+
+/* the first place in the claim order */
+const QlClaimKey ql_key_min = {PG_INT32_MIN, DT_NOBEGIN, PG_INT64_MIN};
+
+/* ql_key_cmp: compare two places in the claim order, as btree does */
+int
+ql_key_cmp(const QlClaimKey *a, const QlClaimKey *b)
+{
+	if (a->priority != b->priority)
+		return a->priority < b->priority ? -1 : 1;
+	if (a->run_at != b->run_at)
+		return a->run_at < b->run_at ? -1 : 1;
+	if (a->id != b->id)
+		return a->id < b->id ? -1 : 1;
+	return 0;
+}
+
+/* ql_frontier_get: a database's claim frontier and its generation */
+void
+ql_frontier_get(QlDatabase *db, QlClaimKey *key, uint64 *gen)
+{
+	SpinLockAcquire(&db->frontier_mutex);
+	*key = db->frontier;
+	*gen = db->frontier_gen;
+	SpinLockRelease(&db->frontier_mutex);
+}
+
+/*
+ * ql_frontier_advance: move the frontier forward to key, unless a commit
+ * that wrote jobs came since the frontier was read at generation gen: the
+ * reader's snapshot may have missed its jobs.
+ */
+void
+ql_frontier_advance(QlDatabase *db, const QlClaimKey *key, uint64 gen)
+{
+	SpinLockAcquire(&db->frontier_mutex);
+	if (db->frontier_gen == gen && ql_key_cmp(key, &db->frontier) > 0)
+		db->frontier = *key;
+	SpinLockRelease(&db->frontier_mutex);
+}
+
+/*
+ * ql_frontier_lower: a commit wrote jobs, the first of them at key: move
+ * the frontier back to it if needed, and make every advance based on an
+ * older snapshot fail.
+ */
+void
+ql_frontier_lower(QlDatabase *db, const QlClaimKey *key)
+{
+	SpinLockAcquire(&db->frontier_mutex);
+	if (ql_key_cmp(key, &db->frontier) < 0)
+		db->frontier = *key;
+	db->frontier_gen++;
+	SpinLockRelease(&db->frontier_mutex);
 }

@@ -12,6 +12,7 @@
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/spin.h"
 
 /* at most this many databases are tracked by the launcher */
 #define QL_MAX_DATABASES	64
@@ -27,11 +28,28 @@ typedef enum QlDbState
 	QL_DB_ABSENT				/* qlater is not installed: no workers */
 } QlDbState;
 
+/* a place in the claim order of the in-server workers */
+typedef struct QlClaimKey
+{
+	int32		priority;
+	TimestampTz run_at;
+	int64		id;
+} QlClaimKey;
+
 typedef struct QlDatabase
 {
 	Oid			dboid;
 	QlDbState	state;
 	TimestampTz dropping_since;	/* DROP DATABASE began; 0 if not */
+
+	/*
+	 * The claim frontier: no ready job lies before it in the claim order, so
+	 * the workers look from there (job.c).  Under frontier_mutex; gen is
+	 * bumped by every commit that writes jobs.
+	 */
+	slock_t		frontier_mutex;
+	uint64		frontier_gen;
+	QlClaimKey	frontier;
 } QlDatabase;
 
 /* a job that was running in a process that crashed the server */
@@ -65,6 +83,8 @@ typedef struct QlWorkerSlot
 								 * clears it when it sets the latch */
 	pg_atomic_uint64 job_id;	/* job being run, 0 if none */
 	pg_atomic_uint64 cancel_job;	/* job whose attempt must stop */
+	pg_atomic_uint64 wake_at;	/* an idle worker's next look on its own
+								 * (TimestampTz); 0 while it looks */
 } QlWorkerSlot;
 
 /*
@@ -91,9 +111,14 @@ typedef struct QlShared
 } QlShared;
 
 extern QlShared *ql_shared;
+extern const QlClaimKey ql_key_min;
 
 extern void ql_shmem_init(void);
 extern QlDatabase *ql_find_database(Oid dboid, bool create);
 extern bool ql_job_crash_pending(int64 job_id);
+extern int	ql_key_cmp(const QlClaimKey *a, const QlClaimKey *b);
+extern void ql_frontier_get(QlDatabase *db, QlClaimKey *key, uint64 *gen);
+extern void ql_frontier_advance(QlDatabase *db, const QlClaimKey *key, uint64 gen);
+extern void ql_frontier_lower(QlDatabase *db, const QlClaimKey *key);
 
 #endif							/* QLATER_SHMEM_H */

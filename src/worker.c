@@ -27,6 +27,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "inflight.h"
@@ -189,7 +190,9 @@ qlater_worker_main(Datum main_arg)
 		QlJobResult result;
 
 		/* idle before the look, so that a commit during it wakes us */
+		pg_atomic_write_u64(&my_slot->wake_at, 0);
 		pg_atomic_write_u32(&my_slot->idle, 1);
+		pg_memory_barrier();
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -211,8 +214,14 @@ qlater_worker_main(Datum main_arg)
 		if (result == QL_JOB_RAN)
 			continue;
 		if (sleep_ms > 0)
+		{
+			/* a job due before then wakes us (qlater.c) */
+			pg_atomic_write_u64(&my_slot->wake_at,
+								(uint64) TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																	 sleep_ms));
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 sleep_ms, PG_WAIT_EXTENSION);
+		}
 	}
 	proc_exit(0);
 }

@@ -27,6 +27,9 @@ CREATE FUNCTION rec(label text) RETURNS void LANGUAGE sql
 AS $$ INSERT INTO ticks (label, tick)
       SELECT label, run_at FROM qlater_jobs WHERE locked_by = pg_backend_pid() $$;
 SELECT qlater_register('rec(text)');
+CREATE FUNCTION nap(secs float8) RETURNS void LANGUAGE sql
+AS $$ SELECT pg_sleep(secs) $$;
+SELECT qlater_register('nap(float8)');
 CREATE ROLE alice LOGIN;
 CREATE ROLE bob LOGIN;
 });
@@ -144,6 +147,65 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM ticks WHERE label = 'late_
 $node->safe_psql('postgres',
 	q{SELECT qlater_unschedule('two'), qlater_unschedule('late_on'), qlater_unschedule('late_off')});
 
+# wait until no nap job is left
+sub wait_naps_done
+{
+	my ($msg) = @_;
+	ok( $node->poll_query_until(
+			'postgres', q{SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%nap%'}),
+		$msg);
+}
+
+### ticks that find every worker busy are all enqueued, catch_up off too
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('busy', '2 seconds', 'rec', '["busy"]', catch_up => false)});
+wait_runs('busy', 1, 'the schedule fires');
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[8]') FROM generate_series(1, 3)});
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 3 FROM qlater_jobs WHERE handler LIKE '%nap%' AND state = 'running'}),
+	'every worker is busy');
+my $busy_from = $node->safe_psql('postgres', 'SELECT now()');
+wait_naps_done('the workers are free again');
+my $busy_to = $node->safe_psql('postgres', 'SELECT now()');
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT count(*) >= 2 FROM ticks WHERE label = 'busy' AND tick > '$busy_to'}),
+	'the schedule fires after the busy time');
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('busy')});
+note $node->safe_psql('postgres', qq{
+SELECT tick, at FROM ticks WHERE label = 'busy' ORDER BY tick});
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT count(*) FILTER (WHERE tick > '$busy_from' AND tick < '$busy_to') >= 3,
+       count(*) - count(DISTINCT tick),
+       count(*) FILTER (WHERE gap <> interval '2 seconds')
+  FROM (SELECT tick, tick - lag(tick) OVER (ORDER BY tick) AS gap
+          FROM ticks WHERE label = 'busy') g}),
+	't|0|0', 'each tick of the busy time ran once after it, none lost');
+
+### a changed schedule wakes every idle worker: its first tick is on time
+### even though the worker woken first takes a long job
+$node->safe_psql('postgres', q{ALTER SYSTEM SET qlater.poll_interval = '60s'});
+$node->reload;
+$node->safe_psql('postgres',
+	q{SELECT qlater_schedule('woken', '2 seconds', 'rec', '["woken"]')});
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[6]')});
+wait_runs('woken', 3, 'the schedule fires');
+my $created = $node->safe_psql('postgres',
+	q{SELECT created_at FROM qlater_schedules WHERE name = 'woken'});
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('woken')});
+note $node->safe_psql('postgres', q{
+SELECT tick, at FROM ticks WHERE label = 'woken' ORDER BY tick});
+is( $node->safe_psql(
+		'postgres', qq{
+SELECT min(tick) = '$created'::timestamptz + interval '2 seconds',
+       count(*) FILTER (WHERE at - tick >= interval '1 second' OR at < tick)
+  FROM ticks WHERE label = 'woken'}),
+	't|0', 'the first tick and the next ones ran within 1 s');
+wait_naps_done('the long job is done');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET qlater.poll_interval});
+$node->reload;
+
 ### roles: jobs run as the schedule's owner; roles see only their own
 $node->safe_psql('postgres',
 	q{SELECT qlater_schedule('mine', '1 seconds', 'rec', '["alice"]')},
@@ -184,6 +246,65 @@ wait_runs('alice2', 1, 'scheduling again reactivates it');
 is($node->safe_psql('postgres',
 	q{SELECT qlater_unschedule('mine')}, extra_params => [ '-U', 'alice' ]),
 	't', 'alice removes her schedule');
+
+
+### a schedule into a queue that became external is deactivated: its
+### jobs would be in an application's queue yet run by the workers
+$node->safe_psql(
+	'postgres', q{
+SELECT qlater_create_queue('alice_q');
+SELECT qlater_schedule('to_ext', '1 seconds', 'rec', '["to_ext"]', queue => 'alice_q');
+}, extra_params => [ '-U', 'alice' ]);
+wait_runs('to_ext', 1, 'the schedule fires into its queue');
+$log_offset = -s $node->logfile;
+$node->safe_psql('postgres', q{SELECT qlater_create_queue('alice_q', external => true)},
+	extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT NOT active FROM qlater_schedules WHERE name = 'to_ext'}),
+	'a schedule into a queue turned external is deactivated');
+ok( $node->log_contains(
+		qr/qlater schedule "to_ext" of role "alice" is deactivated/, $log_offset),
+	'with a warning in the log');
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM qlater_job WHERE queue = 'alice_q' AND NOT external}),
+	'0', 'no job of it waits for the in-server workers in the external queue');
+
+### the scheduler reads committed rows whatever the database's default
+### isolation: a schedule changed while a worker waited to fire it
+$node->safe_psql('postgres',
+	q{ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'});
+$node->restart;
+$node->safe_psql('postgres', q{SELECT qlater_schedule('rr', '1 seconds', 'rec', '["rr"]')});
+wait_runs('rr', 1, 'the schedule fires under repeatable read');
+my $workers = $node->safe_psql('postgres',
+	q{SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+	   WHERE backend_type = 'qlater worker' AND datname = 'postgres'});
+$log_offset = -s $node->logfile;
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN');
+$locker->query_safe('LOCK TABLE qlater_schedule IN ACCESS EXCLUSIVE MODE');
+ok( $node->poll_query_until(
+		'postgres', q{
+SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+ WHERE NOT l.granted AND a.backend_type = 'qlater worker'
+   AND l.relation = 'qlater_schedule'::regclass}),
+	'a worker waits to fire the schedule');
+$locker->query_safe(
+	q{UPDATE qlater_schedule SET next_tick = now() + interval '2 seconds' WHERE name = 'rr'});
+$locker->query_safe('COMMIT');
+$locker->quit;
+$n = $node->safe_psql('postgres', "SELECT count(*) FROM ticks WHERE label = 'rr'");
+wait_runs('rr', $n + 2, 'the schedule fires on');
+ok( !$node->log_contains(qr/could not serialize access/, $log_offset),
+	'no serialization failure in the scheduler');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+		   WHERE backend_type = 'qlater worker' AND datname = 'postgres'}),
+	$workers, 'no worker died');
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('rr')});
+$node->safe_psql('postgres',
+	q{ALTER DATABASE postgres RESET default_transaction_isolation});
 
 $node->stop;
 done_testing();

@@ -1,7 +1,9 @@
 # External consumers claiming jobs over SQL: two sessions never get the same
 # job; a killed consumer's claims come back; only the holder may finish a
 # job; the claim is released only when the finishing transaction commits;
-# NOTIFY reaches one listener at commit and nothing on rollback.
+# NOTIFY reaches one listener at commit and nothing on rollback; a session's
+# prepared statements follow the extension when it is dropped and created
+# again elsewhere, and when its schema is renamed.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -115,6 +117,39 @@ $node->safe_psql('postgres',
 ($out, $err) = $a->query('SELECT 1');
 like($out . $err, qr/Asynchronous notification "$channel" with payload "\{"queue": "app", "id": \d+\}"/,
 	'the listener is notified at commit, with the queue and job id');
+
+# 6. a session keeps working when the extension is dropped and created
+# again in another schema ($c prepared its statements before), and when
+# that schema is renamed
+$node->safe_psql('postgres', q{
+	DROP EXTENSION qlater;
+	CREATE SCHEMA ql_elsewhere;
+	CREATE EXTENSION qlater SCHEMA ql_elsewhere;
+	SELECT ql_elsewhere.qlater_create_queue('app', external => true);
+	SELECT count(ql_elsewhere.qlater_enqueue('Work', jsonb_build_array(g), queue => 'app'))
+	  FROM generate_series(1, 3) g;
+});
+my $id = $c->query_safe(q{SELECT id FROM ql_elsewhere.qlater_lock('app', 1)});
+like($id, qr/^\d+$/, 'a session claims from the extension created again elsewhere');
+$c->query_safe("BEGIN");
+$c->query_safe("SELECT ql_elsewhere.qlater_complete($id)");
+$c->query_safe("COMMIT");
+$id = $c->query_safe(q{SELECT id FROM ql_elsewhere.qlater_lock('app', 1)});
+$c->query_safe("SELECT ql_elsewhere.qlater_fail($id, 'Error: once')");
+my $token = $c->query_safe(
+	q{SELECT claim_token FROM ql_elsewhere.qlater_lock('app', 1, lease => '1 minute')});
+$c->query_safe(q{SELECT ql_elsewhere.qlater_complete(id, claim_token)
+	FROM ql_elsewhere.qlater_jobs WHERE claim_token = '} . $token . q{'});
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(attempts::text, ',') FROM ql_elsewhere.qlater_jobs}),
+	'1', 'and completes, fails and leases there');
+$node->safe_psql('postgres', q{
+	ALTER SCHEMA ql_elsewhere RENAME TO ql_renamed;
+	SELECT ql_renamed.qlater_enqueue('Work', '[4]', queue => 'app');
+});
+$id = $c->query_safe(q{SELECT id FROM ql_renamed.qlater_lock('app', 1)});
+like($id, qr/^\d+$/, 'and claims after its schema was renamed');
+$c->query_safe("SELECT ql_renamed.qlater_complete($id)");
 
 $a->quit;
 $c->quit;
