@@ -1,6 +1,9 @@
 # 090_schedule.pl: schedules fire their jobs on time, each tick once across
 # a restart and a crash, at most one catch-up job after downtime (none with
-# catch_up off), as the schedule's owner; visibility of schedules.
+# catch_up off), every tick that finds all workers busy, as the schedule's
+# owner; visibility of schedules; a change wakes every idle worker; a queue
+# turned external deactivates; repeatable read databases; no firing on a
+# standby, and a promotion.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
