@@ -178,6 +178,60 @@ SELECT * FROM cron_ticks('*/30 * * * *', '2024-04-06 14:00+00', 'Australia/Lord_
 SELECT * FROM cron_ticks('@daily', '2024-09-06 12:00+00', 'America/Santiago', 3);
 
 --
+-- The same rules checked by brute force, minute by minute, around the
+-- changes of four zones.  A schedule with a fixed hour fires at the first
+-- instant whose local time reaches a matching local time not reached
+-- before; one whose hour field starts with "*" fires at every instant whose
+-- local time matches.  (A local time matches if the schedule fires at it
+-- in UTC.)
+--
+CREATE FUNCTION cron_brute(schedule text, after timestamptz, tz text)
+RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    wild boolean := split_part(schedule, ' ', 2) LIKE '*%';
+    t timestamptz := date_trunc('minute', after) - interval '2 days';
+    reached timestamp := '-infinity';
+    l timestamp;
+BEGIN
+    WHILE t < after + interval '3 days' LOOP
+        IF t > after THEN
+            l := CASE WHEN wild THEN t AT TIME ZONE tz
+                      ELSE greatest(reached + interval '1 minute',
+                                    (t AT TIME ZONE tz) - interval '2 hours') END;
+            WHILE l <= t AT TIME ZONE tz LOOP
+                IF qlater_cron_next(schedule, (l - interval '1 minute') AT TIME ZONE 'UTC')
+                   = l AT TIME ZONE 'UTC' THEN
+                    RETURN t;
+                END IF;
+                l := l + interval '1 minute';
+            END LOOP;
+        END IF;
+        reached := greatest(reached, t AT TIME ZONE tz);
+        t := t + interval '1 minute';
+    END LOOP;
+    RETURN NULL;
+END $$;
+WITH c AS (
+    SELECT tz, s, change + m * interval '1 minute' AS after
+      FROM (VALUES ('America/New_York', '2024-03-10 07:00+00'::timestamptz),
+                   ('America/New_York', '2024-11-03 06:00+00'),
+                   ('Europe/Berlin', '2024-03-31 01:00+00'),
+                   ('Europe/Berlin', '2024-10-27 01:00+00'),
+                   ('Australia/Lord_Howe', '2024-04-06 15:00+00'),
+                   ('Australia/Lord_Howe', '2024-10-05 15:30+00'),
+                   ('America/Santiago', '2024-04-07 03:00+00'),
+                   ('America/Santiago', '2024-09-08 04:00+00')) z(tz, change),
+           unnest(ARRAY['30 2 * * *', '0,30 2 * * *', '*/20 1 * * *', '15 0-3 * * *',
+                        '0 0 * * *', '30 * * * *', '*/30 */1 * * *', '59 23 * * *']) s,
+           unnest(ARRAY[-150, -70, -10, 0, 30, 80]) m
+)
+SELECT count(*) AS cases,
+       count(*) FILTER (WHERE qlater_cron_next(s, after, tz)
+                              IS DISTINCT FROM cron_brute(s, after, tz)) AS differ
+  FROM c;
+DROP FUNCTION cron_brute(text, timestamptz, text);
+
+--
 -- Bounded search: NULL when there is no tick before the end of the
 -- timestamp range
 --

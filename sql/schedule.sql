@@ -71,10 +71,15 @@ SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', queue => '');
 SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', queue => 'sched_app');
 SELECT qlater_schedule('bad', '@daily', 'app');
 SELECT qlater_schedule('', '@daily', 'tick', '["x"]');
+SELECT qlater_schedule(repeat('n', 201), '@daily', 'tick', '["x"]');
+SELECT qlater_schedule(E'bad\nname', '@daily', 'tick', '["x"]');
+SELECT qlater_schedule('bad', '0 0 30 2 *', 'tick', '["x"]');
 SELECT qlater_schedule(NULL, '@daily', 'tick', '["x"]');
 SELECT qlater_schedule('bad', NULL, 'tick', '["x"]');
+SELECT qlater_schedule('bad', '@daily', NULL, '["x"]');
 SELECT qlater_schedule('bad', '@daily', 'tick', NULL);
 SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', timezone => NULL);
+SELECT qlater_schedule('bad', '@daily', 'tick', '["x"]', catch_up => NULL);
 SELECT count(*) FROM qlater_schedules WHERE name = 'bad';
 
 -- nobody writes the table directly
@@ -94,7 +99,8 @@ SELECT qlater_schedule('yearly', '@yearly', 'tick', '["bob"]') > 0 AS created;
 SELECT name, owner, args FROM qlater_schedules;
 RESET ROLE;
 
--- an admin sees every schedule and may remove any
+-- an admin sees every schedule and may remove any; so does a superuser
+SELECT name, owner FROM qlater_schedules ORDER BY owner, name;
 SET ROLE ql_sched_admin;
 SELECT name, owner FROM qlater_schedules ORDER BY owner, name;
 SELECT qlater_unschedule('yearly', 'ql_sched_bob');

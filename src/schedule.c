@@ -28,7 +28,6 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -39,7 +38,6 @@
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
-#include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -50,7 +48,6 @@
 #include "consumer.h"
 #include "cron.h"
 #include "handlers.h"
-#include "qlater.h"
 #include "schedule.h"
 #include "shmem.h"
 
@@ -65,6 +62,18 @@ PG_FUNCTION_INFO_V1(qlater_unschedule);
 
 /* most ticks of one schedule enqueued by one pass */
 #define QL_SCHEDULE_MAX_TICKS	1000
+
+/*
+ * A tick missed while the server was down is enqueued with catch_up = false
+ * only if it is at most this late.
+ */
+#define QL_SCHEDULE_GRACE_MS	5000
+
+/*
+ * Shortest wait of a scheduler whose due tick another worker is firing (or
+ * a long transaction holds locked).
+ */
+#define QL_SCHEDULE_RETRY_MS	100
 
 /* a due schedule, as read by the scheduler */
 typedef struct QlDueSchedule
@@ -90,7 +99,7 @@ static bool sched_stale = true;
 static Oid	sched_relid = InvalidOid;
 static bool sched_callback_registered = false;
 
-/* a schedule changed in this transaction: wake a worker once it commits */
+/* a schedule changed in this transaction: wake the workers once it commits */
 static bool sched_wake_pending = false;
 static bool sched_release_cb_registered = false;
 
@@ -601,8 +610,6 @@ ql_schedule_lower_sleep(long *sleep_ms, TimestampTz now)
 {
 	int64		wait;
 
-	if (sleep_ms == NULL)
-		return;
 	/* round up: waking early only costs another look */
 	wait = (sched_next_check - now + 999) / 1000;
 	if (wait < 0)
@@ -613,10 +620,10 @@ ql_schedule_lower_sleep(long *sleep_ms, TimestampTz now)
 
 /*
  * ql_schedule_fire_due: enqueue the jobs of the due ticks of this
- * database's schedules, and shorten *sleep_ms (if not NULL) to the time
- * until the next tick.  Called by a worker between jobs and when idle,
- * outside any transaction; costs a clock read unless a tick is due or a
- * schedule changed.  Runs its own transaction.
+ * database's schedules, and shorten *sleep_ms to the time until the next
+ * tick.  Called by a worker between jobs and when idle, outside any
+ * transaction; costs a clock read unless a tick is due or a schedule
+ * changed.  Runs its own transaction.
  */
 void
 ql_schedule_fire_due(long *sleep_ms)
@@ -726,7 +733,10 @@ ql_schedule_fire_due(long *sleep_ms)
 	{
 		TimestampTz next = DatumGetTimestampTz(d);
 
-		/* a due row we skipped is being fired by another worker */
+		/*
+		 * A due row we skipped is being fired by another worker, or has
+		 * more late ticks than one pass enqueues: look again soon.
+		 */
 		if (next <= now)
 			next = now + QL_SCHEDULE_RETRY_MS * INT64CONST(1000);
 		sched_next_check = Min(next, now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000));

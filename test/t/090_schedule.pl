@@ -1,6 +1,9 @@
 # 090_schedule.pl: schedules fire their jobs on time, each tick once across
 # a restart and a crash, at most one catch-up job after downtime (none with
-# catch_up off), as the schedule's owner; visibility of schedules.
+# catch_up off), every tick that finds all workers busy, as the schedule's
+# owner; visibility of schedules; a change wakes every idle worker; a queue
+# turned external deactivates; repeatable read databases; no firing on a
+# standby, and a promotion.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -8,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('schedule');
-$node->init;
+$node->init(allows_streaming => 1);
 $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'qlater'\n"
 	  . "qlater.max_workers = 3\n"
@@ -247,6 +250,30 @@ is($node->safe_psql('postgres',
 	q{SELECT qlater_unschedule('mine')}, extra_params => [ '-U', 'alice' ]),
 	't', 'alice removes her schedule');
 
+# a schedule made inside a SECURITY DEFINER function belongs to its owner,
+# whose role its jobs run as
+$node->safe_psql(
+	'postgres', q{
+CREATE FUNCTION bob_schedules() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+AS $$ SELECT qlater_schedule('bobs', '1 seconds', 'rec', '["bobs"]') $$;
+ALTER FUNCTION bob_schedules() OWNER TO bob;
+});
+$node->safe_psql('postgres', 'SELECT bob_schedules()',
+	extra_params => [ '-U', 'alice' ]);
+wait_runs('bobs', 2, 'the schedule made through the function fires');
+is( $node->safe_psql(
+		'postgres', q{SELECT string_agg(DISTINCT who, ',') FROM ticks WHERE label = 'bobs'}),
+	'bob', 'its jobs run as the function owner');
+is( $node->safe_psql(
+		'postgres', 'SELECT count(*) FROM qlater_schedules',
+		extra_params => [ '-U', 'alice' ]),
+	'0', 'the caller does not see it');
+is( $node->safe_psql(
+		'postgres', 'SELECT name, owner FROM qlater_schedules',
+		extra_params => [ '-U', 'bob' ]),
+	'bobs|bob', 'the owner sees it');
+$node->safe_psql('postgres', q{SELECT qlater_unschedule('bobs', 'bob')});
+
 
 ### a schedule into a queue that became external is deactivated: its
 ### jobs would be in an application's queue yet run by the workers
@@ -306,5 +333,36 @@ $node->safe_psql('postgres', q{SELECT qlater_unschedule('rr')});
 $node->safe_psql('postgres',
 	q{ALTER DATABASE postgres RESET default_transaction_isolation});
 
+
+### schedules fire only on a primary; after a promotion the new primary
+### goes on from the replicated ticks, the outage's ticks folded into one
+$node->safe_psql('postgres', q{SELECT qlater_schedule('ha', '1 seconds', 'rec', '["ha"]')});
+wait_runs('ha', 2, 'the schedule fires on the primary');
+$node->backup('bkp');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($node, 'bkp', has_streaming => 1);
+$standby->start;
+$node->wait_for_catchup($standby);
+$standby->safe_psql('postgres', 'SELECT pg_sleep(1.5)');
+is( $standby->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'qlater%'}),
+	'0', 'a standby runs no scheduler');
 $node->stop;
+my $last_primary = $standby->safe_psql('postgres',
+	q{SELECT max(tick) FROM ticks WHERE label = 'ha'});
+sleep 4;
+$standby->promote;
+ok( $standby->poll_query_until(
+		'postgres', qq{SELECT count(*) >= 3 FROM ticks WHERE label = 'ha' AND tick > '$last_primary'}),
+	'the promoted standby fires the schedule');
+note $standby->safe_psql('postgres', qq{
+SELECT tick, at FROM ticks WHERE label = 'ha' AND tick > '$last_primary'::timestamptz - interval '3 s' ORDER BY tick});
+is( $standby->safe_psql(
+		'postgres', qq{
+SELECT count(*) - count(DISTINCT tick),
+       min(tick) FILTER (WHERE tick > '$last_primary') - '$last_primary' >= interval '4 seconds'
+  FROM ticks WHERE label = 'ha'}),
+	'0|t', 'no tick twice, and one job at most for the outage');
+$standby->stop;
 done_testing();
