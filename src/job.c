@@ -132,23 +132,56 @@ ql_job_timeout_handler(void)
 	SetLatch(MyLatch);
 }
 
+/* settings of the worker's own statements; handlers run with the database's */
+static const char *const worker_settings[][2] = {
+	/*
+	 * They run as a superuser: the database's search_path (ALTER DATABASE
+	 * ... SET) could hold an operator or function of the same name as one
+	 * they use.
+	 */
+	{"search_path", "pg_catalog, pg_temp"},
+
+	/*
+	 * Their plans are kept, and a plan made while the statistics said the
+	 * job table was empty (after a VACUUM of an empty queue) would scan and
+	 * sort every ready job at each claim: the claim-order index it is.
+	 */
+	{"enable_seqscan", "off"},
+	{"enable_bitmapscan", "off"},
+	{"enable_sort", "off"},
+};
+
+/* ql_worker_settings: the worker's own settings, for the session */
+static void
+ql_worker_settings(void)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(worker_settings); i++)
+		SetConfigOption(worker_settings[i][0], worker_settings[i][1],
+						PGC_SUSET, PGC_S_SESSION);
+}
+
 /*
- * ql_worker_search_path: the search_path of the worker's own statements,
- * which run as a superuser: the database's (ALTER DATABASE ... SET) could
- * hold an operator or function of the same name as one they use.
- * Handlers run with the database's (ql_call_handler).
+ * ql_handler_settings: the database's settings in place of the worker's
+ * own, in the current GUC nest level.
  */
 static void
-ql_worker_search_path(void)
+ql_handler_settings(void)
 {
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+	int			i;
+
+	for (i = 0; i < lengthof(worker_settings); i++)
+		(void) set_config_option(worker_settings[i][0],
+								 GetConfigOptionResetString(worker_settings[i][0]),
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 /* ql_job_init: per-process set-up; call once after connecting */
 void
 ql_job_init(void)
 {
-	ql_worker_search_path();
+	ql_worker_settings();
 	job_cxt = AllocSetContextCreate(TopMemoryContext, "qlater job",
 									ALLOCSET_DEFAULT_SIZES);
 	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
@@ -677,7 +710,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	if (pi->prokind == PROKIND_PROCEDURE)
 	{
-		ResetAllOptions();		/* the database's search_path, from now on */
+		ResetAllOptions();		/* the database's settings, from now on */
 		CommitTransactionCommand();
 		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		SetCurrentStatementStartTimestamp();
@@ -686,7 +719,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		ql_fire_commit_actions();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		ResetAllOptions();
-		ql_worker_search_path();
+		ql_worker_settings();
 	}
 	else
 	{
@@ -695,8 +728,7 @@ ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
 		int			rc;
 
 		save_nestlevel = NewGUCNestLevel();
-		(void) set_config_option("search_path", GetConfigOptionResetString("search_path"),
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		ql_handler_settings();
 		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 		PushActiveSnapshot(GetTransactionSnapshot());
 		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
@@ -873,7 +905,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		{
 			StartTransactionCommand();
 			ResetAllOptions();
-			ql_worker_search_path();
+			ql_worker_settings();
 			CommitTransactionCommand();
 		}
 	}
