@@ -76,10 +76,11 @@ typedef struct QlJob
 	int32		attempts;
 	int32		max_attempts;
 	char	   *queue;
+	int32		batch_size;		/* of its queue: 1 without batches */
+	int64		batch_delay;	/* of its queue, in microseconds */
 	int32		priority;		/* with run_at and id: its place in the */
 	TimestampTz run_at;			/* claim order */
 } QlJob;
-
 
 /* statements on the job table, prepared once per catalog generation */
 typedef struct QlPlans
@@ -88,7 +89,6 @@ typedef struct QlPlans
 	SPIPlanPtr	candidates;
 	SPIPlanPtr	future_before;
 	SPIPlanPtr	fetch;
-	SPIPlanPtr	queue;
 	SPIPlanPtr	delete;
 	SPIPlanPtr	fail;
 	SPIPlanPtr	next;
@@ -213,7 +213,6 @@ ql_prepare_plans(const QlCatalog *c)
 	const char *s = c->schema_quoted;
 	Oid			t_from[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			t_prio[2] = {INT4OID, INT4OID};
-	Oid			t_queue[1] = {TEXTOID};
 	Oid			t_id[1] = {INT8OID};
 	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	Oid			t_crash[2] = {INT8OID, INT4OID};
@@ -225,7 +224,6 @@ ql_prepare_plans(const QlCatalog *c)
 		SPI_freeplan(plans.candidates);
 		SPI_freeplan(plans.future_before);
 		SPI_freeplan(plans.fetch);
-		SPI_freeplan(plans.queue);
 		SPI_freeplan(plans.delete);
 		SPI_freeplan(plans.fail);
 		SPI_freeplan(plans.next);
@@ -240,16 +238,15 @@ ql_prepare_plans(const QlCatalog *c)
 											  "WHERE NOT dead AND NOT external AND run_at > now() "
 											  "AND priority >= $1 AND priority < $2 LIMIT 1", s),
 									 2, t_prio);
-	/* by id alone: no plan may read another index than the key's */
-	plans.fetch = ql_prepare(psprintf("SELECT handler, args, role, timeout, attempts, "
-									  "max_attempts, queue, priority, run_at, "
-									  "NOT dead AND NOT external AND run_at <= now() "
-									  "FROM %s.qlater_job WHERE id = $1", s),
+	/* the job by id alone: no plan may read another of its indexes */
+	plans.fetch = ql_prepare(psprintf("SELECT j.handler, j.args, j.role, j.timeout, j.attempts, "
+									  "j.max_attempts, j.queue, j.priority, j.run_at, "
+									  "NOT j.dead AND NOT j.external AND j.run_at <= now(), "
+									  "coalesce(q.batch_size, 1), "
+									  "(extract(epoch FROM q.batch_delay) * 1000000)::int8 "
+									  "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q "
+									  "ON q.name = j.queue WHERE j.id = $1", s, s),
 							 1, t_id);
-	plans.queue = ql_prepare(psprintf("SELECT batch_size, "
-									  "(extract(epoch FROM batch_delay) * 1000000)::int8 "
-									  "FROM %s.qlater_queue WHERE name = $1", s),
-							 1, t_queue);
 	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
 	plans.fail = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, last_error = $3, "
@@ -376,6 +373,10 @@ ql_fetch(int64 id, QlJob *job)
 	job->queue = SPI_getvalue(tup, desc, 7);
 	job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
 	job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+	job->batch_size = Min(DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull)),
+						  QL_MAX_BATCH);
+	d = SPI_getbinval(tup, desc, 12, &isnull);
+	job->batch_delay = isnull ? 0 : DatumGetInt64(d);
 	job->proc = ql_signature_oid(job->handler);
 	job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
 	MemoryContextSwitchTo(old);
@@ -465,6 +466,7 @@ ql_claim(QlJob *job, const QlClaimKey *from)
 		uint64		n;
 		uint64		i;
 		int64	   *ids;
+		QlClaimKey	first;
 
 		params[0] = Int32GetDatum(limit);
 		params[1] = Int32GetDatum(start.priority);
@@ -481,28 +483,25 @@ ql_claim(QlJob *job, const QlClaimKey *from)
 			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 												 SPI_tuptable->tupdesc, 1, &isnull));
 		}
-		if (frontier && round == 0)
+		if (n > 0)
 		{
-			QlClaimKey	first;
-			QlClaimKey	next;
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
 
-			if (n > 0)
-			{
-				HeapTuple	tup = SPI_tuptable->vals[0];
-				TupleDesc	desc = SPI_tuptable->tupdesc;
+			first.id = ids[0];
+			first.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+			first.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		if (frontier && round == 0)
+		{
+			QlClaimKey	next;
 
-				first.id = ids[0];
-				first.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-				first.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-			}
-			SPI_freetuptable(SPI_tuptable);
 			ql_next_frontier(&start, n > 0 ? &first : NULL, &next);
 			if (ql_key_cmp(&next, &start) > 0)
 				ql_frontier_advance(my_database, &next, gen);
 		}
-		else
-			SPI_freetuptable(SPI_tuptable);
 
 		for (i = 0; i < n; i++)
 		{
@@ -968,30 +967,6 @@ ql_batchable(const QlJob *job)
 }
 
 /*
- * ql_queue_batch: how a queue's jobs are batched: the most jobs in a batch
- * (1: none) and the longest wait, in microseconds, since its first job
- * ended.  Caller is connected to SPI, with an active snapshot.
- */
-static void
-ql_queue_batch(const char *queue, int *size, int64 *delay)
-{
-	Datum		name = CStringGetTextDatum(queue);
-	bool		isnull;
-
-	if (SPI_execute_plan(plans.queue, &name, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue");
-	*size = 1;
-	*delay = 0;
-	if (SPI_processed == 0)
-		return;
-	*size = Min(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull)),
-				QL_MAX_BATCH);
-	*delay = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 2, &isnull));
-}
-
-/*
  * ql_claim_more: claim the next ready job for the batch of a queue, at or
  * after its last job, into *job.  Returns false if there is none that can
  * join the batch.  Called in the batch's transaction, without SPI
@@ -1047,25 +1022,26 @@ ql_rerun(int64 id, QlWorkerSlot *slot)
 /*
  * ql_run_batch: run the claimed job and more ready jobs of its queue in
  * one transaction, each in a subtransaction of its own, and commit them
- * together: one WAL flush for the batch.  The batch ends at size jobs
- * (the queue's batch_size), once delay (its batch_delay, in microseconds)
- * has passed since its first job ended, or when no more ready job can
- * join.  A job's work and its removal still
+ * together: one WAL flush for the batch.  The batch ends at the queue's
+ * batch_size, once its batch_delay has passed since the first job ended,
+ * or when no more ready job can join.  A job's work and its removal still
  * commit or roll back together, and a failure is the failing job's alone.
  * Deferred triggers fire at the end of each job (ql_call_handler).  If
  * the batch fails to commit, its jobs run again one by one.  Called in
  * the claiming transaction, without SPI connection or active snapshot.
  */
 static void
-ql_run_batch(QlJob *first, int size, int64 delay, QlWorkerSlot *slot)
+ql_run_batch(QlJob *first, QlWorkerSlot *slot)
 {
 	int64		ids[QL_MAX_BATCH];
 	int			n = 0;
+	int			size = first->batch_size;
+	int64		delay = first->batch_delay;
 	char		queue[NAMEDATALEN];
 	TimestampTz first_done = 0;
 	QlJob		next;
 	QlJob	   *job = first;
-	QlClaimKey		last;
+	QlClaimKey	last;
 	volatile bool committed = true;
 
 	strlcpy(queue, first->queue, sizeof(queue));
@@ -1128,8 +1104,6 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 	const QlCatalog *c;
 	QlJob		job;
 	bool		claimed;
-	int			batch_size = 1;
-	int64		batch_delay = 0;
 
 	MemoryContextReset(job_cxt);
 
@@ -1157,13 +1131,11 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		CommitTransactionCommand();
 		return QL_JOB_NONE;
 	}
-	if (ql_batchable(&job))
-		ql_queue_batch(job.queue, &batch_size, &batch_delay);
 	SPI_finish();
 	PopActiveSnapshot();
 
-	if (batch_size > 1)
-		ql_run_batch(&job, batch_size, batch_delay, slot);
+	if (job.batch_size > 1 && ql_batchable(&job))
+		ql_run_batch(&job, slot);
 	else
 		ql_run_one(&job, slot, false);
 

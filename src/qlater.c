@@ -277,9 +277,9 @@ ql_release_claim_at_commit(int64 job_id)
  * ql_wake_idle_workers: set the latches of up to n idle workers of this
  * database; for jobs due later (due not 0), of one, unless an idle worker
  * will look by then on its own (one in the middle of a look, wake_at 0,
- * may have missed them).  Each woken
- * worker's idle flag is cleared here, so that the next committer wakes
- * another one rather than the same.  Needs no lock.
+ * may have missed them).  Each woken worker's idle flag is cleared here,
+ * so that the next committer wakes another one rather than the same.
+ * Needs no lock.
  */
 static void
 ql_wake_idle_workers(int n, TimestampTz due)
