@@ -24,6 +24,9 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
@@ -31,6 +34,7 @@
 #include "commands/prepare.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/params.h"
@@ -86,6 +90,8 @@ typedef struct QlJob
 typedef struct QlPlans
 {
 	uint32		generation;
+	Oid			job_relid;
+	AttrNumber	id_attnum;		/* of qlater_job.id */
 	SPIPlanPtr	candidates;
 	SPIPlanPtr	future_before;
 	SPIPlanPtr	fetch;
@@ -104,7 +110,43 @@ typedef struct QlCallPlan
 
 #define QL_MAX_CALL_PLANS	1000
 
+/*
+ * The columns of a job row that the workers read (QL_JOB_COLUMNS), in the
+ * order ql_job_from_row reads them: its place in the claim order, its row
+ * version, what to run, and its queue's batch settings.
+ */
+#define QL_JOB_COLUMNS \
+	"j.id, j.priority, j.run_at, j.ctid, j.xmin, j.handler, j.args, j.role, " \
+	"j.timeout, j.attempts, j.max_attempts, j.queue, coalesce(q.batch_size, 1), " \
+	"(extract(epoch FROM q.batch_delay) * 1000000)::int8"
+
+/*
+ * The ready jobs read by the last look, in claim order, copied out of SPI:
+ * the claims that follow take them in turn, and a batch looks again only
+ * when they run out.  A row read by a look is claimed only while its
+ * version is still the current one.  Valid in the transaction of the look
+ * only (the table's lock keeps its row versions in place).
+ */
+typedef struct QlCandidates
+{
+	MemoryContext cxt;
+	TupleDesc	desc;
+	HeapTuple  *rows;
+	int			n;
+	int			next;			/* the first not tried yet */
+	bool		cut;			/* the look stopped at its limit */
+	QlClaimKey	resume;			/* where a look for more starts */
+} QlCandidates;
+
+typedef enum QlCandidateResult
+{
+	QL_CANDIDATE_CLAIMED,
+	QL_CANDIDATE_NONE_LEFT,		/* every candidate tried */
+	QL_CANDIDATE_OTHER_BATCH	/* the next one cannot join the batch */
+} QlCandidateResult;
+
 static QlPlans plans;
+static QlCandidates cands;
 static HTAB *call_plans = NULL;
 static MemoryContext job_cxt = NULL;
 static TimeoutId job_timeout_id;
@@ -184,6 +226,8 @@ ql_job_init(void)
 	ql_worker_settings();
 	job_cxt = AllocSetContextCreate(TopMemoryContext, "qlater job",
 									ALLOCSET_DEFAULT_SIZES);
+	cands.cxt = AllocSetContextCreate(TopMemoryContext, "qlater candidates",
+									  ALLOCSET_DEFAULT_SIZES);
 	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
 	GetUserIdAndSecContext(&worker_userid, &worker_sec_context);
 	memset(&plans, 0, sizeof(plans));
@@ -229,23 +273,22 @@ ql_prepare_plans(const QlCatalog *c)
 		SPI_freeplan(plans.next);
 		SPI_freeplan(plans.crash);
 	}
-	plans.candidates = ql_prepare(psprintf("SELECT id, priority, run_at FROM %s.qlater_job "
-										   "WHERE NOT dead AND run_at <= now() AND NOT external "
-										   "AND (priority, run_at, id) >= ($2, $3, $4) "
-										   "ORDER BY priority, run_at, id LIMIT $1", s),
+	plans.candidates = ql_prepare(psprintf("SELECT " QL_JOB_COLUMNS " "
+										   "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q "
+										   "ON q.name = j.queue "
+										   "WHERE NOT j.dead AND j.run_at <= now() AND NOT j.external "
+										   "AND (j.priority, j.run_at, j.id) >= ($2, $3, $4) "
+										   "ORDER BY j.priority, j.run_at, j.id LIMIT $1", s, s),
 								  4, t_from);
 	plans.future_before = ql_prepare(psprintf("SELECT FROM %s.qlater_job "
 											  "WHERE NOT dead AND NOT external AND run_at > now() "
 											  "AND priority >= $1 AND priority < $2 LIMIT 1", s),
 									 2, t_prio);
 	/* the job by id alone: no plan may read another of its indexes */
-	plans.fetch = ql_prepare(psprintf("SELECT j.handler, j.args, j.role, j.timeout, j.attempts, "
-									  "j.max_attempts, j.queue, j.priority, j.run_at, "
-									  "NOT j.dead AND NOT j.external AND j.run_at <= now(), "
-									  "coalesce(q.batch_size, 1), "
-									  "(extract(epoch FROM q.batch_delay) * 1000000)::int8 "
+	plans.fetch = ql_prepare(psprintf("SELECT " QL_JOB_COLUMNS " "
 									  "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q "
-									  "ON q.name = j.queue WHERE j.id = $1", s, s),
+									  "ON q.name = j.queue WHERE j.id = $1 "
+									  "AND NOT j.dead AND NOT j.external AND j.run_at <= now()", s, s),
 							 1, t_id);
 	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
@@ -267,6 +310,8 @@ ql_prepare_plans(const QlCatalog *c)
 									  "'context', NULL, 'attempt', attempts + 1, 'at', now()) "
 									  "WHERE id = $1", s),
 							 2, t_crash);
+	plans.job_relid = c->job_relid;
+	plans.id_attnum = get_attnum(c->job_relid, "id");
 	plans.generation = c->generation;
 	/* a new job table: the frontier means nothing in it */
 	ql_frontier_lower(my_database, &ql_key_min);
@@ -334,6 +379,51 @@ ql_retry_time(int32 attempts, TimestampTz now)
 	return now + (TimestampTz) (backoff * USECS_PER_SEC);
 }
 
+/* ql_row_key: the place in the claim order of a job row (QL_JOB_COLUMNS) */
+static void
+ql_row_key(HeapTuple tup, TupleDesc desc, QlClaimKey *key)
+{
+	bool		isnull;
+
+	key->id = DatumGetInt64(heap_getattr(tup, 1, desc, &isnull));
+	key->priority = DatumGetInt32(heap_getattr(tup, 2, desc, &isnull));
+	key->run_at = DatumGetTimestampTz(heap_getattr(tup, 3, desc, &isnull));
+}
+
+/*
+ * ql_job_from_row: a job row (QL_JOB_COLUMNS) as a QlJob, in job_cxt.
+ */
+static void
+ql_job_from_row(HeapTuple tup, TupleDesc desc, QlJob *job)
+{
+	QlClaimKey	key;
+	bool		isnull;
+	Datum		d;
+	MemoryContext old = MemoryContextSwitchTo(job_cxt);
+
+	ql_row_key(tup, desc, &key);
+	job->id = key.id;
+	job->priority = key.priority;
+	job->run_at = key.run_at;
+	job->handler = SPI_getvalue(tup, desc, 6);
+	job->args = DatumGetJsonbPCopy(heap_getattr(tup, 7, desc, &isnull));
+	job->role = SPI_getvalue(tup, desc, 8);
+	d = heap_getattr(tup, 9, desc, &isnull);
+	job->has_timeout = !isnull;
+	if (!isnull)
+		job->timeout = *DatumGetIntervalP(d);
+	job->attempts = DatumGetInt32(heap_getattr(tup, 10, desc, &isnull));
+	job->max_attempts = DatumGetInt32(heap_getattr(tup, 11, desc, &isnull));
+	job->queue = SPI_getvalue(tup, desc, 12);
+	job->batch_size = Min(DatumGetInt32(heap_getattr(tup, 13, desc, &isnull)),
+						  QL_MAX_BATCH);
+	d = heap_getattr(tup, 14, desc, &isnull);
+	job->batch_delay = isnull ? 0 : DatumGetInt64(d);
+	job->proc = ql_signature_oid(job->handler);
+	job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * ql_fetch: read a claimed job under a fresh snapshot, into job_cxt.
  * Returns false if it is no longer ready (done, cancelled, rescheduled).
@@ -343,11 +433,6 @@ static bool
 ql_fetch(int64 id, QlJob *job)
 {
 	Datum		idd = Int64GetDatum(id);
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
-	MemoryContext old;
 
 	PopActiveSnapshot();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -355,32 +440,45 @@ ql_fetch(int64 id, QlJob *job)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
 		return false;
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	if (!DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)))
-		return false;			/* dead, external or rescheduled */
-	old = MemoryContextSwitchTo(job_cxt);
-	job->id = id;
-	job->handler = SPI_getvalue(tup, desc, 1);
-	job->args = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 2, &isnull));
-	job->role = SPI_getvalue(tup, desc, 3);
-	d = SPI_getbinval(tup, desc, 4, &isnull);
-	job->has_timeout = !isnull;
-	if (!isnull)
-		job->timeout = *DatumGetIntervalP(d);
-	job->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-	job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-	job->queue = SPI_getvalue(tup, desc, 7);
-	job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-	job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
-	job->batch_size = Min(DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull)),
-						  QL_MAX_BATCH);
-	d = SPI_getbinval(tup, desc, 12, &isnull);
-	job->batch_delay = isnull ? 0 : DatumGetInt64(d);
-	job->proc = ql_signature_oid(job->handler);
-	job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
-	MemoryContextSwitchTo(old);
+	ql_job_from_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, job);
 	return true;
+}
+
+/*
+ * ql_row_current: whether the version of a job row that a look read is
+ * still the job's current one under a fresh snapshot: not deleted or
+ * updated by a transaction that has committed since.  The same xmin and id
+ * at the same place is the same version: a place is reused only once the
+ * version there is dead to everyone, and by a later transaction.  Caller
+ * is in the look's transaction, with an active snapshot.
+ */
+static bool
+ql_row_current(HeapTuple row, TupleDesc desc)
+{
+	bool		isnull;
+	ItemPointer tid = (ItemPointer) DatumGetPointer(heap_getattr(row, 4, desc, &isnull));
+	TransactionId xmin = DatumGetTransactionId(heap_getattr(row, 5, desc, &isnull));
+	int64		id = DatumGetInt64(heap_getattr(row, 1, desc, &isnull));
+	Relation	rel;
+	TupleTableSlot *slot;
+	bool		current;
+
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	/* the look's statement locked the table until the transaction's end */
+	rel = table_open(plans.job_relid, NoLock);
+	slot = table_slot_create(rel, NULL);
+	current = table_tuple_fetch_row_version(rel, tid, GetActiveSnapshot(), slot);
+	if (current)
+	{
+		Datum		d = slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull);
+
+		current = TransactionIdEquals(DatumGetTransactionId(d), xmin) &&
+			DatumGetInt64(slot_getattr(slot, plans.id_attnum, &isnull)) == id;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+	return current;
 }
 
 /*
@@ -424,29 +522,119 @@ ql_next_frontier(const QlClaimKey *from, const QlClaimKey *first,
 }
 
 /*
- * ql_claim: claim the first ready job at or after a place in the claim
- * order, and read it under a fresh snapshot.  Returns false if there is
- * none.  Caller is connected to SPI, in a transaction with an active
- * snapshot.
- *
- * Without from, the look starts at the claim frontier of the database
- * (moving it forward), or every qlater.poll_interval at the start of the
- * order, in case jobs were written other than through qlater's functions.
- * A batch looks from its last job.  Either way the look skips the index
- * entries of jobs done, which stay until no snapshot can see them: a look
- * from the start would visit each of them again, with every claim, and
- * for as long as any session holds an old snapshot.
+ * ql_batchable: whether a job may run in a batch, if its queue batches:
+ * its handler is a function (a procedure that COMMITs cannot run in a
+ * subtransaction), and the workers' transactions see each statement's own
+ * snapshot (under REPEATABLE READ or SERIALIZABLE a batch's jobs would
+ * share one, and serialization failures would strike the whole batch).
  */
 static bool
-ql_claim(QlJob *job, const QlClaimKey *from)
+ql_batchable(const QlJob *job)
+{
+	return job->prokind == PROKIND_FUNCTION && !IsolationUsesXactSnapshot();
+}
+
+/*
+ * ql_look: read up to limit ready jobs at or after start in the claim
+ * order: the candidates of the claims that follow.  Caller is connected to
+ * SPI, in a transaction with an active snapshot.
+ */
+static void
+ql_look(const QlClaimKey *start, int limit)
+{
+	Datum		params[4];
+	uint64		i;
+	MemoryContext old;
+
+	params[0] = Int32GetDatum(limit);
+	params[1] = Int32GetDatum(start->priority);
+	params[2] = TimestampTzGetDatum(start->run_at);
+	params[3] = Int64GetDatum(start->id);
+	if (SPI_execute_plan(plans.candidates, params, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for jobs");
+
+	MemoryContextReset(cands.cxt);
+	old = MemoryContextSwitchTo(cands.cxt);
+	cands.desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	cands.n = (int) SPI_processed;
+	cands.rows = palloc(sizeof(HeapTuple) * (cands.n + 1));
+	for (i = 0; i < SPI_processed; i++)
+		cands.rows[i] = heap_copytuple(SPI_tuptable->vals[i]);
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+
+	cands.next = 0;
+	cands.cut = (cands.n == limit);
+	/* a look for more starts right after the last row */
+	cands.resume = *start;
+	if (cands.n > 0)
+	{
+		ql_row_key(cands.rows[cands.n - 1], cands.desc, &cands.resume);
+		cands.resume.id++;
+	}
+}
+
+/*
+ * ql_claim_candidate: claim the next candidate of the last look that no
+ * other session holds and whose row is still current, into *job.  For a
+ * batch (queue not NULL), stop at a job that cannot join it.  Caller is
+ * connected to SPI, in the look's transaction, with an active snapshot.
+ */
+static QlCandidateResult
+ql_claim_candidate(QlJob *job, const char *queue)
+{
+	while (cands.next < cands.n)
+	{
+		HeapTuple	row = cands.rows[cands.next];
+		bool		isnull;
+		int64		id = DatumGetInt64(heap_getattr(row, 1, cands.desc, &isnull));
+
+		if (ql_job_crash_pending(id) || !ql_try_claim(id, true))
+		{
+			cands.next++;
+			continue;
+		}
+		MemoryContextReset(job_cxt);
+		ql_job_from_row(row, cands.desc, job);
+		if (queue != NULL && !(ql_batchable(job) && strcmp(job->queue, queue) == 0))
+		{
+			/* the next round runs it */
+			ql_release_claim(id);
+			return QL_CANDIDATE_OTHER_BATCH;
+		}
+		cands.next++;
+		/* done or changed since the look, as a fresh snapshot sees it? */
+		if (ql_row_current(row, cands.desc))
+			return QL_CANDIDATE_CLAIMED;
+		ql_release_claim(id);
+	}
+	return QL_CANDIDATE_NONE_LEFT;
+}
+
+/*
+ * ql_claim: claim the first ready job at or after a place in the claim
+ * order.  Returns false if there is none, or, for a batch of a queue, if
+ * the next one cannot join it.  Caller is connected to SPI, in a
+ * transaction with an active snapshot.
+ *
+ * Without a batch, the look starts at the claim frontier of the database
+ * (moving it forward), or every qlater.poll_interval at the start of the
+ * order, in case jobs were written other than through qlater's functions.
+ * A batch takes the candidates of its last look first, and then looks on
+ * from there.  Either way the look skips the index entries of jobs done,
+ * which stay until no snapshot can see them: a look from the start would
+ * visit each of them again, with every claim, and for as long as any
+ * session holds an old snapshot.
+ */
+static bool
+ql_claim(QlJob *job, const char *batch_queue, int batch_size)
 {
 	int			limit = ql_shared->nslots * 2 + 8;
 	int			round;
 	QlClaimKey	start;
 	uint64		gen = 0;
-	bool		frontier = (from == NULL);
 
-	if (frontier)
+	if (batch_queue == NULL)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 
@@ -458,63 +646,47 @@ ql_claim(QlJob *job, const QlClaimKey *from)
 		}
 	}
 	else
-		start = *from;
+	{
+		switch (ql_claim_candidate(job, batch_queue))
+		{
+			case QL_CANDIDATE_CLAIMED:
+				return true;
+			case QL_CANDIDATE_OTHER_BATCH:
+				return false;
+			case QL_CANDIDATE_NONE_LEFT:
+				break;
+		}
+		start = cands.resume;
+		limit += batch_size * 2;
+	}
 
 	for (round = 0; round < 3; round++)
 	{
-		Datum		params[4];
-		uint64		n;
-		uint64		i;
-		int64	   *ids;
-		QlClaimKey	first;
-
-		params[0] = Int32GetDatum(limit);
-		params[1] = Int32GetDatum(start.priority);
-		params[2] = TimestampTzGetDatum(start.run_at);
-		params[3] = Int64GetDatum(start.id);
-		if (SPI_execute_plan(plans.candidates, params, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not look for jobs");
-		n = SPI_processed;
-		ids = palloc(sizeof(int64) * (n + 1));
-		for (i = 0; i < n; i++)
+		ql_look(&start, limit);
+		if (batch_queue == NULL && round == 0)
 		{
-			bool		isnull;
-
-			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-		}
-		if (n > 0)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[0];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-
-			first.id = ids[0];
-			first.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			first.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-		}
-		SPI_freetuptable(SPI_tuptable);
-		if (frontier && round == 0)
-		{
+			QlClaimKey	first;
 			QlClaimKey	next;
 
-			ql_next_frontier(&start, n > 0 ? &first : NULL, &next);
+			if (cands.n > 0)
+				ql_row_key(cands.rows[0], cands.desc, &first);
+			ql_next_frontier(&start, cands.n > 0 ? &first : NULL, &next);
 			if (ql_key_cmp(&next, &start) > 0)
 				ql_frontier_advance(my_database, &next, gen);
 		}
-
-		for (i = 0; i < n; i++)
+		switch (ql_claim_candidate(job, batch_queue))
 		{
-			if (ql_job_crash_pending(ids[i]) || !ql_try_claim(ids[i], true))
-				continue;
-			/* re-read under a fresh snapshot: it may be done already */
-			if (ql_fetch(ids[i], job))
+			case QL_CANDIDATE_CLAIMED:
 				return true;
-			ql_release_claim(ids[i]);
+			case QL_CANDIDATE_OTHER_BATCH:
+				return false;
+			case QL_CANDIDATE_NONE_LEFT:
+				break;
 		}
-		if (n < (uint64) limit)
+		if (!cands.cut)
 			break;
 		/* every candidate was claimed by others: look further */
+		start = cands.resume;
 		limit *= 8;
 	}
 	return false;
@@ -954,43 +1126,23 @@ ql_run_one(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 }
 
 /*
- * ql_batchable: whether a job may run in a batch, if its queue batches:
- * its handler is a function (a procedure that COMMITs cannot run in a
- * subtransaction), and the workers' transactions see each statement's own
- * snapshot (under REPEATABLE READ or SERIALIZABLE a batch's jobs would
- * share one, and serialization failures would strike the whole batch).
+ * ql_claim_more: claim the next ready job for the batch of a queue, after
+ * its last job, into *job.  Returns false if there is none that can join
+ * the batch.  Called in the batch's transaction, without SPI connection or
+ * active snapshot.
  */
 static bool
-ql_batchable(const QlJob *job)
-{
-	return job->prokind == PROKIND_FUNCTION && !IsolationUsesXactSnapshot();
-}
-
-/*
- * ql_claim_more: claim the next ready job for the batch of a queue, at or
- * after its last job, into *job.  Returns false if there is none that can
- * join the batch.  Called in the batch's transaction, without SPI
- * connection or active snapshot.
- */
-static bool
-ql_claim_more(const char *queue, const QlClaimKey *after, QlJob *job)
+ql_claim_more(const char *queue, int size, QlJob *job)
 {
 	bool		found;
 
-	MemoryContextReset(job_cxt);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	ql_reset_session();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	found = ql_claim(job, after);
+	found = ql_claim(job, queue, size);
 	SPI_finish();
 	PopActiveSnapshot();
-	if (found && !(ql_batchable(job) && strcmp(job->queue, queue) == 0))
-	{
-		/* not for this batch: the next round runs it */
-		ql_release_claim(job->id);
-		found = false;
-	}
 	return found;
 }
 
@@ -1041,21 +1193,17 @@ ql_run_batch(QlJob *first, QlWorkerSlot *slot)
 	TimestampTz first_done = 0;
 	QlJob		next;
 	QlJob	   *job = first;
-	QlClaimKey	last;
 	volatile bool committed = true;
 
 	strlcpy(queue, first->queue, sizeof(queue));
 	for (;;)
 	{
 		ids[n++] = job->id;
-		last.priority = job->priority;
-		last.run_at = job->run_at;
-		last.id = job->id;
 		ql_run_one(job, slot, true);
 		if (n == 1)
 			first_done = GetCurrentTimestamp();
 		if (n >= size || GetCurrentTimestamp() - first_done >= delay ||
-			!ql_claim_more(queue, &last, &next))
+			!ql_claim_more(queue, size, &next))
 			break;
 		job = &next;
 	}
@@ -1122,7 +1270,7 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		elog(ERROR, "SPI_connect failed");
 	ql_prepare_plans(c);
 
-	claimed = ql_claim(&job, NULL);
+	claimed = ql_claim(&job, NULL, 0);
 	if (!claimed)
 	{
 		*sleep_ms = ql_next_wakeup_ms();
