@@ -86,15 +86,34 @@ typedef struct QlJob
 	TimestampTz run_at;			/* claim order */
 } QlJob;
 
+/* the columns of qlater_job a claim reads */
+typedef enum QlJobAtt
+{
+	QL_ATT_ID,
+	QL_ATT_HANDLER,
+	QL_ATT_ARGS,
+	QL_ATT_ROLE,
+	QL_ATT_TIMEOUT,
+	QL_ATT_ATTEMPTS,
+	QL_ATT_MAX_ATTEMPTS,
+	QL_ATT_QUEUE,
+	QL_NJOBATTS
+} QlJobAtt;
+
+static const char *const job_att_names[QL_NJOBATTS] = {
+	"id", "handler", "args", "role", "timeout", "attempts", "max_attempts", "queue"
+};
+
 /* statements on the job table, prepared once per catalog generation */
 typedef struct QlPlans
 {
 	uint32		generation;
 	Oid			job_relid;
-	AttrNumber	id_attnum;		/* of qlater_job.id */
+	AttrNumber	att[QL_NJOBATTS];	/* qlater_job's columns, by QlJobAtt */
 	SPIPlanPtr	candidates;
 	SPIPlanPtr	future_before;
 	SPIPlanPtr	fetch;
+	SPIPlanPtr	queue;
 	SPIPlanPtr	delete;
 	SPIPlanPtr	fail;
 	SPIPlanPtr	next;
@@ -111,14 +130,16 @@ typedef struct QlCallPlan
 #define QL_MAX_CALL_PLANS	1000
 
 /*
- * The columns of a job row that the workers read (QL_JOB_COLUMNS), in the
- * order ql_job_from_row reads them: its place in the claim order, its row
- * version, what to run, and its queue's batch settings.
+ * What a look reads of a job row (QL_ROW_COLUMNS, in this order): its place
+ * in the claim order and its row version.  A claim reads the rest from the
+ * version itself.
  */
-#define QL_JOB_COLUMNS \
-	"j.id, j.priority, j.run_at, j.ctid, j.xmin, j.handler, j.args, j.role, " \
-	"j.timeout, j.attempts, j.max_attempts, j.queue, coalesce(q.batch_size, 1), " \
-	"(extract(epoch FROM q.batch_delay) * 1000000)::int8"
+#define QL_ROW_COLUMNS "id, priority, run_at, ctid, xmin"
+#define QL_ROW_ID		1
+#define QL_ROW_PRIORITY 2
+#define QL_ROW_RUN_AT	3
+#define QL_ROW_CTID		4
+#define QL_ROW_XMIN		5
 
 /*
  * The ready jobs read by the last look, in claim order, copied out of SPI:
@@ -258,8 +279,10 @@ ql_prepare_plans(const QlCatalog *c)
 	Oid			t_from[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Oid			t_prio[2] = {INT4OID, INT4OID};
 	Oid			t_id[1] = {INT8OID};
+	Oid			t_text[1] = {TEXTOID};
 	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	Oid			t_crash[2] = {INT8OID, INT4OID};
+	int			i;
 
 	if (plans.candidates != NULL && plans.generation == c->generation)
 		return;
@@ -268,28 +291,30 @@ ql_prepare_plans(const QlCatalog *c)
 		SPI_freeplan(plans.candidates);
 		SPI_freeplan(plans.future_before);
 		SPI_freeplan(plans.fetch);
+		SPI_freeplan(plans.queue);
 		SPI_freeplan(plans.delete);
 		SPI_freeplan(plans.fail);
 		SPI_freeplan(plans.next);
 		SPI_freeplan(plans.crash);
 	}
-	plans.candidates = ql_prepare(psprintf("SELECT " QL_JOB_COLUMNS " "
-										   "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q "
-										   "ON q.name = j.queue "
-										   "WHERE NOT j.dead AND j.run_at <= now() AND NOT j.external "
-										   "AND (j.priority, j.run_at, j.id) >= ($2, $3, $4) "
-										   "ORDER BY j.priority, j.run_at, j.id LIMIT $1", s, s),
+	plans.candidates = ql_prepare(psprintf("SELECT " QL_ROW_COLUMNS " FROM %s.qlater_job "
+										   "WHERE NOT dead AND run_at <= now() AND NOT external "
+										   "AND (priority, run_at, id) >= ($2, $3, $4) "
+										   "ORDER BY priority, run_at, id LIMIT $1", s),
 								  4, t_from);
 	plans.future_before = ql_prepare(psprintf("SELECT FROM %s.qlater_job "
 											  "WHERE NOT dead AND NOT external AND run_at > now() "
 											  "AND priority >= $1 AND priority < $2 LIMIT 1", s),
 									 2, t_prio);
 	/* the job by id alone: no plan may read another of its indexes */
-	plans.fetch = ql_prepare(psprintf("SELECT " QL_JOB_COLUMNS " "
-									  "FROM %s.qlater_job j LEFT JOIN %s.qlater_queue q "
-									  "ON q.name = j.queue WHERE j.id = $1 "
-									  "AND NOT j.dead AND NOT j.external AND j.run_at <= now()", s, s),
+	plans.fetch = ql_prepare(psprintf("SELECT " QL_ROW_COLUMNS " FROM %s.qlater_job "
+									  "WHERE id = $1 AND NOT dead AND NOT external "
+									  "AND run_at <= now()", s),
 							 1, t_id);
+	plans.queue = ql_prepare(psprintf("SELECT batch_size, "
+									  "(extract(epoch FROM batch_delay) * 1000000)::int8 "
+									  "FROM %s.qlater_queue WHERE name = $1", s),
+							 1, t_text);
 	plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
 	plans.fail = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, last_error = $3, "
@@ -311,7 +336,12 @@ ql_prepare_plans(const QlCatalog *c)
 									  "WHERE id = $1", s),
 							 2, t_crash);
 	plans.job_relid = c->job_relid;
-	plans.id_attnum = get_attnum(c->job_relid, "id");
+	for (i = 0; i < QL_NJOBATTS; i++)
+	{
+		plans.att[i] = get_attnum(c->job_relid, job_att_names[i]);
+		if (plans.att[i] == InvalidAttrNumber)
+			elog(ERROR, "column %s.qlater_job.%s does not exist", s, job_att_names[i]);
+	}
 	plans.generation = c->generation;
 	/* a new job table: the frontier means nothing in it */
 	ql_frontier_lower(my_database, &ql_key_min);
@@ -379,49 +409,80 @@ ql_retry_time(int32 attempts, TimestampTz now)
 	return now + (TimestampTz) (backoff * USECS_PER_SEC);
 }
 
-/* ql_row_key: the place in the claim order of a job row (QL_JOB_COLUMNS) */
+/* ql_row_key: the place in the claim order of a row a look read */
 static void
-ql_row_key(HeapTuple tup, TupleDesc desc, QlClaimKey *key)
+ql_row_key(HeapTuple row, TupleDesc desc, QlClaimKey *key)
 {
 	bool		isnull;
 
-	key->id = DatumGetInt64(heap_getattr(tup, 1, desc, &isnull));
-	key->priority = DatumGetInt32(heap_getattr(tup, 2, desc, &isnull));
-	key->run_at = DatumGetTimestampTz(heap_getattr(tup, 3, desc, &isnull));
+	key->id = DatumGetInt64(heap_getattr(row, QL_ROW_ID, desc, &isnull));
+	key->priority = DatumGetInt32(heap_getattr(row, QL_ROW_PRIORITY, desc, &isnull));
+	key->run_at = DatumGetTimestampTz(heap_getattr(row, QL_ROW_RUN_AT, desc, &isnull));
+}
+
+/* ql_att: a column of the job row in slot (QlJobAtt) */
+static Datum
+ql_att(TupleTableSlot *slot, QlJobAtt att, bool *isnull)
+{
+	return slot_getattr(slot, plans.att[att], isnull);
 }
 
 /*
- * ql_job_from_row: a job row (QL_JOB_COLUMNS) as a QlJob, in job_cxt.
+ * ql_read_row: read the job whose row version a look read (QL_ROW_COLUMNS)
+ * into *job, in job_cxt, if that version is still the job's current one
+ * under a fresh snapshot: not deleted or updated by a transaction that has
+ * committed since.  Returns false if it is not.  The same xmin and id at
+ * the same place is the same version: a place is reused only once the
+ * version there is dead to everyone, and by a later transaction.  Caller
+ * is in the look's transaction (its lock keeps the table's pages), with an
+ * active snapshot.  The job's batch settings are its queue's (ql_queue_settings).
  */
-static void
-ql_job_from_row(HeapTuple tup, TupleDesc desc, QlJob *job)
+static bool
+ql_read_row(HeapTuple row, TupleDesc desc, QlJob *job)
 {
-	QlClaimKey	key;
 	bool		isnull;
-	Datum		d;
-	MemoryContext old = MemoryContextSwitchTo(job_cxt);
+	ItemPointer tid = (ItemPointer) DatumGetPointer(heap_getattr(row, QL_ROW_CTID, desc, &isnull));
+	TransactionId xmin = DatumGetTransactionId(heap_getattr(row, QL_ROW_XMIN, desc, &isnull));
+	QlClaimKey	key;
+	Relation	rel;
+	TupleTableSlot *slot;
+	bool		current;
 
-	ql_row_key(tup, desc, &key);
-	job->id = key.id;
-	job->priority = key.priority;
-	job->run_at = key.run_at;
-	job->handler = SPI_getvalue(tup, desc, 6);
-	job->args = DatumGetJsonbPCopy(heap_getattr(tup, 7, desc, &isnull));
-	job->role = SPI_getvalue(tup, desc, 8);
-	d = heap_getattr(tup, 9, desc, &isnull);
-	job->has_timeout = !isnull;
-	if (!isnull)
-		job->timeout = *DatumGetIntervalP(d);
-	job->attempts = DatumGetInt32(heap_getattr(tup, 10, desc, &isnull));
-	job->max_attempts = DatumGetInt32(heap_getattr(tup, 11, desc, &isnull));
-	job->queue = SPI_getvalue(tup, desc, 12);
-	job->batch_size = Min(DatumGetInt32(heap_getattr(tup, 13, desc, &isnull)),
-						  QL_MAX_BATCH);
-	d = heap_getattr(tup, 14, desc, &isnull);
-	job->batch_delay = isnull ? 0 : DatumGetInt64(d);
-	job->proc = ql_signature_oid(job->handler);
-	job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
-	MemoryContextSwitchTo(old);
+	ql_row_key(row, desc, &key);
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(plans.job_relid, NoLock);
+	slot = table_slot_create(rel, NULL);
+	current = table_tuple_fetch_row_version(rel, tid, GetActiveSnapshot(), slot) &&
+		TransactionIdEquals(DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull)), xmin) &&
+		DatumGetInt64(ql_att(slot, QL_ATT_ID, &isnull)) == key.id;
+	if (current)
+	{
+		MemoryContext old = MemoryContextSwitchTo(job_cxt);
+		Datum		d;
+
+		job->id = key.id;
+		job->priority = key.priority;
+		job->run_at = key.run_at;
+		job->handler = TextDatumGetCString(ql_att(slot, QL_ATT_HANDLER, &isnull));
+		job->args = DatumGetJsonbPCopy(ql_att(slot, QL_ATT_ARGS, &isnull));
+		job->role = pstrdup(NameStr(*DatumGetName(ql_att(slot, QL_ATT_ROLE, &isnull))));
+		d = ql_att(slot, QL_ATT_TIMEOUT, &isnull);
+		job->has_timeout = !isnull;
+		if (!isnull)
+			job->timeout = *DatumGetIntervalP(d);
+		job->attempts = DatumGetInt32(ql_att(slot, QL_ATT_ATTEMPTS, &isnull));
+		job->max_attempts = DatumGetInt32(ql_att(slot, QL_ATT_MAX_ATTEMPTS, &isnull));
+		job->queue = TextDatumGetCString(ql_att(slot, QL_ATT_QUEUE, &isnull));
+		job->batch_size = 1;
+		job->batch_delay = 0;
+		job->proc = ql_signature_oid(job->handler);
+		job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
+		MemoryContextSwitchTo(old);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+	return current;
 }
 
 /*
@@ -438,47 +499,29 @@ ql_fetch(int64 id, QlJob *job)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_execute_plan(plans.fetch, &idd, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read job");
-	if (SPI_processed == 0)
-		return false;
-	ql_job_from_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, job);
-	return true;
+	return SPI_processed > 0 &&
+		ql_read_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, job);
 }
 
 /*
- * ql_row_current: whether the version of a job row that a look read is
- * still the job's current one under a fresh snapshot: not deleted or
- * updated by a transaction that has committed since.  The same xmin and id
- * at the same place is the same version: a place is reused only once the
- * version there is dead to everyone, and by a later transaction.  Caller
- * is in the look's transaction, with an active snapshot.
+ * ql_queue_settings: the batch settings of the job's queue, into *job.
+ * Caller is connected to SPI, in a transaction with an active snapshot.
  */
-static bool
-ql_row_current(HeapTuple row, TupleDesc desc)
+static void
+ql_queue_settings(QlJob *job)
 {
+	Datum		name = CStringGetTextDatum(job->queue);
 	bool		isnull;
-	ItemPointer tid = (ItemPointer) DatumGetPointer(heap_getattr(row, 4, desc, &isnull));
-	TransactionId xmin = DatumGetTransactionId(heap_getattr(row, 5, desc, &isnull));
-	int64		id = DatumGetInt64(heap_getattr(row, 1, desc, &isnull));
-	Relation	rel;
-	TupleTableSlot *slot;
-	bool		current;
 
-	PopActiveSnapshot();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	/* the look's statement locked the table until the transaction's end */
-	rel = table_open(plans.job_relid, NoLock);
-	slot = table_slot_create(rel, NULL);
-	current = table_tuple_fetch_row_version(rel, tid, GetActiveSnapshot(), slot);
-	if (current)
-	{
-		Datum		d = slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull);
-
-		current = TransactionIdEquals(DatumGetTransactionId(d), xmin) &&
-			DatumGetInt64(slot_getattr(slot, plans.id_attnum, &isnull)) == id;
-	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_close(rel, NoLock);
-	return current;
+	if (SPI_execute_plan(plans.queue, &name, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the settings of queue \"%s\"", job->queue);
+	if (SPI_processed == 0)
+		return;					/* never declared: no batches */
+	job->batch_size = Min(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull)),
+						  QL_MAX_BATCH);
+	job->batch_delay = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 2, &isnull));
 }
 
 /*
@@ -587,7 +630,7 @@ ql_claim_candidate(QlJob *job, const char *queue)
 	{
 		HeapTuple	row = cands.rows[cands.next];
 		bool		isnull;
-		int64		id = DatumGetInt64(heap_getattr(row, 1, cands.desc, &isnull));
+		int64		id = DatumGetInt64(heap_getattr(row, QL_ROW_ID, cands.desc, &isnull));
 
 		if (ql_job_crash_pending(id) || !ql_try_claim(id, true))
 		{
@@ -595,7 +638,13 @@ ql_claim_candidate(QlJob *job, const char *queue)
 			continue;
 		}
 		MemoryContextReset(job_cxt);
-		ql_job_from_row(row, cands.desc, job);
+		/* done or changed since the look, as a fresh snapshot sees it? */
+		if (!ql_read_row(row, cands.desc, job))
+		{
+			cands.next++;
+			ql_release_claim(id);
+			continue;
+		}
 		if (queue != NULL && !(ql_batchable(job) && strcmp(job->queue, queue) == 0))
 		{
 			/* the next round runs it */
@@ -603,10 +652,7 @@ ql_claim_candidate(QlJob *job, const char *queue)
 			return QL_CANDIDATE_OTHER_BATCH;
 		}
 		cands.next++;
-		/* done or changed since the look, as a fresh snapshot sees it? */
-		if (ql_row_current(row, cands.desc))
-			return QL_CANDIDATE_CLAIMED;
-		ql_release_claim(id);
+		return QL_CANDIDATE_CLAIMED;
 	}
 	return QL_CANDIDATE_NONE_LEFT;
 }
@@ -1279,6 +1325,7 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		CommitTransactionCommand();
 		return QL_JOB_NONE;
 	}
+	ql_queue_settings(&job);
 	SPI_finish();
 	PopActiveSnapshot();
 
