@@ -1325,6 +1325,10 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		CommitTransactionCommand();
 		return QL_JOB_NONE;
 	}
+	/* more ready jobs than this one: another worker takes them meanwhile */
+	pg_atomic_write_u32(&slot->idle, 0);
+	if (cands.next < cands.n)
+		ql_wake_another_worker();
 	ql_queue_settings(&job);
 	SPI_finish();
 	PopActiveSnapshot();

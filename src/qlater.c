@@ -319,6 +319,19 @@ ql_wake_idle_workers(int n, TimestampTz due)
 }
 
 /*
+ * ql_wake_another_worker: a worker's look saw more ready jobs than the one
+ * it claimed: wake one idle worker of this database for them, which does
+ * the same in turn.  Jobs that come due together, and a backlog, so get
+ * every idle worker at once, not one worker until the others look on
+ * their own.
+ */
+void
+ql_wake_another_worker(void)
+{
+	ql_wake_idle_workers(1, 0);
+}
+
+/*
  * ql_mark_database_active: record that this database has qlater and wake
  * the launcher, which starts its workers.
  */

@@ -33,6 +33,7 @@ extern void ql_set_job_locktag(LOCKTAG *tag, int64 job_id);
 extern bool ql_try_claim(int64 job_id, bool session_lock);
 extern void ql_release_claim(int64 job_id);
 extern void ql_wake_workers_at_commit(int njobs, TimestampTz run_at);
+extern void ql_wake_another_worker(void);
 extern void ql_lower_frontier_at_commit(const QlClaimKey *key);
 extern void ql_wake_launcher_at_commit(void);
 extern void ql_cancel_running_at_commit(int64 job_id);

@@ -181,6 +181,36 @@ cmp_ok($delay_ms, '>=', 0, 'the timed job did not start before run_at');
 # ~100 ms is the goal; leave slack for a noisy machine
 cmp_ok($delay_ms, '<', 300, 'the timed job started within 300 ms of run_at');
 
+### jobs that come due together start together, on every idle worker
+# The commit of future jobs wakes one worker for their run_at; the worker
+# that claims the first wakes another for the rest, and so on.  With a
+# minute's poll_interval no worker would look on its own.
+$node->safe_psql(
+	'postgres', q{
+ALTER SYSTEM SET qlater.poll_interval = '60s';
+SELECT pg_reload_conf();
+CREATE TABLE burst (pid int, at timestamptz);
+CREATE FUNCTION burst() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO burst VALUES (pg_backend_pid(), clock_timestamp());
+    SELECT pg_sleep(1.5);
+$$;
+SELECT qlater_register('burst()');
+});
+sleep(1);    # the reload wakes the workers; they sleep again with the new setting
+$run_at = $node->safe_psql('postgres',
+	"SELECT (clock_timestamp() + interval '2 seconds')::text");
+$node->safe_psql('postgres',
+	"SELECT count(*) FROM qlater_enqueue_many('burst', '[[], [], []]', run_at => '$run_at')");
+ok($node->poll_query_until('postgres', "SELECT count(*) = 3 FROM burst"),
+	'the three jobs due together ran');
+my ($pids, $last_ms) = split /\|/, $node->safe_psql('postgres',
+	"SELECT count(DISTINCT pid), round(extract(epoch FROM max(at) - '$run_at'::timestamptz) * 1000) FROM burst");
+note "the last of the three started $last_ms ms after their run_at";
+is($pids, 3, 'in three workers');
+cmp_ok($last_ms, '<', 500, 'all three started within 500 ms of their run_at');
+$node->safe_psql('postgres',
+	"ALTER SYSTEM RESET qlater.poll_interval; SELECT pg_reload_conf();");
+
 ### a job whose handler was dropped after enqueue ends dead
 $node->safe_psql(
 	'postgres', q{
