@@ -84,6 +84,7 @@ typedef struct QlJob
 	int64		batch_delay;	/* of its queue, in microseconds */
 	int32		priority;		/* with run_at and id: its place in the */
 	TimestampTz run_at;			/* claim order */
+	ItemPointerData tid;		/* the row version the claim read */
 } QlJob;
 
 /* the columns of qlater_job a claim reads */
@@ -464,6 +465,7 @@ ql_read_row(HeapTuple row, TupleDesc desc, QlJob *job)
 		job->id = key.id;
 		job->priority = key.priority;
 		job->run_at = key.run_at;
+		job->tid = *tid;
 		job->handler = TextDatumGetCString(ql_att(slot, QL_ATT_HANDLER, &isnull));
 		job->args = DatumGetJsonbPCopy(ql_att(slot, QL_ATT_ARGS, &isnull));
 		job->role = pstrdup(NameStr(*DatumGetName(ql_att(slot, QL_ATT_ROLE, &isnull))));
@@ -1006,6 +1008,40 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent, bool in_batch)
 }
 
 /*
+ * ql_remove: delete the job's row, in the job's (sub)transaction.  Returns
+ * false if it is gone: qlater_cancel removed it meanwhile.  The version the
+ * claim read is deleted in place, waiting for a transaction that is
+ * changing it, as a DELETE would; the DELETE statement itself removes a
+ * row changed since (it finds the current version), or one of a table with
+ * triggers.  Caller is connected to SPI, with an active snapshot.
+ */
+static bool
+ql_remove(QlJob *job)
+{
+	Relation	rel = table_open(plans.job_relid, RowExclusiveLock);
+	TM_Result	result = TM_Updated;
+	TM_FailureData tmfd;
+	Datum		id;
+
+	if (rel->trigdesc == NULL)
+		result = table_tuple_delete(rel, &job->tid, GetCurrentCommandId(true),
+									GetActiveSnapshot(), InvalidSnapshot, true,
+									&tmfd, false);
+	table_close(rel, NoLock);
+	if (result == TM_Ok)
+	{
+		CommandCounterIncrement();
+		return true;
+	}
+	if (result == TM_Deleted)
+		return false;
+	id = Int64GetDatum(job->id);
+	if (SPI_execute_plan(plans.delete, &id, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not remove job");
+	return SPI_processed > 0;
+}
+
+/*
  * ql_execute: run a claimed job to its end.  Alone, in the transaction
  * that claimed it: commit of its work and its removal, or rollback and a
  * recorded failure.  In a batch, in a subtransaction of the batch's
@@ -1031,7 +1067,6 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		Oid			roleid = get_role_oid(job->role, true);
 		QlProcInfo *pi;
 		QlCall		call;
-		Datum		id = Int64GetDatum(job->id);
 		MemoryContext old;
 
 		if (!OidIsValid(job->proc))
@@ -1085,9 +1120,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 
 		/* the job's removal commits with the handler's work */
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_execute_plan(plans.delete, &id, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not remove job");
-		if (SPI_processed == 0)
+		if (!ql_remove(job))
 		{
 			/* qlater_cancel removed it meanwhile: its work must not stay */
 			cancelled = true;

@@ -264,6 +264,33 @@ wait_label('after-bob', 'other jobs keep running after the dropped role');
 is( $node->safe_psql('postgres', "SELECT count(*) FROM done WHERE label = 'by-bob'"),
 	'0', 'the dropped role\'s job did nothing');
 
+### a trigger on the job table sees each finished job's removal
+# The workers remove a finished job's row in place; a table with triggers
+# (an administrator's audit trail) goes through the DELETE statement.  The
+# trigger runs as the workers' user, with their search_path (pg_catalog):
+# its function names its schema.
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE removed (id bigint);
+CREATE FUNCTION note_removal() RETURNS trigger LANGUAGE plpgsql
+SET search_path = public AS $$
+BEGIN
+    INSERT INTO removed VALUES (OLD.id);
+    RETURN OLD;
+END $$;
+CREATE TRIGGER note_removal AFTER DELETE ON qlater_job
+    FOR EACH ROW EXECUTE FUNCTION note_removal();
+});
+my $audited = $node->safe_psql('postgres',
+	"SELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_enqueue_many('rec', "
+	  . "'[[\"audited-1\"], [\"audited-2\"], [\"audited-3\"]]') id");
+wait_label("audited-$_") for 1 .. 3;
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT string_agg(id::text, ',' ORDER BY id) = '$audited' FROM removed"),
+	'the trigger saw the three jobs removed');
+$node->safe_psql('postgres', 'DROP TRIGGER note_removal ON qlater_job');
+
 # all 4 workers are still there
 is( $node->safe_psql(
 		'postgres',
