@@ -678,7 +678,8 @@ static bool
 ql_claim(QlJob *job, const char *batch_queue, int batch_size)
 {
 	int			limit = ql_shared->nslots * 2 + 8;
-	int			round;
+	int			looks = 0;
+	bool		look;
 	QlClaimKey	start;
 	uint64		gen = 0;
 
@@ -694,50 +695,39 @@ ql_claim(QlJob *job, const char *batch_queue, int batch_size)
 		}
 	}
 	else
-	{
-		switch (ql_claim_candidate(job, batch_queue))
-		{
-			case QL_CANDIDATE_CLAIMED:
-				return true;
-			case QL_CANDIDATE_OTHER_BATCH:
-				return false;
-			case QL_CANDIDATE_NONE_LEFT:
-				break;
-		}
-		start = cands.resume;
 		limit += batch_size * 2;
-	}
 
-	for (round = 0; round < 3; round++)
+	/* a batch first tries what its last look left */
+	for (look = (batch_queue == NULL);; look = true)
 	{
-		ql_look(&start, limit);
-		if (batch_queue == NULL && round == 0)
-		{
-			QlClaimKey	first;
-			QlClaimKey	next;
+		QlCandidateResult result;
 
-			if (cands.n > 0)
-				ql_row_key(cands.rows[0], cands.desc, &first);
-			ql_next_frontier(&start, cands.n > 0 ? &first : NULL, &next);
-			if (ql_key_cmp(&next, &start) > 0)
-				ql_frontier_advance(my_database, &next, gen);
-		}
-		switch (ql_claim_candidate(job, batch_queue))
+		if (look)
 		{
-			case QL_CANDIDATE_CLAIMED:
-				return true;
-			case QL_CANDIDATE_OTHER_BATCH:
-				return false;
-			case QL_CANDIDATE_NONE_LEFT:
-				break;
+			ql_look(&start, limit);
+			if (batch_queue == NULL && looks == 0)
+			{
+				QlClaimKey	first;
+				QlClaimKey	next;
+
+				if (cands.n > 0)
+					ql_row_key(cands.rows[0], cands.desc, &first);
+				ql_next_frontier(&start, cands.n > 0 ? &first : NULL, &next);
+				if (ql_key_cmp(&next, &start) > 0)
+					ql_frontier_advance(my_database, &next, gen);
+			}
+			looks++;
 		}
-		if (!cands.cut)
-			break;
-		/* every candidate was claimed by others: look further */
+		result = ql_claim_candidate(job, batch_queue);
+		if (result != QL_CANDIDATE_NONE_LEFT)
+			return result == QL_CANDIDATE_CLAIMED;
+		if (look && (!cands.cut || looks == 3))
+			return false;
+		/* every candidate was claimed by others, or tried: look further */
+		if (look)
+			limit *= 8;
 		start = cands.resume;
-		limit *= 8;
 	}
-	return false;
 }
 
 /*
