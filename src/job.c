@@ -1348,7 +1348,10 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 		CommitTransactionCommand();
 		return QL_JOB_NONE;
 	}
-	/* more ready jobs than this one: another worker takes them meanwhile */
+	/*
+	 * Busy from now on, so not woken itself; if the look saw more ready
+	 * jobs than this one, another idle worker takes them meanwhile.
+	 */
 	pg_atomic_write_u32(&slot->idle, 0);
 	if (cands.next < cands.n)
 		ql_wake_another_worker();

@@ -52,6 +52,19 @@ sub wait_runs
 		$msg);
 }
 
+# a schedule of alice's ends inactive, with a warning in the log since
+# $offset
+sub deactivated
+{
+	my ($name, $offset, $msg) = @_;
+	ok( $node->poll_query_until(
+			'postgres', "SELECT NOT active FROM qlater_schedules WHERE name = '$name'"),
+		$msg);
+	ok( $node->log_contains(
+			qr/qlater schedule "$name" of role "alice" is deactivated/, $offset),
+		'with a warning in the log');
+}
+
 # each tick of a label ran exactly once
 sub no_duplicates
 {
@@ -234,12 +247,7 @@ is( $node->safe_psql(
 # a schedule whose handler is no longer registered is deactivated
 my $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{SELECT qlater_unregister('rec(text)')});
-ok( $node->poll_query_until(
-		'postgres', q{SELECT NOT active FROM qlater_schedules WHERE name = 'mine'}),
-	'a schedule of an unregistered handler is deactivated');
-ok( $node->log_contains(
-		qr/qlater schedule "mine" of role "alice" is deactivated/, $log_offset),
-	'with a warning in the log');
+deactivated('mine', $log_offset, 'a schedule of an unregistered handler is deactivated');
 # registering it and scheduling again reactivates it
 $node->safe_psql('postgres', q{SELECT qlater_register('rec(text)')});
 $node->safe_psql('postgres',
@@ -286,12 +294,7 @@ wait_runs('to_ext', 1, 'the schedule fires into its queue');
 $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{SELECT qlater_create_queue('alice_q', external => true)},
 	extra_params => [ '-U', 'alice' ]);
-ok( $node->poll_query_until(
-		'postgres', q{SELECT NOT active FROM qlater_schedules WHERE name = 'to_ext'}),
-	'a schedule into a queue turned external is deactivated');
-ok( $node->log_contains(
-		qr/qlater schedule "to_ext" of role "alice" is deactivated/, $log_offset),
-	'with a warning in the log');
+deactivated('to_ext', $log_offset, 'a schedule into a queue turned external is deactivated');
 is( $node->safe_psql(
 		'postgres', q{SELECT count(*) FROM qlater_job WHERE queue = 'alice_q' AND NOT external}),
 	'0', 'no job of it waits for the in-server workers in the external queue');
