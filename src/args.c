@@ -20,6 +20,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
@@ -27,19 +28,25 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "common/hashfn.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 
 #include "args.h"
 
-/* cache of QlProcInfo by OID, and of signature text to OID */
+/*
+ * Cache of signature text to OID.  The key is a pointer to the text, copied
+ * into procinfo_cxt: a signature has no length limit (a hundred parameters
+ * of schema-qualified types).
+ */
 typedef struct QlSignatureEntry
 {
-	char		signature[NAMEDATALEN * 4];	/* hash key */
+	char	   *signature;		/* hash key */
 	Oid			oid;
 } QlSignatureEntry;
 
@@ -60,6 +67,28 @@ static void
 ql_procinfo_invalidate(Datum arg, int cacheid, uint32 hashvalue)
 {
 	procinfo_stale = true;
+}
+
+/* hash support of signature_hash: keys are pointers to C strings */
+static uint32
+ql_signature_hash(const void *key, Size keysize)
+{
+	const char *str = *(const char *const *) key;
+
+	return string_hash(str, strlen(str) + 1);
+}
+
+static int
+ql_signature_match(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
+}
+
+static void *
+ql_signature_keycopy(void *dest, const void *src, Size keysize)
+{
+	*(char **) dest = MemoryContextStrdup(procinfo_cxt, *(const char *const *) src);
+	return dest;
 }
 
 /*
@@ -91,11 +120,15 @@ ql_procinfo_reset(void)
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = NAMEDATALEN * 4;
+	ctl.keysize = sizeof(char *);
 	ctl.entrysize = sizeof(QlSignatureEntry);
 	ctl.hcxt = procinfo_cxt;
+	ctl.hash = ql_signature_hash;
+	ctl.match = ql_signature_match;
+	ctl.keycopy = ql_signature_keycopy;
 	signature_hash = hash_create("qlater handler signatures", 32, &ctl,
-								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
+								 HASH_KEYCOPY | HASH_CONTEXT);
 	procinfo_stale = false;
 }
 
@@ -194,11 +227,13 @@ ql_signature(Oid procoid)
 /*
  * ql_procinfo: what a call of the function or procedure needs.  Raises an
  * error if it does not exist.  The result stays valid until the next call
- * of ql_procinfo or ql_signature_oid.
+ * of ql_procinfo or ql_signature_oid.  The entry is built in full before
+ * it enters the cache, so an error on the way leaves no half-filled entry.
  */
 QlProcInfo *
 ql_procinfo(Oid procoid)
 {
+	QlProcInfo	info;
 	QlProcInfo *pi;
 	bool		found;
 	HeapTuple	tuple;
@@ -209,6 +244,7 @@ ql_procinfo(Oid procoid)
 	int			nall;
 	int			i;
 	int			n;
+	MemoryContext build_cxt;
 	MemoryContext old;
 
 	ql_procinfo_check_cache();
@@ -223,88 +259,136 @@ ql_procinfo(Oid procoid)
 				 errmsg("function with OID %u does not exist", procoid)));
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
 
-	old = MemoryContextSwitchTo(procinfo_cxt);
-	pi = hash_search(procinfo_hash, &procoid, HASH_ENTER, &found);
-	pi->prokind = proc->prokind;
-	pi->variadic = OidIsValid(proc->provariadic);
-	pi->ndefaults = proc->pronargdefaults;
+	/* built in a context of its own, kept only once complete */
+	build_cxt = AllocSetContextCreate(CurrentMemoryContext,
+									  "qlater handler info entry",
+									  ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(build_cxt);
+	memset(&info, 0, sizeof(info));
+	info.oid = procoid;
+	info.prokind = proc->prokind;
+	info.variadic = OidIsValid(proc->provariadic);
+	info.ndefaults = proc->pronargdefaults;
+	info.passable = (proc->prokind == PROKIND_FUNCTION ||
+					 proc->prokind == PROKIND_PROCEDURE);
 	nall = get_func_arg_info(tuple, &alltypes, &allnames, &modes);
-	pi->argtypes = palloc0(sizeof(Oid) * Max(nall, 1));
-	pi->argnames = palloc0(sizeof(char *) * Max(nall, 1));
-	pi->argsafe = palloc0(sizeof(bool) * Max(nall, 1));
-	pi->inflinfo = palloc0(sizeof(FmgrInfo) * Max(nall, 1));
-	pi->typioparam = palloc0(sizeof(Oid) * Max(nall, 1));
-	pi->typoutput = palloc0(sizeof(Oid) * Max(nall, 1));
-	pi->all_safe = true;
+	info.argtypes = palloc0(sizeof(Oid) * Max(nall, 1));
+	info.argnames = palloc0(sizeof(char *) * Max(nall, 1));
+	info.argsafe = palloc0(sizeof(bool) * Max(nall, 1));
+	info.inflinfo = palloc0(sizeof(FmgrInfo) * Max(nall, 1));
+	info.typioparam = palloc0(sizeof(Oid) * Max(nall, 1));
+	info.typoutput = palloc0(sizeof(Oid) * Max(nall, 1));
+	info.all_safe = true;
 	n = 0;
 	for (i = 0; i < nall; i++)
 	{
 		char		mode = modes ? modes[i] : PROARGMODE_IN;
 		Oid			typinput;
 		bool		isvarlena;
-		char		typtype = get_typtype(alltypes[i]);
 
 		if (mode == PROARGMODE_OUT || mode == PROARGMODE_TABLE)
-			continue;
-		pi->argtypes[n] = alltypes[i];
-		pi->argnames[n] = (allnames && allnames[i] && allnames[i][0]) ?
-			pstrdup(allnames[i]) : NULL;
-		pi->argsafe[n] = ql_type_is_safe(alltypes[i]);
-		if (!pi->argsafe[n])
-			pi->all_safe = false;
-		/* pseudo-types have no usable I/O: ql_check_handler_signature refuses them */
-		if (typtype != TYPTYPE_PSEUDO)
 		{
-			getTypeInputInfo(alltypes[i], &typinput, &pi->typioparam[n]);
-			fmgr_info_cxt(typinput, &pi->inflinfo[n], procinfo_cxt);
-			getTypeOutputInfo(alltypes[i], &pi->typoutput[n], &isvarlena);
+			if (proc->prokind == PROKIND_PROCEDURE)
+				info.passable = false;
+			continue;
+		}
+		info.argtypes[n] = alltypes[i];
+		info.argnames[n] = (allnames && allnames[i] && allnames[i][0]) ?
+			pstrdup(allnames[i]) : NULL;
+		info.argsafe[n] = ql_type_is_safe(alltypes[i]);
+		if (!info.argsafe[n])
+			info.all_safe = false;
+		/* pseudo-types have no usable input: such a function is no handler */
+		if (IsPolymorphicType(alltypes[i]) ||
+			get_typtype(alltypes[i]) == TYPTYPE_PSEUDO)
+			info.passable = false;
+		else
+		{
+			getTypeInputInfo(alltypes[i], &typinput, &info.typioparam[n]);
+			fmgr_info_cxt(typinput, &info.inflinfo[n], build_cxt);
+			getTypeOutputInfo(alltypes[i], &info.typoutput[n], &isvarlena);
 		}
 		n++;
 	}
-	pi->nargs = n;
-	pi->signature = ql_signature(procoid);
-	pi->callname = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
-											  NameStr(proc->proname));
+	info.nargs = n;
+	info.signature = ql_signature(procoid);
+	info.callname = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+											   NameStr(proc->proname));
 	MemoryContextSwitchTo(old);
 	ReleaseSysCache(tuple);
+
+	/* complete: it joins the cache */
+	MemoryContextSetParent(build_cxt, procinfo_cxt);
+	pi = hash_search(procinfo_hash, &procoid, HASH_ENTER, &found);
+	*pi = info;
 	return pi;
+}
+
+/*
+ * ql_regprocedure: the function a signature names, or InvalidOid.
+ * to_regprocedure() raises an error for text that is no signature at all
+ * ("ExportStations", a job for applications): run it in a subtransaction
+ * and take such an error as no function.
+ */
+static Oid
+ql_regprocedure(const char *signature)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile Oid result = InvalidOid;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		LOCAL_FCINFO(fcinfo, 1);
+		Datum		d;
+
+		InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = PointerGetDatum(cstring_to_text(signature));
+		fcinfo->args[0].isnull = false;
+		d = to_regprocedure(fcinfo);
+		if (!fcinfo->isnull)
+			result = DatumGetObjectId(d);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return result;
 }
 
 /*
  * ql_signature_oid: the function a schema-qualified signature such as
  * "public.f(text,integer)" names, or InvalidOid if there is none (dropped,
- * renamed, or a type is gone).
+ * renamed, a type is gone, or the text is no signature).  Looked up once
+ * per text until pg_proc, pg_type or pg_namespace change.  Caller is in a
+ * transaction.
  */
 Oid
 ql_signature_oid(const char *signature)
 {
 	QlSignatureEntry *entry;
 	bool		found;
-	Datum		result;
-	char		key[NAMEDATALEN * 4];
+	Oid			oid;
 
 	ql_procinfo_check_cache();
-	if (strlen(signature) >= sizeof(key))
-		return InvalidOid;
-	memset(key, 0, sizeof(key));
-	strlcpy(key, signature, sizeof(key));
-	entry = hash_search(signature_hash, key, HASH_FIND, NULL);
+	entry = hash_search(signature_hash, &signature, HASH_FIND, NULL);
 	if (entry != NULL)
 		return entry->oid;
 
-	{
-		LOCAL_FCINFO(fcinfo, 1);
-
-		InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
-		fcinfo->args[0].value = PointerGetDatum(cstring_to_text(signature));
-		fcinfo->args[0].isnull = false;
-		result = to_regprocedure(fcinfo);
-		if (fcinfo->isnull)
-			result = ObjectIdGetDatum(InvalidOid);
-	}
-	entry = hash_search(signature_hash, key, HASH_ENTER, &found);
-	entry->oid = DatumGetObjectId(result);
-	return entry->oid;
+	oid = ql_regprocedure(signature);
+	/* the subtransaction may have taken invalidations: the cache is fresh? */
+	ql_procinfo_check_cache();
+	entry = hash_search(signature_hash, &signature, HASH_ENTER, &found);
+	entry->oid = oid;
+	return oid;
 }
 
 /*
@@ -356,6 +440,22 @@ ql_check_handler_signature(Oid procoid)
 					 errhint("Job handlers take parameters of concrete types; wrap the function in one that does.")));
 	}
 	ReleaseSysCache(tuple);
+}
+
+/*
+ * ql_check_passable: raise an error unless a job can call the function (a
+ * job of an external queue names any function, and the queue may become
+ * an in-server one).
+ */
+static void
+ql_check_passable(const QlProcInfo *pi)
+{
+	if (!pi->passable)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("function %s cannot be a job handler", pi->signature),
+				 errdetail("Job handlers are functions or procedures whose input parameters have concrete types, "
+						   "and procedures without output parameters.")));
 }
 
 /* ql_arg_errcontext: error context naming the argument being converted */
@@ -571,6 +671,7 @@ ql_args_normalize(QlProcInfo *pi, Jsonb *args)
 	JsonbParseState *state = NULL;
 	JsonbValue *res;
 
+	ql_check_passable(pi);
 	vals = palloc(sizeof(JsonbValue *) * Max(pi->nargs, 1));
 	datums = palloc(sizeof(Datum) * Max(pi->nargs, 1));
 	isnull = palloc(sizeof(bool) * Max(pi->nargs, 1));
@@ -641,12 +742,16 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 	int			n = 0;
 	StringInfoData q;
 
+	ql_check_passable(pi);
 	vals = palloc(sizeof(JsonbValue *) * Max(pi->nargs, 1));
 	ql_match_args(pi, args, vals, &named);
 
 	call->types = palloc(sizeof(Oid) * Max(pi->nargs, 1));
 	call->values = palloc(sizeof(Datum) * Max(pi->nargs, 1));
 	call->nulls = palloc(sizeof(char) * Max(pi->nargs, 1));
+
+	call->named = named;
+	memset(call->given, 0, sizeof(call->given));
 
 	initStringInfo(&q);
 	appendStringInfo(&q, "%s %s(",
@@ -658,6 +763,7 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 
 		if (vals[i] == NULL)
 			continue;
+		call->given[i / 8] |= (1 << (i % 8));
 		call->types[n] = pi->argtypes[i];
 		call->values[n] = ql_arg_datum(pi, i, vals[i], &isnull);
 		call->nulls[n] = isnull ? 'n' : ' ';

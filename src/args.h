@@ -28,14 +28,21 @@ typedef struct QlProcInfo
 	Oid		   *typioparam;
 	Oid		   *typoutput;
 	bool		all_safe;
+	bool		passable;		/* a job can call it: a function or a procedure
+								 * without output parameters, whose input
+								 * parameters have concrete types */
 	char	   *signature;		/* schema-qualified, e.g. public.f(text) */
 	char	   *callname;		/* quoted, schema-qualified name */
 } QlProcInfo;
+
+#define QL_CALL_GIVEN_BYTES ((FUNC_MAX_ARGS + 7) / 8)
 
 /* a call of a handler, ready for SPI */
 typedef struct QlCall
 {
 	char	   *query;			/* SELECT f($1, b => $2) or CALL p(...) */
+	bool		named;			/* named notation */
+	bits8		given[QL_CALL_GIVEN_BYTES];	/* the input parameters given */
 	int			nparams;
 	Oid		   *types;
 	Datum	   *values;
