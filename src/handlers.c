@@ -31,12 +31,17 @@
 static MemoryContext handler_cxt = NULL;
 static HTAB *handler_hash = NULL;
 static bool handler_stale = true;
+static Oid	handler_relid = InvalidOid;	/* the table the cache was read from */
 
-/* invalidation callbacks: forget the registry */
+/*
+ * invalidation callbacks: forget the registry when its table changes (or
+ * every relation's cache is reset), or pg_proc does
+ */
 static void
 ql_handlers_relcache_cb(Datum arg, Oid relid)
 {
-	handler_stale = true;
+	if (relid == InvalidOid || relid == handler_relid)
+		handler_stale = true;
 }
 
 static void
@@ -93,6 +98,7 @@ ql_handlers_load(void)
 					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	/* mark fresh before reading, so that an invalidation meanwhile is kept */
+	handler_relid = c->handler_relid;
 	handler_stale = false;
 
 	query = psprintf("SELECT handler, queue, priority, max_attempts, timeout "
