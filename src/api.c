@@ -470,12 +470,29 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 		AclResult	aclresult;
 
 		/* copy what we need of h: the next lookup may reload the registry */
-		if (spec->queue == NULL)
-			spec->queue = pstrdup(h->queue);
 		spec->priority = PG_ARGISNULL(4) ? h->priority : PG_GETARG_INT32(4);
 		spec->max_attempts = PG_ARGISNULL(5) ? h->max_attempts : PG_GETARG_INT32(5);
 		spec->has_timeout = h->has_timeout;
 		spec->timeout = h->timeout;
+		if (spec->queue == NULL)
+		{
+			spec->queue = pstrdup(h->queue);
+
+			/*
+			 * Registered into an external queue: the job is the
+			 * applications', as if that queue had been named.
+			 */
+			if (ql_queue_is_external(c, spec->queue))
+			{
+				ql_check_app_handler(name);
+				spec->external = true;
+				spec->handler = name;
+				spec->has_timeout = false;
+				ql_check_priority(spec->priority);
+				ql_check_max_attempts(spec->max_attempts);
+				return;
+			}
+		}
 
 		aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
 		if (aclresult != ACLCHECK_OK)
