@@ -17,7 +17,8 @@ OBJS = \
 	src/qlater.o \
 	src/schedule.o \
 	src/shmem.o \
-	src/worker.o
+	src/worker.o \
+	src/xact.o
 PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)

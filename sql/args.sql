@@ -51,7 +51,14 @@ RESET timezone;
 SELECT wait_for_jobs();
 SELECT label, val FROM seen ORDER BY label;
 
--- procedures are handlers too; they may commit
+-- procedures are handlers too, run in the job's transaction: they may not
+-- commit (the attempt fails with invalid transaction termination)
+CREATE PROCEDURE one_step(label text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO seen VALUES (label, 'one step');
+END
+$$;
 CREATE PROCEDURE two_steps(label text)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -60,10 +67,15 @@ BEGIN
     INSERT INTO seen VALUES (label, 'step 2');
 END
 $$;
-SELECT qlater_register('two_steps(text)');
+SELECT qlater_register('one_step(text)');
+SELECT qlater_register('two_steps(text)', max_attempts => 1);
+SELECT qlater_enqueue('one_step', '["proc"]') > 0 AS enqueued;
 SELECT qlater_enqueue('two_steps', '["proc"]') > 0 AS enqueued;
 SELECT wait_for_jobs();
 SELECT label, val FROM seen WHERE label = 'proc' ORDER BY val;
+SELECT handler, state, last_error->>'sqlstate' AS sqlstate, last_error->>'message' AS message
+  FROM qlater_jobs WHERE handler LIKE '%two_steps%';
+SELECT qlater_cancel(id) FROM qlater_jobs WHERE handler LIKE '%two_steps%';
 
 -- variadic parameters take an array
 CREATE FUNCTION joined(sep text, VARIADIC parts text[]) RETURNS void

@@ -77,6 +77,7 @@ ql_inflight_collect(int nslots)
 			{
 				crashed[ncrashed].dboid = rec.dboid;
 				crashed[ncrashed].job_id = rec.job_id;
+				crashed[ncrashed].kind = QL_END_CRASH;
 				crashed[ncrashed].counting = false;
 				ncrashed++;
 				ereport(LOG,

@@ -60,11 +60,13 @@
 
 #include "api.h"
 #include "args.h"
+#include "handlers.h"
 #include "catalog.h"
 #include "inflight.h"
 #include "job.h"
 #include "qlater.h"
 #include "shmem.h"
+#include "xact.h"
 
 /* a claimed job, copied into job_cxt */
 typedef struct QlJob
@@ -72,7 +74,6 @@ typedef struct QlJob
 	int64		id;
 	char	   *handler;
 	Oid			proc;			/* InvalidOid if the handler is gone */
-	char		prokind;
 	Jsonb	   *args;
 	char	   *role;
 	bool		has_timeout;
@@ -118,13 +119,28 @@ typedef struct QlPlans
 	SPIPlanPtr	delete;
 	SPIPlanPtr	fail;
 	SPIPlanPtr	next;
-	SPIPlanPtr	crash;
+	SPIPlanPtr	settle_read;
+	SPIPlanPtr	settle;
 } QlPlans;
 
-/* handler call plans by query text */
+/*
+ * Handler call plans, by the handler's OID and the shape of the call: the
+ * notation and which parameters are given (the others take their
+ * defaults).  The parameter types are kept and compared too: a plan is
+ * never run with values of other types.
+ */
+typedef struct QlCallKey
+{
+	Oid			proc;
+	bool		named;
+	bits8		given[QL_CALL_GIVEN_BYTES];
+} QlCallKey;
+
 typedef struct QlCallPlan
 {
-	char		query[1024];	/* hash key */
+	QlCallKey	key;			/* hash key */
+	int			nparams;
+	Oid			types[FUNC_MAX_ARGS];
 	SPIPlanPtr	plan;
 } QlCallPlan;
 
@@ -174,9 +190,8 @@ static MemoryContext job_cxt = NULL;
 static TimeoutId job_timeout_id;
 static volatile sig_atomic_t job_timed_out = false;
 
-/* the worker's own user, restored after every job */
-static Oid	worker_userid;
-static int	worker_sec_context;
+/* the slot of this worker while it runs a job, for the timeout handler */
+static QlWorkerSlot *volatile running_slot = NULL;
 
 /* this database's shared entry, and when a look last started at the start */
 static QlDatabase *my_database;
@@ -194,6 +209,8 @@ ql_job_timeout_handler(void)
 	QueryCancelPending = true;
 	InterruptPending = true;
 	SetLatch(MyLatch);
+	if (running_slot != NULL)
+		ql_mark_overrun(running_slot, QL_END_TIMEOUT);
 }
 
 /* settings of the worker's own statements; handlers run with the database's */
@@ -251,7 +268,6 @@ ql_job_init(void)
 	cands.cxt = AllocSetContextCreate(TopMemoryContext, "qlater candidates",
 									  ALLOCSET_DEFAULT_SIZES);
 	job_timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
-	GetUserIdAndSecContext(&worker_userid, &worker_sec_context);
 	memset(&plans, 0, sizeof(plans));
 	LWLockAcquire(ql_shared->lock, LW_SHARED);
 	my_database = ql_find_database(MyDatabaseId, false);
@@ -282,7 +298,7 @@ ql_prepare_plans(const QlCatalog *c)
 	Oid			t_id[1] = {INT8OID};
 	Oid			t_text[1] = {TEXTOID};
 	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
-	Oid			t_crash[2] = {INT8OID, INT4OID};
+	Oid			t_settle[6] = {INT8OID, INT4OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	int			i;
 
 	if (plans.candidates != NULL && plans.generation == c->generation)
@@ -296,7 +312,8 @@ ql_prepare_plans(const QlCatalog *c)
 		SPI_freeplan(plans.delete);
 		SPI_freeplan(plans.fail);
 		SPI_freeplan(plans.next);
-		SPI_freeplan(plans.crash);
+		SPI_freeplan(plans.settle_read);
+		SPI_freeplan(plans.settle);
 	}
 	plans.candidates = ql_prepare(psprintf("SELECT " QL_ROW_COLUMNS " FROM %s.qlater_job "
 										   "WHERE NOT dead AND run_at <= now() AND NOT external "
@@ -324,18 +341,13 @@ ql_prepare_plans(const QlCatalog *c)
 	plans.next = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
 									 "WHERE NOT dead AND NOT external AND run_at > now()", s),
 							0, NULL);
-	plans.crash = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = attempts + 1, "
-									  "crashes = crashes + 1, "
-									  "dead = (crashes + 1 >= $2 OR attempts + 1 >= max_attempts), "
-									  "run_at = now() + make_interval(secs => power(attempts + 1, 4) + 3), "
-									  "last_error = jsonb_build_object("
-									  "'sqlstate', 'XX000', "
-									  "'message', 'the server crashed while the job ran', "
-									  "'detail', format('Crash %%s of at most %%s.', crashes + 1, $2), "
-									  "'hint', 'A handler that crashes its process restarts the whole server.', "
-									  "'context', NULL, 'attempt', attempts + 1, 'at', now()) "
-									  "WHERE id = $1", s),
-							 2, t_crash);
+	plans.settle_read = ql_prepare(psprintf("SELECT attempts, max_attempts, crashes, timeout "
+											"FROM %s.qlater_job WHERE id = $1 AND NOT dead "
+											"FOR UPDATE", s),
+								   1, t_id);
+	plans.settle = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, crashes = $3, "
+									   "last_error = $4, run_at = $5, dead = $6 WHERE id = $1", s),
+							  6, t_settle);
 	plans.job_relid = c->job_relid;
 	for (i = 0; i < QL_NJOBATTS; i++)
 	{
@@ -478,8 +490,8 @@ ql_read_row(HeapTuple row, TupleDesc desc, QlJob *job)
 		job->queue = TextDatumGetCString(ql_att(slot, QL_ATT_QUEUE, &isnull));
 		job->batch_size = 1;
 		job->batch_delay = 0;
+		/* InvalidOid for text that names no function: ql_check_runnable */
 		job->proc = ql_signature_oid(job->handler);
-		job->prokind = OidIsValid(job->proc) ? get_func_prokind(job->proc) : PROKIND_FUNCTION;
 		MemoryContextSwitchTo(old);
 	}
 	ExecDropSingleTupleTableSlot(slot);
@@ -567,16 +579,15 @@ ql_next_frontier(const QlClaimKey *from, const QlClaimKey *first,
 }
 
 /*
- * ql_batchable: whether a job may run in a batch, if its queue batches:
- * its handler is a function (a procedure that COMMITs cannot run in a
- * subtransaction), and the workers' transactions see each statement's own
- * snapshot (under REPEATABLE READ or SERIALIZABLE a batch's jobs would
- * share one, and serialization failures would strike the whole batch).
+ * ql_batchable: whether jobs may run in batches: only if the workers'
+ * transactions see each statement's own snapshot (under REPEATABLE READ or
+ * SERIALIZABLE a batch's jobs would share one, and serialization failures
+ * would strike the whole batch).
  */
 static bool
-ql_batchable(const QlJob *job)
+ql_batchable(void)
 {
-	return job->prokind == PROKIND_FUNCTION && !IsolationUsesXactSnapshot();
+	return !IsolationUsesXactSnapshot();
 }
 
 /*
@@ -647,7 +658,7 @@ ql_claim_candidate(QlJob *job, const char *queue)
 			ql_release_claim(id);
 			continue;
 		}
-		if (queue != NULL && !(ql_batchable(job) && strcmp(job->queue, queue) == 0))
+		if (queue != NULL && strcmp(job->queue, queue) != 0)
 		{
 			/* the next round runs it */
 			ql_release_claim(id);
@@ -765,15 +776,16 @@ ql_next_wakeup_ms(void)
 }
 
 /*
- * ql_call_plan: the prepared plan of a handler call.  Caller is connected
- * to SPI.
+ * ql_call_plan: the prepared plan of a call of handler proc.  Caller is
+ * connected to SPI, as the job's role: planning inserts the defaults of
+ * parameters not given, and may run their functions.
  */
 static SPIPlanPtr
-ql_call_plan(QlCall *call)
+ql_call_plan(Oid proc, QlCall *call)
 {
+	QlCallKey	key;
 	QlCallPlan *entry;
 	bool		found;
-	SPIPlanPtr	plan;
 
 	if (call_plans == NULL || hash_get_num_entries(call_plans) >= QL_MAX_CALL_PLANS)
 	{
@@ -785,83 +797,35 @@ ql_call_plan(QlCall *call)
 
 			hash_seq_init(&seq, call_plans);
 			while ((entry = hash_seq_search(&seq)) != NULL)
-				SPI_freeplan(entry->plan);
+			{
+				if (entry->plan != NULL)
+					SPI_freeplan(entry->plan);
+			}
 			hash_destroy(call_plans);
 		}
 		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(((QlCallPlan *) NULL)->query);
+		ctl.keysize = sizeof(QlCallKey);
 		ctl.entrysize = sizeof(QlCallPlan);
 		call_plans = hash_create("qlater call plans", 64, &ctl,
-								 HASH_ELEM | HASH_STRINGS);
+								 HASH_ELEM | HASH_BLOBS);
 	}
 
-	if (strlen(call->query) >= sizeof(((QlCallPlan *) NULL)->query))
-	{
-		plan = SPI_prepare(call->query, call->nparams, call->types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare \"%s\": %s", call->query,
-				 SPI_result_code_string(SPI_result));
-		return plan;
-	}
-	entry = hash_search(call_plans, call->query, HASH_FIND, NULL);
-	if (entry != NULL)
+	memset(&key, 0, sizeof(key));
+	key.proc = proc;
+	key.named = call->named;
+	memcpy(key.given, call->given, sizeof(key.given));
+	entry = hash_search(call_plans, &key, HASH_ENTER, &found);
+	if (found && entry->plan != NULL && entry->nparams == call->nparams &&
+		memcmp(entry->types, call->types, sizeof(Oid) * call->nparams) == 0)
 		return entry->plan;
-	plan = ql_prepare(call->query, call->nparams, call->types);
-	entry = hash_search(call_plans, call->query, HASH_ENTER, &found);
-	entry->plan = plan;
-	return plan;
-}
-
-/*
- * ql_param_list: the call's parameters as a ParamListInfo.
- */
-static ParamListInfo
-ql_param_list(QlCall *call)
-{
-	ParamListInfo params = makeParamList(call->nparams);
-	int			i;
-
-	for (i = 0; i < call->nparams; i++)
-	{
-		params->params[i].value = call->values[i];
-		params->params[i].isnull = (call->nulls[i] == 'n');
-		params->params[i].pflags = PARAM_FLAG_CONST;
-		params->params[i].ptype = call->types[i];
-	}
-	return params;
-}
-
-/*
- * ql_run_procedure: CALL a procedure handler at top level, through a portal
- * as a client's CALL runs, so that it may COMMIT and ROLLBACK.  Caller is
- * not connected to SPI and has no active snapshot.
- */
-static void
-ql_run_procedure(QlCall *call)
-{
-	List	   *raw = pg_parse_query(call->query);
-	RawStmt    *stmt = linitial_node(RawStmt, raw);
-	List	   *queries;
-	List	   *plist;
-	Portal		portal;
-	DestReceiver *dest = CreateDestReceiver(DestNone);
-	QueryCompletion qc;
-
-#if PG_VERSION_NUM >= 150000
-	queries = pg_analyze_and_rewrite_fixedparams(stmt, call->query, call->types,
-												 call->nparams, NULL);
-#else
-	queries = pg_analyze_and_rewrite(stmt, call->query, call->types,
-									 call->nparams, NULL);
-#endif
-	plist = pg_plan_queries(queries, call->query, CURSOR_OPT_PARALLEL_OK, NULL);
-
-	portal = CreatePortal("qlater job", true, true);
-	portal->visible = false;
-	PortalDefineQuery(portal, NULL, call->query, CMDTAG_CALL, plist, NULL);
-	PortalStart(portal, ql_param_list(call), 0, InvalidSnapshot);
-	(void) PortalRun(portal, FETCH_ALL, true, true, dest, dest, &qc);
-	PortalDrop(portal, false);
+	if (found && entry->plan != NULL)
+		SPI_freeplan(entry->plan);
+	/* no plan until one is made: an error on the way leaves none */
+	entry->plan = NULL;
+	entry->nparams = call->nparams;
+	memcpy(entry->types, call->types, sizeof(Oid) * call->nparams);
+	entry->plan = ql_prepare(call->query, call->nparams, call->types);
+	return entry->plan;
 }
 
 /*
@@ -894,60 +858,57 @@ ql_reset_session(void)
 }
 
 /*
- * ql_call_handler: run the handler as the job's role.  A function is called
- * through SPI (caller is connected), in a GUC nest level that undoes
- * whatever it SETs.
+ * ql_call_handler: convert the job's arguments and run its handler, as the
+ * job's role, in a GUC nest level that undoes whatever it SETs, with the
+ * database's settings (search_path included) rather than the worker's.
  *
- * A procedure may COMMIT and ROLLBACK, and an abort restores the user that
- * was current when the aborted transaction started; so every transaction
- * of a procedure must start as the job's role.  The claiming transaction is
- * ended first (the claim is a session lock and stays), and the job's own
- * starts after the switch.  Its COMMITs would end a GUC nest level, so what
- * it SETs is undone with ResetAllOptions() (as RESET ALL) afterwards.
+ * The switch to the role comes first: everything after it may run code
+ * the role defined (type input functions, domain checks, the functions of
+ * parameter defaults, which planning the call may run, and the handler),
+ * and the role's rights are all it may have.  What the commit would run of
+ * the job's code (deferred triggers, cursors WITH HOLD) runs here too,
+ * before the switch back to the worker's user, which is a superuser.  An
+ * error leaves the switch to the abort of the (sub)transaction, which
+ * restores the user and settings it started with.
  *
- * Either way the handler runs with the database's search_path, not the
- * worker's own, and what the commit would run of its code (deferred
- * triggers, cursors WITH HOLD) runs before the switch back to the worker's
- * user, which is a superuser.
+ * A procedure is CALLed like a function, in an atomic context: it may not
+ * COMMIT or ROLLBACK (2D000, invalid transaction termination).  A handler
+ * whose transactions ended inside it would start new ones as the role,
+ * which PostgreSQL's own code never does, and its work would no longer
+ * commit with the job's removal.  Caller is connected to SPI.
  */
 static void
-ql_call_handler(Oid roleid, QlProcInfo *pi, QlCall *call)
+ql_call_handler(QlJob *job, Oid roleid)
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			save_nestlevel;
+	QlProcInfo *pi;
+	QlCall		call;
+	SPIPlanPtr	plan;
+	MemoryContext old;
+	int			rc;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	if (pi->prokind == PROKIND_PROCEDURE)
-	{
-		ResetAllOptions();		/* the database's settings, from now on */
-		CommitTransactionCommand();
-		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		ql_run_procedure(call);
-		ql_fire_commit_actions();
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-		ResetAllOptions();
-		ql_worker_settings();
-	}
-	else
-	{
-		SPIPlanPtr	plan = ql_call_plan(call);
-		int			save_nestlevel;
-		int			rc;
+	save_nestlevel = NewGUCNestLevel();
+	ql_handler_settings();
+	SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
-		save_nestlevel = NewGUCNestLevel();
-		ql_handler_settings();
-		SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-		PushActiveSnapshot(GetTransactionSnapshot());
-		rc = SPI_execute_plan(plan, call->values, call->nulls, false, 0);
-		PopActiveSnapshot();
-		if (rc < 0)
-			elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
-		ql_fire_commit_actions();
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-		AtEOXact_GUC(false, save_nestlevel);
-	}
+	pi = ql_procinfo(job->proc);
+	old = MemoryContextSwitchTo(job_cxt);
+	ql_args_to_call(pi, job->args, &call);
+	MemoryContextSwitchTo(old);
+	plan = ql_call_plan(job->proc, &call);
+
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rc = SPI_execute_plan(plan, call.values, call.nulls, false, 0);
+	PopActiveSnapshot();
+	if (rc < 0)
+		elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
+	ql_fire_commit_actions();
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	AtEOXact_GUC(false, save_nestlevel);
 }
 
 /*
@@ -964,13 +925,13 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent, bool in_batch)
 	Datum		values[5];
 
 	if (!in_batch)
+		ql_xact_begin();
+	else
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
 	}
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	now = GetCurrentTimestamp();
 
 	values[0] = Int64GetDatum(job->id);
@@ -986,10 +947,13 @@ ql_record_failure(QlJob *job, ErrorData *edata, bool permanent, bool in_batch)
 
 		ql_lower_frontier_at_commit(&key);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
 	if (!in_batch)
-		CommitTransactionCommand();
+		ql_xact_commit();
+	else
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+	}
 
 	ereport(LOG,
 			(errmsg("qlater job %lld (%s) failed%s: %s",
@@ -1032,11 +996,54 @@ ql_remove(QlJob *job)
 }
 
 /*
+ * ql_check_runnable: raise an error unless the job can run: its handler
+ * exists and is a registered handler, and its role exists.  A job written
+ * for an external queue that has become an in-server one may name any
+ * function, or none: only registered handlers run in the server.
+ */
+static Oid
+ql_check_runnable(const QlJob *job)
+{
+	Oid			roleid = get_role_oid(job->role, true);
+
+	if (!OidIsValid(job->proc))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("job handler %s does not exist", job->handler),
+				 errdetail("The handler was dropped or renamed after the job was enqueued, "
+						   "or the job was written for applications and its queue is now served in the server.")));
+	if (ql_handler_lookup(job->proc) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("function %s is not registered as a job handler", job->handler),
+				 errdetail("Only registered handlers run in the server: the handler was unregistered, "
+						   "or the job was written for applications and its queue is now served in the server.")));
+	if (!OidIsValid(roleid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role \"%s\" does not exist", job->role),
+				 errdetail("The role that enqueued the job was dropped or renamed.")));
+	return roleid;
+}
+
+/*
+ * ql_timeout_message: the message of an attempt that ran out of time
+ */
+static char *
+ql_timeout_message(const QlJob *job)
+{
+	return psprintf("job timed out after %s",
+					DatumGetCString(DirectFunctionCall1(interval_out,
+														IntervalPGetDatum(&job->timeout))));
+}
+
+/*
  * ql_execute: run a claimed job to its end.  Alone, in the transaction
  * that claimed it: commit of its work and its removal, or rollback and a
  * recorded failure.  In a batch, in a subtransaction of the batch's
- * transaction, which the failure is recorded in.  Called without SPI
- * connection or active snapshot.
+ * transaction, which the failure is recorded in.  Called in the claiming
+ * transaction, without SPI connection or active snapshot.  Alone, it
+ * returns with the transaction ended, in the loop's memory context.
  */
 static void
 ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
@@ -1054,27 +1061,13 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		BeginInternalSubTransaction(NULL);
 	PG_TRY();
 	{
-		Oid			roleid = get_role_oid(job->role, true);
-		QlProcInfo *pi;
-		QlCall		call;
-		MemoryContext old;
+		Oid			roleid;
 
-		if (!OidIsValid(job->proc))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_FUNCTION),
-					 errmsg("function %s does not exist", job->handler),
-					 errdetail("The handler was dropped or renamed after the job was enqueued.")));
-		if (!OidIsValid(roleid))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("role \"%s\" does not exist", job->role),
-					 errdetail("The role that enqueued the job was dropped or renamed.")));
-
-		pi = ql_procinfo(job->proc);
-		old = MemoryContextSwitchTo(job_cxt);
-		ql_args_to_call(pi, job->args, &call);
-		MemoryContextSwitchTo(old);
-
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		roleid = ql_check_runnable(job);
+		PopActiveSnapshot();
 		/* from here on a failure is the handler's: retry it */
 		permanent = false;
 		if (job->has_timeout)
@@ -1085,20 +1078,14 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 
 			enable_timeout_after(job_timeout_id, (int) Min(Max(ms, 1), INT_MAX));
 		}
-		if (pi->prokind != PROKIND_PROCEDURE && SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		ql_call_handler(roleid, pi, &call);
-		if (pi->prokind == PROKIND_PROCEDURE && SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
+		ql_call_handler(job, roleid);
 		if (job->has_timeout)
 			disable_timeout(job_timeout_id, false);
 
 		if (job_timed_out)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("job timed out after %s",
-							DatumGetCString(DirectFunctionCall1(interval_out,
-																IntervalPGetDatum(&job->timeout)))),
+					 errmsg_internal("%s", ql_timeout_message(job)),
 					 errdetail("The handler went on after its cancel; its work is rolled back.")));
 		if (pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
 		{
@@ -1123,7 +1110,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		if (in_batch)
 			ReleaseCurrentSubTransaction();
 		else
-			CommitTransactionCommand();
+			ql_xact_commit();
 	}
 	PG_CATCH();
 	{
@@ -1134,24 +1121,24 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 		edata = CopyErrorData();
 		FlushErrorState();
 		MemoryContextSwitchTo(ecxt);
+		/* the abort restores the user and settings the (sub)transaction started with */
 		if (in_batch)
 			RollbackAndReleaseCurrentSubTransaction();
 		else
-			AbortCurrentTransaction();
-
-		/* the abort restored the user the (sub)transaction started with */
-		SetUserIdAndSecContext(worker_userid, worker_sec_context);
-		if (job->prokind == PROKIND_PROCEDURE)
-		{
-			StartTransactionCommand();
-			ResetAllOptions();
-			ql_worker_settings();
-			CommitTransactionCommand();
-		}
+			ql_xact_abort();
 	}
 	PG_END_TRY();
-	MemoryContextSwitchTo(outer_cxt);
-	CurrentResourceOwner = outer_owner;
+
+	/*
+	 * After a subtransaction, back to the batch's context and resource
+	 * owner; after a top-level commit or abort those are gone, and
+	 * ql_xact_commit/abort left the loop's context current.
+	 */
+	if (in_batch)
+	{
+		MemoryContextSwitchTo(outer_cxt);
+		CurrentResourceOwner = outer_owner;
+	}
 
 	/* a cancel interrupted the handler */
 	if (edata != NULL && pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
@@ -1160,14 +1147,7 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 	if (edata != NULL && !cancelled)
 	{
 		if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-		{
-			MemoryContext old = MemoryContextSwitchTo(job_cxt);
-
-			edata->message = psprintf("job timed out after %s",
-									  DatumGetCString(DirectFunctionCall1(interval_out,
-																		  IntervalPGetDatum(&job->timeout))));
-			MemoryContextSwitchTo(old);
-		}
+			edata->message = MemoryContextStrdup(job_cxt, ql_timeout_message(job));
 		ql_record_failure(job, edata, permanent, in_batch);
 	}
 }
@@ -1181,13 +1161,17 @@ static void
 ql_run_one(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 {
 	pg_atomic_write_u32(&slot->idle, 0);
+	pg_atomic_write_u64(&slot->overrun_job, 0);
 	pg_atomic_write_u64(&slot->job_id, (uint64) job->id);
+	running_slot = slot;
 	ql_inflight_set(MyDatabaseId, job->id);
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("qlater job %lld: %s", (long long) job->id, job->handler));
 
 	ql_execute(job, slot, in_batch);
 
+	running_slot = NULL;
+	pg_atomic_write_u64(&slot->overrun_job, 0);
 	ql_inflight_clear();
 	pg_atomic_write_u64(&slot->job_id, 0);
 	if (pg_atomic_read_u64(&slot->cancel_job) == (uint64) job->id)
@@ -1226,18 +1210,16 @@ ql_rerun(int64 id, QlWorkerSlot *slot)
 	bool		found;
 
 	MemoryContextReset(job_cxt);
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	ql_xact_begin();
 	found = ql_fetch(id, &job);
-	SPI_finish();
-	PopActiveSnapshot();
 	if (found)
+	{
+		SPI_finish();
+		PopActiveSnapshot();
 		ql_run_one(&job, slot, false);
+	}
 	else
-		CommitTransactionCommand();
+		ql_xact_commit();
 }
 
 /*
@@ -1279,7 +1261,7 @@ ql_run_batch(QlJob *first, QlWorkerSlot *slot)
 
 	PG_TRY();
 	{
-		CommitTransactionCommand();
+		ql_xact_commit();
 	}
 	PG_CATCH();
 	{
@@ -1289,8 +1271,7 @@ ql_run_batch(QlJob *first, QlWorkerSlot *slot)
 		edata = CopyErrorData();
 		FlushErrorState();
 		MemoryContextSwitchTo(ecxt);
-		AbortCurrentTransaction();
-		SetUserIdAndSecContext(worker_userid, worker_sec_context);
+		ql_xact_abort();
 		ereport(LOG,
 				(errmsg("a batch of %d qlater jobs failed to commit: %s",
 						n, edata->message),
@@ -1324,28 +1305,21 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 
 	MemoryContextReset(job_cxt);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_xact_begin();
 	ql_reset_session();
 	c = ql_catalog(true);
 	if (c == NULL)
 	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		ql_xact_commit();
 		return QL_JOB_NO_EXTENSION;
 	}
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	ql_prepare_plans(c);
 
 	claimed = ql_claim(&job, NULL, 0);
 	if (!claimed)
 	{
 		*sleep_ms = ql_next_wakeup_ms();
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		ql_xact_commit();
 		return QL_JOB_NONE;
 	}
 	/*
@@ -1359,7 +1333,7 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 	SPI_finish();
 	PopActiveSnapshot();
 
-	if (job.batch_size > 1 && ql_batchable(&job))
+	if (job.batch_size > 1 && ql_batchable())
 		ql_run_batch(&job, slot);
 	else
 		ql_run_one(&job, slot, false);
@@ -1374,31 +1348,70 @@ ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms)
 }
 
 /*
- * ql_count_crash: count a crash of the server against a job that was
- * running in the process that crashed.  Runs its own transaction.
+ * ql_settle_ended: record the end of an attempt whose process could not
+ * record it itself: the server crashed while it ran (QL_END_CRASH), or its
+ * worker was ended because the handler went on after a timeout
+ * (QL_END_TIMEOUT) or a committed qlater_cancel (QL_END_CANCEL; the cancel
+ * removed the job, and nothing is left to record).  The attempt counts as
+ * failed, with a last_error that says why, and the job is retried after
+ * its backoff or is dead.  Runs its own transaction.
  */
 void
-ql_count_crash(int64 job_id)
+ql_settle_ended(int64 job_id, QlEndKind kind)
 {
 	const QlCatalog *c;
-	Datum		values[2];
+	Datum		id = Int64GetDatum(job_id);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_xact_begin();
 	c = ql_catalog(true);
 	if (c != NULL)
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
 		ql_prepare_plans(c);
-		values[0] = Int64GetDatum(job_id);
-		values[1] = Int32GetDatum(ql_max_crashes);
-		if (SPI_execute_plan(plans.crash, values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not count a crash of job %lld", (long long) job_id);
-		ql_lower_frontier_at_commit(&ql_key_min);
-		SPI_finish();
+		if (SPI_execute_plan(plans.settle_read, &id, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read job %lld", (long long) job_id);
+		if (SPI_processed > 0)
+		{
+			HeapTuple	row = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			int32		attempts = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull)) + 1;
+			int32		max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+			int32		crashes = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+			Datum		timeout = SPI_getbinval(row, desc, 4, &isnull);
+			TimestampTz now = GetCurrentTimestamp();
+			bool		dead;
+			Jsonb	   *error;
+			Datum		values[6];
+
+			if (kind == QL_END_CRASH)
+			{
+				crashes++;
+				error = ql_error_json_fields("XX000", "the server crashed while the job ran",
+											 psprintf("Crash %d of at most %d.", crashes, ql_max_crashes),
+											 "A handler that crashes its process restarts the whole server.",
+											 NULL, attempts, now);
+			}
+			else
+				error = ql_error_json_fields("57014",
+											 kind == QL_END_TIMEOUT && !isnull ?
+											 psprintf("job timed out after %s",
+													  DatumGetCString(DirectFunctionCall1(interval_out, timeout))) :
+											 "job was cancelled",
+											 psprintf("The handler went on for %d seconds after its cancel: its worker was ended and its work rolled back.",
+													  QL_OVERRUN_GRACE_MS / 1000),
+											 "A handler must not catch query_canceled without raising it again.",
+											 NULL, attempts, now);
+			dead = (attempts >= max_attempts || crashes >= ql_max_crashes);
+			values[0] = id;
+			values[1] = Int32GetDatum(attempts);
+			values[2] = Int32GetDatum(crashes);
+			values[3] = JsonbPGetDatum(error);
+			values[4] = TimestampTzGetDatum(dead ? now : ql_retry_time(attempts, now));
+			values[5] = BoolGetDatum(dead);
+			if (SPI_execute_plan(plans.settle, values, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not record the end of job %lld", (long long) job_id);
+			ql_lower_frontier_at_commit(&ql_key_min);
+		}
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	ql_xact_commit();
 }

@@ -22,7 +22,7 @@ typedef enum QlJobResult
 
 extern void ql_job_init(void);
 extern QlJobResult ql_run_next_job(QlWorkerSlot *slot, long *sleep_ms);
-extern void ql_count_crash(int64 job_id);
+extern void ql_settle_ended(int64 job_id, QlEndKind kind);
 extern Jsonb *ql_error_json_fields(const char *sqlstate, const char *message,
 								   const char *detail, const char *hint,
 								   const char *context, int attempt,

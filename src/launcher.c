@@ -21,6 +21,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/tableam.h"
@@ -43,6 +45,7 @@
 #include "launcher.h"
 #include "qlater.h"
 #include "shmem.h"
+#include "xact.h"
 
 /* minimum time between two starts of a worker in the same slot */
 #define QL_RESTART_DELAY_MS	1000
@@ -98,9 +101,7 @@ ql_scan_databases(bool add_unknown)
 	int			i;
 	int			j;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_xact_begin();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -114,8 +115,7 @@ ql_scan_databases(bool add_unknown)
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	ql_xact_commit();
 
 	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < QL_MAX_DATABASES; i++)
@@ -307,6 +307,52 @@ ql_balance(void)
 }
 
 /*
+ * ql_end_overruns: end the workers whose handler went on for
+ * QL_OVERRUN_GRACE_MS after its timeout or a committed cancel interrupted
+ * it (it caught the cancel): a handler cannot catch the termination.  The
+ * worker lists its job on the way out (worker.c), and a worker of its
+ * database records the failed attempt.  Returns the time in ms until the
+ * next such end is due, or -1.
+ */
+static long
+ql_end_overruns(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		next = -1;
+	int			i;
+
+	for (i = 0; i < ql_shared->nslots; i++)
+	{
+		QlWorkerSlot *slot = &ql_shared->slots[i];
+		uint64		job = pg_atomic_read_u64(&slot->overrun_job);
+		TimestampTz due;
+		pid_t		pid = slot->pid;
+
+		if (job == 0 || pid == 0 || pg_atomic_read_u64(&slot->ending_job) == job)
+			continue;
+		pg_read_barrier();
+		due = TimestampTzPlusMilliseconds((TimestampTz) pg_atomic_read_u64(&slot->overrun_at),
+										  QL_OVERRUN_GRACE_MS);
+		if (due > now)
+		{
+			long		wait = TimestampDifferenceMilliseconds(now, due) + 1;
+
+			if (next < 0 || wait < next)
+				next = wait;
+			continue;
+		}
+		/* still the same job? */
+		if (pg_atomic_read_u64(&slot->job_id) != job)
+			continue;
+		pg_atomic_write_u64(&slot->ending_job, job);
+		pg_memory_barrier();
+		if (pg_atomic_read_u64(&slot->job_id) == job)
+			kill(pid, SIGTERM);
+	}
+	return next;
+}
+
+/*
  * qlater_launcher_main: entry point of the launcher.
  */
 void
@@ -321,6 +367,7 @@ qlater_launcher_main(Datum main_arg)
 	/* no database: only shared catalogs such as pg_database */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("qlater launcher");
+	ql_xact_init();
 
 	lslots = MemoryContextAllocZero(TopMemoryContext,
 									sizeof(QlLauncherSlot) * ql_shared->nslots);
@@ -345,6 +392,7 @@ qlater_launcher_main(Datum main_arg)
 		long		timeout = QL_RESCAN_MS;
 		long		retry;
 
+		MemoryContextReset(ql_loop_context());
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -358,6 +406,9 @@ qlater_launcher_main(Datum main_arg)
 		}
 
 		retry = ql_balance();
+		if (retry >= 0 && retry < timeout)
+			timeout = retry;
+		retry = ql_end_overruns();
 		if (retry >= 0 && retry < timeout)
 			timeout = retry;
 

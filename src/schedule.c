@@ -49,6 +49,7 @@
 #include "cron.h"
 #include "handlers.h"
 #include "schedule.h"
+#include "xact.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(qlater_schedule);
@@ -651,17 +652,12 @@ ql_schedule_fire_due(long *sleep_ms)
 		return;
 	}
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-
 	/*
 	 * Read committed whatever the database's default: a due row that
 	 * another worker fired after our snapshot is then read again and found
 	 * not due, rather than failing the pass with a serialization error.
-	 * Set before the transaction's first snapshot.
 	 */
-	XactIsoLevel = XACT_READ_COMMITTED;
-	PushActiveSnapshot(GetTransactionSnapshot());
+	ql_xact_begin_at(XACT_READ_COMMITTED);
 	pgstat_report_activity(STATE_RUNNING, "qlater: firing due schedules");
 	if (!sched_callback_registered)
 	{
@@ -674,16 +670,13 @@ ql_schedule_fire_due(long *sleep_ms)
 	sched_relid = c ? get_relname_relid("qlater_schedule", c->schema_oid) : InvalidOid;
 	if (!OidIsValid(sched_relid))
 	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		ql_xact_commit();
 		pgstat_report_activity(STATE_IDLE, NULL);
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
 	}
 
 	ql_become_owner(c, &save);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 
 	now = GetCurrentTimestamp();
 	values[0] = TimestampTzGetDatum(now);
@@ -742,10 +735,8 @@ ql_schedule_fire_due(long *sleep_ms)
 		sched_next_check = Min(next, now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000));
 	}
 
-	SPI_finish();
 	ql_restore_user(&save);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	ql_xact_commit();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	ql_schedule_lower_sleep(sleep_ms, GetCurrentTimestamp());
 }

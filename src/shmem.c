@@ -11,6 +11,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 #include "qlater.h"
 #include "shmem.h"
@@ -73,6 +74,10 @@ ql_shmem_startup(void)
 			pg_atomic_init_u64(&ql_shared->slots[i].job_id, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].wake_at, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].overrun_job, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].overrun_at, 0);
+			pg_atomic_init_u32(&ql_shared->slots[i].overrun_kind, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].ending_job, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -204,4 +209,26 @@ ql_frontier_lower(QlDatabase *db, const QlClaimKey *key)
 		db->frontier = *key;
 	db->frontier_gen++;
 	SpinLockRelease(&db->frontier_mutex);
+}
+
+/*
+ * ql_mark_overrun: the job that a worker runs was interrupted by its
+ * timeout or by a committed qlater_cancel: note when, and wake the
+ * launcher, which ends the worker if the handler goes on past the grace.
+ * Safe in a signal handler: atomics and SetLatch only.
+ */
+void
+ql_mark_overrun(QlWorkerSlot *slot, QlEndKind kind)
+{
+	uint64		job = pg_atomic_read_u64(&slot->job_id);
+	Latch	   *launcher = ql_shared->launcher_latch;
+
+	if (job == 0 || pg_atomic_read_u64(&slot->overrun_job) == job)
+		return;
+	pg_atomic_write_u64(&slot->overrun_at, (uint64) GetCurrentTimestamp());
+	pg_atomic_write_u32(&slot->overrun_kind, (uint32) kind);
+	pg_write_barrier();
+	pg_atomic_write_u64(&slot->overrun_job, job);
+	if (launcher != NULL)
+		SetLatch(launcher);
 }

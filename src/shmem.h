@@ -52,12 +52,34 @@ typedef struct QlDatabase
 	QlClaimKey	frontier;
 } QlDatabase;
 
-/* a job that was running in a process that crashed the server */
+/* why an attempt ended without its process recording it */
+typedef enum QlEndKind
+{
+	QL_END_CRASH = 0,			/* the server crashed while it ran */
+	QL_END_TIMEOUT,				/* its worker was ended after its timeout */
+	QL_END_CANCEL				/* its worker was ended after a qlater_cancel */
+} QlEndKind;
+
+/*
+ * How long a handler may go on after its timeout or a committed
+ * qlater_cancel interrupted it (a handler that catches query_canceled)
+ * before the launcher ends its worker, as PostgreSQL ends a session for
+ * idle_in_transaction_session_timeout.
+ */
+#define QL_OVERRUN_GRACE_MS	5000
+
+/*
+ * A job whose attempt ended in a process that could not record it: one
+ * that was running when the server crashed, or in a worker that was ended
+ * for overrunning its timeout or a cancel.  No worker claims a listed job
+ * until a worker of its database has recorded the end (worker.c).
+ */
 typedef struct QlCrashedJob
 {
 	Oid			dboid;
 	int64		job_id;
-	bool		counting;		/* a worker is counting the crash */
+	QlEndKind	kind;
+	bool		counting;		/* a worker is recording it */
 } QlCrashedJob;
 
 /* at most this many sessions listen for jobs of external queues at once */
@@ -85,6 +107,16 @@ typedef struct QlWorkerSlot
 	pg_atomic_uint64 cancel_job;	/* job whose attempt must stop */
 	pg_atomic_uint64 wake_at;	/* an idle worker's next look on its own
 								 * (TimestampTz); 0 while it looks */
+
+	/*
+	 * A job whose handler was interrupted by its timeout or a cancel: if
+	 * the worker still runs it QL_OVERRUN_GRACE_MS after overrun_at, the
+	 * launcher ends the worker (ending_job, then SIGTERM).
+	 */
+	pg_atomic_uint64 overrun_job;
+	pg_atomic_uint64 overrun_at;	/* TimestampTz */
+	pg_atomic_uint32 overrun_kind;	/* QlEndKind */
+	pg_atomic_uint64 ending_job;
 } QlWorkerSlot;
 
 /*
@@ -116,6 +148,7 @@ extern const QlClaimKey ql_key_min;
 extern void ql_shmem_init(void);
 extern QlDatabase *ql_find_database(Oid dboid, bool create);
 extern bool ql_job_crash_pending(int64 job_id);
+extern void ql_mark_overrun(QlWorkerSlot *slot, QlEndKind kind);
 extern int	ql_key_cmp(const QlClaimKey *a, const QlClaimKey *b);
 extern void ql_frontier_get(QlDatabase *db, QlClaimKey *key, uint64 *gen);
 extern void ql_frontier_advance(QlDatabase *db, const QlClaimKey *key, uint64 gen);

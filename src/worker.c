@@ -23,10 +23,13 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -36,8 +39,12 @@
 #include "qlater.h"
 #include "schedule.h"
 #include "shmem.h"
+#include "xact.h"
 
 static QlWorkerSlot *my_slot = NULL;
+
+/* the job whose end this worker is recording (ql_settle_list), 0 if none */
+static int64 settling_job = 0;
 
 /*
  * ql_worker_quit: SIGQUIT handler.  The postmaster sends SIGQUIT when
@@ -49,6 +56,25 @@ ql_worker_quit(SIGNAL_ARGS)
 {
 	ql_inflight_mark_victim();
 	SignalHandlerForCrashExit(postgres_signal_arg);
+}
+
+/*
+ * ql_worker_cancel: SIGINT handler.  A cancel (a committed qlater_cancel of
+ * the running job, or pg_cancel_backend) interrupts what runs now; if it
+ * was meant for the running job, the launcher ends the worker should the
+ * handler go on past the grace.  An idle worker ignores it (worker loop).
+ */
+static void
+ql_worker_cancel(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+	uint64		job;
+
+	StatementCancelHandler(postgres_signal_arg);
+	job = pg_atomic_read_u64(&my_slot->job_id);
+	if (job != 0 && pg_atomic_read_u64(&my_slot->cancel_job) == job)
+		ql_mark_overrun(my_slot, QL_END_CANCEL);
+	errno = save_errno;
 }
 
 /* ql_worker_detach: leave the slot (before_shmem_exit) */
@@ -63,6 +89,49 @@ ql_worker_detach(int code, Datum arg)
 	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 	my_slot->latch = NULL;
 	my_slot->pid = 0;
+	LWLockRelease(ql_shared->lock);
+}
+
+/*
+ * ql_worker_ended: before_shmem_exit callback registered after connecting,
+ * so that it runs before the job's claim is released with the session's
+ * locks.  If the launcher ended this worker because its job overran its
+ * timeout or a cancel, list the job so that a worker of the database
+ * records the failed attempt, and no worker claims it before that.  A
+ * job that stopped at a crash entry that was being recorded is given back.
+ */
+static void
+ql_worker_ended(int code, Datum arg)
+{
+	uint64		job = pg_atomic_read_u64(&my_slot->job_id);
+	int			i;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; settling_job != 0 && i < ql_shared->ncrashed; i++)
+	{
+		if (ql_shared->crashed[i].dboid == MyDatabaseId &&
+			ql_shared->crashed[i].job_id == settling_job)
+			ql_shared->crashed[i].counting = false;
+	}
+	if (job != 0 && pg_atomic_read_u64(&my_slot->ending_job) == job)
+	{
+		QlEndKind	kind = (QlEndKind) pg_atomic_read_u32(&my_slot->overrun_kind);
+
+		if (ql_shared->ncrashed < QL_MAX_CRASHED)
+		{
+			QlCrashedJob *cj = &ql_shared->crashed[ql_shared->ncrashed++];
+
+			cj->dboid = MyDatabaseId;
+			cj->job_id = (int64) job;
+			cj->kind = kind;
+			cj->counting = false;
+		}
+		ereport(LOG,
+				(errmsg("qlater worker ended: job %lld went on for %d seconds after its %s",
+						(long long) job, QL_OVERRUN_GRACE_MS / 1000,
+						kind == QL_END_TIMEOUT ? "timeout" : "cancel"),
+				 errdetail("Its work is rolled back; the attempt counts as failed.")));
+	}
 	LWLockRelease(ql_shared->lock);
 }
 
@@ -85,18 +154,21 @@ ql_set_database_state(QlDbState state)
 }
 
 /*
- * ql_recover_crashed_jobs: count the crash against each job of this
- * database that was running when the server crashed.  An entry stays in
- * the list until its count has committed, and no worker claims a job that
- * is listed (ql_job_crash_pending), so the job cannot run again before its
- * crash is counted and its backoff set.
+ * ql_settle_list: record the end of each listed attempt of this database
+ * (a crash of the server while it ran, or a worker ended for a timeout or
+ * cancel it ignored).  An entry stays in the list until its record has
+ * committed, and no worker claims a job that is listed
+ * (ql_job_crash_pending), so the job cannot run again before then.  An
+ * error while recording gives the entry back (ql_worker_ended, or the
+ * worker's error recovery).
  */
 static void
-ql_recover_crashed_jobs(void)
+ql_settle_list(void)
 {
-	for (;;)
+	while (ql_shared->ncrashed > 0)
 	{
 		int64		job_id = 0;
+		QlEndKind	kind = QL_END_CRASH;
 		int			i;
 
 		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
@@ -107,6 +179,7 @@ ql_recover_crashed_jobs(void)
 			if (cj->dboid == MyDatabaseId && !cj->counting)
 			{
 				job_id = cj->job_id;
+				kind = cj->kind;
 				cj->counting = true;
 				break;
 			}
@@ -114,10 +187,12 @@ ql_recover_crashed_jobs(void)
 		LWLockRelease(ql_shared->lock);
 		if (job_id == 0)
 			break;
-		ereport(LOG,
-				(errmsg("counting a server crash against qlater job %lld",
-						(long long) job_id)));
-		ql_count_crash(job_id);
+		settling_job = job_id;
+		if (kind == QL_END_CRASH)
+			ereport(LOG,
+					(errmsg("counting a server crash against qlater job %lld",
+							(long long) job_id)));
+		ql_settle_ended(job_id, kind);
 
 		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 		for (i = 0; i < ql_shared->ncrashed; i++)
@@ -130,6 +205,7 @@ ql_recover_crashed_jobs(void)
 			}
 		}
 		LWLockRelease(ql_shared->lock);
+		settling_job = 0;
 	}
 }
 
@@ -139,11 +215,52 @@ ql_extension_present(void)
 {
 	bool		present;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	ql_xact_begin();
 	present = (ql_catalog(true) != NULL);
-	CommitTransactionCommand();
+	ql_xact_commit();
 	return present;
+}
+
+/*
+ * ql_worker_recover: after an error outside a handler (which ql_execute
+ * catches itself), as PostgresMain and the autovacuum launcher recover:
+ * report it, abort the transaction, release the claims, give back a crash
+ * entry being recorded, and go on in the loop.
+ */
+static void
+ql_worker_recover(void)
+{
+	int			i;
+
+	/* since not using PG_TRY, reset the error stack by hand */
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	EmitErrorReport();
+	ql_xact_abort();
+	FlushErrorState();
+	MemoryContextReset(ql_loop_context());
+
+	/* claims of jobs that did not end: another worker may take them */
+	LockReleaseSession(USER_LOCKMETHOD);
+	ql_inflight_clear();
+	pg_atomic_write_u64(&my_slot->job_id, 0);
+	pg_atomic_write_u64(&my_slot->overrun_job, 0);
+	if (settling_job != 0)
+	{
+		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+		for (i = 0; i < ql_shared->ncrashed; i++)
+		{
+			if (ql_shared->crashed[i].dboid == MyDatabaseId &&
+				ql_shared->crashed[i].job_id == settling_job)
+				ql_shared->crashed[i].counting = false;
+		}
+		LWLockRelease(ql_shared->lock);
+		settling_job = 0;
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	RESUME_INTERRUPTS();
 }
 
 /*
@@ -154,25 +271,31 @@ qlater_worker_main(Datum main_arg)
 {
 	int			slotno = DatumGetInt32(main_arg);
 	Oid			dboid;
+	sigjmp_buf	local_sigjmp_buf;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGQUIT, ql_worker_quit);
+	pqsignal(SIGINT, ql_worker_cancel);
+	my_slot = &ql_shared->slots[slotno];
 	BackgroundWorkerUnblockSignals();
 
-	my_slot = &ql_shared->slots[slotno];
 	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 	dboid = my_slot->dboid;
 	my_slot->pid = MyProcPid;
 	my_slot->latch = MyLatch;
 	LWLockRelease(ql_shared->lock);
+	pg_atomic_write_u64(&my_slot->ending_job, 0);
+	pg_atomic_write_u64(&my_slot->overrun_job, 0);
 	before_shmem_exit(ql_worker_detach, (Datum) 0);
 	if (!OidIsValid(dboid))
 		proc_exit(0);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	before_shmem_exit(ql_worker_ended, (Datum) 0);
 	pgstat_report_appname("qlater worker");
 	ql_inflight_attach(slotno);
+	ql_xact_init();
 
 	if (!ql_extension_present())
 	{
@@ -180,20 +303,36 @@ qlater_worker_main(Datum main_arg)
 		proc_exit(0);
 	}
 	ql_set_database_state(QL_DB_ACTIVE);
-
 	ql_job_init();
-	ql_recover_crashed_jobs();
+
+	/*
+	 * An error outside a handler comes back here: recover, wait a second
+	 * (a persistent error is a slow, logged loop, never a busy one), and
+	 * go on.
+	 */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+	{
+		ql_worker_recover();
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+	}
+	PG_exception_stack = &local_sigjmp_buf;
 
 	for (;;)
 	{
 		long		sleep_ms = ql_poll_interval;
 		QlJobResult result;
 
+		MemoryContextSwitchTo(ql_loop_context());
+		MemoryContextReset(ql_loop_context());
+
 		/* idle before the look, so that a commit during it wakes us */
 		pg_atomic_write_u64(&my_slot->wake_at, 0);
 		pg_atomic_write_u32(&my_slot->idle, 1);
 		pg_memory_barrier();
 		ResetLatch(MyLatch);
+		/* a cancel while no job runs has nothing to stop */
+		QueryCancelPending = false;
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -202,6 +341,10 @@ qlater_worker_main(Datum main_arg)
 		}
 		if (my_slot->stop_requested)
 			break;
+
+		/* attempts that ended without their process recording it */
+		if (ql_shared->ncrashed > 0)
+			ql_settle_list();
 
 		result = ql_run_next_job(my_slot, &sleep_ms);
 		if (result == QL_JOB_NO_EXTENSION)
@@ -215,6 +358,8 @@ qlater_worker_main(Datum main_arg)
 			continue;
 		if (sleep_ms > 0)
 		{
+			/* going idle: what the jobs did reaches the statistics now */
+			pgstat_report_stat(true);
 			/* a job due before then wakes us (qlater.c) */
 			pg_atomic_write_u64(&my_slot->wake_at,
 								(uint64) TimestampTzPlusMilliseconds(GetCurrentTimestamp(),

@@ -162,7 +162,7 @@ cmp_ok(
 	'>', 0,
 	'readers ran right after setters in the same batch');
 
-### a procedure runs alone, and may COMMIT
+### procedures run in batches like functions, and may not COMMIT
 q1(q{
 CREATE PROCEDURE two_steps(k int) LANGUAGE plpgsql AS $$
 BEGIN
@@ -170,22 +170,37 @@ BEGIN
     COMMIT;
     INSERT INTO hits (k) VALUES (-k);
 END $$;
+CREATE PROCEDURE one_step(k int) LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO hits (k) VALUES (k);
+END $$;
 SELECT qlater_register('two_steps(int)', queue => 'fast', max_attempts => 1);
+SELECT qlater_register('one_step(int)', queue => 'fast', max_attempts => 1);
 BEGIN;
-SELECT count(qlater_enqueue(CASE WHEN g % 10 = 0 THEN 'two_steps' ELSE 'hit' END,
+SELECT count(qlater_enqueue(CASE WHEN g % 10 = 0 THEN 'two_steps'
+                                 WHEN g % 10 = 5 THEN 'one_step' ELSE 'hit' END,
                             jsonb_build_array(100000 + g)))
   FROM generate_series(1, 200) g;
 COMMIT;
 });
 drained('fast', 'procedures among functions in a queue with batches');
-is(q1("SELECT count(*) FROM qlater_jobs WHERE state = 'dead'"), '0', 'none failed');
-is(q1('SELECT count(*) FROM hits WHERE k < 0'), '20', 'every procedure committed twice');
+is(q1("SELECT count(*) FROM qlater_jobs WHERE state = 'dead'"), '20',
+	'every procedure that COMMITs failed');
 is( q1(
+		"SELECT count(*) FROM qlater_jobs WHERE state = 'dead' "
+		  . "AND last_error->>'sqlstate' = '2D000' AND handler LIKE '%two_steps%'"),
+	'20',
+	'with invalid transaction termination');
+is(q1('SELECT count(*) FROM hits WHERE k < 0 OR k % 10 = 0'), '0',
+	'and none of their work stayed');
+is(q1('SELECT count(*) FROM hits WHERE k % 10 = 5'), '20', 'the other procedures ran');
+cmp_ok(
+	q1(
 		'SELECT count(*) FROM hits p JOIN hits o ON o.xid = p.xid AND o.k <> p.k '
-		  . 'WHERE p.k < 0 OR (p.k % 10 = 0 AND p.k > 100000)'),
-	'0',
-	'alone in their transactions');
-q1('TRUNCATE hits');
+		  . 'WHERE p.k % 10 = 5'),
+	'>', 0,
+	'in batches with functions');
+q1("DELETE FROM qlater_job WHERE dead; TRUNCATE hits");
 
 ### batch_delay bounds a batch
 q1(q{
