@@ -893,6 +893,8 @@ ql_call_handler(QlJob *job, Oid roleid)
 	save_nestlevel = NewGUCNestLevel();
 	ql_handler_settings();
 	SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	/* the job's code may be cancelled; the worker's own work is not */
+	RESUME_CANCEL_INTERRUPTS();
 
 	pi = ql_procinfo(job->proc);
 	old = MemoryContextSwitchTo(job_cxt);
@@ -907,6 +909,7 @@ ql_call_handler(QlJob *job, Oid roleid)
 		elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
 	ql_fire_commit_actions();
 
+	HOLD_CANCEL_INTERRUPTS();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	AtEOXact_GUC(false, save_nestlevel);
 }
@@ -1116,6 +1119,9 @@ ql_execute(QlJob *job, QlWorkerSlot *slot, bool in_batch)
 	{
 		MemoryContext ecxt;
 
+		/* an error of the job's code: cancels are held again */
+		if (QueryCancelHoldoffCount == 0)
+			HOLD_CANCEL_INTERRUPTS();
 		disable_timeout(job_timeout_id, false);
 		ecxt = MemoryContextSwitchTo(job_cxt);
 		edata = CopyErrorData();

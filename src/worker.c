@@ -130,7 +130,9 @@ ql_worker_ended(int code, Datum arg)
 				(errmsg("qlater worker ended: job %lld went on for %d seconds after its %s",
 						(long long) job, QL_OVERRUN_GRACE_MS / 1000,
 						kind == QL_END_TIMEOUT ? "timeout" : "cancel"),
-				 errdetail("Its work is rolled back; the attempt counts as failed.")));
+				 kind == QL_END_TIMEOUT ?
+				 errdetail("Its work is rolled back; the attempt counts as failed.") :
+				 errdetail("Its work is rolled back; the job is cancelled.")));
 	}
 	LWLockRelease(ql_shared->lock);
 }
@@ -237,6 +239,7 @@ ql_worker_recover(void)
 	HOLD_INTERRUPTS();
 	disable_all_timeouts(false);
 	QueryCancelPending = false;
+	QueryCancelHoldoffCount = 1;	/* cancels reach job code only (job.c) */
 	EmitErrorReport();
 	ql_xact_abort();
 	FlushErrorState();
@@ -304,6 +307,14 @@ qlater_worker_main(Datum main_arg)
 	}
 	ql_set_database_state(QL_DB_ACTIVE);
 	ql_job_init();
+
+	/*
+	 * A cancel interrupts only a job's own code (job.c lets it through
+	 * there): the worker's claims, the records of failures and its
+	 * bookkeeping are never cut short by a stray pg_cancel_backend or a
+	 * qlater_cancel that arrives late.
+	 */
+	HOLD_CANCEL_INTERRUPTS();
 
 	/*
 	 * An error outside a handler comes back here: recover, wait a second
