@@ -7,14 +7,18 @@ MODULE_big = qlater
 OBJS = \
 	src/api.o \
 	src/args.o \
+	src/batch.o \
 	src/catalog.o \
+	src/claim.o \
 	src/consumer.o \
 	src/cron.o \
+	src/failure.o \
 	src/handlers.o \
 	src/inflight.o \
-	src/job.o \
 	src/launcher.o \
+	src/plans.o \
 	src/qlater.o \
+	src/run.o \
 	src/schedule.o \
 	src/shmem.o \
 	src/worker.o \

@@ -43,6 +43,9 @@
 
 static QlWorkerSlot *my_slot = NULL;
 
+/* the run path's state (job.h) */
+static QlWorker worker;
+
 /* the job whose end this worker is recording (ql_settle_list), 0 if none */
 static int64 settling_job = 0;
 
@@ -194,7 +197,7 @@ ql_settle_list(void)
 			ereport(LOG,
 					(errmsg("counting a server crash against qlater job %lld",
 							(long long) job_id)));
-		ql_settle_ended(job_id, kind);
+		ql_settle_ended(&worker, job_id, kind);
 
 		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 		for (i = 0; i < ql_shared->ncrashed; i++)
@@ -306,7 +309,7 @@ qlater_worker_main(Datum main_arg)
 		proc_exit(0);
 	}
 	ql_set_database_state(QL_DB_ACTIVE);
-	ql_job_init();
+	ql_job_init(&worker, my_slot);
 
 	/*
 	 * A cancel interrupts only a job's own code (job.c lets it through
@@ -357,7 +360,7 @@ qlater_worker_main(Datum main_arg)
 		if (ql_shared->ncrashed > 0)
 			ql_settle_list();
 
-		result = ql_run_next_job(my_slot, &sleep_ms);
+		result = ql_run_next_job(&worker, &sleep_ms);
 		if (result == QL_JOB_NO_EXTENSION)
 		{
 			ql_set_database_state(QL_DB_ABSENT);

@@ -1,0 +1,381 @@
+/*-------------------------------------------------------------------------
+ *
+ * claim.c
+ *		Claiming ready jobs in a worker: looks from the claim frontier, the
+ *		candidates they read, and the check of a claimed row's version.
+ *
+ * A job is claimed with a session-level advisory lock in qlater's key space
+ * (qlater.c), as Que does: claiming writes nothing, never waits, and a
+ * claim vanishes with the session that held it.  The classic race: a lock
+ * granted just after another worker finished and deleted the same job, as
+ * seen in an older snapshot.  So once the lock is held the row is read
+ * again under a fresh snapshot, and the lock is released only after the
+ * transaction that finished the job has committed (run.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "api.h"
+#include "args.h"
+#include "job.h"
+#include "qlater.h"
+#include "shmem.h"
+
+typedef enum QlCandidateResult
+{
+	QL_CANDIDATE_CLAIMED,
+	QL_CANDIDATE_NONE_LEFT,		/* every candidate tried */
+	QL_CANDIDATE_OTHER_BATCH	/* the next one cannot join the batch */
+} QlCandidateResult;
+
+/* ql_row_key: the place in the claim order of a row a look read */
+static void
+ql_row_key(HeapTuple row, TupleDesc desc, QlClaimKey *key)
+{
+	bool		isnull;
+
+	key->id = DatumGetInt64(heap_getattr(row, QL_ROW_ID, desc, &isnull));
+	key->priority = DatumGetInt32(heap_getattr(row, QL_ROW_PRIORITY, desc, &isnull));
+	key->run_at = DatumGetTimestampTz(heap_getattr(row, QL_ROW_RUN_AT, desc, &isnull));
+}
+
+/* ql_att: a column of the job row in slot (QlJobAtt) */
+static Datum
+ql_att(QlWorker *w, TupleTableSlot *slot, QlJobAtt att, bool *isnull)
+{
+	return slot_getattr(slot, w->plans.att[att], isnull);
+}
+
+/*
+ * ql_read_row: read the job whose row version a look read (QL_ROW_COLUMNS)
+ * into *job, in the worker's job_cxt, if that version is still the job's current one
+ * under a fresh snapshot: not deleted or updated by a transaction that has
+ * committed since.  Returns false if it is not.  The same xmin and id at
+ * the same place is the same version: a place is reused only once the
+ * version there is dead to everyone, and by a later transaction.  Caller
+ * is in the look's transaction (its lock keeps the table's pages), with an
+ * active snapshot.  The job's batch settings are its queue's (ql_queue_settings).
+ */
+static bool
+ql_read_row(QlWorker *w, HeapTuple row, TupleDesc desc, QlJob *job)
+{
+	bool		isnull;
+	ItemPointer tid = (ItemPointer) DatumGetPointer(heap_getattr(row, QL_ROW_CTID, desc, &isnull));
+	TransactionId xmin = DatumGetTransactionId(heap_getattr(row, QL_ROW_XMIN, desc, &isnull));
+	QlClaimKey	key;
+	Relation	rel;
+	TupleTableSlot *slot;
+	bool		current;
+
+	ql_row_key(row, desc, &key);
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(w->plans.job_relid, NoLock);
+	slot = table_slot_create(rel, NULL);
+	current = table_tuple_fetch_row_version(rel, tid, GetActiveSnapshot(), slot) &&
+		TransactionIdEquals(DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull)), xmin) &&
+		DatumGetInt64(ql_att(w, slot, QL_ATT_ID, &isnull)) == key.id;
+	if (current)
+	{
+		MemoryContext old = MemoryContextSwitchTo(w->job_cxt);
+		Datum		d;
+
+		job->id = key.id;
+		job->priority = key.priority;
+		job->run_at = key.run_at;
+		job->tid = *tid;
+		job->handler = TextDatumGetCString(ql_att(w, slot, QL_ATT_HANDLER, &isnull));
+		job->args = DatumGetJsonbPCopy(ql_att(w, slot, QL_ATT_ARGS, &isnull));
+		job->role = pstrdup(NameStr(*DatumGetName(ql_att(w, slot, QL_ATT_ROLE, &isnull))));
+		d = ql_att(w, slot, QL_ATT_TIMEOUT, &isnull);
+		job->has_timeout = !isnull;
+		if (!isnull)
+			job->timeout = *DatumGetIntervalP(d);
+		job->attempts = DatumGetInt32(ql_att(w, slot, QL_ATT_ATTEMPTS, &isnull));
+		job->max_attempts = DatumGetInt32(ql_att(w, slot, QL_ATT_MAX_ATTEMPTS, &isnull));
+		job->queue = TextDatumGetCString(ql_att(w, slot, QL_ATT_QUEUE, &isnull));
+		job->batch_size = 1;
+		job->batch_delay = 0;
+		/* InvalidOid for text that names no function: ql_check_runnable */
+		job->proc = ql_signature_oid(job->handler);
+		MemoryContextSwitchTo(old);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+	return current;
+}
+
+/*
+ * ql_fetch: read a claimed job under a fresh snapshot, into the worker's job_cxt.
+ * Returns false if it is no longer ready (done, cancelled, rescheduled).
+ * Caller is connected to SPI, in a transaction with an active snapshot.
+ */
+bool
+ql_fetch(QlWorker *w, int64 id, QlJob *job)
+{
+	Datum		idd = Int64GetDatum(id);
+
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute_plan(w->plans.fetch, &idd, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read job");
+	return SPI_processed > 0 &&
+		ql_read_row(w, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, job);
+}
+
+/*
+ * ql_queue_settings: the batch settings of the job's queue, into *job.
+ * Caller is connected to SPI, in a transaction with an active snapshot.
+ */
+void
+ql_queue_settings(QlWorker *w, QlJob *job)
+{
+	Datum		name = CStringGetTextDatum(job->queue);
+	bool		isnull;
+
+	if (SPI_execute_plan(w->plans.queue, &name, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the settings of queue \"%s\"", job->queue);
+	if (SPI_processed == 0)
+		return;					/* never declared: no batches */
+	job->batch_size = Min(DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull)),
+						  QL_MAX_BATCH);
+	job->batch_delay = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+}
+
+/*
+ * ql_next_frontier: where the claim frontier may move after a look from
+ * it, at from, found first the ready job at first (NULL if none).
+ *
+ * No ready job lies before from.  Every index entry between from and
+ * first with the same priority is of a job not visible to the look's
+ * snapshot: done (deleted) or not yet committed, and a commit that writes
+ * jobs lowers the frontier again (qlater.c).  Entries of jobs not due yet
+ * may lie before first only at a lower priority: the frontier crosses into
+ * first's priority only if there are none.  Without a ready job, it moves
+ * past the entries due by now at its priority.  Caller is connected to SPI.
+ */
+static void
+ql_next_frontier(QlWorker *w, const QlClaimKey *from, const QlClaimKey *first,
+				 QlClaimKey *next)
+{
+	if (first != NULL && first->priority == from->priority)
+	{
+		*next = *first;
+		return;
+	}
+	if (first != NULL)
+	{
+		Datum		params[2];
+
+		params[0] = Int32GetDatum(from->priority);
+		params[1] = Int32GetDatum(first->priority);
+		if (SPI_execute_plan(w->plans.future_before, params, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for future jobs");
+		if (SPI_processed == 0)
+		{
+			*next = *first;
+			return;
+		}
+	}
+	next->priority = from->priority;
+	next->run_at = GetCurrentTransactionStartTimestamp();	/* now() */
+	next->id = PG_INT64_MAX;
+}
+
+/*
+ * ql_look: read up to limit ready jobs at or after start in the claim
+ * order: the candidates of the claims that follow.  Caller is connected to
+ * SPI, in a transaction with an active snapshot.
+ */
+static void
+ql_look(QlWorker *w, const QlClaimKey *start, int limit)
+{
+	Datum		params[4];
+	uint64		i;
+	MemoryContext old;
+
+	params[0] = Int32GetDatum(limit);
+	params[1] = Int32GetDatum(start->priority);
+	params[2] = TimestampTzGetDatum(start->run_at);
+	params[3] = Int64GetDatum(start->id);
+	if (SPI_execute_plan(w->plans.candidates, params, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for jobs");
+
+	MemoryContextReset(w->cands.cxt);
+	old = MemoryContextSwitchTo(w->cands.cxt);
+	w->cands.desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	w->cands.n = (int) SPI_processed;
+	w->cands.rows = palloc(sizeof(HeapTuple) * (w->cands.n + 1));
+	for (i = 0; i < SPI_processed; i++)
+		w->cands.rows[i] = heap_copytuple(SPI_tuptable->vals[i]);
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+
+	w->cands.next = 0;
+	w->cands.cut = (w->cands.n == limit);
+	/* a look for more starts right after the last row */
+	w->cands.resume = *start;
+	if (w->cands.n > 0)
+	{
+		ql_row_key(w->cands.rows[w->cands.n - 1], w->cands.desc, &w->cands.resume);
+		w->cands.resume.id++;
+	}
+}
+
+/*
+ * ql_claim_candidate: claim the next candidate of the last look that no
+ * other session holds and whose row is still current, into *job.  For a
+ * batch (queue not NULL), stop at a job that cannot join it.  Caller is
+ * connected to SPI, in the look's transaction, with an active snapshot.
+ */
+static QlCandidateResult
+ql_claim_candidate(QlWorker *w, QlJob *job, const char *queue)
+{
+	while (w->cands.next < w->cands.n)
+	{
+		HeapTuple	row = w->cands.rows[w->cands.next];
+		bool		isnull;
+		int64		id = DatumGetInt64(heap_getattr(row, QL_ROW_ID, w->cands.desc, &isnull));
+
+		if (ql_job_crash_pending(id) || !ql_try_claim(id, true))
+		{
+			w->cands.next++;
+			continue;
+		}
+		MemoryContextReset(w->job_cxt);
+		/* done or changed since the look, as a fresh snapshot sees it? */
+		if (!ql_read_row(w, row, w->cands.desc, job))
+		{
+			w->cands.next++;
+			ql_release_claim(id);
+			continue;
+		}
+		if (queue != NULL && strcmp(job->queue, queue) != 0)
+		{
+			/* the next round runs it */
+			ql_release_claim(id);
+			return QL_CANDIDATE_OTHER_BATCH;
+		}
+		w->cands.next++;
+		return QL_CANDIDATE_CLAIMED;
+	}
+	return QL_CANDIDATE_NONE_LEFT;
+}
+
+/*
+ * ql_claim: claim the first ready job at or after a place in the claim
+ * order.  Returns false if there is none, or, for a batch of a queue, if
+ * the next one cannot join it.  Caller is connected to SPI, in a
+ * transaction with an active snapshot.
+ *
+ * Without a batch, the look starts at the claim frontier of the database
+ * (moving it forward), or every qlater.poll_interval at the start of the
+ * order, in case jobs were written other than through qlater's functions.
+ * A batch takes the candidates of its last look first, and then looks on
+ * from there.  Either way the look skips the index entries of jobs done,
+ * which stay until no snapshot can see them: a look from the start would
+ * visit each of them again, with every claim, and for as long as any
+ * session holds an old snapshot.
+ */
+bool
+ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
+{
+	int			limit = ql_shared->nslots * 2 + 8;
+	int			looks = 0;
+	bool		look;
+	QlClaimKey	start;
+	uint64		gen = 0;
+
+	if (batch_queue == NULL)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		ql_frontier_get(w->database, &start, &gen);
+		if (now - w->last_look_from_start >= (int64) ql_poll_interval * 1000)
+		{
+			start = ql_key_min;
+			w->last_look_from_start = now;
+		}
+	}
+	else
+		limit += batch_size * 2;
+
+	/* a batch first tries what its last look left */
+	for (look = (batch_queue == NULL);; look = true)
+	{
+		QlCandidateResult result;
+
+		if (look)
+		{
+			ql_look(w, &start, limit);
+			if (batch_queue == NULL && looks == 0)
+			{
+				QlClaimKey	first;
+				QlClaimKey	next;
+
+				if (w->cands.n > 0)
+					ql_row_key(w->cands.rows[0], w->cands.desc, &first);
+				ql_next_frontier(w, &start, w->cands.n > 0 ? &first : NULL, &next);
+				if (ql_key_cmp(&next, &start) > 0)
+					ql_frontier_advance(w->database, &next, gen);
+			}
+			looks++;
+		}
+		result = ql_claim_candidate(w, job, batch_queue);
+		if (result != QL_CANDIDATE_NONE_LEFT)
+			return result == QL_CANDIDATE_CLAIMED;
+		if (look && (!w->cands.cut || looks == 3))
+			return false;
+		/* every candidate was claimed by others, or tried: look further */
+		if (look)
+			limit *= 8;
+		start = w->cands.resume;
+	}
+}
+
+/*
+ * ql_next_wakeup_ms: how long an idle worker may sleep: until the next
+ * future job is due, at most qlater.poll_interval.  Caller is connected to
+ * SPI.
+ */
+long
+ql_next_wakeup_ms(QlWorker *w)
+{
+	bool		isnull;
+	Datum		d;
+	long		ms = ql_poll_interval;
+
+	if (SPI_execute_plan(w->plans.next, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for future jobs");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+	{
+		TimestampTz next = DatumGetTimestampTz(d);
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (next <= now)
+			ms = 0;
+		else
+		{
+			/* round up: waking early only costs another look */
+			int64		wait = (next - now + 999) / 1000;
+
+			if (wait < ms)
+				ms = (long) wait;
+		}
+	}
+	return ms;
+}
