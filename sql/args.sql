@@ -85,3 +85,20 @@ SELECT qlater_enqueue('joined', '["-", "{a,b,c}"]') > 0 AS enqueued;
 SELECT wait_for_jobs();
 SELECT label, val FROM seen WHERE label = 'joined';
 SELECT count(*) FROM qlater_jobs;
+
+-- a signature of any length: a long schema name and a type of its own
+CREATE SCHEMA "a schema whose name is long enough to be quoted, 63 bytes long";
+CREATE TYPE "a schema whose name is long enough to be quoted, 63 bytes long"."a type whose name is long enough to be quoted and 63 bytes long"
+  AS (v text);
+CREATE FUNCTION "a schema whose name is long enough to be quoted, 63 bytes long"."a handler whose name is long enough to be quoted, 63 bytes long"(
+    a "a schema whose name is long enough to be quoted, 63 bytes long"."a type whose name is long enough to be quoted and 63 bytes long",
+    b "a schema whose name is long enough to be quoted, 63 bytes long"."a type whose name is long enough to be quoted and 63 bytes long")
+RETURNS void LANGUAGE sql AS $$ INSERT INTO seen VALUES ('long', (a).v || (b).v) $$;
+SELECT qlater_register(p.oid::regprocedure)
+  FROM pg_proc p WHERE proname = 'a handler whose name is long enough to be quoted, 63 bytes long';
+SELECT length(handler) >= 256 AS long_signature FROM qlater_handler WHERE handler LIKE '"a schema%';
+SELECT qlater_enqueue('"a schema whose name is long enough to be quoted, 63 bytes long"."a handler whose name is long enough to be quoted, 63 bytes long"',
+                      '["(x)", "(y)"]') > 0 AS enqueued;
+SELECT wait_for_jobs();
+SELECT label, val FROM seen WHERE label = 'long';
+SELECT count(*) FROM qlater_jobs;
