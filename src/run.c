@@ -207,15 +207,22 @@ ql_call_handler(QlWorker *w, QlJob *job, Oid roleid)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	save_nestlevel = NewGUCNestLevel();
 	ql_handler_settings();
+	/* is_superuser tells the job's role, as SET ROLE would make it */
+	(void) set_config_option("is_superuser", superuser_arg(roleid) ? "on" : "off",
+							 PGC_INTERNAL, PGC_S_DYNAMIC_DEFAULT, GUC_ACTION_SAVE,
+							 true, 0, false);
 	SetUserIdAndSecContext(roleid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	/* the job's code may be cancelled; the worker's own work is not */
 	RESUME_CANCEL_INTERRUPTS();
 
+	/* conversion and planning may run the role's queries: a snapshot */
+	PushActiveSnapshot(GetTransactionSnapshot());
 	pi = ql_procinfo(job->proc);
 	old = MemoryContextSwitchTo(w->job_cxt);
 	ql_args_to_call(pi, job->args, &call);
 	MemoryContextSwitchTo(old);
 	plan = ql_call_plan(w, job->proc, &call);
+	PopActiveSnapshot();
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rc = SPI_execute_plan(plan, call.values, call.nulls, false, 0);
