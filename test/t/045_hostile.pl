@@ -3,10 +3,11 @@
 # Each attack asserts no escalation, no server crash, and the documented
 # outcome:
 #   1. the tenant's code run by a worker while it converts a job's
-#      arguments (domain checks, through a composite, through an array, for
-#      a procedure) or evaluates parameter defaults (volatile, and IMMUTABLE
-#      ones the planner may fold) runs as the tenant, never as the worker's
-#      superuser;
+#      arguments (domain checks in SQL and in PL/pgSQL, through a
+#      composite, through an array, for a procedure) or evaluates parameter
+#      defaults (volatile, and IMMUTABLE ones the planner may fold) runs as
+#      the tenant, never with superuser rights, and sees is_superuser off
+#      as in a direct call by the tenant;
 #   2. a job of the tenant's own external queue naming
 #      pg_catalog.textin(cstring), the queue then turned in-server: the job
 #      ends dead with a clear last_error;
@@ -149,6 +150,15 @@ sub signal_lines
 	my ($offset) = @_;
 	my $log = slurp_file($node->logfile, $offset);
 	return grep { /terminated by signal/ } split(/\n/, $log);
+}
+
+# the lines of the server log since an offset that say a qlater worker
+# exited with an error
+sub worker_exit_lines
+{
+	my ($offset) = @_;
+	my $log = slurp_file($node->logfile, $offset);
+	return grep { /"qlater worker" \(PID \d+\) exited with exit code [1-9]/ } split(/\n/, $log);
 }
 
 # run one attack: wait for the server, run it (an error in the attack
@@ -385,6 +395,7 @@ for my $e (@escalations)
 attack(
 	'pseudo-type job turned in-server',
 	sub {
+		my $offset = -s $node->logfile;
 		tenant("SELECT qlater_create_queue('tq_pseudo', external => true)");
 		my $id = enqueue("qlater_enqueue('pg_catalog.textin(cstring)', '[\"x\"]', queue => 'tq_pseudo')");
 		tenant("SELECT qlater_create_queue('tq_pseudo', external => false)");
@@ -401,6 +412,9 @@ attack(
 			qr/crash/i, 'pseudo-type job turned in-server: last_error says why, not a crash');
 		ok(normal_job_runs('after-pseudo'),
 			'pseudo-type job turned in-server: a plain job enqueued afterwards runs');
+		my @exits = worker_exit_lines($offset);
+		is(scalar(@exits), 0, 'pseudo-type job turned in-server: no worker exited on an error')
+		  or diag(join("\n", @exits[ 0 .. ($#exits < 4 ? $#exits : 4) ]));
 		# leave nothing behind
 		su("SELECT qlater_cancel($id)");
 	});
@@ -485,6 +499,7 @@ attack(
 attack(
 	'application job turned in-server',
 	sub {
+		my $offset = -s $node->logfile;
 		tenant("SELECT qlater_create_queue('tq_app', external => true)");
 		my $id = enqueue(
 			"qlater_enqueue('ExportStations', '{\"args\": [\"tenant-a\"]}', queue => 'tq_app')");
@@ -499,9 +514,12 @@ attack(
 			qr/crash/i, 'application job turned in-server: last_error says why, not a crash');
 		ok(normal_job_runs('after-app', $wait_short),
 			'application job turned in-server: the workers still run a plain job of the database');
-		my $exits = grep { /expected a left parenthesis/ }
-		  split(/\n/, slurp_file($node->logfile));
-		note "application job turned in-server: 'expected a left parenthesis' in the log $exits times";
+		my @exits = worker_exit_lines($offset);
+		is(scalar(@exits), 0, 'application job turned in-server: no worker exited on an error')
+		  or diag(scalar(@exits) . " exits, the first: " . join("\n", @exits[ 0 .. ($#exits < 4 ? $#exits : 4) ]));
+		my $parens = grep { /expected a left parenthesis/ }
+		  split(/\n/, slurp_file($node->logfile, $offset));
+		note "application job turned in-server: 'expected a left parenthesis' in the log $parens times";
 		# a broken build loops on the job: remove it
 		su("SELECT qlater_cancel($id)");
 	});
