@@ -193,8 +193,9 @@ qlater_register(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(queue);
 	values[2] = Int32GetDatum(priority);
 	values[3] = Int32GetDatum(max_attempts);
+	/* the registration holds for the function of this owner (handlers.c) */
 	values[5] = DirectFunctionCall1(namein,
-									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+									CStringGetDatum(GetUserNameFromId(ql_proc_owner(proc), false)));
 
 	query = psprintf("INSERT INTO %s.qlater_handler AS h "
 					 "(handler, queue, priority, max_attempts, timeout, registered_by) "
@@ -735,6 +736,16 @@ qlater_cancel(PG_FUNCTION_ARGS)
 	found = ql_lock_job_row(c, id, &save, &dead);
 	if (found)
 	{
+		LOCKTAG		tag;
+
+		/* a job this session runs or holds: it ends, it is not cancelled */
+		ql_set_job_locktag(&tag, id);
+		if (LockHeldByMe(&tag, ExclusiveLock))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("job %lld is held by this session", (long long) id),
+					 errhint("A job cannot cancel itself: return from its handler to finish it, "
+							 "or raise an error to fail it; a consumer finishes it with qlater_complete or qlater_fail.")));
 		/* a claim we cannot take means the job is running */
 		if (!ql_try_claim(id, false))
 			ql_cancel_running_at_commit(id);

@@ -92,8 +92,8 @@ ql_signature_keycopy(void *dest, const void *src, Size keysize)
 }
 
 /*
- * ql_procinfo_reset: (re)create the caches.  Called only at the start of a
- * lookup, when no caller holds a pointer into them.
+ * ql_procinfo_reset: (re)create the caches, after an invalidation.  Entries
+ * handed out stay valid until the end of the transaction.
  */
 static void
 ql_procinfo_reset(void)
@@ -108,6 +108,19 @@ ql_procinfo_reset(void)
 		CacheRegisterSyscacheCallback(PROCOID, ql_procinfo_invalidate, (Datum) 0);
 		CacheRegisterSyscacheCallback(TYPEOID, ql_procinfo_invalidate, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, ql_procinfo_invalidate, (Datum) 0);
+	}
+	else if (IsTransactionState())
+	{
+		/*
+		 * A caller up the stack may still use an entry: a type input
+		 * function or domain check of a job's argument can run code that
+		 * changes pg_proc and comes back here (a nested qlater_enqueue).
+		 * The old entries live until the transaction ends.
+		 */
+		MemoryContextSetParent(procinfo_cxt, TopTransactionContext);
+		procinfo_cxt = AllocSetContextCreate(CacheMemoryContext,
+											 "qlater handler info",
+											 ALLOCSET_SMALL_SIZES);
 	}
 	else
 		MemoryContextReset(procinfo_cxt);
@@ -226,8 +239,8 @@ ql_signature(Oid procoid)
 
 /*
  * ql_procinfo: what a call of the function or procedure needs.  Raises an
- * error if it does not exist.  The result stays valid until the next call
- * of ql_procinfo or ql_signature_oid.  The entry is built in full before
+ * error if it does not exist.  The result stays valid until the end of the
+ * transaction (ql_procinfo_reset).  The entry is built in full before
  * it enters the cache, so an error on the way leaves no half-filled entry.
  */
 QlProcInfo *
@@ -769,10 +782,10 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 		call->nulls[n] = isnull ? 'n' : ' ';
 		if (n > 0)
 			appendStringInfoString(&q, ", ");
+		if (pi->variadic && i == pi->nargs - 1)
+			appendStringInfoString(&q, "VARIADIC ");
 		if (named)
 			appendStringInfo(&q, "%s => ", quote_identifier(pi->argnames[i]));
-		else if (pi->variadic && i == pi->nargs - 1)
-			appendStringInfoString(&q, "VARIADIC ");
 		appendStringInfo(&q, "$%d", n + 1);
 		n++;
 	}

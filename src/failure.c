@@ -19,6 +19,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -30,6 +31,9 @@
 #include "qlater.h"
 #include "shmem.h"
 #include "xact.h"
+
+/* the most bytes of a handler error's message, detail, hint or context kept */
+#define QL_MAX_ERROR_FIELD	8192
 
 /*
  * ql_error_json_fields: the last_error value of a failed attempt: a jsonb
@@ -70,13 +74,34 @@ ql_error_json_fields(const char *sqlstate, const char *message,
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
+/*
+ * ql_clip: a field of a handler's error as last_error and the log keep it:
+ * at most QL_MAX_ERROR_FIELD bytes (a handler may raise an error of any
+ * size, and its record must not fail for it: the attempt would never
+ * count).
+ */
+static const char *
+ql_clip(const char *text)
+{
+	size_t		len;
+
+	if (text == NULL)
+		return NULL;
+	len = strlen(text);
+	if (len <= QL_MAX_ERROR_FIELD)
+		return text;
+	return psprintf("%s... (%zu bytes)",
+					pnstrdup(text, pg_mbcliplen(text, len, QL_MAX_ERROR_FIELD)), len);
+}
+
 /* ql_error_json: the last_error value of an attempt that raised edata */
 static Jsonb *
 ql_error_json(ErrorData *edata, int attempt, TimestampTz at)
 {
 	return ql_error_json_fields(unpack_sql_state(edata->sqlerrcode),
-								edata->message, edata->detail, edata->hint,
-								edata->context, attempt, at);
+								ql_clip(edata->message), ql_clip(edata->detail),
+								ql_clip(edata->hint), ql_clip(edata->context),
+								attempt, at);
 }
 
 /*
@@ -140,7 +165,7 @@ ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool permanent, boo
 	ereport(LOG,
 			(errmsg("qlater job %lld (%s) failed%s: %s",
 					(long long) job->id, job->handler,
-					dead ? ", now dead" : "", edata->message)));
+					dead ? ", now dead" : "", ql_clip(edata->message))));
 }
 
 /*

@@ -16,6 +16,9 @@
 #include "catalog/namespace.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -63,6 +66,42 @@ ql_handlers_changed(void)
 }
 
 /*
+ * ql_proc_owner: the owner of a function
+ */
+Oid
+ql_proc_owner(Oid proc)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(proc));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for function %u", proc);
+	owner = ((Form_pg_proc) GETSTRUCT(tuple))->proowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/*
+ * ql_registration_holds: whether a registration, made for the function's
+ * owner at the time (registered_by), holds for the function its signature
+ * names now.  A signature is text: once the function is dropped, another
+ * role may create one of the same signature (in a schema it may create
+ * in), and the registration, with every job and schedule of that
+ * signature, must not pass to it.  It holds while the owner is the same
+ * role, or one the registered role is a member of (not through superuser
+ * rights); after ALTER FUNCTION ... OWNER TO another role, register again.
+ */
+static bool
+ql_registration_holds(Oid proc, const char *registered_by)
+{
+	Oid			owner = ql_proc_owner(proc);
+	Oid			registered = get_role_oid(registered_by, true);
+
+	return OidIsValid(registered) &&
+		(registered == owner || is_member_of_role_nosuper(registered, owner));
+}
+
+/*
  * ql_handlers_load: read the registry table into a fresh cache.  Reads as
  * the tables' owner: resolving a signature must not depend on the
  * caller's rights on the handler's schema.  The cache is published only
@@ -101,7 +140,7 @@ ql_handlers_load(void)
 	handler_relid = c->handler_relid;
 	handler_stale = false;
 
-	query = psprintf("SELECT handler, queue, priority, max_attempts, timeout "
+	query = psprintf("SELECT handler, queue, priority, max_attempts, timeout, registered_by "
 					 "FROM %s.qlater_handler", c->schema_quoted);
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -122,6 +161,8 @@ ql_handlers_load(void)
 
 		if (!OidIsValid(proc))
 			continue;			/* function dropped or renamed */
+		if (!ql_registration_holds(proc, SPI_getvalue(tup, desc, 6)))
+			continue;			/* dropped and created again by another role */
 		h = hash_search(hash, &proc, HASH_ENTER, &found);
 		h->queue = MemoryContextStrdup(handler_cxt, SPI_getvalue(tup, desc, 2));
 		h->priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));

@@ -24,5 +24,6 @@ typedef struct QlHandler
 extern QlHandler *ql_handler_lookup(Oid proc);
 extern Oid	ql_resolve_handler(const char *name, QlHandler **handler);
 extern void ql_handlers_changed(void);
+extern Oid	ql_proc_owner(Oid proc);
 
 #endif							/* QLATER_HANDLERS_H */

@@ -141,6 +141,7 @@ extern QlJobResult ql_run_next_job(QlWorker *w, long *sleep_ms);
 extern void ql_run_one(QlWorker *w, QlJob *job, bool in_batch);
 extern void ql_reset_session(void);
 extern void ql_job_timeout_handler(void);
+extern void ql_call_init(void);
 
 /* batch.c */
 extern bool ql_batchable(void);

@@ -80,6 +80,7 @@ ql_job_init(QlWorker *w, QlWorkerSlot *slot)
 	w->cands.cxt = AllocSetContextCreate(TopMemoryContext, "qlater candidates",
 									  ALLOCSET_DEFAULT_SIZES);
 	w->timeout_id = RegisterTimeout(USER_TIMEOUT, ql_job_timeout_handler);
+	ql_call_init();
 	LWLockAcquire(ql_shared->lock, LW_SHARED);
 	w->database = ql_find_database(MyDatabaseId, false);
 	LWLockRelease(ql_shared->lock);

@@ -23,6 +23,8 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/analyze.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
@@ -32,6 +34,7 @@
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/portal.h"
+#include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
@@ -46,14 +49,16 @@
 #include "xact.h"
 
 /*
- * Handler call plans, by the handler's OID and the shape of the call: the
- * notation and which parameters are given (the others take their
- * defaults).  The parameter types are kept and compared too: a plan is
- * never run with values of other types.
+ * Handler call plans, by the handler's OID, the job's role (a plan may
+ * inline a SQL function the planning role may execute) and the shape of
+ * the call: the notation and which parameters are given (the others take
+ * their defaults).  The statement's text and parameter types are kept and
+ * compared too: a plan is used only for the very call it was made for.
  */
 typedef struct QlCallKey
 {
 	Oid			proc;
+	Oid			role;
 	bool		named;
 	bits8		given[QL_CALL_GIVEN_BYTES];
 } QlCallKey;
@@ -61,6 +66,7 @@ typedef struct QlCallKey
 typedef struct QlCallPlan
 {
 	QlCallKey	key;			/* hash key */
+	char	   *query;			/* in TopMemoryContext */
 	int			nparams;
 	Oid			types[FUNC_MAX_ARGS];
 	SPIPlanPtr	plan;
@@ -91,12 +97,72 @@ ql_job_timeout_handler(void)
 }
 
 /*
- * ql_call_plan: the prepared plan of a call of handler proc.  Caller is
- * connected to SPI, as the job's role: planning inserts the defaults of
- * parameters not given, and may run their functions.
+ * The call being prepared or run, checked by ql_check_call_analysis.  A
+ * call's text names its handler (schema.name(...)), and PostgreSQL
+ * resolves a name again whenever it plans the statement anew: after a
+ * rename, or once another function of that name matches the call better
+ * (an overload without the defaults the call relies on), the text would
+ * call another function, perhaps another role's.  So every analysis of the
+ * text, the first and any after an invalidation, must find the job's
+ * handler, or the call fails.
+ */
+static Oid	call_proc = InvalidOid;
+static const char *call_query = NULL;
+static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
+
+/* ql_called_function: the function a SELECT f(...) or CALL p(...) calls */
+static Oid
+ql_called_function(Query *query)
+{
+	if (query->commandType == CMD_UTILITY && query->utilityStmt != NULL &&
+		IsA(query->utilityStmt, CallStmt))
+	{
+		CallStmt   *stmt = (CallStmt *) query->utilityStmt;
+
+		return stmt->funcexpr ? stmt->funcexpr->funcid : InvalidOid;
+	}
+	if (query->commandType == CMD_SELECT && list_length(query->targetList) == 1)
+	{
+		TargetEntry *tle = linitial_node(TargetEntry, query->targetList);
+
+		if (tle->expr && IsA(tle->expr, FuncExpr))
+			return ((FuncExpr *) tle->expr)->funcid;
+	}
+	return InvalidOid;
+}
+
+/* ql_check_call_analysis: post_parse_analyze_hook, see above */
+static void
+ql_check_call_analysis(ParseState *pstate, Query *query, JumbleState *jstate)
+{
+	if (prev_post_parse_analyze_hook)
+		prev_post_parse_analyze_hook(pstate, query, jstate);
+	if (OidIsValid(call_proc) && pstate->p_sourcetext != NULL &&
+		strcmp(pstate->p_sourcetext, call_query) == 0 &&
+		ql_called_function(query) != call_proc)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the call of job handler %s names another function now",
+						format_procedure(call_proc)),
+				 errdetail("The handler was renamed, or a function of its name that matches the call better was created.")));
+}
+
+/* ql_call_init: install the check of calls; once per worker */
+void
+ql_call_init(void)
+{
+	prev_post_parse_analyze_hook = post_parse_analyze_hook;
+	post_parse_analyze_hook = ql_check_call_analysis;
+}
+
+/*
+ * ql_call_plan: the prepared plan of the call of handler proc by the job's
+ * role.  Caller is connected to SPI, as the role (planning inserts the
+ * defaults of parameters not given, and may run their functions), with
+ * call_proc and call_query set.
  */
 static SPIPlanPtr
-ql_call_plan(QlWorker *w, Oid proc, QlCall *call)
+ql_call_plan(QlWorker *w, Oid proc, Oid role, QlCall *call)
 {
 	QlCallKey	key;
 	QlCallPlan *entry;
@@ -115,6 +181,8 @@ ql_call_plan(QlWorker *w, Oid proc, QlCall *call)
 			{
 				if (entry->plan != NULL)
 					SPI_freeplan(entry->plan);
+				if (entry->query != NULL)
+					pfree(entry->query);
 			}
 			hash_destroy(w->call_plans);
 		}
@@ -122,21 +190,31 @@ ql_call_plan(QlWorker *w, Oid proc, QlCall *call)
 		ctl.keysize = sizeof(QlCallKey);
 		ctl.entrysize = sizeof(QlCallPlan);
 		w->call_plans = hash_create("qlater call plans", 64, &ctl,
-								 HASH_ELEM | HASH_BLOBS);
+									HASH_ELEM | HASH_BLOBS);
 	}
 
 	memset(&key, 0, sizeof(key));
 	key.proc = proc;
+	key.role = role;
 	key.named = call->named;
 	memcpy(key.given, call->given, sizeof(key.given));
 	entry = hash_search(w->call_plans, &key, HASH_ENTER, &found);
-	if (found && entry->plan != NULL && entry->nparams == call->nparams &&
-		memcmp(entry->types, call->types, sizeof(Oid) * call->nparams) == 0)
+	if (!found)
+	{
+		entry->plan = NULL;
+		entry->query = NULL;
+	}
+	if (entry->plan != NULL && entry->nparams == call->nparams &&
+		memcmp(entry->types, call->types, sizeof(Oid) * call->nparams) == 0 &&
+		strcmp(entry->query, call->query) == 0)
 		return entry->plan;
-	if (found && entry->plan != NULL)
+	if (entry->plan != NULL)
 		SPI_freeplan(entry->plan);
+	if (entry->query != NULL)
+		pfree(entry->query);
 	/* no plan until one is made: an error on the way leaves none */
 	entry->plan = NULL;
+	entry->query = MemoryContextStrdup(TopMemoryContext, call->query);
 	entry->nparams = call->nparams;
 	memcpy(entry->types, call->types, sizeof(Oid) * call->nparams);
 	entry->plan = ql_prepare(call->query, call->nparams, call->types);
@@ -193,7 +271,7 @@ ql_reset_session(void)
  * commit with the job's removal.  Caller is connected to SPI.
  */
 static void
-ql_call_handler(QlWorker *w, QlJob *job, Oid roleid)
+ql_call_handler(QlWorker *w, QlJob *job, Oid roleid, volatile bool *permanent)
 {
 	Oid			save_userid;
 	int			save_sec_context;
@@ -221,12 +299,17 @@ ql_call_handler(QlWorker *w, QlJob *job, Oid roleid)
 	old = MemoryContextSwitchTo(w->job_cxt);
 	ql_args_to_call(pi, job->args, &call);
 	MemoryContextSwitchTo(old);
-	plan = ql_call_plan(w, job->proc, &call);
+	/* arguments that fit: from here on a failure is the handler's, retried */
+	*permanent = false;
+	call_proc = job->proc;
+	call_query = call.query;
+	plan = ql_call_plan(w, job->proc, roleid, &call);
 	PopActiveSnapshot();
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rc = SPI_execute_plan(plan, call.values, call.nulls, false, 0);
 	PopActiveSnapshot();
+	call_proc = InvalidOid;
 	if (rc < 0)
 		elog(ERROR, "could not run handler: %s", SPI_result_code_string(rc));
 	ql_fire_commit_actions();
@@ -343,8 +426,6 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		roleid = ql_check_runnable(job);
 		PopActiveSnapshot();
-		/* from here on a failure is the handler's: retry it */
-		permanent = false;
 		if (job->has_timeout)
 		{
 			int64		ms = job->timeout.time / 1000 +
@@ -353,7 +434,7 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 
 			enable_timeout_after(w->timeout_id, (int) Min(Max(ms, 1), INT_MAX));
 		}
-		ql_call_handler(w, job, roleid);
+		ql_call_handler(w, job, roleid, &permanent);
 		if (job->has_timeout)
 			disable_timeout(w->timeout_id, false);
 
@@ -392,6 +473,7 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 		MemoryContext ecxt;
 
 		/* an error of the job's code: cancels are held again */
+		call_proc = InvalidOid;
 		if (QueryCancelHoldoffCount == 0)
 			HOLD_CANCEL_INTERRUPTS();
 		disable_timeout(w->timeout_id, false);
