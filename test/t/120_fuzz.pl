@@ -707,7 +707,6 @@ for (my $lo = 0; $lo < @calls; $lo += 500)
 my $start_time = q1('SELECT pg_postmaster_start_time()');
 my %result;       # id -> [sqlstate, message]
 my @failures;     # text of each failure
-my @crash_lines;
 my $crashes = 0;
 my %skip;         # ids not to run again (they crashed or hung)
 my %lost;         # ids of blocks given up
@@ -766,8 +765,6 @@ while ($next <= @calls)
 		next unless $lines[$l] =~ /\(PID (\d+)\) was terminated by signal/;
 		my $pid = $1;
 		$crashes++;
-		push @crash_lines, $lines[$l];
-		push @crash_lines, $lines[ $l + 1 ] if $l < $#lines && $lines[ $l + 1 ] =~ /Failed process/;
 		push @signals, $pid;
 	}
 	for my $l (split /\n/, $out)
