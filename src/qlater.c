@@ -57,20 +57,20 @@ static void ql_object_access(ObjectAccessType access, Oid classId,
 /*
  * _PG_init: define the settings; when preloaded, set up shared memory and
  * register the launcher.
+ *
+ * Loaded any other way (CREATE EXTENSION or a restore on a server that does
+ * not preload qlater, LOAD), only the settings that can change at a reload
+ * are defined: a PGC_POSTMASTER setting cannot be defined after start-up
+ * (the attempt is FATAL, as autoprewarm.c notes), and would mean nothing
+ * without the workers anyway.  A qlater.max_workers in the configuration
+ * file then stays a placeholder, and the prefix is not reserved, which
+ * would remove it with a warning.  The install script warns that no job
+ * runs (qlater_wake_launcher).
  */
 void
 _PG_init(void)
 {
 	BackgroundWorker worker;
-
-	DefineCustomIntVariable("qlater.max_workers",
-							"Maximum number of jobs qlater runs at once, over all databases.",
-							"Each worker is a background worker process: "
-							"max_worker_processes must leave room for them and the launcher.",
-							&ql_max_workers,
-							4, 1, 1024,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("qlater.poll_interval",
 							"Longest time an idle worker sleeps before it looks for due jobs.",
@@ -89,12 +89,21 @@ _PG_init(void)
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
-	MarkGUCPrefixReserved("qlater");
-
 	RegisterXactCallback(ql_xact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	DefineCustomIntVariable("qlater.max_workers",
+							"Maximum number of jobs qlater runs at once, over all databases.",
+							"Each worker is a background worker process: "
+							"max_worker_processes must leave room for them and the launcher.",
+							&ql_max_workers,
+							4, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("qlater");
 
 	ql_shmem_init();
 	prev_object_access_hook = object_access_hook;
