@@ -392,12 +392,33 @@ ql_signal_cancels(List *job_ids)
  * ql_xact_callback: after commit, carry out what the transaction asked for;
  * after abort, forget it.  XACT_EVENT_COMMIT comes after the commit is
  * visible to other sessions, so a woken worker sees the new jobs.
+ *
+ * A transaction that asked for anything is refused PREPARE TRANSACTION, as
+ * PostgreSQL refuses it after NOTIFY (AtPrepare_Notify): COMMIT PREPARED,
+ * perhaps in another session or after a restart, runs no callback of ours,
+ * so its jobs would wait for the poll, the claim frontier would stay past
+ * them until a worker looks from the start, and a consumer's claim would
+ * outlive the job it finished.  (The request is kept even if the savepoint
+ * that made it was rolled back: such a PREPARE is refused too.)
  */
 static void
 ql_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending_wakeups > 0 || pending_future != 0 || pending_lower ||
+				pending_cancels != NIL || pending_releases != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs"),
+						 errdetail("qlater wakes its workers and releases or cancels claims when such a transaction commits, which COMMIT PREPARED cannot do.")));
+			if (pending_launcher_wake)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has created extension \"qlater\""),
+						 errdetail("qlater starts its workers in the database when such a transaction commits, which COMMIT PREPARED cannot do.")));
+			break;
 		case XACT_EVENT_COMMIT:
 			{
 				ListCell   *lc;
