@@ -161,6 +161,29 @@ SELECT qlater_revoke_queue('ruby', 'ql_app_worker');
 SELECT qlater_create_queue('ruby', external => false);
 RESET ROLE;
 
+-- qlater_listen takes effect at commit, as LISTEN does: one rolled back,
+-- or rolled back to a savepoint, leaves no listener behind.  A session
+-- listens to 256 queues at most, so that rounds of 130 queues that roll
+-- back must not add up.
+SELECT count(qlater_create_queue('ql_listen_' || i, external => true))
+  FROM generate_series(1, 520) i;
+BEGIN;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(1, 130) i;
+ROLLBACK;
+BEGIN;
+SAVEPOINT s;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(131, 260) i;
+ROLLBACK TO s;
+SAVEPOINT t;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(261, 390) i;
+RELEASE t;
+COMMIT;
+-- the committed ones stay, and count
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(391, 520) i;
+-- listening again takes no more room
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(261, 390) i;
+DELETE FROM qlater_queue WHERE name LIKE 'ql\_listen\_%';
+
 DROP OWNED BY ql_app_owner, ql_app_worker, ql_stranger;
 DELETE FROM qlater_queue WHERE name = 'ruby';
 DROP ROLE ql_app_owner, ql_app_worker, ql_stranger;

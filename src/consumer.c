@@ -14,13 +14,15 @@
  *
  * Wake-up: a session calls qlater_listen(queue) to LISTEN on a channel of
  * its own ("qlater_<pid>") and to be recorded in shared memory as a
- * listener of that queue; an enqueue into the queue NOTIFYs one listener
- * (round robin), at commit, and only if someone listens.
+ * listener of that queue, both when its transaction commits; an enqueue
+ * into the queue NOTIFYs one listener (round robin), at commit, and only if
+ * someone listens.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -251,6 +253,25 @@ typedef struct QlFinish
 	int32		max_attempts;
 } QlFinish;
 
+/*
+ * Listening takes effect at commit, as LISTEN does.  qlater_listen records
+ * the queue here; the transaction's pre-commit adds the session's entries
+ * in shared memory (earlier, a notifier could pick a session that does not
+ * listen yet, or never will, and wake nobody) and remembers where, so that
+ * an abort after all takes them back.  A subtransaction rolled back takes
+ * its requests with it.
+ */
+typedef struct QlPendingListen
+{
+	char		queue[NAMEDATALEN];
+	int			nest_level;		/* of the (sub)transaction that asked */
+} QlPendingListen;
+
+static List *pending_listens = NIL; /* in TopTransactionContext */
+static int	added_listeners[QL_MAX_LISTENERS];	/* entries added at
+												 * pre-commit */
+static int	nadded_listeners = 0;
+static bool listen_callbacks_registered = false;
 static bool listener_exit_registered = false;
 
 /* ql_spi_connect: connect to SPI or fail */
@@ -987,8 +1008,156 @@ ql_listener_exit(int code, Datum arg)
 }
 
 /*
+ * ql_listener_index: the entry of this session for a queue, or -1.  Caller
+ * holds ql_shared->lock.
+ */
+static int
+ql_listener_index(const char *queue)
+{
+	int			i;
+
+	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	{
+		QlListener *l = &ql_shared->listeners[i];
+
+		if (l->pid == MyProcPid && l->dboid == MyDatabaseId &&
+			strcmp(l->queue, queue) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/* ql_too_many_listeners: the error when every listener entry is taken */
+static void
+ql_too_many_listeners(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("too many sessions listen for qlater jobs"),
+			 errdetail("At most %d listeners are recorded at once, a session counting once for each queue it listens to.",
+					   QL_MAX_LISTENERS),
+			 errhint("Consumers can poll qlater_lock() instead.")));
+}
+
+/*
+ * ql_listen_add_pending: at pre-commit, record the session's new listener
+ * entries in shared memory.  An error here aborts the transaction, and the
+ * abort takes back the entries added so far.
+ */
+static void
+ql_listen_add_pending(void)
+{
+	ListCell   *lc;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	foreach(lc, pending_listens)
+	{
+		QlPendingListen *p = (QlPendingListen *) lfirst(lc);
+		int			i;
+
+		if (ql_listener_index(p->queue) >= 0)
+			continue;
+		for (i = 0; i < QL_MAX_LISTENERS; i++)
+		{
+			if (!OidIsValid(ql_shared->listeners[i].dboid))
+				break;
+		}
+		if (i == QL_MAX_LISTENERS)
+		{
+			LWLockRelease(ql_shared->lock);
+			ql_too_many_listeners();
+		}
+		ql_shared->listeners[i].dboid = MyDatabaseId;
+		ql_shared->listeners[i].pid = MyProcPid;
+		strlcpy(ql_shared->listeners[i].queue, p->queue, NAMEDATALEN);
+		added_listeners[nadded_listeners++] = i;
+	}
+	LWLockRelease(ql_shared->lock);
+}
+
+/* ql_listen_remove_added: take back the entries added at pre-commit */
+static void
+ql_listen_remove_added(void)
+{
+	int			i;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < nadded_listeners; i++)
+	{
+		QlListener *l = &ql_shared->listeners[added_listeners[i]];
+
+		if (l->pid == MyProcPid)
+			l->dboid = InvalidOid;
+	}
+	LWLockRelease(ql_shared->lock);
+}
+
+/* ql_listen_xact_callback: carry out or forget the pending listens */
+static void
+ql_listen_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (pending_listens != NIL)
+				ql_listen_add_pending();
+			pending_listens = NIL;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			if (nadded_listeners > 0)
+				ql_listen_remove_added();
+			/* FALLTHROUGH */
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PREPARE:
+			/* a PREPARE after a LISTEN is refused by PostgreSQL anyway */
+			pending_listens = NIL;
+			nadded_listeners = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * ql_listen_subxact_callback: a subtransaction rolled back drops its
+ * pending listens; one committed hands them to its parent.
+ */
+static void
+ql_listen_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_listens)
+		{
+			QlPendingListen *p = (QlPendingListen *) lfirst(lc);
+
+			if (p->nest_level >= level)
+				pending_listens = foreach_delete_current(pending_listens, lc);
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_listens)
+		{
+			QlPendingListen *p = (QlPendingListen *) lfirst(lc);
+
+			if (p->nest_level >= level)
+				p->nest_level = level - 1;
+		}
+	}
+}
+
+/*
  * qlater_listen(queue text) returns text: LISTEN for jobs of an external
- * queue on this session's own channel (from commit on), which is returned.
+ * queue on this session's own channel, which is returned.  Both the LISTEN
+ * and the session's record as a listener of the queue take effect when the
+ * transaction commits.  The room for the record is checked now, for a
+ * clear error at the call; it is taken at commit.
  */
 Datum
 qlater_listen(PG_FUNCTION_ARGS)
@@ -997,8 +1166,7 @@ qlater_listen(PG_FUNCTION_ARGS)
 	char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	QlUserSave	save;
 	char		channel[NAMEDATALEN];
-	int			i;
-	int			free_slot = -1;
+	ListCell   *lc;
 	bool		found = false;
 
 	ql_require_preload();
@@ -1014,35 +1182,45 @@ qlater_listen(PG_FUNCTION_ARGS)
 		before_shmem_exit(ql_listener_exit, (Datum) 0);
 		listener_exit_registered = true;
 	}
-	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	if (!listen_callbacks_registered)
 	{
-		QlListener *l = &ql_shared->listeners[i];
+		RegisterXactCallback(ql_listen_xact_callback, NULL);
+		RegisterSubXactCallback(ql_listen_subxact_callback, NULL);
+		listen_callbacks_registered = true;
+	}
 
-		if (!OidIsValid(l->dboid))
-		{
-			if (free_slot < 0)
-				free_slot = i;
-		}
-		else if (l->pid == MyProcPid && l->dboid == MyDatabaseId &&
-				 strcmp(l->queue, queue) == 0)
+	foreach(lc, pending_listens)
+	{
+		if (strcmp(((QlPendingListen *) lfirst(lc))->queue, queue) == 0)
 			found = true;
 	}
-	if (!found && free_slot >= 0)
+	if (!found)
 	{
-		QlListener *l = &ql_shared->listeners[free_slot];
+		int			nfree = 0;
+		int			i;
 
-		l->dboid = MyDatabaseId;
-		l->pid = MyProcPid;
-		strlcpy(l->queue, queue, NAMEDATALEN);
+		LWLockAcquire(ql_shared->lock, LW_SHARED);
+		found = ql_listener_index(queue) >= 0;
+		for (i = 0; i < QL_MAX_LISTENERS; i++)
+		{
+			if (!OidIsValid(ql_shared->listeners[i].dboid))
+				nfree++;
+		}
+		LWLockRelease(ql_shared->lock);
+		/* every pending listen needs an entry of its own at commit */
+		if (!found && nfree <= list_length(pending_listens))
+			ql_too_many_listeners();
 	}
-	LWLockRelease(ql_shared->lock);
-	if (!found && free_slot < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many sessions listen for qlater jobs"),
-				 errdetail("At most %d sessions listen at once.", QL_MAX_LISTENERS),
-				 errhint("Consumers can poll qlater_lock() instead.")));
+	if (!found)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		QlPendingListen *p = palloc(sizeof(QlPendingListen));
+
+		strlcpy(p->queue, queue, NAMEDATALEN);
+		p->nest_level = GetCurrentTransactionNestLevel();
+		pending_listens = lappend(pending_listens, p);
+		MemoryContextSwitchTo(old);
+	}
 
 	Async_Listen(channel);
 	PG_RETURN_TEXT_P(cstring_to_text(channel));
