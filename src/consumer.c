@@ -9,8 +9,11 @@
  * vanishes with the session, and is released only when the transaction
  * that completed or failed the job commits.  Lease mode, for connection
  * poolers that break session state: the claim is a token and a lease time
- * recorded on the job; any session presenting the token may finish it, and
- * a lease that runs out makes the job claimable again.
+ * recorded on the job; any session presenting the token may finish it
+ * while the lease holds, and a lease that runs out makes the job claimable
+ * again.  Whoever claims it then voids the old token (a session-mode claim
+ * clears it from the row, a lease writes a new one): at no time can two
+ * consumers finish the same job.
  *
  * Wake-up: a session calls qlater_listen(queue) to LISTEN on a channel of
  * its own ("qlater_<pid>") and to be recorded in shared memory as a
@@ -81,6 +84,7 @@ typedef enum QlConsumerStmt
 	QL_STMT_REVOKE,
 	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
+	QL_STMT_TAKE_OVER,			/* void the lapsed lease of a job just claimed */
 	QL_STMT_LEASE,				/* lease a job just claimed */
 	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
 	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
@@ -114,12 +118,13 @@ typedef struct QlStmtDef
 
 /*
  * What ql_finish_begin checks of job j: its claim token, attempts,
- * max_attempts, queue, and whether role $2 may consume that queue.
+ * max_attempts, queue, whether role $2 may consume that queue, and the end
+ * of its lease.
  */
 #define QL_FINISH_ROW \
 	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
 	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
-	"WHERE q.name OPERATOR(pg_catalog.=) j.queue)"
+	"WHERE q.name OPERATOR(pg_catalog.=) j.queue), j.lease_until"
 
 /* a job that may be claimed now */
 #define QL_CLAIMABLE \
@@ -130,7 +135,7 @@ typedef struct QlStmtDef
  * A job just claimed, as the row qlater_jobs shows it to the claimer:
  * 'running', and held by this session (a lease's claim holds a transaction
  * lock until the claiming transaction ends).  Columns 1, 5 and 6 are id,
- * priority and run_at.
+ * priority and run_at, 16 the claim token.
  */
 #define QL_CLAIMED_ROW \
 	"id, queue, handler, args, priority, run_at, attempts, max_attempts, " \
@@ -192,6 +197,18 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	[QL_STMT_CLAIM] = {
 		"SELECT " QL_CLAIMED_ROW " FROM %1$s.qlater_job "
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE,
+		1, {INT8OID}
+	},
+	/*
+	 * The row is locked first without waiting: a row locked by the holder
+	 * of the lapsed lease, finishing it, is that holder's still.
+	 */
+	[QL_STMT_TAKE_OVER] = {
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
+		" AND EXISTS (SELECT FROM %1$s.qlater_job l "
+		"WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED) "
+		"RETURNING " QL_CLAIMED_ROW,
 		1, {INT8OID}
 	},
 	[QL_STMT_LEASE] = {
@@ -656,7 +673,24 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 	 */
 	values[0] = Int64GetDatum(id);
 	if (lease == NULL)
+	{
 		ok = ql_exec(c, QL_STMT_CLAIM, values, false, 1) == SPI_OK_SELECT;
+
+		/*
+		 * A claimable job that still has a token had a lease that ran out.
+		 * Void the token, so that its holder can no longer finish the job
+		 * this session now holds.  Only then does a session-mode claim
+		 * write to the job.
+		 */
+		if (ok && SPI_processed > 0)
+		{
+			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								 16, &isnull);
+			if (!isnull)
+				ok = ql_exec(c, QL_STMT_TAKE_OVER, values, false, 0) ==
+					SPI_OK_UPDATE_RETURNING;
+		}
+	}
 	else
 	{
 		values[1] = IntervalPGetDatum(lease);
@@ -806,7 +840,9 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	TupleDesc	desc;
 	Datum		d;
 	Datum		access;
+	Datum		until;
 	bool		token_null;
+	bool		until_null;
 	bool		isnull;
 
 	f->id = id;
@@ -831,6 +867,7 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
 	access = SPI_getbinval(row, desc, 5, &isnull);
 	ql_access_error(SPI_getvalue(row, desc, 4), access, isnull);
+	until = SPI_getbinval(row, desc, 6, &until_null);
 
 	if (token == NULL)
 	{
@@ -848,6 +885,19 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("claim token does not match job %lld", (long long) id),
 				 errhint("The lease may have run out and the job been claimed again.")));
+
+	/*
+	 * A lease that ran out is no claim any more, even if no one has claimed
+	 * the job since: someone may do so at any moment, unseen by the row
+	 * this transaction locked or deleted.  The clock, not the transaction's
+	 * start, decides: the finishing transaction may have begun long ago.
+	 */
+	else if (until_null || DatumGetTimestampTz(until) < GetCurrentTimestamp())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease of job %lld has run out", (long long) id),
+				 errhint("Renew long leases with qlater_extend() before they run out; "
+						 "the job may be claimed again.")));
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
