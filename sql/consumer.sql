@@ -154,6 +154,11 @@ SET client_min_messages = warning;
 DROP SCHEMA ql_evil CASCADE;
 RESET client_min_messages;
 
+-- the job failed above is left in the queue: remove it, since the queue is
+-- made in-server below, and the workers cannot run an application's job
+SELECT qlater_cancel(:job1);
+SELECT count(*) FROM qlater_job WHERE queue = 'ruby';
+
 -- only the owner (or an admin) changes a queue
 SET ROLE ql_app_owner;
 SELECT qlater_revoke_queue('ruby', 'ql_app_worker');
