@@ -358,6 +358,14 @@ is( $standby->safe_psql(
 		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'qlater%'}),
 	'0', 'a standby runs no scheduler');
 $node->stop;
+# the primary sent the standby all its WAL as it stopped; wait until the
+# standby has replayed it, up to the shutdown checkpoint, before reading
+# the last tick the primary fired
+my ($controldata) = run_command([ 'pg_controldata', $node->data_dir ]);
+my ($stop_lsn) = $controldata =~ /^Latest checkpoint location:\s+(\S+)/m;
+ok( $standby->poll_query_until(
+		'postgres', qq{SELECT pg_last_wal_replay_lsn() >= '$stop_lsn'::pg_lsn}),
+	'the standby replayed what the primary wrote');
 my $last_primary = $standby->safe_psql('postgres',
 	q{SELECT max(tick) FROM ticks WHERE label = 'ha'});
 sleep 4;
