@@ -27,8 +27,19 @@ PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
-REGRESS = setup api args security consumer cron schedule
+# pg_regress runs twice: the tests of REGRESS_NOLOAD against a server that
+# does not preload qlater (test/noload.conf), the others against one that
+# does (test/qlater.conf).  Both sets are in REGRESS, so that
+# "make installcheck REGRESS='...'" picks tests of either.
+REGRESS = setup api args security consumer cron schedule twophase noload
+REGRESS_NOLOAD = noload
 REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
+NOLOAD_OPTS = --temp-config=test/noload.conf --temp-instance=./output_noload/tmp_check \
+	--outputdir=output_noload
+EXTRA_CLEAN = output_noload
+
+# installcheck is defined below, to run both pg_regress sets
+NO_INSTALLCHECK = 1
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
@@ -36,6 +47,25 @@ PROVE_TESTS = test/t/*.pl
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+REGRESS_PRELOADED = $(filter-out $(REGRESS_NOLOAD),$(REGRESS))
+REGRESS_NOT_PRELOADED = $(filter $(REGRESS_NOLOAD),$(REGRESS))
+
+# Both sets run even if the first fails; the second's differences are shown
+# here, since they are not in ./regression.diffs.  Then the TAP tests, as
+# PGXS's own installcheck does.
+installcheck: submake
+ifdef REGRESS
+	@status=0; \
+	$(if $(REGRESS_PRELOADED),$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS_PRELOADED) || status=1;) \
+	$(if $(REGRESS_NOT_PRELOADED),$(pg_regress_installcheck) \
+		$(filter --dbname=%,$(REGRESS_OPTS)) $(NOLOAD_OPTS) $(REGRESS_NOT_PRELOADED) || \
+		{ status=1; cat output_noload/regression.diffs 2>/dev/null; };) \
+	exit $$status
+endif
+ifdef TAP_TESTS
+	$(prove_installcheck)
+endif
 
 # every object depends on every header (PGXS tracks no header dependencies)
 $(OBJS): $(wildcard src/*.h)

@@ -154,12 +154,82 @@ SET client_min_messages = warning;
 DROP SCHEMA ql_evil CASCADE;
 RESET client_min_messages;
 
+-- the job failed above is left in the queue: remove it, since the queue is
+-- made in-server below, and the workers cannot run an application's job
+SELECT qlater_cancel(:job1);
+SELECT count(*) FROM qlater_job WHERE queue = 'ruby';
+
 -- only the owner (or an admin) changes a queue
 SET ROLE ql_app_owner;
 SELECT qlater_revoke_queue('ruby', 'ql_app_worker');
 SELECT qlater_revoke_queue('ruby', 'ql_app_worker');
 SELECT qlater_create_queue('ruby', external => false);
 RESET ROLE;
+
+-- a lease's token finishes its job only while the lease holds, and never
+-- once another consumer has claimed the job since
+SET ROLE ql_app_owner;
+SELECT qlater_create_queue('leased', external => true);
+SELECT qlater_grant_queue('leased', 'ql_app_worker');
+RESET ROLE;
+SET ROLE ql_stranger;
+SELECT qlater_enqueue('Lapsed', '[]', queue => 'leased') AS job7 \gset
+RESET ROLE;
+SET ROLE ql_app_worker;
+SELECT claim_token AS token FROM qlater_lock('leased', 1, lease => '10 ms') \gset
+SELECT pg_sleep(0.1);
+-- a session-mode claim after the lease ran out voids the token at once
+-- (the lease's claim held a transaction lock: this session may claim)
+SELECT id = :job7 AS claimed, claim_token IS NULL AS no_token,
+       lease_until IS NULL AS no_lease FROM qlater_lock('leased');
+SELECT qlater_complete(:job7, :'token');
+SELECT qlater_fail(:job7, 'Error: late', NULL, :'token');
+SELECT qlater_unlock(:job7, :'token');
+SELECT state, attempts, claim_token IS NULL AS no_token FROM qlater_jobs WHERE id = :job7;
+SELECT qlater_complete(:job7);
+SELECT count(*) FROM qlater_jobs WHERE id = :job7;
+-- a lease that ran out, claimed by no one since: the token finishes nothing
+SET ROLE ql_stranger;
+SELECT qlater_enqueue('Lapsed', '[]', queue => 'leased') AS job8 \gset
+RESET ROLE;
+SET ROLE ql_app_worker;
+SELECT claim_token AS token FROM qlater_lock('leased', 1, lease => '10 ms') \gset
+SELECT pg_sleep(0.1);
+SELECT qlater_complete(:job8, :'token');
+SELECT qlater_fail(:job8, 'Error: late', NULL, :'token');
+SELECT qlater_extend(:job8, :'token', '5 minutes');
+SELECT qlater_unlock(:job8, :'token');
+SELECT state, attempts FROM qlater_jobs WHERE id = :job8;
+-- claimed again by a lease: the old token does not match
+SELECT claim_token AS token2 FROM qlater_lock('leased', 1, lease => '5 minutes') \gset
+SELECT qlater_complete(:job8, :'token');
+SELECT qlater_complete(:job8, :'token2');
+SELECT count(*) FROM qlater_jobs WHERE id = :job8;
+RESET ROLE;
+DELETE FROM qlater_queue WHERE name = 'leased';
+
+-- qlater_listen takes effect at commit, as LISTEN does: one rolled back,
+-- or rolled back to a savepoint, leaves no listener behind.  A session
+-- listens to 256 queues at most, so that rounds of 130 queues that roll
+-- back must not add up.
+SELECT count(qlater_create_queue('ql_listen_' || i, external => true))
+  FROM generate_series(1, 520) i;
+BEGIN;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(1, 130) i;
+ROLLBACK;
+BEGIN;
+SAVEPOINT s;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(131, 260) i;
+ROLLBACK TO s;
+SAVEPOINT t;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(261, 390) i;
+RELEASE t;
+COMMIT;
+-- the committed ones stay, and count
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(391, 520) i;
+-- listening again takes no more room
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(261, 390) i;
+DELETE FROM qlater_queue WHERE name LIKE 'ql\_listen\_%';
 
 DROP OWNED BY ql_app_owner, ql_app_worker, ql_stranger;
 DELETE FROM qlater_queue WHERE name = 'ruby';

@@ -9,18 +9,23 @@
  * vanishes with the session, and is released only when the transaction
  * that completed or failed the job commits.  Lease mode, for connection
  * poolers that break session state: the claim is a token and a lease time
- * recorded on the job; any session presenting the token may finish it, and
- * a lease that runs out makes the job claimable again.
+ * recorded on the job; any session presenting the token may finish it
+ * while the lease holds, and a lease that runs out makes the job claimable
+ * again.  Whoever claims it then voids the old token (a session-mode claim
+ * clears it from the row, a lease writes a new one): at no time can two
+ * consumers finish the same job.
  *
  * Wake-up: a session calls qlater_listen(queue) to LISTEN on a channel of
  * its own ("qlater_<pid>") and to be recorded in shared memory as a
- * listener of that queue; an enqueue into the queue NOTIFYs one listener
- * (round robin), at commit, and only if someone listens.
+ * listener of that queue, both when its transaction commits; an enqueue
+ * into the queue NOTIFYs one listener (round robin), at commit, and only if
+ * someone listens.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -79,6 +84,7 @@ typedef enum QlConsumerStmt
 	QL_STMT_REVOKE,
 	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
+	QL_STMT_TAKE_OVER,			/* void the lapsed lease of a job just claimed */
 	QL_STMT_LEASE,				/* lease a job just claimed */
 	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
 	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
@@ -112,12 +118,13 @@ typedef struct QlStmtDef
 
 /*
  * What ql_finish_begin checks of job j: its claim token, attempts,
- * max_attempts, queue, and whether role $2 may consume that queue.
+ * max_attempts, queue, whether role $2 may consume that queue, and the end
+ * of its lease.
  */
 #define QL_FINISH_ROW \
 	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
 	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
-	"WHERE q.name OPERATOR(pg_catalog.=) j.queue)"
+	"WHERE q.name OPERATOR(pg_catalog.=) j.queue), j.lease_until"
 
 /* a job that may be claimed now */
 #define QL_CLAIMABLE \
@@ -128,7 +135,7 @@ typedef struct QlStmtDef
  * A job just claimed, as the row qlater_jobs shows it to the claimer:
  * 'running', and held by this session (a lease's claim holds a transaction
  * lock until the claiming transaction ends).  Columns 1, 5 and 6 are id,
- * priority and run_at.
+ * priority and run_at, 16 the claim token.
  */
 #define QL_CLAIMED_ROW \
 	"id, queue, handler, args, priority, run_at, attempts, max_attempts, " \
@@ -192,6 +199,18 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE,
 		1, {INT8OID}
 	},
+	/*
+	 * The row is locked first without waiting: a row locked by the holder
+	 * of the lapsed lease, finishing it, is that holder's still.
+	 */
+	[QL_STMT_TAKE_OVER] = {
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
+		" AND EXISTS (SELECT FROM %1$s.qlater_job l "
+		"WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED) "
+		"RETURNING " QL_CLAIMED_ROW,
+		1, {INT8OID}
+	},
 	[QL_STMT_LEASE] = {
 		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
 		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
@@ -251,6 +270,25 @@ typedef struct QlFinish
 	int32		max_attempts;
 } QlFinish;
 
+/*
+ * Listening takes effect at commit, as LISTEN does.  qlater_listen records
+ * the queue here; the transaction's pre-commit adds the session's entries
+ * in shared memory (earlier, a notifier could pick a session that does not
+ * listen yet, or never will, and wake nobody) and remembers where, so that
+ * an abort after all takes them back.  A subtransaction rolled back takes
+ * its requests with it.
+ */
+typedef struct QlPendingListen
+{
+	char		queue[NAMEDATALEN];
+	int			nest_level;		/* of the (sub)transaction that asked */
+} QlPendingListen;
+
+static List *pending_listens = NIL; /* in TopTransactionContext */
+static int	added_listeners[QL_MAX_LISTENERS];	/* entries added at
+												 * pre-commit */
+static int	nadded_listeners = 0;
+static bool listen_callbacks_registered = false;
 static bool listener_exit_registered = false;
 
 /* ql_spi_connect: connect to SPI or fail */
@@ -635,7 +673,24 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 	 */
 	values[0] = Int64GetDatum(id);
 	if (lease == NULL)
+	{
 		ok = ql_exec(c, QL_STMT_CLAIM, values, false, 1) == SPI_OK_SELECT;
+
+		/*
+		 * A claimable job that still has a token had a lease that ran out.
+		 * Void the token, so that its holder can no longer finish the job
+		 * this session now holds.  Only then does a session-mode claim
+		 * write to the job.
+		 */
+		if (ok && SPI_processed > 0)
+		{
+			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								 16, &isnull);
+			if (!isnull)
+				ok = ql_exec(c, QL_STMT_TAKE_OVER, values, false, 0) ==
+					SPI_OK_UPDATE_RETURNING;
+		}
+	}
 	else
 	{
 		values[1] = IntervalPGetDatum(lease);
@@ -785,7 +840,9 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	TupleDesc	desc;
 	Datum		d;
 	Datum		access;
+	Datum		until;
 	bool		token_null;
+	bool		until_null;
 	bool		isnull;
 
 	f->id = id;
@@ -810,6 +867,7 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
 	access = SPI_getbinval(row, desc, 5, &isnull);
 	ql_access_error(SPI_getvalue(row, desc, 4), access, isnull);
+	until = SPI_getbinval(row, desc, 6, &until_null);
 
 	if (token == NULL)
 	{
@@ -827,6 +885,19 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("claim token does not match job %lld", (long long) id),
 				 errhint("The lease may have run out and the job been claimed again.")));
+
+	/*
+	 * A lease that ran out is no claim any more, even if no one has claimed
+	 * the job since: someone may do so at any moment, unseen by the row
+	 * this transaction locked or deleted.  The clock, not the transaction's
+	 * start, decides: the finishing transaction may have begun long ago.
+	 */
+	else if (until_null || DatumGetTimestampTz(until) < GetCurrentTimestamp())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("lease of job %lld has run out", (long long) id),
+				 errhint("Renew long leases with qlater_extend() before they run out; "
+						 "the job may be claimed again.")));
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
@@ -987,8 +1058,156 @@ ql_listener_exit(int code, Datum arg)
 }
 
 /*
+ * ql_listener_index: the entry of this session for a queue, or -1.  Caller
+ * holds ql_shared->lock.
+ */
+static int
+ql_listener_index(const char *queue)
+{
+	int			i;
+
+	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	{
+		QlListener *l = &ql_shared->listeners[i];
+
+		if (l->pid == MyProcPid && l->dboid == MyDatabaseId &&
+			strcmp(l->queue, queue) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/* ql_too_many_listeners: the error when every listener entry is taken */
+static void
+ql_too_many_listeners(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("too many sessions listen for qlater jobs"),
+			 errdetail("At most %d listeners are recorded at once, a session counting once for each queue it listens to.",
+					   QL_MAX_LISTENERS),
+			 errhint("Consumers can poll qlater_lock() instead.")));
+}
+
+/*
+ * ql_listen_add_pending: at pre-commit, record the session's new listener
+ * entries in shared memory.  An error here aborts the transaction, and the
+ * abort takes back the entries added so far.
+ */
+static void
+ql_listen_add_pending(void)
+{
+	ListCell   *lc;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	foreach(lc, pending_listens)
+	{
+		QlPendingListen *p = (QlPendingListen *) lfirst(lc);
+		int			i;
+
+		if (ql_listener_index(p->queue) >= 0)
+			continue;
+		for (i = 0; i < QL_MAX_LISTENERS; i++)
+		{
+			if (!OidIsValid(ql_shared->listeners[i].dboid))
+				break;
+		}
+		if (i == QL_MAX_LISTENERS)
+		{
+			LWLockRelease(ql_shared->lock);
+			ql_too_many_listeners();
+		}
+		ql_shared->listeners[i].dboid = MyDatabaseId;
+		ql_shared->listeners[i].pid = MyProcPid;
+		strlcpy(ql_shared->listeners[i].queue, p->queue, NAMEDATALEN);
+		added_listeners[nadded_listeners++] = i;
+	}
+	LWLockRelease(ql_shared->lock);
+}
+
+/* ql_listen_remove_added: take back the entries added at pre-commit */
+static void
+ql_listen_remove_added(void)
+{
+	int			i;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < nadded_listeners; i++)
+	{
+		QlListener *l = &ql_shared->listeners[added_listeners[i]];
+
+		if (l->pid == MyProcPid)
+			l->dboid = InvalidOid;
+	}
+	LWLockRelease(ql_shared->lock);
+}
+
+/* ql_listen_xact_callback: carry out or forget the pending listens */
+static void
+ql_listen_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (pending_listens != NIL)
+				ql_listen_add_pending();
+			pending_listens = NIL;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			if (nadded_listeners > 0)
+				ql_listen_remove_added();
+			/* FALLTHROUGH */
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PREPARE:
+			/* a PREPARE after a LISTEN is refused by PostgreSQL anyway */
+			pending_listens = NIL;
+			nadded_listeners = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * ql_listen_subxact_callback: a subtransaction rolled back drops its
+ * pending listens; one committed hands them to its parent.
+ */
+static void
+ql_listen_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_listens)
+		{
+			QlPendingListen *p = (QlPendingListen *) lfirst(lc);
+
+			if (p->nest_level >= level)
+				pending_listens = foreach_delete_current(pending_listens, lc);
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_listens)
+		{
+			QlPendingListen *p = (QlPendingListen *) lfirst(lc);
+
+			if (p->nest_level >= level)
+				p->nest_level = level - 1;
+		}
+	}
+}
+
+/*
  * qlater_listen(queue text) returns text: LISTEN for jobs of an external
- * queue on this session's own channel (from commit on), which is returned.
+ * queue on this session's own channel, which is returned.  Both the LISTEN
+ * and the session's record as a listener of the queue take effect when the
+ * transaction commits.  The room for the record is checked now, for a
+ * clear error at the call; it is taken at commit.
  */
 Datum
 qlater_listen(PG_FUNCTION_ARGS)
@@ -997,8 +1216,7 @@ qlater_listen(PG_FUNCTION_ARGS)
 	char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	QlUserSave	save;
 	char		channel[NAMEDATALEN];
-	int			i;
-	int			free_slot = -1;
+	ListCell   *lc;
 	bool		found = false;
 
 	ql_require_preload();
@@ -1014,35 +1232,45 @@ qlater_listen(PG_FUNCTION_ARGS)
 		before_shmem_exit(ql_listener_exit, (Datum) 0);
 		listener_exit_registered = true;
 	}
-	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	if (!listen_callbacks_registered)
 	{
-		QlListener *l = &ql_shared->listeners[i];
+		RegisterXactCallback(ql_listen_xact_callback, NULL);
+		RegisterSubXactCallback(ql_listen_subxact_callback, NULL);
+		listen_callbacks_registered = true;
+	}
 
-		if (!OidIsValid(l->dboid))
-		{
-			if (free_slot < 0)
-				free_slot = i;
-		}
-		else if (l->pid == MyProcPid && l->dboid == MyDatabaseId &&
-				 strcmp(l->queue, queue) == 0)
+	foreach(lc, pending_listens)
+	{
+		if (strcmp(((QlPendingListen *) lfirst(lc))->queue, queue) == 0)
 			found = true;
 	}
-	if (!found && free_slot >= 0)
+	if (!found)
 	{
-		QlListener *l = &ql_shared->listeners[free_slot];
+		int			nfree = 0;
+		int			i;
 
-		l->dboid = MyDatabaseId;
-		l->pid = MyProcPid;
-		strlcpy(l->queue, queue, NAMEDATALEN);
+		LWLockAcquire(ql_shared->lock, LW_SHARED);
+		found = ql_listener_index(queue) >= 0;
+		for (i = 0; i < QL_MAX_LISTENERS; i++)
+		{
+			if (!OidIsValid(ql_shared->listeners[i].dboid))
+				nfree++;
+		}
+		LWLockRelease(ql_shared->lock);
+		/* every pending listen needs an entry of its own at commit */
+		if (!found && nfree <= list_length(pending_listens))
+			ql_too_many_listeners();
 	}
-	LWLockRelease(ql_shared->lock);
-	if (!found && free_slot < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("too many sessions listen for qlater jobs"),
-				 errdetail("At most %d sessions listen at once.", QL_MAX_LISTENERS),
-				 errhint("Consumers can poll qlater_lock() instead.")));
+	if (!found)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		QlPendingListen *p = palloc(sizeof(QlPendingListen));
+
+		strlcpy(p->queue, queue, NAMEDATALEN);
+		p->nest_level = GetCurrentTransactionNestLevel();
+		pending_listens = lappend(pending_listens, p);
+		MemoryContextSwitchTo(old);
+	}
 
 	Async_Listen(channel);
 	PG_RETURN_TEXT_P(cstring_to_text(channel));

@@ -57,20 +57,20 @@ static void ql_object_access(ObjectAccessType access, Oid classId,
 /*
  * _PG_init: define the settings; when preloaded, set up shared memory and
  * register the launcher.
+ *
+ * Loaded any other way (CREATE EXTENSION or a restore on a server that does
+ * not preload qlater, LOAD), only the settings that can change at a reload
+ * are defined: a PGC_POSTMASTER setting cannot be defined after start-up
+ * (the attempt is FATAL, as autoprewarm.c notes), and would mean nothing
+ * without the workers anyway.  A qlater.max_workers in the configuration
+ * file then stays a placeholder, and the prefix is not reserved, which
+ * would remove it with a warning.  The install script warns that no job
+ * runs (qlater_wake_launcher).
  */
 void
 _PG_init(void)
 {
 	BackgroundWorker worker;
-
-	DefineCustomIntVariable("qlater.max_workers",
-							"Maximum number of jobs qlater runs at once, over all databases.",
-							"Each worker is a background worker process: "
-							"max_worker_processes must leave room for them and the launcher.",
-							&ql_max_workers,
-							4, 1, 1024,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("qlater.poll_interval",
 							"Longest time an idle worker sleeps before it looks for due jobs.",
@@ -89,12 +89,21 @@ _PG_init(void)
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
-	MarkGUCPrefixReserved("qlater");
-
 	RegisterXactCallback(ql_xact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	DefineCustomIntVariable("qlater.max_workers",
+							"Maximum number of jobs qlater runs at once, over all databases.",
+							"Each worker is a background worker process: "
+							"max_worker_processes must leave room for them and the launcher.",
+							&ql_max_workers,
+							4, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("qlater");
 
 	ql_shmem_init();
 	prev_object_access_hook = object_access_hook;
@@ -383,12 +392,33 @@ ql_signal_cancels(List *job_ids)
  * ql_xact_callback: after commit, carry out what the transaction asked for;
  * after abort, forget it.  XACT_EVENT_COMMIT comes after the commit is
  * visible to other sessions, so a woken worker sees the new jobs.
+ *
+ * A transaction that asked for anything is refused PREPARE TRANSACTION, as
+ * PostgreSQL refuses it after NOTIFY (AtPrepare_Notify): COMMIT PREPARED,
+ * perhaps in another session or after a restart, runs no callback of ours,
+ * so its jobs would wait for the poll, the claim frontier would stay past
+ * them until a worker looks from the start, and a consumer's claim would
+ * outlive the job it finished.  (The request is kept even if the savepoint
+ * that made it was rolled back: such a PREPARE is refused too.)
  */
 static void
 ql_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending_wakeups > 0 || pending_future != 0 || pending_lower ||
+				pending_cancels != NIL || pending_releases != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs"),
+						 errdetail("qlater wakes its workers and releases or cancels claims when such a transaction commits, which COMMIT PREPARED cannot do.")));
+			if (pending_launcher_wake)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has created extension \"qlater\""),
+						 errdetail("qlater starts its workers in the database when such a transaction commits, which COMMIT PREPARED cannot do.")));
+			break;
 		case XACT_EVENT_COMMIT:
 			{
 				ListCell   *lc;

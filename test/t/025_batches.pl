@@ -203,19 +203,21 @@ cmp_ok(
 q1("DELETE FROM qlater_job WHERE dead; TRUNCATE hits");
 
 ### batch_delay bounds a batch
+# (jobs of 200 ms and a delay of 500 ms: a busy machine slows a job by
+# much less than the 300 ms that would keep a second job out of a batch)
 q1(q{
-SELECT qlater_create_queue('slow', batch_size => 64, batch_delay => '50 ms');
+SELECT qlater_create_queue('slow', batch_size => 64, batch_delay => '500 ms');
 CREATE FUNCTION nap(k int) RETURNS void LANGUAGE sql AS $$
-    SELECT pg_sleep(0.02);
+    SELECT pg_sleep(0.2);
     INSERT INTO hits (k) VALUES (k);
 $$;
 SELECT qlater_register('nap(int)', queue => 'slow');
 SELECT count(*) FROM qlater_enqueue_many('nap',
-    (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 80) g));
+    (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 40) g));
 });
-drained('slow', 'jobs of 20 ms');
-# the first ends at t; more join while less than 50 ms have passed since:
-# the 2nd ends after t + 20 ms, the 3rd after t + 40, the 4th after t + 60
+drained('slow', 'jobs of 200 ms');
+# the first ends at t; more join while less than 500 ms have passed since:
+# the 2nd ends after t + 200 ms, the 3rd after t + 400, the 4th after t + 600
 my $per_xact = q1('SELECT max(c) FROM (SELECT count(*) c FROM hits GROUP BY xid) b');
 cmp_ok($per_xact, '<=', 4, 'no batch held a finished job back more than batch_delay');
 cmp_ok($per_xact, '>=', 2, 'and some jobs were committed together');

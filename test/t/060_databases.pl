@@ -52,9 +52,11 @@ ok( $node->poll_query_until(
 	'jobs of the new database run without a restart');
 is($node->safe_psql('x', 'SELECT count(*) FROM qlater_jobs'), '0', 'and are removed');
 
-# a busy database does not starve the other
+# a busy database does not starve the other: its jobs take 6 s, so that a
+# job of x that waited for a worker of postgres would take about 6 s, and
+# the bound of 4 s leaves room for a busy machine
 $node->safe_psql('postgres',
-	"SELECT qlater_enqueue('mark', jsonb_build_array('busy-' || g, 2)) FROM generate_series(1, 8) g"
+	"SELECT qlater_enqueue('mark', jsonb_build_array('busy-' || g, 6)) FROM generate_series(1, 4) g"
 );
 ok( $node->poll_query_until(
 		'postgres', "SELECT count(*) = 2 FROM qlater_jobs WHERE state = 'running'"),
@@ -64,7 +66,7 @@ $node->safe_psql('x', "SELECT qlater_enqueue('mark', '[\"x-while-busy\"]')");
 ok( $node->poll_query_until(
 		'x', "SELECT count(*) = 1 FROM marks WHERE label = 'x-while-busy'"),
 	'x runs its job while postgres is busy');
-cmp_ok(time - $t0, '<', 1.5, 'without waiting for the busy database');
+cmp_ok(time - $t0, '<', 4, 'without waiting for the busy database');
 is( $node->safe_psql(
 		'postgres', "SELECT count(*) FROM qlater_jobs WHERE state = 'running'"),
 	'2',
@@ -79,7 +81,7 @@ ok( $node->poll_query_until(
 		'postgres', "SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%mark%'"),
 	'the busy jobs of postgres drain');
 is($node->safe_psql('postgres', "SELECT count(*) FROM marks WHERE label LIKE 'busy-%'"),
-	'8', 'every busy job ran');
+	'4', 'every busy job ran');
 $node->safe_psql('postgres', "SELECT qlater_enqueue('mark', '[\"after-drop\"]')");
 ok( $node->poll_query_until(
 		'postgres', "SELECT count(*) = 1 FROM marks WHERE label = 'after-drop'"),

@@ -76,18 +76,21 @@ SELECT count(*) - count(DISTINCT tick) FROM ticks WHERE label = '$label'}),
 }
 
 ### a '2 seconds' schedule fires on time
+# "On time" is checked with room for a busy machine (a job starts after its
+# tick, and not seconds later); how soon is the benchmark's business.
 $node->safe_psql('postgres',
 	q{SELECT qlater_schedule('two', '2 seconds', 'rec', '["two"]')});
 wait_runs('two', 4, "a '2 seconds' schedule fires");
 is( $node->safe_psql(
 		'postgres', q{
 SELECT count(*) FILTER (WHERE tick IS NULL),
-       count(*) FILTER (WHERE at - tick >= interval '1 second' OR at < tick),
+       count(*) FILTER (WHERE at < tick),
+       count(*) FILTER (WHERE at - tick >= interval '10 seconds'),
        count(*) FILTER (WHERE extract(epoch FROM tick - s.created_at)::numeric % 2 <> 0)
   FROM ticks, qlater_schedule s
  WHERE label = 'two' AND s.name = 'two'}),
-	'0|0|0',
-	'every job runs within 1 s of its tick; ticks every 2 s from the creation');
+	'0|0|0|0',
+	'every job runs after its tick, within 10 s; ticks every 2 s from the creation');
 is( $node->safe_psql(
 		'postgres', q{
 SELECT count(*) FROM (
@@ -201,11 +204,13 @@ SELECT count(*) FILTER (WHERE tick > '$busy_from' AND tick < '$busy_to') >= 3,
 
 ### a changed schedule wakes every idle worker: its first tick is on time
 ### even though the worker woken first takes a long job
+# Woken, a worker runs each tick's job well before the 12 s job ends;
+# otherwise the first ticks would wait for it (or for the 60 s poll).
 $node->safe_psql('postgres', q{ALTER SYSTEM SET qlater.poll_interval = '60s'});
 $node->reload;
 $node->safe_psql('postgres',
 	q{SELECT qlater_schedule('woken', '2 seconds', 'rec', '["woken"]')});
-$node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[6]')});
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[12]')});
 wait_runs('woken', 3, 'the schedule fires');
 my $created = $node->safe_psql('postgres',
 	q{SELECT created_at FROM qlater_schedules WHERE name = 'woken'});
@@ -215,9 +220,10 @@ SELECT tick, at FROM ticks WHERE label = 'woken' ORDER BY tick});
 is( $node->safe_psql(
 		'postgres', qq{
 SELECT min(tick) = '$created'::timestamptz + interval '2 seconds',
-       count(*) FILTER (WHERE at - tick >= interval '1 second' OR at < tick)
+       count(*) FILTER (WHERE at < tick),
+       count(*) FILTER (WHERE at - tick >= interval '6 seconds')
   FROM ticks WHERE label = 'woken'}),
-	't|0', 'the first tick and the next ones ran within 1 s');
+	't|0|0', 'the first tick and the next ones ran after their tick, well before the long job ended');
 wait_naps_done('the long job is done');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET qlater.poll_interval});
 $node->reload;
@@ -352,6 +358,14 @@ is( $standby->safe_psql(
 		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'qlater%'}),
 	'0', 'a standby runs no scheduler');
 $node->stop;
+# the primary sent the standby all its WAL as it stopped; wait until the
+# standby has replayed it, up to the shutdown checkpoint, before reading
+# the last tick the primary fired
+my ($controldata) = run_command([ 'pg_controldata', $node->data_dir ]);
+my ($stop_lsn) = $controldata =~ /^Latest checkpoint location:\s+(\S+)/m;
+ok( $standby->poll_query_until(
+		'postgres', qq{SELECT pg_last_wal_replay_lsn() >= '$stop_lsn'::pg_lsn}),
+	'the standby replayed what the primary wrote');
 my $last_primary = $standby->safe_psql('postgres',
 	q{SELECT max(tick) FROM ticks WHERE label = 'ha'});
 sleep 4;
