@@ -19,6 +19,9 @@ CREATE FUNCTION poly(anyelement) RETURNS void LANGUAGE sql AS '';
 SELECT qlater_register('poly(anyelement)');
 CREATE FUNCTION anyvar(VARIADIC "any") RETURNS int LANGUAGE internal AS 'pg_num_nulls';
 SELECT qlater_register('anyvar("any")');
+-- trigger functions can only be called as triggers
+CREATE FUNCTION trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+SELECT qlater_register('trg()');
 SELECT qlater_register('count(*)');
 CREATE PROCEDURE proc_out(a int, OUT b int) LANGUAGE plpgsql AS $$ BEGIN b := a; END $$;
 SELECT qlater_register('proc_out(int)');

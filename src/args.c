@@ -424,6 +424,12 @@ ql_check_handler_signature(Oid procoid)
 	if (!HeapTupleIsValid(tuple))
 		elog(ERROR, "cache lookup failed for function %u", procoid);
 	prokind = ((Form_pg_proc) GETSTRUCT(tuple))->prokind;
+	if (((Form_pg_proc) GETSTRUCT(tuple))->prorettype == TRIGGEROID ||
+		((Form_pg_proc) GETSTRUCT(tuple))->prorettype == EVENT_TRIGGEROID)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a trigger function", format_procedure(procoid)),
+				 errhint("Trigger functions can only be called as triggers.")));
 	if (prokind != PROKIND_FUNCTION && prokind != PROKIND_PROCEDURE)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
