@@ -5,7 +5,7 @@
  *		candidates they read, and the check of a claimed row's version.
  *
  * A job is claimed with a session-level advisory lock in qlater's key space
- * (qlater.c), as Que does: claiming writes nothing, never waits, and a
+ * (QLATER_LOCK_SPACE), as Que does: claiming writes nothing, never waits, and a
  * claim vanishes with the session that held it.  The classic race: a lock
  * granted just after another worker finished and deleted the same job, as
  * seen in an older snapshot.  So once the lock is held the row is read
@@ -19,6 +19,8 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "utils/builtins.h"
@@ -31,6 +33,41 @@
 #include "job.h"
 #include "qlater.h"
 #include "shmem.h"
+
+/* ql_set_job_locktag: the advisory lock tag that claims a job */
+void
+ql_set_job_locktag(LOCKTAG *tag, int64 job_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 (uint32) (((uint64) job_id) >> 32),
+						 (uint32) job_id,
+						 QLATER_LOCK_SPACE);
+}
+
+/*
+ * ql_try_claim: take a job's claim without waiting.  A session lock stays
+ * until ql_release_claim or the end of the session; otherwise it goes with
+ * the transaction.  Returns false if another session holds it.  A session
+ * that already holds the claim gets true again and holds it twice.
+ */
+bool
+ql_try_claim(int64 job_id, bool session_lock)
+{
+	LOCKTAG		tag;
+
+	ql_set_job_locktag(&tag, job_id);
+	return LockAcquire(&tag, ExclusiveLock, session_lock, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/* ql_release_claim: release a session-level claim taken by ql_try_claim */
+void
+ql_release_claim(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	ql_set_job_locktag(&tag, job_id);
+	LockRelease(&tag, ExclusiveLock, true);
+}
 
 typedef enum QlCandidateResult
 {

@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * qlater.c
- *		Module entry point: settings, the launcher's registration, job claims
- *		(advisory locks in qlater's key space) and the work done at commit
- *		of a transaction that enqueued, retried or cancelled jobs.
+ *		Module entry point: settings, the launcher's registration, and the
+ *		work done at commit of a transaction that enqueued, retried or
+ *		cancelled jobs.
  *
  * What a backend asks for at commit is kept in backend-local variables
  * reset at the end of every transaction; shared state is in shmem.c.
@@ -168,41 +168,6 @@ ql_require_preload(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("qlater must be loaded via \"shared_preload_libraries\"")));
-}
-
-/* ql_set_job_locktag: the advisory lock tag that claims a job */
-void
-ql_set_job_locktag(LOCKTAG *tag, int64 job_id)
-{
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
-						 (uint32) (((uint64) job_id) >> 32),
-						 (uint32) job_id,
-						 QLATER_LOCK_SPACE);
-}
-
-/*
- * ql_try_claim: take a job's claim without waiting.  A session lock stays
- * until ql_release_claim or the end of the session; otherwise it goes with
- * the transaction.  Returns false if another session holds it.  A session
- * that already holds the claim gets true again and holds it twice.
- */
-bool
-ql_try_claim(int64 job_id, bool session_lock)
-{
-	LOCKTAG		tag;
-
-	ql_set_job_locktag(&tag, job_id);
-	return LockAcquire(&tag, ExclusiveLock, session_lock, true) != LOCKACQUIRE_NOT_AVAIL;
-}
-
-/* ql_release_claim: release a session-level claim taken by ql_try_claim */
-void
-ql_release_claim(int64 job_id)
-{
-	LOCKTAG		tag;
-
-	ql_set_job_locktag(&tag, job_id);
-	LockRelease(&tag, ExclusiveLock, true);
 }
 
 /*

@@ -28,10 +28,12 @@ extern int	ql_max_workers;
 extern int	ql_poll_interval;
 extern int	ql_max_crashes;
 
-/* qlater.c */
+/* claim.c: a job's claim, for workers and consumers alike */
 extern void ql_set_job_locktag(LOCKTAG *tag, int64 job_id);
 extern bool ql_try_claim(int64 job_id, bool session_lock);
 extern void ql_release_claim(int64 job_id);
+
+/* qlater.c */
 extern void ql_wake_workers_at_commit(int njobs, TimestampTz run_at);
 extern void ql_wake_another_worker(void);
 extern void ql_lower_frontier_at_commit(const QlClaimKey *key);
