@@ -14,6 +14,7 @@
 
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -758,6 +759,51 @@ qlater_cancel(PG_FUNCTION_ARGS)
 	SPI_finish();
 	ql_restore_user(&save);
 	PG_RETURN_BOOL(found);
+}
+
+/*
+ * ql_check_role_drop: refuse DROP ROLE of a role that has jobs or
+ * schedules in this database.  They belong to their role by name: left
+ * behind, they would run as a role created later under the same name.
+ * Called from the object access hook, in the dropping transaction; other
+ * databases are not seen (README, Who may do what).
+ */
+void
+ql_check_role_drop(Oid roleid)
+{
+	const QlCatalog *c;
+	char	   *name = GetUserNameFromId(roleid, true);
+	QlUserSave	save;
+	Oid			types[1] = {NAMEOID};
+	Datum		values[1];
+	int64		njobs;
+	int64		nschedules;
+	bool		isnull;
+
+	if (name == NULL || !IsTransactionState() || (c = ql_catalog(true)) == NULL)
+		return;
+	values[0] = DirectFunctionCall1(namein, CStringGetDatum(name));
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(psprintf("SELECT (SELECT count(*) FROM %s.qlater_job WHERE role = $1), "
+									   "(SELECT count(*) FROM %s.qlater_schedule WHERE owner = $1)",
+									   c->schema_quoted, c->schema_quoted),
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the jobs of role \"%s\"", name);
+	njobs = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	nschedules = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_finish();
+	ql_restore_user(&save);
+	if (njobs > 0 || nschedules > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("role \"%s\" cannot be dropped because it has qlater jobs or schedules", name),
+				 errdetail("%lld jobs and %lld schedules of database \"%s\" belong to the role.",
+						   (long long) njobs, (long long) nschedules,
+						   get_database_name(MyDatabaseId)),
+				 errhint("Remove them first with qlater_cancel and qlater_unschedule: "
+						 "they would run as a role created later under the same name.")));
 }
 
 /* qlater_workers(): one row per running worker */

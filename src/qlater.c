@@ -16,6 +16,7 @@
 
 #include "access/xact.h"
 #include "catalog/objectaccess.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
@@ -28,7 +29,9 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "api.h"
 #include "launcher.h"
+#include "schedule.h"
 #include "qlater.h"
 #include "shmem.h"
 
@@ -133,6 +136,9 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 {
 	if (prev_object_access_hook)
 		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access == OAT_DROP && classId == AuthIdRelationId)
+		ql_check_role_drop(objectId);
 
 	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
 	{
@@ -373,7 +379,8 @@ ql_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending_wakeups > 0 || pending_future != 0 || pending_lower ||
-				pending_cancels != NIL || pending_releases != NIL)
+				pending_cancels != NIL || pending_releases != NIL ||
+				ql_schedule_wake_pending())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs"),

@@ -244,8 +244,9 @@ SELECT format('%s|%s|%s|%s', last_error->>'sqlstate',
 	'its last_error says the function does not exist');
 wait_label('after-doomed', 'other jobs keep running after the dropped handler');
 
-### a job whose role was dropped ends dead
-$node->safe_psql(
+### a role with jobs cannot be dropped where its jobs are; a job whose role
+### was dropped from another database ends dead
+my ($drop_ret, $drop_out, $drop_err) = $node->psql(
 	'postgres', q{
 CREATE ROLE bob;
 BEGIN;
@@ -254,8 +255,19 @@ SELECT qlater_enqueue('rec', '["by-bob"]');
 RESET ROLE;
 DROP ROLE bob;
 COMMIT;
-SELECT qlater_enqueue('rec', '["after-bob"]');
 });
+like($drop_err, qr/role "bob" cannot be dropped because it has qlater jobs or schedules/,
+	'DROP ROLE of a role with jobs in the database is refused');
+$node->safe_psql(
+	'postgres', q{
+BEGIN;
+SET ROLE bob;
+SELECT qlater_enqueue('rec', '["by-bob"]', run_at => now() + '2 s');
+RESET ROLE;
+COMMIT;
+});
+$node->safe_psql('template1', 'DROP ROLE bob');
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('rec', '["after-bob"]', run_at => now() + '2 s')});
 ok( $node->poll_query_until(
 		'postgres',
 		"SELECT state = 'dead' FROM qlater_jobs WHERE role = 'bob'"),

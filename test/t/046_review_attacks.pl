@@ -250,6 +250,18 @@ SELECT qlater_create_queue('alice_ext', external => false);
 wait_for(q{SELECT count(*) = 2 FROM qlater_jobs WHERE queue = 'alice_ext' AND state = 'dead' AND attempts = 1},
 	'jobs whose arguments do not fit end dead after one attempt');
 
+### 10. a role with jobs or schedules is not dropped from under them
+su(q{CREATE ROLE victim LOGIN; GRANT USAGE ON SCHEMA shared TO victim;
+     GRANT EXECUTE ON FUNCTION shared.target(int) TO victim});
+my $victim_job = as('victim',
+	q{SELECT qlater_enqueue('shared.target', '[5]', run_at => now() + '1 hour')});
+my ($ret, $out, $err) = $node->psql('postgres', 'DROP ROLE victim');
+like($err, qr/role "victim" cannot be dropped because it has qlater jobs or schedules/,
+	'DROP ROLE of a role with a queued job is refused: its jobs would pass to a new role of that name');
+su(qq{SELECT qlater_cancel($victim_job); DROP OWNED BY victim; DROP ROLE victim});
+is(su(q{SELECT count(*) FROM pg_roles WHERE rolname = 'victim'}), '0',
+	'once its jobs are gone, it is dropped');
+
 unlike(slurp_file($node->logfile), qr/terminated by signal/,
 	'no server process ended on a signal');
 
