@@ -79,6 +79,16 @@ COMMIT PREPARED 'ql_lease';
 SELECT count(*) FROM qlater_jobs WHERE queue = 'ql_2pc_app';
 DELETE FROM qlater_queue WHERE name = 'ql_2pc_app';
 
+-- a schedule made or changed (the workers look at schedules again at its commit)
+CREATE FUNCTION ql_2pc_tick() RETURNS void LANGUAGE sql AS '';
+SELECT qlater_register('ql_2pc_tick()');
+BEGIN;
+SELECT qlater_schedule('ql_2pc_sched', '1 hour', 'ql_2pc_tick', '[]');
+PREPARE TRANSACTION 'ql_sched';
+SELECT count(*) FROM qlater_schedules WHERE name = 'ql_2pc_sched';
+SELECT qlater_unregister('ql_2pc_tick()');
+DROP FUNCTION ql_2pc_tick();
+
 -- a refused PREPARE leaves nothing for the next transaction
 BEGIN;
 SELECT count(*) FROM qlater_jobs WHERE args = '["prepared"]';

@@ -190,6 +190,17 @@ ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
 }
 
 /*
+ * ql_schedule_wake_pending: whether this transaction changed a schedule,
+ * and wakes the workers when it commits (which COMMIT PREPARED cannot do:
+ * qlater.c refuses PREPARE TRANSACTION then)
+ */
+bool
+ql_schedule_wake_pending(void)
+{
+	return sched_wake_pending;
+}
+
+/*
  * ql_schedules_changed: make every worker of this database look at the
  * schedules again once the current transaction commits.
  */

@@ -10,5 +10,6 @@
 #define QLATER_SCHEDULE_H
 
 extern void ql_schedule_fire_due(long *sleep_ms);
+extern bool ql_schedule_wake_pending(void);
 
 #endif							/* QLATER_SCHEDULE_H */
