@@ -383,7 +383,7 @@ ql_xact_callback(XactEvent event, void *arg)
 				ql_schedule_wake_pending())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs"),
+						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs or schedules"),
 						 errdetail("qlater wakes its workers and releases or cancels claims when such a transaction commits, which COMMIT PREPARED cannot do.")));
 			if (pending_launcher_wake)
 				ereport(ERROR,
