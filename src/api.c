@@ -762,14 +762,15 @@ qlater_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
- * ql_check_role_drop: refuse DROP ROLE of a role that has jobs or
- * schedules in this database.  They belong to their role by name: left
- * behind, they would run as a role created later under the same name.
+ * ql_check_role_drop: refuse DROP ROLE, or ALTER ROLE ... RENAME TO, of a
+ * role that has jobs or schedules in this database.  They belong to their
+ * role by name: left behind, they would run as a role created later under
+ * the same name.
  * Called from the object access hook, in the dropping transaction; other
  * databases are not seen (README, Who may do what).
  */
 void
-ql_check_role_drop(Oid roleid)
+ql_check_role_drop(Oid roleid, bool rename)
 {
 	const QlCatalog *c;
 	char	   *name = GetUserNameFromId(roleid, true);
@@ -798,6 +799,8 @@ ql_check_role_drop(Oid roleid)
 	if (njobs > 0 || nschedules > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 rename ?
+				 errmsg("role \"%s\" cannot be renamed because it has qlater jobs or schedules", name) :
 				 errmsg("role \"%s\" cannot be dropped because it has qlater jobs or schedules", name),
 				 errdetail("%lld jobs and %lld schedules of database \"%s\" belong to the role.",
 						   (long long) njobs, (long long) nschedules,

@@ -25,6 +25,8 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -51,9 +53,14 @@ static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
 static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
 
 static object_access_hook_type prev_object_access_hook = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility_hook = NULL;
 
 void		_PG_init(void);
 static void ql_xact_callback(XactEvent event, void *arg);
+static void ql_process_utility(PlannedStmt *pstmt, const char *queryString,
+							   bool readOnlyTree, ProcessUtilityContext context,
+							   ParamListInfo params, QueryEnvironment *queryEnv,
+							   DestReceiver *dest, QueryCompletion *qc);
 static void ql_object_access(ObjectAccessType access, Oid classId,
 							 Oid objectId, int subId, void *arg);
 
@@ -109,6 +116,8 @@ _PG_init(void)
 	MarkGUCPrefixReserved("qlater");
 
 	ql_shmem_init();
+	prev_ProcessUtility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = ql_process_utility;
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = ql_object_access;
 
@@ -121,6 +130,35 @@ _PG_init(void)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "qlater launcher");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "qlater launcher");
 	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * ql_process_utility: ALTER ROLE ... RENAME TO of a role with jobs or
+ * schedules in this database is refused, as DROP ROLE is (ql_object_access):
+ * the jobs would run as a role created later under the old name.
+ */
+static void
+ql_process_utility(PlannedStmt *pstmt, const char *queryString,
+				   bool readOnlyTree, ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (IsA(parsetree, RenameStmt) &&
+		((RenameStmt *) parsetree)->renameType == OBJECT_ROLE)
+	{
+		Oid			roleid = get_role_oid(((RenameStmt *) parsetree)->subname, true);
+
+		if (OidIsValid(roleid))
+			ql_check_role_drop(roleid, true);
+	}
+	if (prev_ProcessUtility_hook)
+		prev_ProcessUtility_hook(pstmt, queryString, readOnlyTree, context,
+								 params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
 }
 
 /*
@@ -138,7 +176,7 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 
 	if (access == OAT_DROP && classId == AuthIdRelationId)
-		ql_check_role_drop(objectId);
+		ql_check_role_drop(objectId, false);
 
 	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
 	{

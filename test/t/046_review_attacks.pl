@@ -17,7 +17,8 @@
 #   7. an error of 20 MB: recorded clipped, the attempt counted;
 #   8. a handler that cancels its own job: a clear error, not an internal one;
 #   9. a job whose arguments do not fit its handler, in a queue turned
-#      in-server: dead at once.
+#      in-server: dead at once;
+#  10. a role with jobs is neither dropped nor renamed from under them.
 # No server process may end on a signal.
 use strict;
 use warnings;
@@ -258,6 +259,9 @@ my $victim_job = as('victim',
 my ($ret, $out, $err) = $node->psql('postgres', 'DROP ROLE victim');
 like($err, qr/role "victim" cannot be dropped because it has qlater jobs or schedules/,
 	'DROP ROLE of a role with a queued job is refused: its jobs would pass to a new role of that name');
+($ret, $out, $err) = $node->psql('postgres', 'ALTER ROLE victim RENAME TO victim2');
+like($err, qr/role "victim" cannot be renamed because it has qlater jobs or schedules/,
+	'nor is it renamed: its jobs would pass to a new role of the old name');
 su(qq{SELECT qlater_cancel($victim_job); DROP OWNED BY victim; DROP ROLE victim});
 is(su(q{SELECT count(*) FROM pg_roles WHERE rolname = 'victim'}), '0',
 	'once its jobs are gone, it is dropped');
