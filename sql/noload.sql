@@ -43,14 +43,16 @@ SELECT count(*) FROM qlater_workers();
 -- qlater, run by a new session (which loads the library anew)
 SELECT current_database() AS regress_db \gset
 CREATE DATABASE ql_noload_restore;
+CREATE ROLE ql_noload_owner;
 \c ql_noload_restore
 CREATE EXTENSION IF NOT EXISTS qlater WITH SCHEMA public;
 CREATE TABLE public.done (tenant text);
 CREATE FUNCTION public.export_stations(tenant text) RETURNS void
     LANGUAGE sql
     AS $$ INSERT INTO done VALUES (tenant) $$;
+ALTER FUNCTION public.export_stations(text) OWNER TO ql_noload_owner;
 COPY public.qlater_handler (handler, queue, priority, max_attempts, timeout, registered_by, registered_at) FROM stdin;
-public.export_stations(text)	default	100	25	\N	postgres	2024-01-02 03:04:05+00
+public.export_stations(text)	default	100	25	\N	ql_noload_owner	2024-01-02 03:04:05+00
 \.
 COPY public.qlater_job (id, queue, handler, args, priority, run_at, attempts, max_attempts, timeout, role, dead, crashes, last_error, enqueued_at, external, claim_token, lease_until) FROM stdin;
 7	default	public.export_stations(text)	["restored"]	100	2024-01-02 03:04:05+00	0	25	\N	postgres	f	0	\N	2024-01-02 03:04:05+00	f	\N	\N
@@ -60,3 +62,4 @@ SELECT id, handler, args, state FROM qlater_jobs ORDER BY id;
 SELECT qlater_enqueue('export_stations', '["after restore"]') AS next_id;
 \c :regress_db
 DROP DATABASE ql_noload_restore;
+DROP ROLE ql_noload_owner;

@@ -83,7 +83,7 @@ DELETE FROM qlater_queue WHERE name = 'ql_2pc_app';
 CREATE FUNCTION ql_2pc_tick() RETURNS void LANGUAGE sql AS '';
 SELECT qlater_register('ql_2pc_tick()');
 BEGIN;
-SELECT qlater_schedule('ql_2pc_sched', '@daily', 'ql_2pc_tick', '[]');
+SELECT qlater_schedule('ql_2pc_sched', '@daily', 'ql_2pc_tick', '[]') > 0 AS scheduled;
 PREPARE TRANSACTION 'ql_sched';
 SELECT count(*) FROM qlater_schedules WHERE name = 'ql_2pc_sched';
 SELECT qlater_unregister('ql_2pc_tick()');
