@@ -359,6 +359,8 @@ void
 qlater_launcher_main(Datum main_arg)
 {
 	TimestampTz last_scan;
+	sigjmp_buf	local_sigjmp_buf;
+	volatile bool scanned = false;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -384,7 +386,25 @@ qlater_launcher_main(Datum main_arg)
 		ql_shared->inflight_collected = true;
 	}
 
-	ql_scan_databases(true);
+	/*
+	 * An error comes back here: recover, wait a second, and go on (exiting
+	 * would end every worker with the launcher).
+	 */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+	{
+		HOLD_INTERRUPTS();
+		ql_xact_recover();
+		RESUME_INTERRUPTS();
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+	}
+	PG_exception_stack = &local_sigjmp_buf;
+
+	if (!scanned)
+	{
+		ql_scan_databases(true);
+		scanned = true;
+	}
 	last_scan = GetCurrentTimestamp();
 
 	for (;;)

@@ -237,16 +237,9 @@ ql_worker_recover(void)
 {
 	int			i;
 
-	/* since not using PG_TRY, reset the error stack by hand */
-	error_context_stack = NULL;
 	HOLD_INTERRUPTS();
-	disable_all_timeouts(false);
-	QueryCancelPending = false;
-	QueryCancelHoldoffCount = 1;	/* cancels reach job code only (job.c) */
-	EmitErrorReport();
-	ql_xact_abort();
-	FlushErrorState();
-	MemoryContextReset(ql_loop_context());
+	ql_xact_recover();
+	QueryCancelHoldoffCount = 1;	/* cancels reach job code only (run.c) */
 
 	/* claims of jobs that did not end: another worker may take them */
 	LockReleaseSession(USER_LOCKMETHOD);

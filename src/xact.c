@@ -22,10 +22,14 @@
 
 #include "access/xact.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 #include "xact.h"
 
@@ -112,4 +116,28 @@ ql_xact_after(void)
 	Assert(!IsTransactionState());
 	pgstat_report_stat(false);
 	MemoryContextSwitchTo(loop_cxt);
+}
+
+/*
+ * ql_xact_recover: recover from an error caught at the top of a qlater
+ * process's loop, as PostgresMain and the autovacuum launcher do: report
+ * it, abort the transaction, release what an abort outside a transaction
+ * leaves (lightweight locks, a wait event), and return to the loop context
+ * with the error state cleared.  Caller holds off interrupts.
+ */
+void
+ql_xact_recover(void)
+{
+	/* since not using PG_TRY, reset the error stack by hand */
+	error_context_stack = NULL;
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	EmitErrorReport();
+	AbortOutOfAnyTransaction();
+	LWLockReleaseAll();
+	ConditionVariableCancelSleep();
+	pgstat_report_wait_end();
+	FlushErrorState();
+	ql_xact_after();
+	MemoryContextReset(loop_cxt);
 }

@@ -17,5 +17,6 @@ extern void ql_xact_begin_at(int isolation);
 extern void ql_xact_commit(void);
 extern void ql_xact_abort(void);
 extern void ql_xact_after(void);
+extern void ql_xact_recover(void);
 
 #endif							/* QLATER_XACT_H */
