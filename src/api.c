@@ -14,8 +14,10 @@
 
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "catalog/pg_authid.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
+#include "storage/lmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -141,6 +143,51 @@ ql_is_admin(void)
 }
 
 /*
+ * ql_check_adoption: refuse a registration that would hand other roles'
+ * queued jobs or active schedules of a signature to a function of another
+ * owner than the one they were enqueued for: a handler dropped (and its
+ * registration left, or removed) and created again by another role under
+ * the same signature.  Those jobs and schedules hold only a signature and
+ * their role's name: registered, the new function would run as each of
+ * those roles with their arguments.  The registration must still be the
+ * new owner's, or nothing of other roles may wait on the signature.
+ */
+static void
+ql_check_adoption(const QlCatalog *c, Oid proc, Datum signature, Datum owner)
+{
+	Oid			types[2] = {TEXTOID, NAMEOID};
+	Datum		values[2];
+	QlUserSave	save;
+	bool		refuse;
+	bool		isnull;
+
+	values[0] = signature;
+	values[1] = owner;
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(psprintf("SELECT NOT EXISTS (SELECT FROM %s.qlater_handler "
+									   "                   WHERE handler = $1 AND registered_by = $2) "
+									   "AND (EXISTS (SELECT FROM %s.qlater_job "
+									   "             WHERE handler = $1 AND NOT dead AND NOT external AND role <> $2) "
+									   "  OR EXISTS (SELECT FROM %s.qlater_schedule "
+									   "             WHERE handler = $1 AND active AND owner <> $2))",
+									   c->schema_quoted, c->schema_quoted, c->schema_quoted),
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for the jobs of a handler");
+	refuse = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	ql_restore_user(&save);
+	if (refuse)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("other roles' jobs or schedules wait on handler %s, which was not registered for role \"%s\"",
+						format_procedure(proc), NameStr(*DatumGetName(owner))),
+				 errdetail("They were enqueued for a function of that signature registered for another role."),
+				 errhint("They end dead when they come due; cancel them (qlater_cancel, qlater_unschedule) before registering this function.")));
+}
+
+/*
  * qlater_register(handler regprocedure, queue text, priority int,
  *				   max_attempts int, timeout interval) returns void
  */
@@ -197,6 +244,8 @@ qlater_register(PG_FUNCTION_ARGS)
 	/* the registration holds for the function of this owner (handlers.c) */
 	values[5] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(ql_proc_owner(proc), false)));
+
+	ql_check_adoption(c, proc, values[0], values[5]);
 
 	query = psprintf("INSERT INTO %s.qlater_handler AS h "
 					 "(handler, queue, priority, max_attempts, timeout, registered_by) "
@@ -331,6 +380,7 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	int			i;
 	bool		isnull;
 
+	ql_lock_job_role();
 	values[0] = CStringGetTextDatum(spec->queue);
 	values[1] = CStringGetTextDatum(spec->handler);
 	if (n == 1)
@@ -762,6 +812,18 @@ qlater_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
+ * ql_lock_job_role: lock the current user's role against DROP ROLE and
+ * ALTER ROLE ... RENAME TO until this transaction ends, as PostgreSQL locks
+ * a role it records a dependency on: they wait for it, and then see its
+ * jobs or schedules (ql_check_role_drop).
+ */
+void
+ql_lock_job_role(void)
+{
+	LockSharedObject(AuthIdRelationId, GetUserId(), 0, AccessShareLock);
+}
+
+/*
  * ql_check_role_drop: refuse DROP ROLE, or ALTER ROLE ... RENAME TO, of a
  * role that has jobs or schedules in this database.  They belong to their
  * role by name: left behind, they would run as a role created later under
@@ -783,6 +845,8 @@ ql_check_role_drop(Oid roleid, bool rename)
 
 	if (name == NULL || !IsTransactionState() || (c = ql_catalog(true)) == NULL)
 		return;
+	/* wait for transactions that enqueue as the role; DROP ROLE takes it next */
+	LockSharedObject(AuthIdRelationId, roleid, 0, AccessExclusiveLock);
 	values[0] = DirectFunctionCall1(namein, CStringGetDatum(name));
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -790,7 +854,7 @@ ql_check_role_drop(Oid roleid, bool rename)
 	if (SPI_execute_with_args(psprintf("SELECT (SELECT count(*) FROM %s.qlater_job WHERE role = $1), "
 									   "(SELECT count(*) FROM %s.qlater_schedule WHERE owner = $1)",
 									   c->schema_quoted, c->schema_quoted),
-							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the jobs of role \"%s\"", name);
 	njobs = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	nschedules = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));

@@ -55,6 +55,18 @@ static HTAB *procinfo_hash = NULL;
 static HTAB *signature_hash = NULL;
 static bool procinfo_stale = false;
 
+/*
+ * Conversions of arguments under way (they may run code that changes
+ * pg_proc and comes back: a domain CHECK that enqueues) hold the cache
+ * generation they read their entry from: an invalidation then retires
+ * that generation until the transaction ends instead of freeing it.  A
+ * generation nothing holds is reset in place, so memory stays bounded by
+ * the depth of such nesting.
+ */
+static uint64 procinfo_generation = 0;
+static int	procinfo_pins = 0;	/* holds of the current generation */
+static bool procinfo_xact_cb = false;
+
 /* error context while a value is converted */
 typedef struct QlArgContext
 {
@@ -109,7 +121,7 @@ ql_procinfo_reset(void)
 		CacheRegisterSyscacheCallback(TYPEOID, ql_procinfo_invalidate, (Datum) 0);
 		CacheRegisterSyscacheCallback(NAMESPACEOID, ql_procinfo_invalidate, (Datum) 0);
 	}
-	else if (IsTransactionState())
+	else if (procinfo_pins > 0 && IsTransactionState())
 	{
 		/*
 		 * A caller up the stack may still use an entry: a type input
@@ -124,6 +136,8 @@ ql_procinfo_reset(void)
 	}
 	else
 		MemoryContextReset(procinfo_cxt);
+	procinfo_generation++;
+	procinfo_pins = 0;
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(Oid);
@@ -143,6 +157,37 @@ ql_procinfo_reset(void)
 								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE |
 								 HASH_KEYCOPY | HASH_CONTEXT);
 	procinfo_stale = false;
+}
+
+/* at the end of a transaction no conversion is under way any more */
+static void
+ql_procinfo_xact_end(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		procinfo_pins = 0;
+}
+
+/* ql_procinfo_pin: hold the current generation while a conversion runs */
+static uint64
+ql_procinfo_pin(void)
+{
+	if (!procinfo_xact_cb)
+	{
+		RegisterXactCallback(ql_procinfo_xact_end, NULL);
+		procinfo_xact_cb = true;
+	}
+	procinfo_pins++;
+	return procinfo_generation;
+}
+
+/* ql_procinfo_unpin: the conversion that held generation gen has ended */
+static void
+ql_procinfo_unpin(uint64 gen)
+{
+	if (gen == procinfo_generation && procinfo_pins > 0)
+		procinfo_pins--;
 }
 
 static void
@@ -239,8 +284,10 @@ ql_signature(Oid procoid)
 
 /*
  * ql_procinfo: what a call of the function or procedure needs.  Raises an
- * error if it does not exist.  The result stays valid until the end of the
- * transaction (ql_procinfo_reset).  The entry is built in full before
+ * error if it does not exist.  The result stays valid until a lookup
+ * after an invalidation, and while a conversion of arguments holds its
+ * generation, until the end of the transaction (ql_procinfo_reset).  The
+ * entry is built in full before
  * it enters the cache, so an error on the way leaves no half-filled entry.
  */
 QlProcInfo *
@@ -689,6 +736,7 @@ ql_args_normalize(QlProcInfo *pi, Jsonb *args)
 	int			i;
 	JsonbParseState *state = NULL;
 	JsonbValue *res;
+	uint64		gen;
 
 	ql_check_passable(pi);
 	vals = palloc(sizeof(JsonbValue *) * Max(pi->nargs, 1));
@@ -696,6 +744,7 @@ ql_args_normalize(QlProcInfo *pi, Jsonb *args)
 	isnull = palloc(sizeof(bool) * Max(pi->nargs, 1));
 	ql_match_args(pi, args, vals, &named);
 
+	gen = ql_procinfo_pin();
 	for (i = 0; i < pi->nargs; i++)
 	{
 		if (vals[i] == NULL)
@@ -704,6 +753,7 @@ ql_args_normalize(QlProcInfo *pi, Jsonb *args)
 		if (!pi->argsafe[i] && !isnull[i])
 			rewrite = true;
 	}
+	ql_procinfo_unpin(gen);
 	if (!rewrite)
 		return args;
 
@@ -760,6 +810,7 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 	int			i;
 	int			n = 0;
 	StringInfoData q;
+	uint64		gen;
 
 	ql_check_passable(pi);
 	vals = palloc(sizeof(JsonbValue *) * Max(pi->nargs, 1));
@@ -776,6 +827,7 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 	appendStringInfo(&q, "%s %s(",
 					 pi->prokind == PROKIND_PROCEDURE ? "CALL" : "SELECT",
 					 pi->callname);
+	gen = ql_procinfo_pin();
 	for (i = 0; i < pi->nargs; i++)
 	{
 		bool		isnull;
@@ -795,6 +847,7 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 		appendStringInfo(&q, "$%d", n + 1);
 		n++;
 	}
+	ql_procinfo_unpin(gen);
 	appendStringInfoChar(&q, ')');
 	call->query = q.data;
 	call->nparams = n;

@@ -19,6 +19,9 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/transam.h"
+#include "executor/executor.h"
+#include "storage/procarray.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "executor/spi.h"
@@ -95,6 +98,23 @@ ql_att(QlWorker *w, TupleTableSlot *slot, QlJobAtt att, bool *isnull)
 }
 
 /*
+ * ql_row_being_changed: whether a transaction still running locks or
+ * changes the row in slot (a qlater_cancel or qlater_retry that has not
+ * ended): the job is left alone until it ends, or its removal would wait
+ * for it (run.c).
+ */
+static bool
+ql_row_being_changed(TupleTableSlot *slot)
+{
+	HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+	HeapTupleHeader htup = tuple->t_data;
+
+	if (htup->t_infomask & (HEAP_XMAX_INVALID | HEAP_XMAX_IS_MULTI))
+		return false;
+	return TransactionIdIsInProgress(HeapTupleHeaderGetRawXmax(htup));
+}
+
+/*
  * ql_read_row: read the job whose row version a look read (QL_ROW_COLUMNS)
  * into *job, in the worker's job_cxt, if that version is still the job's current one
  * under a fresh snapshot: not deleted or updated by a transaction that has
@@ -122,7 +142,8 @@ ql_read_row(QlWorker *w, HeapTuple row, TupleDesc desc, QlJob *job)
 	slot = table_slot_create(rel, NULL);
 	current = table_tuple_fetch_row_version(rel, tid, GetActiveSnapshot(), slot) &&
 		TransactionIdEquals(DatumGetTransactionId(slot_getsysattr(slot, MinTransactionIdAttributeNumber, &isnull)), xmin) &&
-		DatumGetInt64(ql_att(w, slot, QL_ATT_ID, &isnull)) == key.id;
+		DatumGetInt64(ql_att(w, slot, QL_ATT_ID, &isnull)) == key.id &&
+		!ql_row_being_changed(slot);
 	if (current)
 	{
 		MemoryContext old = MemoryContextSwitchTo(w->job_cxt);

@@ -151,7 +151,7 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 		Oid			roleid = get_role_oid(((RenameStmt *) parsetree)->subname, true);
 
 		if (OidIsValid(roleid))
-			ql_check_role_drop(roleid, true);
+			ql_check_role_drop(roleid, true);	/* locks the role first */
 	}
 	if (prev_ProcessUtility_hook)
 		prev_ProcessUtility_hook(pstmt, queryString, readOnlyTree, context,

@@ -74,6 +74,9 @@ typedef struct QlCallPlan
 
 #define QL_MAX_CALL_PLANS	1000
 
+/* the longest a finished job's removal waits for another transaction */
+#define QL_REMOVE_LOCK_TIMEOUT	"5s"
+
 /* set by the timeout handler: the running job's timeout ran out */
 static volatile sig_atomic_t job_timed_out = false;
 
@@ -334,8 +337,37 @@ ql_remove(QlWorker *w, QlJob *job)
 	TM_Result	result = TM_Updated;
 	TM_FailureData tmfd;
 	Datum		id;
+	int			nestlevel;
+	bool		removed;
 
 	if (rel->trigdesc == NULL)
+		result = table_tuple_delete(rel, &job->tid, GetCurrentCommandId(true),
+									GetActiveSnapshot(), InvalidSnapshot, false,
+									&tmfd, false);
+	if (result == TM_Ok)
+	{
+		table_close(rel, NoLock);
+		CommandCounterIncrement();
+		return true;
+	}
+	if (result == TM_Deleted)
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+
+	/*
+	 * Another transaction changes the row (a qlater_cancel that has not
+	 * ended), or the row changed since the claim, or the table has
+	 * triggers: wait as a DELETE would, but at most QL_REMOVE_LOCK_TIMEOUT
+	 * and cancellably, so that a transaction left open cannot hold the
+	 * worker (ql_execute then rolls the job back, uncounted).
+	 */
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("lock_timeout", QL_REMOVE_LOCK_TIMEOUT, PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	RESUME_CANCEL_INTERRUPTS();
+	if (result == TM_BeingModified)
 		result = table_tuple_delete(rel, &job->tid, GetCurrentCommandId(true),
 									GetActiveSnapshot(), InvalidSnapshot, true,
 									&tmfd, false);
@@ -343,14 +375,20 @@ ql_remove(QlWorker *w, QlJob *job)
 	if (result == TM_Ok)
 	{
 		CommandCounterIncrement();
-		return true;
+		removed = true;
 	}
-	if (result == TM_Deleted)
-		return false;
-	id = Int64GetDatum(job->id);
-	if (SPI_execute_plan(w->plans.delete, &id, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not remove job");
-	return SPI_processed > 0;
+	else if (result == TM_Deleted)
+		removed = false;
+	else
+	{
+		id = Int64GetDatum(job->id);
+		if (SPI_execute_plan(w->plans.delete, &id, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not remove job");
+		removed = SPI_processed > 0;
+	}
+	HOLD_CANCEL_INTERRUPTS();
+	AtEOXact_GUC(true, nestlevel);
+	return removed;
 }
 
 /*
@@ -408,6 +446,8 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 {
 	volatile bool permanent = true;
 	volatile bool cancelled = false;
+	volatile bool removing = false;
+	bool		removed;
 	ErrorData  *edata = NULL;
 	MemoryContext outer_cxt = CurrentMemoryContext;
 	ResourceOwner outer_owner = CurrentResourceOwner;
@@ -453,7 +493,10 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 
 		/* the job's removal commits with the handler's work */
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (!ql_remove(w, job))
+		removing = true;
+		removed = ql_remove(w, job);
+		removing = false;
+		if (!removed)
 		{
 			/* qlater_cancel removed it meanwhile: its work must not stay */
 			cancelled = true;
@@ -503,6 +546,19 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 	/* a cancel interrupted the handler */
 	if (edata != NULL && pg_atomic_read_u64(&w->slot->cancel_job) == (uint64) job->id)
 		cancelled = true;
+	/*
+	 * The removal waited too long for a transaction changing the job (a
+	 * qlater_cancel left open), or was cancelled: the job's work is rolled
+	 * back, and it runs again unless that cancel commits; not an attempt
+	 * of the handler's.
+	 */
+	if (edata != NULL && removing && !cancelled)
+	{
+		ereport(LOG,
+				(errmsg("qlater job %lld rolled back: %s", (long long) job->id, edata->message),
+				 errdetail("A transaction that changes the job (a qlater_cancel) did not end; the job runs again unless it removes the job.")));
+		cancelled = true;
+	}
 
 	if (edata != NULL && !cancelled)
 	{

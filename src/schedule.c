@@ -260,6 +260,8 @@ qlater_schedule(PG_FUNCTION_ARGS)
 	ql_sched_arg_not_null(fcinfo, 1, "schedule");
 	ql_sched_arg_not_null(fcinfo, 2, "handler");
 	ql_sched_arg_not_null(fcinfo, 3, "args");
+	/* the schedule belongs to the role: it is not dropped meanwhile */
+	ql_lock_job_role();
 	ql_sched_arg_not_null(fcinfo, 6, "timezone");
 	ql_sched_arg_not_null(fcinfo, 7, "catch_up");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));

@@ -18,13 +18,19 @@
 #   8. a handler that cancels its own job: a clear error, not an internal one;
 #   9. a job whose arguments do not fit its handler, in a queue turned
 #      in-server: dead at once;
-#  10. a role with jobs is neither dropped nor renamed from under them.
+#  10. a role with jobs is neither dropped nor renamed from under them;
+#  11. a handler dropped, created again and registered by another role:
+#      refused while other roles' jobs wait on the signature;
+#  12. DROP ROLE waits for a transaction that enqueues as the role;
+#  13. a qlater_cancel left open does not hold the workers;
+#  14. the handler-info cache stays bounded over many invalidations.
 # No server process may end on a signal.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my $node = PostgreSQL::Test::Cluster->new('review');
 $node->init;
@@ -265,6 +271,94 @@ like($err, qr/role "victim" cannot be renamed because it has qlater jobs or sche
 su(qq{SELECT qlater_cancel($victim_job); DROP OWNED BY victim; DROP ROLE victim});
 is(su(q{SELECT count(*) FROM pg_roles WHERE rolname = 'victim'}), '0',
 	'once its jobs are gone, it is dropped');
+
+### 11. a handler dropped, then created and registered by another role:
+### the registration does not adopt the other roles' waiting jobs
+as('alice', q{
+CREATE FUNCTION shared.h11(note text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('alice h11', note) $$;
+GRANT EXECUTE ON FUNCTION shared.h11(text) TO PUBLIC;
+SELECT qlater_register('shared.h11(text)', max_attempts => 1);
+});
+my $h11_job = as('bob', q{SELECT qlater_enqueue('shared.h11', '["bob-secret"]', run_at => now() + '4 s')});
+as('alice', q{DROP FUNCTION shared.h11(text)});
+as('mallory', q{
+CREATE FUNCTION shared.h11(note text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('mallory h11', note) $$;
+GRANT EXECUTE ON FUNCTION shared.h11(text) TO PUBLIC;
+});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_register('shared.h11(text)')},
+	extra_params => [ '-U', 'mallory' ]);
+like($err, qr/other roles' jobs or schedules wait on handler shared\.h11\(text\)/,
+	"registering a re-created handler is refused while other roles' jobs wait on its signature");
+wait_for(qq{SELECT state = 'dead' FROM qlater_jobs WHERE id = $h11_job},
+	'the waiting job ends dead when it comes due');
+is(su(q{SELECT count(*) FROM shared.log WHERE who = 'mallory h11'}), '0',
+	"and another role's function never ran it");
+
+### 12. DROP ROLE waits for a transaction that enqueues as the role
+su(q{CREATE ROLE eve LOGIN; GRANT USAGE ON SCHEMA shared TO eve;
+     GRANT EXECUTE ON FUNCTION shared.target(int) TO eve});
+my ($a_in, $a_out, $a_err) = ('', '', '');
+my $ha = IPC::Run::start(
+	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-U', 'eve', '-f', '-' ],
+	'<', \$a_in, '>', \$a_out, '2>', \$a_err);
+$a_in .= "BEGIN;
+SELECT qlater_enqueue('shared.target', '[12]', run_at => now() + '1 hour');
+";
+$ha->pump until $a_out =~ /\d+/;
+my ($d_in, $d_out, $d_err) = ('DROP ROLE eve;' . "\n", '', '');
+my $hd = IPC::Run::start(
+	[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-f', '-' ],
+	'<', \$d_in, '>', \$d_out, '2>', \$d_err);
+$hd->pump_nb while length $d_in;
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'DROP ROLE eve%' AND wait_event_type = 'Lock'}),
+	'DROP ROLE waits for the transaction that enqueues as the role');
+$a_in .= "COMMIT;\n";
+$ha->finish;
+$hd->finish;
+like($d_err, qr/role "eve" cannot be dropped because it has qlater jobs or schedules/,
+	'and once it commits, DROP ROLE sees its job and is refused');
+
+### 13. a qlater_cancel left open does not hold the workers
+as('alice', q{
+CREATE FUNCTION shared.nap(s float8) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(s) $$;
+GRANT EXECUTE ON FUNCTION shared.nap(float8) TO PUBLIC;
+SELECT qlater_register('shared.nap(float8)');
+});
+my $naps = as('bob', q{SELECT string_agg(qlater_enqueue('shared.nap', '[2]')::text, ',') FROM generate_series(1, 2)});
+ok($node->poll_query_until('postgres',
+		qq{SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND query LIKE 'qlater job%nap%'}),
+	'both workers run a slow job');
+my ($c_in, $c_out, $c_err) = ('', '', '');
+my $hc = IPC::Run::start(
+	[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-U', 'bob', '-f', '-' ],
+	'<', \$c_in, '>', \$c_out, '2>', \$c_err);
+$c_in .= "BEGIN;\nSELECT count(qlater_cancel(x)) FROM unnest('{$naps}'::bigint[]) x;\n";
+$hc->pump until $c_out =~ /2/;
+as('alice', q{SELECT qlater_enqueue('shared.target', '[13]')});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM shared.log WHERE who = 'target' AND what = '13'}),
+	"another role's job runs while the cancelling transaction stays open");
+is(su(q{SELECT count(*) FROM pg_stat_activity WHERE usename = 'bob' AND state = 'idle in transaction'}),
+	'1', 'the cancelling transaction was still open');
+$c_in .= "COMMIT;\n";
+$hc->finish;
+is(su(qq{SELECT count(*) FROM qlater_jobs WHERE id IN ($naps)}), '0', 'and its cancel took effect');
+
+### 14. the handler-info cache stays bounded in a transaction that changes
+### pg_proc between enqueues
+is( su(q{
+BEGIN;
+CREATE FUNCTION shared.noop() RETURNS void LANGUAGE sql AS '';
+DO $$ BEGIN PERFORM qlater_register('shared.noop()'); FOR i IN 1..3000 LOOP
+  EXECUTE format('ALTER FUNCTION shared.noop() COST %s', i % 100 + 1);
+  PERFORM qlater_enqueue('shared.noop', '[]', run_at => now() + '1 day');
+END LOOP; END $$;
+SELECT sum(total_bytes) < 16 * 1024 * 1024 FROM pg_backend_memory_contexts WHERE name LIKE 'qlater handler info%';
+ROLLBACK;
+}), 't', 'the handler-info cache stays bounded over 3,000 invalidations in one transaction');
 
 unlike(slurp_file($node->logfile), qr/terminated by signal/,
 	'no server process ended on a signal');
