@@ -385,6 +385,24 @@ ql_procinfo(Oid procoid)
 }
 
 /*
+ * ql_to_regprocedure: the function a signature names, or InvalidOid if
+ * there is none; to_regprocedure(), which raises an error for text that is
+ * no signature.
+ */
+Oid
+ql_to_regprocedure(const char *signature)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		d;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = PointerGetDatum(cstring_to_text(signature));
+	fcinfo->args[0].isnull = false;
+	d = to_regprocedure(fcinfo);
+	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(d);
+}
+
+/*
  * ql_regprocedure: the function a signature names, or InvalidOid.
  * to_regprocedure() raises an error for text that is no signature at all
  * ("ExportStations", a job for applications): run it in a subtransaction
@@ -401,15 +419,7 @@ ql_regprocedure(const char *signature)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		LOCAL_FCINFO(fcinfo, 1);
-		Datum		d;
-
-		InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
-		fcinfo->args[0].value = PointerGetDatum(cstring_to_text(signature));
-		fcinfo->args[0].isnull = false;
-		d = to_regprocedure(fcinfo);
-		if (!fcinfo->isnull)
-			result = DatumGetObjectId(d);
+		result = ql_to_regprocedure(signature);
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();

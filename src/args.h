@@ -51,6 +51,7 @@ typedef struct QlCall
 
 extern QlProcInfo *ql_procinfo(Oid procoid);
 extern Oid	ql_signature_oid(const char *signature);
+extern Oid	ql_to_regprocedure(const char *signature);
 extern char *ql_signature(Oid procoid);
 extern void ql_check_handler_signature(Oid procoid);
 extern Jsonb *ql_args_normalize(QlProcInfo *pi, Jsonb *args);

@@ -204,19 +204,12 @@ ql_resolve_handler(const char *name, QlHandler **handler)
 
 	if (strchr(name, '(') != NULL)
 	{
-		LOCAL_FCINFO(fcinfo, 1);
-		Datum		d;
-
-		InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
-		fcinfo->args[0].value = PointerGetDatum(cstring_to_text(name));
-		fcinfo->args[0].isnull = false;
-		d = to_regprocedure(fcinfo);
-		if (fcinfo->isnull)
+		result = ql_to_regprocedure(name);
+		if (!OidIsValid(result))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("function %s does not exist", name),
 					 errhint("Check the name and argument types, and the search_path.")));
-		result = DatumGetObjectId(d);
 		h = ql_handler_lookup(result);
 	}
 	else
