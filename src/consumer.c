@@ -500,6 +500,7 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	char	   *owner;
 	bool		was_external;
 	bool		exists;
+	uint64		moved;
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
@@ -548,8 +549,15 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	/* the queue's jobs change hands */
 	if (ql_exec(c, QL_STMT_MOVE_JOBS, values, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not move the jobs of queue \"%s\"", queue);
+	moved = SPI_processed;
 	SPI_finish();
 	ql_restore_user(&save);
+	if (exists && was_external && !external && moved > 0)
+		ereport(NOTICE,
+				(errmsg("%llu jobs of queue \"%s\" are the in-server workers' now",
+						(unsigned long long) moved, queue),
+				 errdetail("A job runs only if its handler is the signature of a registered handler; "
+						   "the others end dead, and qlater_retry runs them once the queue is external again.")));
 
 	/* jobs of a queue turned internal are now the workers' */
 	ql_lower_frontier_at_commit(&ql_key_min);
