@@ -144,7 +144,8 @@ ql_is_admin(void)
 
 /*
  * ql_check_adoption: refuse a registration that would hand other roles'
- * queued jobs or active schedules of a signature to a function of another
+ * jobs (waiting, dead or written for applications) or schedules of a
+ * signature to a function of another
  * owner than the one they were enqueued for: a handler dropped (and its
  * registration left, or removed) and created again by another role under
  * the same signature.  Those jobs and schedules hold only a signature and
@@ -169,9 +170,9 @@ ql_check_adoption(const QlCatalog *c, Oid proc, Datum signature, Datum owner)
 	if (SPI_execute_with_args(psprintf("SELECT NOT EXISTS (SELECT FROM %s.qlater_handler "
 									   "                   WHERE handler = $1 AND registered_by = $2) "
 									   "AND (EXISTS (SELECT FROM %s.qlater_job "
-									   "             WHERE handler = $1 AND NOT dead AND NOT external AND role <> $2) "
+									   "             WHERE handler = $1 AND role <> $2) "
 									   "  OR EXISTS (SELECT FROM %s.qlater_schedule "
-									   "             WHERE handler = $1 AND active AND owner <> $2))",
+									   "             WHERE handler = $1 AND owner <> $2))",
 									   c->schema_quoted, c->schema_quoted, c->schema_quoted),
 							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the jobs of a handler");
@@ -184,7 +185,7 @@ ql_check_adoption(const QlCatalog *c, Oid proc, Datum signature, Datum owner)
 				 errmsg("other roles' jobs or schedules wait on handler %s, which was not registered for role \"%s\"",
 						format_procedure(proc), NameStr(*DatumGetName(owner))),
 				 errdetail("They were enqueued for a function of that signature registered for another role."),
-				 errhint("They end dead when they come due; cancel them (qlater_cancel, qlater_unschedule) before registering this function.")));
+				 errhint("Remove them first (qlater_cancel, qlater_unschedule): a dead one retried, a schedule reactivated or an application's job in a queue turned in-server would run this function as their role.")));
 }
 
 /*
@@ -852,8 +853,10 @@ ql_check_role_drop(Oid roleid, bool rename)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(psprintf("SELECT (SELECT count(*) FROM %s.qlater_job WHERE role = $1), "
-									   "(SELECT count(*) FROM %s.qlater_schedule WHERE owner = $1)",
-									   c->schema_quoted, c->schema_quoted),
+									   "(SELECT count(*) FROM %s.qlater_schedule WHERE owner = $1) "
+									   "+ (SELECT count(*) FROM %s.qlater_queue WHERE owner = $1) "
+									   "+ (SELECT count(*) FROM %s.qlater_queue_consumer WHERE consumer = $1)",
+									   c->schema_quoted, c->schema_quoted, c->schema_quoted, c->schema_quoted),
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the jobs of role \"%s\"", name);
 	njobs = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -864,13 +867,13 @@ ql_check_role_drop(Oid roleid, bool rename)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 				 rename ?
-				 errmsg("role \"%s\" cannot be renamed because it has qlater jobs or schedules", name) :
-				 errmsg("role \"%s\" cannot be dropped because it has qlater jobs or schedules", name),
-				 errdetail("%lld jobs and %lld schedules of database \"%s\" belong to the role.",
+				 errmsg("role \"%s\" cannot be renamed because it has qlater jobs, schedules or queues", name) :
+				 errmsg("role \"%s\" cannot be dropped because it has qlater jobs, schedules or queues", name),
+				 errdetail("%lld jobs and %lld schedules, queues or queue grants of database \"%s\" belong to the role.",
 						   (long long) njobs, (long long) nschedules,
 						   get_database_name(MyDatabaseId)),
-				 errhint("Remove them first with qlater_cancel and qlater_unschedule: "
-						 "they would run as a role created later under the same name.")));
+				 errhint("Remove them first (qlater_cancel, qlater_unschedule, qlater_revoke_queue, or give the queues to another role): "
+						 "they would pass to a role created later under the same name.")));
 }
 
 /* qlater_workers(): one row per running worker */

@@ -834,7 +834,8 @@ ql_args_to_call(QlProcInfo *pi, Jsonb *args, QlCall *call)
 	memset(call->given, 0, sizeof(call->given));
 
 	initStringInfo(&q);
-	appendStringInfo(&q, "%s %s(",
+	/* the marker tells the worker's call from a handler's own queries (run.c) */
+	appendStringInfo(&q, "%s /* qlater job */ %s(",
 					 pi->prokind == PROKIND_PROCEDURE ? "CALL" : "SELECT",
 					 pi->callname);
 	gen = ql_procinfo_pin();

@@ -520,7 +520,8 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of queue \"%s\"", queue)));
-	if (external && !(exists && was_external) && !admin)
+	/* either way, a queue holding other roles' jobs changes hands by an admin */
+	if (!admin && (external ? !(exists && was_external) : (exists && was_external)))
 	{
 		bool		others;
 
@@ -529,11 +530,15 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 		if (ql_exec(c, QL_STMT_OTHERS_JOBS, values, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read jobs");
 		others = SPI_processed > 0;
-		if (others || strcmp(queue, "default") == 0)
+		if (others || (external && strcmp(queue, "default") == 0))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("cannot make queue \"%s\" external", queue),
-					 errdetail("The queue holds or takes jobs of other roles, which would leave the in-server workers."),
+					 external ?
+					 errmsg("cannot make queue \"%s\" external", queue) :
+					 errmsg("cannot make queue \"%s\" in-server", queue),
+					 external ?
+					 errdetail("The queue holds or takes jobs of other roles, which would leave the in-server workers.") :
+					 errdetail("The queue holds jobs of other roles, which the in-server workers would run as those roles."),
 					 errhint("Use a queue of your own, or ask a member of qlater_admin.")));
 	}
 

@@ -97,8 +97,7 @@ ql_registration_holds(Oid proc, const char *registered_by)
 	Oid			owner = ql_proc_owner(proc);
 	Oid			registered = get_role_oid(registered_by, true);
 
-	return OidIsValid(registered) &&
-		(registered == owner || is_member_of_role_nosuper(registered, owner));
+	return OidIsValid(registered) && registered == owner;
 }
 
 /*

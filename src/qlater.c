@@ -26,6 +26,7 @@
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/utility.h"
+#include "commands/user.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -150,7 +151,8 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 	{
 		Oid			roleid = get_role_oid(((RenameStmt *) parsetree)->subname, true);
 
-		if (OidIsValid(roleid))
+		/* only for whoever may rename roles: it locks the role, and tells */
+		if (OidIsValid(roleid) && has_createrole_privilege(GetUserId()))
 			ql_check_role_drop(roleid, true);	/* locks the role first */
 	}
 	if (prev_ProcessUtility_hook)

@@ -256,7 +256,7 @@ RESET ROLE;
 DROP ROLE bob;
 COMMIT;
 });
-like($drop_err, qr/role "bob" cannot be dropped because it has qlater jobs or schedules/,
+like($drop_err, qr/role "bob" cannot be dropped because it has qlater jobs, schedules or queues/,
 	'DROP ROLE of a role with jobs in the database is refused');
 $node->safe_psql(
 	'postgres', q{

@@ -23,7 +23,10 @@
 #      refused while other roles' jobs wait on the signature;
 #  12. DROP ROLE waits for a transaction that enqueues as the role;
 #  13. a qlater_cancel left open does not hold the workers;
-#  14. the handler-info cache stays bounded over many invalidations.
+#  14. the handler-info cache stays bounded over many invalidations;
+#  15-19. a third round: a group the registering role belongs to, other
+#      roles' application and dead jobs, renames by those who may not,
+#      queue owners, a handler's own query of its call's text.
 # No server process may end on a signal.
 use strict;
 use warnings;
@@ -263,10 +266,10 @@ su(q{CREATE ROLE victim LOGIN; GRANT USAGE ON SCHEMA shared TO victim;
 my $victim_job = as('victim',
 	q{SELECT qlater_enqueue('shared.target', '[5]', run_at => now() + '1 hour')});
 my ($ret, $out, $err) = $node->psql('postgres', 'DROP ROLE victim');
-like($err, qr/role "victim" cannot be dropped because it has qlater jobs or schedules/,
+like($err, qr/role "victim" cannot be dropped because it has qlater jobs, schedules or queues/,
 	'DROP ROLE of a role with a queued job is refused: its jobs would pass to a new role of that name');
 ($ret, $out, $err) = $node->psql('postgres', 'ALTER ROLE victim RENAME TO victim2');
-like($err, qr/role "victim" cannot be renamed because it has qlater jobs or schedules/,
+like($err, qr/role "victim" cannot be renamed because it has qlater jobs, schedules or queues/,
 	'nor is it renamed: its jobs would pass to a new role of the old name');
 su(qq{SELECT qlater_cancel($victim_job); DROP OWNED BY victim; DROP ROLE victim});
 is(su(q{SELECT count(*) FROM pg_roles WHERE rolname = 'victim'}), '0',
@@ -293,6 +296,10 @@ like($err, qr/other roles' jobs or schedules wait on handler shared\.h11\(text\)
 	"registering a re-created handler is refused while other roles' jobs wait on its signature");
 wait_for(qq{SELECT state = 'dead' FROM qlater_jobs WHERE id = $h11_job},
 	'the waiting job ends dead when it comes due');
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_register('shared.h11(text)')},
+	extra_params => [ '-U', 'mallory' ]);
+like($err, qr/other roles' jobs or schedules wait on handler/,
+	'and while it is dead (a retry would run the new function as its role), still refused');
 is(su(q{SELECT count(*) FROM shared.log WHERE who = 'mallory h11'}), '0',
 	"and another role's function never ran it");
 
@@ -318,7 +325,7 @@ ok($node->poll_query_until('postgres',
 $a_in .= "COMMIT;\n";
 $ha->finish;
 $hd->finish;
-like($d_err, qr/role "eve" cannot be dropped because it has qlater jobs or schedules/,
+like($d_err, qr/role "eve" cannot be dropped because it has qlater jobs, schedules or queues/,
 	'and once it commits, DROP ROLE sees its job and is refused');
 
 ### 13. a qlater_cancel left open does not hold the workers
@@ -359,6 +366,74 @@ END LOOP; END $$;
 SELECT sum(total_bytes) < 16 * 1024 * 1024 FROM pg_backend_memory_contexts WHERE name LIKE 'qlater handler info%';
 ROLLBACK;
 }), 't', 'the handler-info cache stays bounded over 3,000 invalidations in one transaction');
+
+### 15. a function created again by a group the registering role belongs to
+su(q{CREATE ROLE gg NOLOGIN; CREATE ROLE gv LOGIN; CREATE ROLE ga LOGIN;
+     GRANT gg TO gv, ga; GRANT USAGE, CREATE ON SCHEMA shared TO gv, ga, gg});
+as('gv', q{
+CREATE FUNCTION shared.gf(x text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('gv gf', x) $$;
+SELECT qlater_register('shared.gf(text)', max_attempts => 1);
+});
+my $gjob = as('gv', q{SELECT qlater_enqueue('shared.gf', '["gv-job"]', run_at => now() + '3 s')});
+as('gv', q{DROP FUNCTION shared.gf(text)});
+as('ga', q{
+SET ROLE gg;
+CREATE FUNCTION shared.gf(x text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('ga gf', x) $$;
+GRANT EXECUTE ON FUNCTION shared.gf(text) TO PUBLIC;
+});
+wait_for(qq{SELECT state = 'dead' FROM qlater_jobs WHERE id = $gjob},
+	"a function created again by a group the registering role belongs to is not registered: the job ends dead");
+is(su(q{SELECT count(*) FROM shared.log WHERE who = 'ga gf'}), '0',
+	"the fellow member's code never ran as the job's role");
+
+### 16. application jobs of another role wait on a signature: neither a
+### registration by a new owner nor turning their queue in-server hands them over
+as('alice', q{SELECT qlater_create_queue('alice_aq', external => true)});
+as('bob', q{SELECT qlater_enqueue('shared.vf3(text)', '["bob-app-job"]', queue => 'alice_aq')});
+as('alice', q{
+CREATE FUNCTION shared.vf3(x text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('alice vf3', x) $$;
+GRANT EXECUTE ON FUNCTION shared.vf3(text) TO PUBLIC;
+});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_register('shared.vf3(text)')},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/other roles' jobs or schedules wait on handler/,
+	"registering a signature another role's application job names is refused");
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_create_queue('alice_aq', external => false)},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/cannot make queue "alice_aq" in-server/,
+	"a queue holding another role's jobs is not turned in-server by its owner alone");
+
+### 17. renaming a role: the check is for those who may rename roles
+($ret, $out, $err) = $node->psql('postgres', 'ALTER ROLE bob RENAME TO bob2',
+	extra_params => [ '-U', 'mallory' ]);
+like($err, qr/permission denied to rename role/,
+	"a role that may not rename roles gets PostgreSQL's own refusal");
+unlike($err, qr/qlater/, "and learns nothing of the role's jobs");
+
+### 18. a role that owns a queue is not dropped from under it
+su(q{CREATE ROLE qo LOGIN});
+as('qo', q{SELECT qlater_create_queue('qo_queue', external => true)});
+($ret, $out, $err) = $node->psql('postgres', 'DROP ROLE qo');
+like($err, qr/role "qo" cannot be dropped because it has qlater jobs, schedules or queues/,
+	'DROP ROLE of a queue owner is refused: a new role of the name would own the queue');
+
+### 19. a handler running the very text of a call of its own name
+as('alice', q{
+CREATE FUNCTION shared.ov(x int) RETURNS int LANGUAGE sql AS $$ SELECT x + 1 $$;
+CREATE FUNCTION shared.ov(x text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE r int;
+BEGIN
+    EXECUTE 'SELECT shared.ov($1)' INTO r USING 41;
+    INSERT INTO shared.log (who, what) VALUES ('ov', r::text);
+END $$;
+SELECT qlater_register('shared.ov(text)');
+SELECT qlater_enqueue('shared.ov', '["x"]');
+});
+wait_for(q{SELECT count(*) = 1 FROM shared.log WHERE who = 'ov' AND what = '42'},
+	"a handler's own query is not taken for the worker's call");
 
 unlike(slurp_file($node->logfile), qr/terminated by signal/,
 	'no server process ended on a signal');
