@@ -288,11 +288,31 @@ qlater_unregister(PG_FUNCTION_ARGS)
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_handler WHERE handler = $1",
+	/*
+	 * While other roles' jobs or schedules still name the signature, the
+	 * row stays as a tombstone (registered_at -infinity, skipped by the
+	 * registry): it keeps the owner the registration was made for, so that
+	 * only that role may register the signature again (ql_check_adoption).
+	 */
+	if (SPI_execute_with_args(psprintf("UPDATE %1$s.qlater_handler h SET registered_at = '-infinity' "
+									   " WHERE handler = $1 AND registered_at <> '-infinity' "
+									   "   AND (EXISTS (SELECT FROM %1$s.qlater_job j "
+									   "                 WHERE j.handler = $1 AND j.role <> h.registered_by) "
+									   "     OR EXISTS (SELECT FROM %1$s.qlater_schedule s "
+									   "                 WHERE s.handler = $1 AND s.owner <> h.registered_by))",
 									   c->schema_quoted),
-							  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not unregister job handler");
 	found = SPI_processed > 0;
+	if (!found)
+	{
+		if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_handler "
+										   "WHERE handler = $1 AND registered_at <> '-infinity'",
+										   c->schema_quoted),
+								  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not unregister job handler");
+		found = SPI_processed > 0;
+	}
 	SPI_finish();
 	ql_restore_user(&save);
 	if (found)

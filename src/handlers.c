@@ -140,7 +140,7 @@ ql_handlers_load(void)
 	handler_stale = false;
 
 	query = psprintf("SELECT handler, queue, priority, max_attempts, timeout, registered_by "
-					 "FROM %s.qlater_handler", c->schema_quoted);
+					 "FROM %s.qlater_handler WHERE registered_at <> '-infinity'", c->schema_quoted);
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

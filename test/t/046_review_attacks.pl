@@ -420,6 +420,24 @@ as('qo', q{SELECT qlater_create_queue('qo_queue', external => true)});
 like($err, qr/role "qo" cannot be dropped because it has qlater jobs, schedules or queues/,
 	'DROP ROLE of a queue owner is refused: a new role of the name would own the queue');
 
+### 20. unregistered, dropped, created and registered again by another role
+as('alice', q{
+CREATE FUNCTION shared.h20(x text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('alice h20', x) $$;
+GRANT EXECUTE ON FUNCTION shared.h20(text) TO PUBLIC;
+SELECT qlater_register('shared.h20(text)', max_attempts => 1);
+});
+as('bob', q{SELECT qlater_enqueue('shared.h20', '["bob-h20"]', run_at => now() + '1 hour')});
+as('alice', q{SELECT qlater_unregister('shared.h20(text)'); DROP FUNCTION shared.h20(text)});
+as('mallory', q{
+CREATE FUNCTION shared.h20(x text) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO shared.log (who, what) VALUES ('mallory h20', x) $$;
+});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_register('shared.h20(text)')},
+	extra_params => [ '-U', 'mallory' ]);
+like($err, qr/other roles' jobs or schedules wait on handler/,
+	"an unregistered handler keeps its owner while other roles' jobs name it: another role cannot register the signature");
+
 ### 19. a handler running the very text of a call of its own name
 as('alice', q{
 CREATE FUNCTION shared.ov(x int) RETURNS int LANGUAGE sql AS $$ SELECT x + 1 $$;
