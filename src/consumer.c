@@ -36,6 +36,9 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/json.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
@@ -378,6 +381,29 @@ ql_queue_info(const QlCatalog *c, const char *queue, bool for_update,
 }
 
 /*
+ * Whether queues are external, cached per backend (every enqueue asks):
+ * dropped when qlater_queue's cache is invalidated, which
+ * qlater_create_queue does for the rows it writes.
+ */
+typedef struct QlExternalEntry
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	bool		external;
+} QlExternalEntry;
+
+static HTAB *external_cache = NULL;
+static Oid	external_cache_relid = InvalidOid;
+static uint32 external_cache_generation = 0;
+static bool external_cache_valid = false;
+
+static void
+ql_external_cache_inval(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == external_cache_relid)
+		external_cache_valid = false;
+}
+
+/*
  * ql_queue_is_external: whether jobs of this queue are served by
  * applications.
  */
@@ -387,6 +413,32 @@ ql_queue_is_external(const QlCatalog *c, const char *queue)
 	QlUserSave	save;
 	char	   *owner;
 	bool		external = false;
+	QlExternalEntry *entry;
+	bool		found;
+
+	if (!external_cache_valid || external_cache_generation != c->generation)
+	{
+		HASHCTL		ctl;
+
+		if (external_cache == NULL)
+			CacheRegisterRelcacheCallback(ql_external_cache_inval, (Datum) 0);
+		else
+			hash_destroy(external_cache);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(QlExternalEntry);
+		external_cache = hash_create("qlater external queues", 16, &ctl,
+									 HASH_ELEM | HASH_STRINGS);
+		external_cache_relid = get_relname_relid("qlater_queue", c->schema_oid);
+		external_cache_generation = c->generation;
+		/* valid from before the read: an invalidation meanwhile is kept */
+		external_cache_valid = true;
+	}
+	if (strlen(queue) >= NAMEDATALEN)
+		return false;			/* no such queue: names are checked */
+	entry = hash_search(external_cache, queue, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->external;
 
 	ql_become_owner(c, &save);
 	ql_spi_connect();
@@ -394,6 +446,8 @@ ql_queue_is_external(const QlCatalog *c, const char *queue)
 		external = false;
 	SPI_finish();
 	ql_restore_user(&save);
+	entry = hash_search(external_cache, queue, HASH_ENTER, &found);
+	entry->external = external;
 	return external;
 }
 
@@ -551,6 +605,8 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
 	if (ql_exec_nulls(c, QL_STMT_DECLARE, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not declare queue");
+	/* every backend reads the queue's settings again */
+	CacheInvalidateRelcacheByRelid(get_relname_relid("qlater_queue", c->schema_oid));
 	/* the queue's jobs change hands */
 	if (ql_exec(c, QL_STMT_MOVE_JOBS, values, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not move the jobs of queue \"%s\"", queue);
