@@ -405,6 +405,23 @@ ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 }
 
 /*
+ * ql_first_due: when the first job for the in-server workers is due, ready
+ * or not (one running in another worker counts), DT_NOEND if there is
+ * none.  Caller is connected to SPI.
+ */
+TimestampTz
+ql_first_due(QlWorker *w)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute_plan(w->plans.first_due, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for the first job due");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+}
+
+/*
  * ql_next_wakeup_ms: how long an idle worker may sleep: until the next
  * future job is due, at most qlater.poll_interval.  Caller is connected to
  * SPI.

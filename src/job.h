@@ -88,6 +88,7 @@ typedef struct QlPlans
 	SPIPlanPtr	delete;
 	SPIPlanPtr	fail;
 	SPIPlanPtr	next;
+	SPIPlanPtr	first_due;
 	SPIPlanPtr	settle_read;
 	SPIPlanPtr	settle;
 } QlPlans;
@@ -135,6 +136,7 @@ extern bool ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch
 extern bool ql_fetch(QlWorker *w, int64 id, QlJob *job);
 extern void ql_queue_settings(QlWorker *w, QlJob *job);
 extern long ql_next_wakeup_ms(QlWorker *w);
+extern TimestampTz ql_first_due(QlWorker *w);
 
 /* run.c */
 extern QlJobResult ql_run_next_job(QlWorker *w, long *sleep_ms);

@@ -124,6 +124,7 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 		SPI_freeplan(w->plans.delete);
 		SPI_freeplan(w->plans.fail);
 		SPI_freeplan(w->plans.next);
+		SPI_freeplan(w->plans.first_due);
 		SPI_freeplan(w->plans.settle_read);
 		SPI_freeplan(w->plans.settle);
 	}
@@ -153,6 +154,9 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 	w->plans.next = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
 									 "WHERE NOT dead AND NOT external AND run_at > now()", s),
 							0, NULL);
+	w->plans.first_due = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
+										  "WHERE NOT dead AND NOT external", s),
+								 0, NULL);
 	w->plans.settle_read = ql_prepare(psprintf("SELECT attempts, max_attempts, crashes, timeout "
 											"FROM %s.qlater_job WHERE id = $1 AND NOT dead "
 											"FOR UPDATE", s),

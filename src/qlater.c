@@ -247,13 +247,10 @@ ql_lower_frontier_at_commit(const QlClaimKey *key)
 static void
 ql_lower_frontier(const QlClaimKey *key)
 {
-	QlDatabase *db;
+	QlDatabase *db = ql_my_database();
 
-	LWLockAcquire(ql_shared->lock, LW_SHARED);
-	db = ql_find_database(MyDatabaseId, false);
 	if (db != NULL)
 		ql_frontier_lower(db, key);
-	LWLockRelease(ql_shared->lock);
 }
 
 /* ql_wake_launcher_at_commit: tell the launcher about this database */
@@ -299,7 +296,9 @@ ql_release_claim_at_commit(int64 job_id)
  * will look by then on its own (one in the middle of a look, wake_at 0,
  * may have missed them).  Each woken worker's idle flag is cleared here,
  * so that the next committer wakes another one rather than the same.
- * Needs no lock.
+ * What no idle worker of the database takes is the launcher's: jobs ready
+ * now make the database wanted, a later due time lowers its next_due
+ * (launcher.c).  Needs no lock.
  */
 static void
 ql_wake_idle_workers(int n, TimestampTz due)
@@ -335,6 +334,13 @@ ql_wake_idle_workers(int n, TimestampTz due)
 			SetLatch(latch);
 			n--;
 		}
+	}
+	if (n > 0)
+	{
+		if (due != 0)
+			ql_database_due(ql_my_database(), due);
+		else
+			ql_database_want(ql_my_database());
 	}
 }
 

@@ -632,6 +632,8 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 	 * jobs than this one, another idle worker takes them meanwhile.
 	 */
 	pg_atomic_write_u32(&w->slot->idle, 0);
+	if (pg_atomic_read_u64(&w->slot->busy_since) == 0)
+		pg_atomic_write_u64(&w->slot->busy_since, (uint64) GetCurrentTimestamp());
 	if (w->cands.next < w->cands.n)
 		ql_wake_another_worker();
 	ql_queue_settings(w, &job);

@@ -96,6 +96,7 @@ typedef struct QlDueSchedule
 
 /* the scheduler's cache: when to look at qlater_schedule again */
 static TimestampTz sched_next_check = 0;
+static TimestampTz sched_next_tick = DT_NOEND;	/* of any active schedule */
 static bool sched_stale = true;
 static Oid	sched_relid = InvalidOid;
 static bool sched_callback_registered = false;
@@ -172,6 +173,7 @@ ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
 					bool isTopLevel, void *arg)
 {
 	int			i;
+	bool		woken = false;
 
 	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel || !sched_wake_pending)
 		return;
@@ -185,8 +187,14 @@ ql_schedule_release(ResourceReleasePhase phase, bool isCommit,
 
 		if (slot->dboid == MyDatabaseId && latch != NULL &&
 			pg_atomic_read_u32(&slot->idle) != 0)
+		{
 			SetLatch(latch);
+			woken = true;
+		}
 	}
+	/* no idle worker here: the launcher sends one if none will come */
+	if (!woken)
+		ql_database_due(ql_my_database(), GetCurrentTimestamp());
 }
 
 /*
@@ -618,6 +626,17 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 		elog(ERROR, "could not record a tick of a schedule");
 }
 
+/*
+ * ql_schedule_next_tick: the next tick of this database's schedules as of
+ * the last ql_schedule_fire_due (which reads them again after a change),
+ * DT_NOEND if none
+ */
+TimestampTz
+ql_schedule_next_tick(void)
+{
+	return sched_next_tick;
+}
+
 /* ql_schedule_lower_sleep: shorten *sleep_ms to the next check */
 static void
 ql_schedule_lower_sleep(long *sleep_ms, TimestampTz now)
@@ -661,6 +680,7 @@ ql_schedule_fire_due(long *sleep_ms)
 	/* schedules fire only on a primary */
 	if (RecoveryInProgress())
 	{
+		sched_next_tick = DT_NOEND;
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
 	}
@@ -685,6 +705,7 @@ ql_schedule_fire_due(long *sleep_ms)
 	{
 		ql_xact_commit();
 		pgstat_report_activity(STATE_IDLE, NULL);
+		sched_next_tick = DT_NOEND;
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
 	}
@@ -734,7 +755,10 @@ ql_schedule_fire_due(long *sleep_ms)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	now = GetCurrentTimestamp();
 	if (isnull)
+	{
+		sched_next_tick = DT_NOEND;
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
+	}
 	else
 	{
 		TimestampTz next = DatumGetTimestampTz(d);
@@ -745,6 +769,7 @@ ql_schedule_fire_due(long *sleep_ms)
 		 */
 		if (next <= now)
 			next = now + QL_SCHEDULE_RETRY_MS * INT64CONST(1000);
+		sched_next_tick = next;
 		sched_next_check = Min(next, now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000));
 	}
 

@@ -67,6 +67,8 @@ ql_shmem_startup(void)
 		{
 			SpinLockInit(&ql_shared->dbs[i].frontier_mutex);
 			ql_shared->dbs[i].frontier = ql_key_min;
+			pg_atomic_init_u32(&ql_shared->dbs[i].wanted, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].next_due, 0);
 		}
 		for (i = 0; i < ql_max_workers; i++)
 		{
@@ -74,6 +76,7 @@ ql_shmem_startup(void)
 			pg_atomic_init_u64(&ql_shared->slots[i].job_id, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].wake_at, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].busy_since, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].overrun_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].overrun_at, 0);
 			pg_atomic_init_u32(&ql_shared->slots[i].overrun_kind, 0);
@@ -129,10 +132,74 @@ ql_find_database(Oid dboid, bool create)
 		free_entry->dboid = dboid;
 		free_entry->state = QL_DB_UNKNOWN;
 		free_entry->dropping_since = 0;
+		free_entry->waiting_since = 0;
+		free_entry->last_served = 0;
+		free_entry->starved_logged = false;
+		pg_atomic_write_u32(&free_entry->wanted, 0);
+		pg_atomic_write_u64(&free_entry->next_due, 0);
 		ql_frontier_lower(free_entry, &ql_key_min);
 		return free_entry;
 	}
 	return NULL;
+}
+
+/*
+ * ql_my_database: this backend's database's entry, or NULL if the launcher
+ * does not know it (yet).  Kept once found: an entry is freed only when its
+ * database is gone, and checked against MyDatabaseId each time.
+ */
+QlDatabase *
+ql_my_database(void)
+{
+	static QlDatabase *mine = NULL;
+
+	if (mine != NULL && mine->dboid == MyDatabaseId && mine->state != QL_DB_FREE)
+		return mine;
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
+	mine = ql_find_database(MyDatabaseId, false);
+	LWLockRelease(ql_shared->lock);
+	return mine;
+}
+
+/*
+ * ql_database_want: ready jobs of a database found no idle worker there:
+ * tell the launcher, once until a worker finds nothing left.  Needs no
+ * lock.
+ */
+void
+ql_database_want(QlDatabase *db)
+{
+	Latch	   *launcher = ql_shared->launcher_latch;
+
+	if (db == NULL || pg_atomic_read_u32(&db->wanted) != 0)
+		return;
+	if (pg_atomic_exchange_u32(&db->wanted, 1) == 0 && launcher != NULL)
+		SetLatch(launcher);
+}
+
+/*
+ * ql_database_due: work becomes due in a database at a time that no worker
+ * there is known to look by: lower its next_due to that time, and wake the
+ * launcher to take it into account.  Needs no lock.
+ */
+void
+ql_database_due(QlDatabase *db, TimestampTz due)
+{
+	Latch	   *launcher = ql_shared->launcher_latch;
+	uint64		old;
+
+	if (db == NULL)
+		return;
+	old = pg_atomic_read_u64(&db->next_due);
+	while (old == 0 || (TimestampTz) old > due)
+	{
+		if (pg_atomic_compare_exchange_u64(&db->next_due, &old, (uint64) due))
+		{
+			if (launcher != NULL)
+				SetLatch(launcher);
+			break;
+		}
+	}
 }
 
 /*

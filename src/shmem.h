@@ -15,7 +15,7 @@
 #include "storage/spin.h"
 
 /* at most this many databases are tracked by the launcher */
-#define QL_MAX_DATABASES	64
+#define QL_MAX_DATABASES	1024
 
 /* at most this many crashed jobs are carried over a crash-restart */
 #define QL_MAX_CRASHED		64
@@ -50,6 +50,22 @@ typedef struct QlDatabase
 	slock_t		frontier_mutex;
 	uint64		frontier_gen;
 	QlClaimKey	frontier;
+
+	/*
+	 * Demand, for the launcher (launcher.c).  wanted: ready jobs found no
+	 * idle worker here (set by committers and workers, cleared by a worker
+	 * whose look found nothing ready).  next_due: the earliest time known
+	 * at which work becomes due here (a job's run_at, a schedule's tick),
+	 * as a TimestampTz, 0 if none; lowered by committers and by a worker
+	 * that leaves, cleared by the launcher once due.
+	 */
+	pg_atomic_uint32 wanted;
+	pg_atomic_uint64 next_due;
+
+	/* the launcher's own bookkeeping, under lock */
+	TimestampTz waiting_since;	/* wants a worker and has none, since */
+	TimestampTz last_served;	/* a worker last left or started here */
+	bool		starved_logged; /* the long wait is logged */
 } QlDatabase;
 
 /* why an attempt ended without its process recording it */
@@ -98,6 +114,9 @@ typedef struct QlWorkerSlot
 	/* set by the launcher under the lock */
 	Oid			dboid;			/* InvalidOid: slot free */
 	bool		stop_requested; /* leave after the current job */
+	bool		left;			/* set by the worker: it left on purpose,
+								 * having told the launcher what its
+								 * database still needs */
 	/* set by the worker itself */
 	pid_t		pid;
 	Latch	   *latch;
@@ -107,6 +126,8 @@ typedef struct QlWorkerSlot
 	pg_atomic_uint64 cancel_job;	/* job whose attempt must stop */
 	pg_atomic_uint64 wake_at;	/* an idle worker's next look on its own
 								 * (TimestampTz); 0 while it looks */
+	pg_atomic_uint64 busy_since;	/* TimestampTz: when it last went from
+									 * idle to running jobs; 0 while idle */
 
 	/*
 	 * A job whose handler was interrupted by its timeout or a cancel: if
@@ -122,10 +143,12 @@ typedef struct QlWorkerSlot
 /*
  * QlShared: one per cluster.
  *
- * lock protects dbs[], ncrashed/crashed[], listeners[], and each slot's dboid,
- * stop_requested and pid.  Latch pointers, idle, job_id and cancel_job are
- * read without the lock (atomics, or a pointer that at worst wakes the wrong
- * process once).
+ * lock protects dbs[] (but for the frontier, wanted and next_due),
+ * ncrashed/crashed[], listeners[], and each slot's dboid, stop_requested,
+ * left and pid.  Latch pointers, idle, job_id and cancel_job are read
+ * without the lock (atomics, or a pointer that at worst wakes the wrong
+ * process once).  A backend reads its own database's entry without the
+ * lock (ql_my_database): an entry is freed only once its database is gone.
  */
 typedef struct QlShared
 {
@@ -147,6 +170,9 @@ extern const QlClaimKey ql_key_min;
 
 extern void ql_shmem_init(void);
 extern QlDatabase *ql_find_database(Oid dboid, bool create);
+extern QlDatabase *ql_my_database(void);
+extern void ql_database_want(QlDatabase *db);
+extern void ql_database_due(QlDatabase *db, TimestampTz due);
 extern bool ql_job_crash_pending(int64 job_id);
 extern void ql_mark_overrun(QlWorkerSlot *slot, QlEndKind kind);
 extern int	ql_key_cmp(const QlClaimKey *a, const QlClaimKey *b);

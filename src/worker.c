@@ -263,6 +263,53 @@ ql_worker_recover(void)
 }
 
 /*
+ * ql_worker_leave: the launcher asked this worker to make room for another
+ * database.  Tell it what this database still needs, since no worker may
+ * be left here to see it: from now on no committer counts on this worker
+ * (its idle flag is cleared first), so a last look, under a snapshot taken
+ * after that, sees every job that a committer left to it.  Ready jobs make
+ * the database wanted; else the first due job or schedule tick is its
+ * next due time.
+ */
+static void
+ql_worker_leave(void)
+{
+	const QlCatalog *c;
+	TimestampTz due = DT_NOEND;
+	long		ignore = 0;
+
+	pg_atomic_write_u32(&my_slot->idle, 0);
+	pg_memory_barrier();
+
+	ql_xact_begin();
+	c = ql_catalog(true);
+	if (c != NULL)
+	{
+		ql_prepare_plans(&worker, c);
+		due = ql_first_due(&worker);
+	}
+	ql_xact_commit();
+	if (c != NULL)
+	{
+		/* reads the schedules again if one changed */
+		ql_schedule_fire_due(&ignore);
+		due = Min(due, ql_schedule_next_tick());
+	}
+	if (due != DT_NOEND)
+		ql_database_due(worker.database, due);
+}
+
+/* ql_worker_exit: leave the slot on purpose (launcher.c) and exit */
+static void
+ql_worker_exit(void)
+{
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	my_slot->left = true;
+	LWLockRelease(ql_shared->lock);
+	proc_exit(0);
+}
+
+/*
  * qlater_worker_main: entry point of a worker; main_arg is its slot.
  */
 void
@@ -299,7 +346,7 @@ qlater_worker_main(Datum main_arg)
 	if (!ql_extension_present())
 	{
 		ql_set_database_state(QL_DB_ABSENT);
-		proc_exit(0);
+		ql_worker_exit();
 	}
 	ql_set_database_state(QL_DB_ACTIVE);
 	ql_job_init(&worker, my_slot);
@@ -332,6 +379,12 @@ qlater_worker_main(Datum main_arg)
 
 		MemoryContextSwitchTo(ql_loop_context());
 		MemoryContextReset(ql_loop_context());
+		CHECK_FOR_INTERRUPTS();
+		if (my_slot->stop_requested)
+		{
+			ql_worker_leave();
+			break;
+		}
 
 		/* idle before the look, so that a commit during it wakes us */
 		pg_atomic_write_u64(&my_slot->wake_at, 0);
@@ -346,8 +399,6 @@ qlater_worker_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
-		if (my_slot->stop_requested)
-			break;
 
 		/* attempts that ended without their process recording it */
 		if (ql_shared->ncrashed > 0)
@@ -359,11 +410,19 @@ qlater_worker_main(Datum main_arg)
 			ql_set_database_state(QL_DB_ABSENT);
 			break;
 		}
+		if (result == QL_JOB_NONE)
+		{
+			/* nothing ready is left without a worker here */
+			if (pg_atomic_read_u32(&worker.database->wanted) != 0)
+				pg_atomic_write_u32(&worker.database->wanted, 0);
+			if (pg_atomic_read_u64(&my_slot->busy_since) != 0)
+				pg_atomic_write_u64(&my_slot->busy_since, 0);
+		}
 		/* enqueue due ticks of schedules; a clock read unless one is due */
 		ql_schedule_fire_due(&sleep_ms);
 		if (result == QL_JOB_RAN)
 			continue;
-		if (sleep_ms > 0)
+		if (sleep_ms > 0 && !my_slot->stop_requested)
 		{
 			/* going idle: what the jobs did reaches the statistics now */
 			pgstat_report_stat(true);
@@ -375,5 +434,5 @@ qlater_worker_main(Datum main_arg)
 							 sleep_ms, PG_WAIT_EXTENSION);
 		}
 	}
-	proc_exit(0);
+	ql_worker_exit();
 }

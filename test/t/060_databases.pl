@@ -1,6 +1,9 @@
 # 060_databases.pl: databases that get the extension after start get
-# workers without a restart; workers are shared out among databases; DROP
-# EXTENSION stops a database's workers and the others keep working.
+# workers without a restart; with workers enough for every database, idle
+# workers are shared out evenly, each database keeps one, and a backlog
+# takes the spares; DROP EXTENSION stops a database's workers and the
+# others keep working; DROP DATABASE.  (More databases than workers:
+# 061_demand.)
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -54,13 +57,14 @@ is($node->safe_psql('x', 'SELECT count(*) FROM qlater_jobs'), '0', 'and are remo
 
 # a busy database does not starve the other: its jobs take 6 s, so that a
 # job of x that waited for a worker of postgres would take about 6 s, and
-# the bound of 4 s leaves room for a busy machine
+# the bound of 4 s leaves room for a busy machine.  With workers enough for
+# both, the backlog of postgres takes x's spare idle worker, not its last.
 $node->safe_psql('postgres',
 	"SELECT qlater_enqueue('mark', jsonb_build_array('busy-' || g, 6)) FROM generate_series(1, 4) g"
 );
 ok( $node->poll_query_until(
-		'postgres', "SELECT count(*) = 2 FROM qlater_jobs WHERE state = 'running'"),
-	'postgres runs 2 jobs at once (its share)');
+		'postgres', "SELECT count(*) = 3 FROM qlater_jobs WHERE state = 'running'"),
+	'postgres runs 3 jobs at once: its 2 workers and a spare of x');
 my $t0 = time;
 $node->safe_psql('x', "SELECT qlater_enqueue('mark', '[\"x-while-busy\"]')");
 ok( $node->poll_query_until(
@@ -69,17 +73,19 @@ ok( $node->poll_query_until(
 cmp_ok(time - $t0, '<', 4, 'without waiting for the busy database');
 is( $node->safe_psql(
 		'postgres', "SELECT count(*) FROM qlater_jobs WHERE state = 'running'"),
-	'2',
-	'postgres never ran more than its 2 workers');
-is($node->safe_psql('postgres', $per_db), 'postgres:2,x:2', 'still 2 workers each');
+	'3',
+	'postgres never took the last worker of x');
+is($node->safe_psql('postgres', $per_db), 'postgres:3,x:1', 'x keeps one worker');
+ok( $node->poll_query_until(
+		'postgres', "SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%mark%'"),
+	'the busy jobs of postgres drain');
+ok($node->poll_query_until('postgres', $per_db, 'postgres:2,x:2'),
+	'and the idle workers even out again: 2 each');
 
 # DROP EXTENSION stops the workers of that database
 $node->safe_psql('x', 'DROP EXTENSION qlater');
 ok($node->poll_query_until('postgres', $per_db, 'postgres:4'),
 	'after DROP EXTENSION in x, x has no worker and postgres gets all 4');
-ok( $node->poll_query_until(
-		'postgres', "SELECT count(*) = 0 FROM qlater_jobs WHERE handler LIKE '%mark%'"),
-	'the busy jobs of postgres drain');
 is($node->safe_psql('postgres', "SELECT count(*) FROM marks WHERE label LIKE 'busy-%'"),
 	'4', 'every busy job ran');
 $node->safe_psql('postgres', "SELECT qlater_enqueue('mark', '[\"after-drop\"]')");

@@ -1,0 +1,199 @@
+# 061_demand.pl: with more databases than workers, workers go where the
+# work is: 8 databases x 2,000 jobs with 4 workers drain exactly once; a
+# database that gets the extension while the others are busy gets its jobs
+# run; a schedule in a database without a worker fires, each tick once; a
+# crash-restart in the middle of a drain loses no database; DROP DATABASE
+# and DROP EXTENSION work while the workers move; a database that waits
+# long for a worker is logged, once.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $node = PostgreSQL::Test::Cluster->new('demand');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 4\n"
+	  . "max_worker_processes = 16\n"
+	  . "restart_after_crash = on\n");
+$node->start;
+
+my $setup = q{
+CREATE EXTENSION qlater;
+CREATE TABLE done (i int, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION work(i int) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO done (i) VALUES (i) $$;
+SELECT qlater_register('work(int)');
+CREATE FUNCTION nap(secs float8) RETURNS void LANGUAGE sql
+AS $$ SELECT pg_sleep(secs) $$;
+SELECT qlater_register('nap(float8)');
+CREATE TABLE ticks (tick timestamptz, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION rec() RETURNS void LANGUAGE sql
+AS $$ INSERT INTO ticks (tick)
+      SELECT run_at FROM qlater_jobs WHERE locked_by = pg_backend_pid() $$;
+SELECT qlater_register('rec()');
+};
+
+my @dbs = map { "d$_" } 1 .. 8;
+for my $db (@dbs)
+{
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, $setup);
+}
+
+my $nworkers = q{(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker')};
+ok($node->poll_query_until('postgres', "SELECT $nworkers = 4"), '4 workers for 8 databases');
+
+# every database's done table, as "db:count:distinct,..."
+sub tally
+{
+	return join(',',
+		map { "$_:" . $node->safe_psql($_, 'SELECT count(*) || \':\' || count(DISTINCT i) FROM done') }
+		  @_);
+}
+
+# wait until each database has n jobs done
+sub wait_done
+{
+	my ($n, $msg, @in) = @_;
+	my $ok = 1;
+	for my $db (@in)
+	{
+		$ok &&= $node->poll_query_until($db, "SELECT count(*) >= $n FROM done");
+	}
+	ok($ok, $msg) or diag tally(@in);
+}
+
+### 8 databases x 2,000 jobs, all enqueued at once
+$node->safe_psql($_, "SELECT count(*) FROM qlater_enqueue_many('work', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 2000) g))")
+  for @dbs;
+wait_done(2000, '8 databases x 2,000 jobs with 4 workers: every database drains', @dbs);
+is(tally(@dbs), join(',', map { "$_:2000:2000" } @dbs), 'each job ran exactly once');
+is(join(',', map { $node->safe_psql($_, 'SELECT count(*) FROM qlater_jobs') } @dbs),
+	join(',', map { 0 } @dbs), 'and no job is left');
+
+### a database given the extension while the others are busy
+# 4 databases keep every worker busy for about 30 s
+for my $db (@dbs[0 .. 3])
+{
+	$node->safe_psql($db, "SELECT qlater_enqueue('nap', '[1]') FROM generate_series(1, 30)");
+}
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 4 FROM pg_stat_activity
+ WHERE backend_type = 'qlater worker' AND wait_event = 'PgSleep'}),
+	'every worker is busy');
+$node->safe_psql('postgres', 'CREATE DATABASE late');
+$node->safe_psql('late', $setup);
+$node->safe_psql('late', "SELECT qlater_enqueue('work', jsonb_build_array(g)) FROM generate_series(1, 5) g");
+wait_done(5, 'the new database gets its jobs run', 'late');
+my $left = 0;
+$left += $node->safe_psql($_, 'SELECT count(*) FROM qlater_jobs') for @dbs[0 .. 3];
+cmp_ok($left, '>', 0, "while the busy databases still had jobs ($left left)");
+
+# the rest of the naps are not needed
+$node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @dbs[0 .. 3];
+for my $db (@dbs[0 .. 3])
+{
+	$node->poll_query_until($db, 'SELECT count(*) = 0 FROM qlater_jobs')
+	  or diag "$db: naps left";
+}
+
+### a schedule in a database that has no worker
+# 7 databases keep the workers busy with short naps for about 20 s; d8 has
+# only its schedule, so its worker leaves between ticks
+for my $db (@dbs[0 .. 6])
+{
+	$node->safe_psql($db, "SELECT qlater_enqueue('nap', '[0.2]') FROM generate_series(1, 60)");
+}
+$node->safe_psql('d8', "SELECT qlater_schedule('every2', '2 seconds', 'rec')");
+my $t0 = time;
+my ($with, $without) = (0, 0);
+while (time - $t0 < 14)
+{
+	my $n = $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd8'");
+	$n > 0 ? $with++ : $without++;
+	usleep(100_000);
+}
+$node->safe_psql('d8', "SELECT qlater_unschedule('every2')");
+cmp_ok($without, '>', 0, "d8 had no worker at times ($without of " . ($with + $without) . ' samples)');
+my ($nticks, $distinct, $late) = split /\|/,
+  $node->safe_psql('d8', 'SELECT count(*), count(DISTINCT tick), max(extract(epoch FROM at - tick)) FROM ticks');
+cmp_ok($nticks, '>=', 4, "its schedule fired meanwhile ($nticks ticks in 14 s, every 2 s)");
+is($distinct, $nticks, 'each tick once');
+cmp_ok($late, '<', 6, "each tick ran soon after its time (at most $late s late)");
+$node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @dbs[0 .. 6];
+
+### a crash-restart in the middle of a drain
+$node->safe_psql($_, 'TRUNCATE done') for @dbs;
+$node->safe_psql($_, "SELECT count(*) FROM qlater_enqueue_many('work', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 1500) g))")
+  for @dbs;
+ok( $node->poll_query_until(
+		'd1', 'SELECT count(*) > 0 FROM done'),
+	'the drain has begun');
+my $before = 0;
+$before += $node->safe_psql($_, 'SELECT count(*) FROM done') for @dbs;
+my $crash_offset = -s $node->logfile;
+# workers come and go: kill one that runs a job
+my $killed = 0;
+for (1 .. 50)
+{
+	my $pid = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND query LIKE 'qlater job %' LIMIT 1");
+	$killed = $pid if $pid && kill('KILL', $pid);
+	last if $killed;
+	usleep(20_000);
+}
+ok($killed, "SIGKILL to a worker in a job ($before of 12,000 jobs done)");
+ok($node->wait_for_log(qr/all server processes terminated; reinitializing/, $crash_offset),
+	'the server restarts');
+wait_done(1500, 'after the crash-restart every database drains', @dbs);
+is(tally(@dbs), join(',', map { "$_:1500:1500" } @dbs), 'each job ran exactly once');
+
+### DROP DATABASE and DROP EXTENSION while workers move
+$node->safe_psql($_, 'TRUNCATE done') for @dbs;
+$node->safe_psql($_, "SELECT qlater_enqueue('nap', '[0.05]') FROM generate_series(1, 100)") for @dbs;
+my ($ret, $out, $err) = $node->psql('postgres', 'DROP DATABASE d7');
+is($ret, 0, 'DROP DATABASE of a database with jobs and workers');
+note $err if $ret;
+($ret, $out, $err) = $node->psql('d6', 'DROP EXTENSION qlater CASCADE');
+is($ret, 0, 'DROP EXTENSION in a database with jobs');
+note $err if $ret;
+my @rest = grep { $_ ne 'd7' && $_ ne 'd6' } @dbs;
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname IN ('d6', 'd7')"
+	),
+	'no worker stays in d6 or d7');
+$node->safe_psql($_, "SELECT qlater_enqueue('work', '[1]')") for @rest;
+wait_done(1, 'the other databases keep running their jobs', @rest);
+
+### a database that waits long for a worker is logged, once
+$node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @rest;
+for my $db (@rest)
+{
+	$node->poll_query_until($db, 'SELECT count(*) = 0 FROM qlater_jobs') or diag "$db: jobs left";
+}
+my $offset = -s $node->logfile;
+$node->safe_psql('d1', "SELECT qlater_enqueue('nap', '[45]') FROM generate_series(1, 4)");
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 4 FROM pg_stat_activity
+ WHERE backend_type = 'qlater worker' AND datname = 'd1' AND wait_event = 'PgSleep'}),
+	'with more databases than workers, a backlog takes every idle worker');
+$node->safe_psql('d2', "SELECT qlater_enqueue('work', '[42]')");
+ok( $node->wait_for_log(qr/jobs of database "d2" have waited 30 seconds for a worker/, $offset),
+	'a database whose jobs wait 30 s for a worker is logged');
+like(slurp_file($node->logfile, $offset), qr/HINT:  Raise "qlater.max_workers"/, 'with what to do');
+ok($node->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 42'),
+	'its job runs once a worker is free');
+my @logged = (slurp_file($node->logfile, $offset) =~ /have waited 30 seconds/g);
+is(scalar @logged, 1, 'logged once');
+$node->safe_psql('d1', 'SELECT count(qlater_cancel(id)) FROM qlater_jobs');
+
+$node->stop;
+unlike(slurp_file($node->logfile), qr/terminated by signal (?!9)/,
+	'no process but the killed worker ended by a signal');
+done_testing();
