@@ -50,6 +50,15 @@ typedef struct QlDatabase
 	slock_t		frontier_mutex;
 	uint64		frontier_gen;
 	QlClaimKey	frontier;
+
+	/*
+	 * The reservation: where the batches under way expect to end, so that
+	 * a worker whose look from the frontier finds only claimed jobs looks
+	 * on from there (claim.c).  A hint, under frontier_mutex; it holds
+	 * while reserved_gen is frontier_gen.
+	 */
+	uint64		reserved_gen;
+	QlClaimKey	reserved;
 } QlDatabase;
 
 /* why an attempt ended without its process recording it */
