@@ -107,8 +107,12 @@ ql_run_batch(QlWorker *w, QlJob *first)
 		ql_run_one(w, job, true);
 		if (n == 1)
 			first_done = GetCurrentTimestamp();
-		if (n >= size || GetCurrentTimestamp() - first_done >= delay ||
-			!ql_claim_more(w, queue, size, &next))
+		if (n >= size || GetCurrentTimestamp() - first_done >= delay)
+		{
+			w->batch_expect = n;
+			break;
+		}
+		if (!ql_claim_more(w, queue, size, &next))
 			break;
 		job = &next;
 	}

@@ -334,6 +334,117 @@ ql_claim_candidate(QlWorker *w, QlJob *job, const char *queue)
 }
 
 /*
+ * Reservations.  Under a drain of batches, the jobs at the frontier are
+ * claimed by the batches under way, each of which takes the candidates
+ * after its first job in turn: a look from the frontier meets a claimed
+ * job per batch job under way, and a worker that claimed the first free
+ * one after them would take the next jobs of a batch that has just begun,
+ * and the two would claim alternately, each failing on the other's claims.
+ * So a worker that starts a batch publishes where it expects the batch to
+ * end, the database's reservation, and a worker whose look from the
+ * frontier found every candidate claimed looks on from the reservation,
+ * and moves it past the jobs its own batch will take.
+ *
+ * A reservation is only a hint: no job is claimed but one by one, as
+ * always.  A job it passes over that no batch takes (one that ended early,
+ * or released a claim) is found by the looks from the frontier once the
+ * jobs before it are done, or by the look that goes back when none is
+ * left after the reservation.  It holds until the next commit that writes
+ * jobs (frontier_gen), which may have put ready ones anywhere before it: a
+ * job of a higher priority is not passed over for it.
+ */
+
+/* ql_reservation: this database's reservation, if one holds */
+static bool
+ql_reservation(QlDatabase *db, uint64 gen, QlClaimKey *key)
+{
+	bool		valid;
+
+	SpinLockAcquire(&db->frontier_mutex);
+	valid = (db->reserved_gen == gen && db->frontier_gen == gen);
+	*key = db->reserved;
+	SpinLockRelease(&db->frontier_mutex);
+	return valid;
+}
+
+/*
+ * ql_reserve_from: move the reservation from one place to another, as
+ * read from at generation gen; false if it moved meanwhile.  Without from,
+ * only forward (or in a new generation).
+ */
+static bool
+ql_reserve_from(QlDatabase *db, uint64 gen, const QlClaimKey *from,
+				const QlClaimKey *to)
+{
+	bool		moved = false;
+
+	SpinLockAcquire(&db->frontier_mutex);
+	if (db->frontier_gen == gen &&
+		(from != NULL ?
+		 db->reserved_gen == gen && ql_key_cmp(&db->reserved, from) == 0 :
+		 db->reserved_gen != gen || ql_key_cmp(to, &db->reserved) > 0))
+	{
+		db->reserved = *to;
+		db->reserved_gen = gen;
+		moved = true;
+	}
+	SpinLockRelease(&db->frontier_mutex);
+	return moved;
+}
+
+/* ql_candidate_key: the place of candidate i of the last look, or after its last */
+static void
+ql_candidate_key(QlWorker *w, int i, QlClaimKey *key)
+{
+	if (i < w->cands.n)
+		ql_row_key(w->cands.rows[i], w->cands.desc, key);
+	else
+		*key = w->cands.resume;
+}
+
+/*
+ * ql_reserve: the job just claimed starts a batch of about njobs jobs:
+ * reserve the candidates after it, unless the reservation goes further
+ * already.
+ */
+void
+ql_reserve(QlWorker *w, int njobs)
+{
+	QlClaimKey	end;
+
+	if (njobs <= 1 || w->cands.next == 0)
+		return;
+	ql_candidate_key(w, w->cands.next - 1 + njobs, &end);
+	(void) ql_reserve_from(w->database, w->look_gen, NULL, &end);
+}
+
+/*
+ * ql_look_reserved: look from the reservation, if one holds past after,
+ * and take the jobs of a batch of about njobs from there; false if none
+ * holds.  If another worker moves it first, look again from where it
+ * moved.
+ */
+static bool
+ql_look_reserved(QlWorker *w, const QlClaimKey *after, int limit, int njobs)
+{
+	QlClaimKey	from;
+	QlClaimKey	end;
+	int			tries;
+
+	for (tries = 0; tries < 3; tries++)
+	{
+		if (!ql_reservation(w->database, w->look_gen, &from) ||
+			ql_key_cmp(&from, after) <= 0)
+			return tries > 0;
+		ql_look(w, &from, limit);
+		ql_candidate_key(w, njobs, &end);
+		if (ql_reserve_from(w->database, w->look_gen, &from, &end))
+			break;
+	}
+	return true;
+}
+
+/*
  * ql_claim: claim the first ready job at or after a place in the claim
  * order.  Returns false if there is none, or, for a batch of a queue, if
  * the next one cannot join it.  Caller is connected to SPI, in a
@@ -341,7 +452,8 @@ ql_claim_candidate(QlWorker *w, QlJob *job, const char *queue)
  *
  * Without a batch, the look starts at the claim frontier of the database
  * (moving it forward), or every qlater.poll_interval at the start of the
- * order, in case jobs were written other than through qlater's functions.
+ * order, in case jobs were written other than through qlater's functions;
+ * if it finds every job claimed, it looks on from the reservation (above).
  * A batch takes the candidates of its last look first, and then looks on
  * from there.  Either way the look skips the index entries of jobs done,
  * which stay until no snapshot can see them: a look from the start would
@@ -351,10 +463,14 @@ ql_claim_candidate(QlWorker *w, QlJob *job, const char *queue)
 bool
 ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 {
-	int			limit = ql_shared->nslots * 2 + 8;
+	int			base = ql_shared->nslots * 2 + 8;
+	int			limit = base;
 	int			looks = 0;
+	int			max_looks = 3;
 	bool		look;
+	bool		jumped = false;
 	QlClaimKey	start;
+	QlClaimKey	skipped = ql_key_min;
 	uint64		gen = 0;
 
 	if (batch_queue == NULL)
@@ -362,6 +478,7 @@ ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 		TimestampTz now = GetCurrentTimestamp();
 
 		ql_frontier_get(w->database, &start, &gen);
+		w->look_gen = gen;
 		if (now - w->last_look_from_start >= (int64) ql_poll_interval * 1000)
 		{
 			start = ql_key_min;
@@ -395,7 +512,31 @@ ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 		result = ql_claim_candidate(w, job, batch_queue);
 		if (result != QL_CANDIDATE_NONE_LEFT)
 			return result == QL_CANDIDATE_CLAIMED;
-		if (look && (!w->cands.cut || looks == 3))
+		if (batch_queue == NULL && looks == 1 && w->cands.cut)
+		{
+			/* all claimed: batches are under way; look after the last */
+			skipped = w->cands.resume;
+			if (ql_look_reserved(w, &skipped, base + Max(w->batch_expect, 1),
+								 Max(w->batch_expect, 1)))
+			{
+				jumped = true;
+				looks++;
+				max_looks++;
+				result = ql_claim_candidate(w, job, NULL);
+				if (result == QL_CANDIDATE_CLAIMED)
+					return true;
+			}
+		}
+		if (jumped && !w->cands.cut)
+		{
+			/* none left after it: back to what the reservation passed over */
+			jumped = false;
+			start = skipped;
+			limit = base * 8;
+			max_looks++;
+			continue;
+		}
+		if (look && (!w->cands.cut || looks >= max_looks))
 			return false;
 		/* every candidate was claimed by others, or tried: look further */
 		if (look)

@@ -122,6 +122,11 @@ typedef struct QlWorker
 	HTAB	   *call_plans;		/* handler call plans (run.c) */
 	TimeoutId	timeout_id;		/* a job's timeout */
 	TimestampTz last_look_from_start;	/* claim.c */
+	uint64		look_gen;		/* claim.c: the frontier generation its
+								 * last look from the frontier read */
+	int			batch_expect;	/* jobs its last batch that ended at its
+								 * batch_size or batch_delay ran: what its
+								 * next one reserves (claim.c) */
 } QlWorker;
 
 /* plans.c */
@@ -136,6 +141,7 @@ extern bool ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch
 extern bool ql_fetch(QlWorker *w, int64 id, QlJob *job);
 extern void ql_queue_settings(QlWorker *w, QlJob *job);
 extern long ql_next_wakeup_ms(QlWorker *w);
+extern void ql_reserve(QlWorker *w, int njobs);
 extern TimestampTz ql_first_due(QlWorker *w);
 
 /* run.c */

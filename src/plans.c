@@ -40,6 +40,15 @@ static const char *const worker_settings[][2] = {
 	{"enable_seqscan", "off"},
 	{"enable_bitmapscan", "off"},
 	{"enable_sort", "off"},
+
+	/*
+	 * A scan disabled above that a statement cannot do without (the read
+	 * of qlater_handler, which has no index for it) costs the plan 1e10:
+	 * far above jit_above_cost, so JIT would compile, inline and optimize
+	 * it at every run, about 0.1 s of CPU for a few rows, in every worker
+	 * at every reload of the registry.
+	 */
+	{"jit", "off"},
 };
 
 /* ql_worker_settings: the worker's own settings, for the session */

@@ -637,6 +637,10 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 	if (w->cands.next < w->cands.n)
 		ql_wake_another_worker();
 	ql_queue_settings(w, &job);
+	/* a batch takes the candidates after it: the others look past them */
+	if (job.batch_size > 1 && ql_batchable())
+		ql_reserve(w, w->batch_expect > 0 ?
+				   Min(w->batch_expect, job.batch_size) : job.batch_size);
 	SPI_finish();
 	PopActiveSnapshot();
 

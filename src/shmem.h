@@ -52,6 +52,15 @@ typedef struct QlDatabase
 	QlClaimKey	frontier;
 
 	/*
+	 * The reservation: where the batches under way expect to end, so that
+	 * a worker whose look from the frontier finds only claimed jobs looks
+	 * on from there (claim.c).  A hint, under frontier_mutex; it holds
+	 * while reserved_gen is frontier_gen.
+	 */
+	uint64		reserved_gen;
+	QlClaimKey	reserved;
+
+	/*
 	 * Demand, for the launcher (launcher.c).  wanted: ready jobs found no
 	 * idle worker here (set by committers and workers, cleared by a worker
 	 * whose look found nothing ready).  next_due: the earliest time known

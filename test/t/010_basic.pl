@@ -310,6 +310,28 @@ ok( $node->poll_query_until(
 	'the trigger saw the three jobs removed');
 $node->safe_psql('postgres', 'DROP TRIGGER note_removal ON qlater_job');
 
+### handlers run with the database's settings, not the workers' own
+# (the workers plan their own statements without seqscans, sorts or JIT)
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE seen_settings (s text);
+CREATE FUNCTION see_settings() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO seen_settings
+    SELECT string_agg(n || '=' || current_setting(n), ',' ORDER BY n)
+      FROM unnest('{enable_seqscan,enable_sort,jit}'::text[]) n
+$$;
+SELECT qlater_register('see_settings()');
+SELECT qlater_enqueue('see_settings', '[]');
+});
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 1 FROM seen_settings'),
+	'the settings job ran');
+is( $node->safe_psql('postgres', 'SELECT s FROM seen_settings'),
+	$node->safe_psql(
+		'postgres', q{
+SELECT string_agg(n || '=' || current_setting(n), ',' ORDER BY n)
+  FROM unnest('{enable_seqscan,enable_sort,jit}'::text[]) n}),
+	'a handler sees the database\'s enable_seqscan, enable_sort and jit');
+
 # all 4 workers are still there
 is( $node->safe_psql(
 		'postgres',
