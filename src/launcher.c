@@ -107,6 +107,7 @@ static QlLauncherSlot *lslots = NULL;
 static int	nworkers[QL_MAX_DATABASES];
 static bool pending[QL_MAX_DATABASES];
 static bool pending_busy[QL_MAX_DATABASES];	/* the stop waits for a job */
+static int	nidle[QL_MAX_DATABASES];	/* of nworkers, asleep with nothing to do */
 static bool registration_failure_logged = false;
 
 /*
@@ -276,6 +277,17 @@ ql_start_worker(QlDatabase *db)
 }
 
 /*
+ * ql_slot_idle: whether a worker sleeps with nothing to do (its idle flag
+ * is also set while it looks for jobs, when wake_at is 0)
+ */
+static bool
+ql_slot_idle(QlWorkerSlot *slot)
+{
+	return slot->pid != 0 && pg_atomic_read_u32(&slot->idle) != 0 &&
+		pg_atomic_read_u64(&slot->wake_at) != 0;
+}
+
+/*
  * ql_pick_victim: a worker to make room for database need, which has
  * have workers: an idle worker, else a busy one whose slice is over; in
  * either case from the database with the most workers, and only from one
@@ -304,9 +316,7 @@ ql_pick_victim(QlDatabase *need, int min_idle, int min_busy,
 		if (lslots[j].handle == NULL || slot->stop_requested || db == NULL || db == need)
 			continue;
 		n = nworkers[db - ql_shared->dbs];
-		/* asleep with nothing to do (idle is also set during a look) */
-		idle = (slot->pid != 0 && pg_atomic_read_u32(&slot->idle) != 0 &&
-				pg_atomic_read_u64(&slot->wake_at) != 0);
+		idle = ql_slot_idle(slot);
 		if (idle)
 		{
 			if (n < min_idle)
@@ -425,6 +435,7 @@ ql_balance(Oid *starved, int *nstarved)
 	memset(nworkers, 0, sizeof(nworkers));
 	memset(pending, 0, sizeof(pending));
 	memset(pending_busy, 0, sizeof(pending_busy));
+	memset(nidle, 0, sizeof(nidle));
 
 	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
 
@@ -475,7 +486,11 @@ ql_balance(Oid *starved, int *nstarved)
 			(db == NULL || (db->state != QL_DB_UNKNOWN && db->state != QL_DB_ACTIVE)))
 			ql_stop_worker(j, NULL);	/* no longer wanted there */
 		else if (!slot->stop_requested)
+		{
 			nworkers[db - ql_shared->dbs]++;
+			if (ql_slot_idle(slot))
+				nidle[db - ql_shared->dbs]++;
+		}
 		else if (slot->stop_requested && lslots[j].stop_for != NULL)
 		{
 			pending[lslots[j].stop_for - ql_shared->dbs] = true;
@@ -494,15 +509,18 @@ ql_balance(Oid *starved, int *nstarved)
 			continue;
 		nactive++;
 
-		/* a known due time: wanted once reached, if no worker is here */
+		/*
+		 * A known due time: once reached, the database is wanted unless an
+		 * idle worker is here (it wakes for it by itself).
+		 */
 		due = pg_atomic_read_u64(&db->next_due);
 		if (due != 0 && (TimestampTz) due <= now)
 		{
-			if (nworkers[i] == 0)
+			if (nidle[i] == 0)
 				pg_atomic_write_u32(&db->wanted, 1);
 			(void) pg_atomic_compare_exchange_u64(&db->next_due, &due, 0);
 		}
-		else if (due != 0 && nworkers[i] == 0)
+		else if (due != 0 && nidle[i] == 0)
 		{
 			long		wait = TimestampDifferenceMilliseconds(now, (TimestampTz) due) + 1;
 
