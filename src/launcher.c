@@ -134,12 +134,14 @@ ql_launcher_exit(int code, Datum arg)
 
 /*
  * ql_scan_databases: bring the database table in line with pg_database.
- * Databases that are gone are forgotten; with add_unknown, the others are
- * added as QL_DB_UNKNOWN, to be probed.
+ * Databases that are gone are forgotten; new ones (among them copies of a
+ * template that has qlater, which no CREATE EXTENSION announces) are added
+ * as QL_DB_UNKNOWN, to be probed.
  */
 static void
-ql_scan_databases(bool add_unknown)
+ql_scan_databases(void)
 {
+	static bool full_logged = false;
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
@@ -188,14 +190,14 @@ ql_scan_databases(bool add_unknown)
 			db->dropping_since = 0;
 		}
 	}
-	if (add_unknown)
+	for (j = 0; j < npresent; j++)
 	{
-		for (j = 0; j < npresent; j++)
+		if (ql_find_database(present[j], true) == NULL && !full_logged)
 		{
-			if (ql_find_database(present[j], true) == NULL)
-				ereport(LOG,
-						(errmsg("qlater serves at most %d databases; database %u is ignored",
-								QL_MAX_DATABASES, present[j])));
+			ereport(LOG,
+					(errmsg("qlater serves at most %d databases; database %u is ignored",
+							QL_MAX_DATABASES, present[j])));
+			full_logged = true;
 		}
 	}
 	LWLockRelease(ql_shared->lock);
@@ -854,7 +856,7 @@ qlater_launcher_main(Datum main_arg)
 
 	if (!scanned)
 	{
-		ql_scan_databases(true);
+		ql_scan_databases();
 		scanned = true;
 	}
 	last_scan = GetCurrentTimestamp();
@@ -873,7 +875,7 @@ qlater_launcher_main(Datum main_arg)
 		}
 		if (TimestampDifferenceExceeds(last_scan, GetCurrentTimestamp(), QL_RESCAN_MS))
 		{
-			ql_scan_databases(false);
+			ql_scan_databases();
 			last_scan = GetCurrentTimestamp();
 		}
 

@@ -18,6 +18,8 @@
 #include "catalog/objectaccess.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "postmaster/bgworker.h"
@@ -50,6 +52,7 @@ static TimestampTz pending_future = 0;	/* earliest run_at of future jobs */
 static bool pending_lower = false;
 static QlClaimKey pending_first;
 static bool pending_launcher_wake = false;
+static bool pending_extension_drop = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
 static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
 
@@ -179,6 +182,15 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 
 	if (access == OAT_DROP && classId == AuthIdRelationId)
 		ql_check_role_drop(objectId, false);
+
+	/* DROP EXTENSION qlater: its workers here leave once it commits */
+	if (access == OAT_DROP && classId == ExtensionRelationId && ql_shared != NULL)
+	{
+		char	   *name = get_extension_name(objectId);
+
+		if (name != NULL && strcmp(name, "qlater") == 0)
+			pending_extension_drop = true;
+	}
 
 	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
 	{
@@ -358,6 +370,25 @@ ql_wake_another_worker(void)
 }
 
 /*
+ * ql_wake_all_workers: set the latch of every worker of this database, so
+ * that each looks again (and finds the extension gone)
+ */
+static void
+ql_wake_all_workers(void)
+{
+	int			i;
+
+	for (i = 0; i < ql_shared->nslots; i++)
+	{
+		QlWorkerSlot *slot = &ql_shared->slots[i];
+		Latch	   *latch = slot->latch;
+
+		if (slot->dboid == MyDatabaseId && latch != NULL)
+			SetLatch(latch);
+	}
+}
+
+/*
  * ql_mark_database_active: record that this database has qlater and wake
  * the launcher, which starts its workers.
  */
@@ -455,6 +486,8 @@ ql_xact_callback(XactEvent event, void *arg)
 					ql_wake_idle_workers(1, pending_future);
 				if (pending_launcher_wake)
 					ql_mark_database_active();
+				if (pending_extension_drop)
+					ql_wake_all_workers();
 				if (pending_cancels != NIL)
 					ql_signal_cancels(pending_cancels);
 			}
@@ -466,6 +499,7 @@ ql_xact_callback(XactEvent event, void *arg)
 			pending_future = 0;
 			pending_lower = false;
 			pending_launcher_wake = false;
+			pending_extension_drop = false;
 			if (pending_cancels != NIL)
 			{
 				list_free_deep(pending_cancels);

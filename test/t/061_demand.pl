@@ -171,6 +171,40 @@ ok( $node->poll_query_until(
 $node->safe_psql($_, "SELECT qlater_enqueue('work', '[1]')") for @rest;
 wait_done(1, 'the other databases keep running their jobs', @rest);
 
+### with a poll interval of 10 minutes, nothing waits for the poll:
+# DROP EXTENSION makes the database's workers leave at once, and a copy of
+# a template database that holds a job, which no CREATE EXTENSION
+# announces, is found and its job run
+$node->safe_psql('postgres', "ALTER SYSTEM SET qlater.poll_interval = '10min'");
+$node->reload;
+$node->safe_psql('postgres', 'CREATE DATABASE tmpl');
+$node->safe_psql('tmpl', $setup);
+$node->safe_psql('tmpl', "SELECT qlater_enqueue('work', '[7]', run_at => now() + interval '40 seconds')");
+$node->safe_psql('postgres', 'ALTER DATABASE tmpl WITH ALLOW_CONNECTIONS false');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'tmpl'"
+	),
+	'no worker stays in a database that no longer allows connections');
+$node->safe_psql('postgres', 'CREATE DATABASE copy TEMPLATE tmpl');
+ok($node->poll_query_until('copy', 'SELECT count(*) = 1 FROM done WHERE i = 7'),
+	'the job of a copy of a template database runs');
+$node->safe_psql('d5', "SELECT qlater_enqueue('work', '[5]')");
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd5'"
+	),
+	'd5 has a worker');
+$node->safe_psql('d5', 'DROP EXTENSION qlater CASCADE');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd5'"
+	),
+	'after DROP EXTENSION its workers leave, without waiting for the poll');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET qlater.poll_interval');
+$node->reload;
+@rest = grep { $_ ne 'd5' } @rest;
+
 ### a database that waits long for a worker is logged, once
 $node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @rest;
 for my $db (@rest)
