@@ -428,6 +428,7 @@ ql_balance(Oid *starved, int *nstarved)
 	int			n3 = 0;
 	int			nfree = 0;
 	int			nactive = 0;
+	bool		unserved = false;
 	int			i;
 	int			j;
 	long		retry_ms = -1;
@@ -595,6 +596,16 @@ ql_balance(Oid *starved, int *nstarved)
 	 * a free slot, else an idle worker, else a worker of the database with
 	 * the most workers whose slice is over (it leaves after its job).
 	 */
+	/*
+	 * Until the end of this pass, a worker that goes idle wakes the
+	 * launcher: one that went idle after the look at its slot below is
+	 * then not missed.
+	 */
+	if (n1 + n2 > 0)
+	{
+		pg_atomic_write_u32(&ql_shared->unserved, 1);
+		pg_memory_barrier();
+	}
 	qsort(need1, n1, sizeof(QlDatabase *), ql_need_cmp);
 	for (i = 0; i < n1; i++)
 	{
@@ -609,7 +620,10 @@ ql_balance(Oid *starved, int *nstarved)
 			/* a database already waiting on a busy worker takes an idle one */
 			victim = ql_pick_victim(db, 1, waits_on_job ? 0 : 1, now, &retry_ms);
 			if (victim < 0)
+			{
+				unserved = true;
 				continue;
+			}
 			ql_stop_worker(victim, db);
 		}
 		/* served otherwise: the busy worker asked to leave for it stays */
@@ -652,6 +666,8 @@ ql_balance(Oid *starved, int *nstarved)
 								nworkers[need2[i] - ql_shared->dbs] + 2, now, &retry_ms);
 		if (victim >= 0)
 			ql_stop_worker(victim, need2[i]);
+		else
+			unserved = true;
 	}
 
 	/*
@@ -728,6 +744,7 @@ ql_balance(Oid *starved, int *nstarved)
 			break;
 		nfree--;
 	}
+	pg_atomic_write_u32(&ql_shared->unserved, unserved ? 1 : 0);
 	LWLockRelease(ql_shared->lock);
 	return retry_ms;
 }

@@ -63,6 +63,7 @@ ql_shmem_startup(void)
 		ql_shared->lock = &(GetNamedLWLockTranche("qlater"))->lock;
 		ql_shared->nslots = ql_max_workers;
 		pg_atomic_init_u32(&ql_shared->notify_next, 0);
+		pg_atomic_init_u32(&ql_shared->unserved, 0);
 		for (i = 0; i < QL_MAX_DATABASES; i++)
 		{
 			SpinLockInit(&ql_shared->dbs[i].frontier_mutex);

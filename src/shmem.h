@@ -170,6 +170,10 @@ typedef struct QlShared
 	QlCrashedJob crashed[QL_MAX_CRASHED];
 	QlListener	listeners[QL_MAX_LISTENERS];
 	pg_atomic_uint32 notify_next;	/* round robin among listeners */
+	pg_atomic_uint32 unserved;	/* a database waits for a worker that no
+								 * free slot or idle worker could give
+								 * (launcher.c): a worker going idle
+								 * wakes the launcher */
 	int			nslots;
 	QlWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } QlShared;

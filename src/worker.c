@@ -430,6 +430,11 @@ qlater_worker_main(Datum main_arg)
 			pg_atomic_write_u64(&my_slot->wake_at,
 								(uint64) TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 																	 sleep_ms));
+			/* a database waits for a worker: this one, idle now, may be it */
+			pg_memory_barrier();
+			if (pg_atomic_read_u32(&ql_shared->unserved) != 0 &&
+				ql_shared->launcher_latch != NULL)
+				SetLatch(ql_shared->launcher_latch);
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 sleep_ms, PG_WAIT_EXTENSION);
 		}
