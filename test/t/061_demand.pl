@@ -148,7 +148,9 @@ for (1 .. 50)
 	usleep(20_000);
 }
 ok($killed, "SIGKILL to a worker in a job ($before of 12,000 jobs done)");
-ok($node->wait_for_log(qr/all server processes terminated; reinitializing/, $crash_offset),
+ok( $node->wait_for_log(
+		qr/all server processes terminated; reinitializing(?s:.*)database system is ready to accept connections/,
+		$crash_offset),
 	'the server restarts');
 wait_done(1500, 'after the crash-restart every database drains', @dbs);
 is(tally(@dbs), join(',', map { "$_:1500:1500" } @dbs), 'each job ran exactly once');
