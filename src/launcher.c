@@ -97,6 +97,8 @@ typedef struct QlLauncherSlot
 	BackgroundWorkerHandle *handle;
 	QlDatabase *db;				/* its database's entry */
 	QlDatabase *stop_for;		/* asked to leave to make room for */
+	bool		stop_for_none;	/* ... a database that had no worker */
+	QlDatabase *handoff;		/* freed: to be given to this database */
 	TimestampTz started_at;
 	TimestampTz failed_at;		/* its last worker did not leave on purpose */
 } QlLauncherSlot;
@@ -108,6 +110,7 @@ static int	nworkers[QL_MAX_DATABASES];
 static bool pending[QL_MAX_DATABASES];
 static bool pending_busy[QL_MAX_DATABASES];	/* the stop waits for a job */
 static int	nidle[QL_MAX_DATABASES];	/* of nworkers, asleep with nothing to do */
+static TimestampTz stop_asked[QL_MAX_DATABASES];	/* last stop made for it */
 static bool registration_failure_logged = false;
 
 /*
@@ -364,8 +367,12 @@ ql_stop_worker(int slotno, QlDatabase *db)
 
 	slot->stop_requested = true;
 	lslots[slotno].stop_for = db;
+	lslots[slotno].stop_for_none = (db != NULL && nworkers[db - ql_shared->dbs] == 0);
 	if (db != NULL)
+	{
 		pending[db - ql_shared->dbs] = true;
+		stop_asked[db - ql_shared->dbs] = GetCurrentTimestamp();
+	}
 	if (lslots[slotno].db != NULL)
 		nworkers[lslots[slotno].db - ql_shared->dbs]--;
 	if (slot->latch)
@@ -373,10 +380,24 @@ ql_stop_worker(int slotno, QlDatabase *db)
 }
 
 /*
- * ql_unstop_for: take back the requests to leave made for a database to
- * workers still in a job.  One that saw its request already leaves: its
- * database is then served again as any other.
+ * ql_unstop: take back the request to leave made to the worker of a slot,
+ * if it is still in a job (one that saw its request already leaves: its
+ * database is then served again as any other)
  */
+static void
+ql_unstop(int slotno)
+{
+	QlWorkerSlot *slot = &ql_shared->slots[slotno];
+
+	if (!slot->stop_requested || pg_atomic_read_u64(&slot->job_id) == 0)
+		return;
+	slot->stop_requested = false;
+	lslots[slotno].stop_for = NULL;
+	if (lslots[slotno].db != NULL)
+		nworkers[lslots[slotno].db - ql_shared->dbs]++;
+}
+
+/* ql_unstop_for: take back the requests to leave made for a database */
 static void
 ql_unstop_for(QlDatabase *db)
 {
@@ -384,15 +405,8 @@ ql_unstop_for(QlDatabase *db)
 
 	for (j = 0; j < ql_shared->nslots; j++)
 	{
-		QlWorkerSlot *slot = &ql_shared->slots[j];
-
-		if (lslots[j].handle == NULL || lslots[j].stop_for != db ||
-			pg_atomic_read_u64(&slot->job_id) == 0)
-			continue;
-		slot->stop_requested = false;
-		lslots[j].stop_for = NULL;
-		if (lslots[j].db != NULL)
-			nworkers[lslots[j].db - ql_shared->dbs]++;
+		if (lslots[j].handle != NULL && lslots[j].stop_for == db)
+			ql_unstop(j);
 	}
 }
 
@@ -468,6 +482,11 @@ ql_balance(Oid *starved, int *nstarved)
 		}
 		if (db != NULL)
 			db->last_served = now;
+		/* the slot goes to the database it was freed for */
+		if (slot->left && lslots[j].stop_for != NULL &&
+			(lslots[j].stop_for->state == QL_DB_UNKNOWN ||
+			 lslots[j].stop_for->state == QL_DB_ACTIVE))
+			lslots[j].handoff = lslots[j].stop_for;
 		pfree(lslots[j].handle);
 		lslots[j].handle = NULL;
 		lslots[j].db = NULL;
@@ -500,6 +519,28 @@ ql_balance(Oid *starved, int *nstarved)
 			if (pg_atomic_read_u64(&slot->job_id) != 0)
 				pending_busy[lslots[j].stop_for - ql_shared->dbs] = true;
 		}
+	}
+
+	/*
+	 * A slot freed for a database goes to it; a stop made for a database
+	 * that had no worker and has one now is taken back if its worker is
+	 * still in a job.
+	 */
+	for (j = 0; j < nslots; j++)
+	{
+		QlDatabase *to = lslots[j].handoff;
+
+		lslots[j].handoff = NULL;
+		if (to != NULL)
+			(void) ql_start_worker(to);
+	}
+	for (j = 0; j < nslots; j++)
+	{
+		QlDatabase *to = lslots[j].stop_for;
+
+		if (lslots[j].handle != NULL && to != NULL && lslots[j].stop_for_none &&
+			nworkers[to - ql_shared->dbs] > 0)
+			ql_unstop(j);
 	}
 
 	/* what each database needs */
@@ -611,24 +652,47 @@ ql_balance(Oid *starved, int *nstarved)
 	{
 		QlDatabase *db = need1[i];
 		bool		waits_on_job = pending_busy[db - ql_shared->dbs];
+		bool		ask_busy = true;
 		int			victim;
 
 		if (nfree > 0 && ql_start_worker(db))
-			nfree--;
-		else
 		{
-			/* a database already waiting on a busy worker takes an idle one */
-			victim = ql_pick_victim(db, 1, waits_on_job ? 0 : 1, now, &retry_ms);
-			if (victim < 0)
-			{
-				unserved = true;
-				continue;
-			}
-			ql_stop_worker(victim, db);
+			nfree--;
+			/* served: the busy workers asked to leave for it stay */
+			if (waits_on_job)
+				ql_unstop_for(db);
+			continue;
 		}
-		/* served otherwise: the busy worker asked to leave for it stays */
+
+		/*
+		 * A database that waits for a busy worker to leave takes an idle
+		 * one (and the busy one stays), and every QL_SLICE_MS asks one
+		 * more busy worker, as the first may run a long job: the first to
+		 * leave serves it, and the requests to the others are taken back.
+		 */
 		if (waits_on_job)
+		{
+			TimestampTz again = TimestampTzPlusMilliseconds(stop_asked[db - ql_shared->dbs],
+															QL_SLICE_MS);
+
+			ask_busy = (again <= now);
+			if (!ask_busy)
+			{
+				long		wait = TimestampDifferenceMilliseconds(now, again) + 1;
+
+				if (retry_ms < 0 || wait < retry_ms)
+					retry_ms = wait;
+			}
+		}
+		victim = ql_pick_victim(db, 1, ask_busy ? 1 : 0, now, &retry_ms);
+		if (victim < 0)
+		{
+			unserved = true;
+			continue;
+		}
+		if (waits_on_job && ql_slot_idle(&ql_shared->slots[victim]))
 			ql_unstop_for(db);
+		ql_stop_worker(victim, db);
 	}
 
 	/*
