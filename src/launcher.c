@@ -131,7 +131,15 @@ ql_launcher_exit(int code, Datum arg)
 	ql_shared->launcher_pid = 0;
 	ql_shared->launcher_latch = NULL;
 	for (i = 0; i < ql_shared->nslots; i++)
+	{
+		QlDatabase *db = lslots != NULL ? lslots[i].db : NULL;
+
+		/* the jobs its workers ran are rolled back: the next launcher serves them */
+		if (lslots != NULL && lslots[i].handle != NULL && db != NULL &&
+			db->state == QL_DB_ACTIVE && db->dboid == ql_shared->slots[i].dboid)
+			pg_atomic_write_u32(&db->wanted, 1);
 		ql_shared->slots[i].dboid = InvalidOid;
+	}
 	LWLockRelease(ql_shared->lock);
 }
 
@@ -585,7 +593,8 @@ ql_balance(Oid *starved, int *nstarved)
 		{
 			if (db->waiting_since == 0)
 				db->waiting_since = now;
-			if (!db->starved_logged)
+			/* a probe that waits is not logged: there may be no job */
+			if (!db->starved_logged && db->state == QL_DB_ACTIVE)
 			{
 				TimestampTz at = TimestampTzPlusMilliseconds(db->waiting_since,
 															 QL_STARVED_LOG_MS);

@@ -29,6 +29,9 @@
 #include "storage/proc.h"
 #include "tcop/utility.h"
 #include "commands/user.h"
+#include "commands/dbcommands.h"
+#include "commands/defrem.h"
+#include "utils/syscache.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -67,6 +70,8 @@ static void ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 							   DestReceiver *dest, QueryCompletion *qc);
 static void ql_object_access(ObjectAccessType access, Oid classId,
 							 Oid objectId, int subId, void *arg);
+static bool ql_database_is_template(Oid dboid);
+static void ql_database_make_room(Oid dboid);
 
 /*
  * _PG_init: define the settings; when preloaded, set up shared memory and
@@ -158,12 +163,93 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 		if (OidIsValid(roleid) && has_createrole_privilege(GetUserId()))
 			ql_check_role_drop(roleid, true);	/* locks the role first */
 	}
+	/*
+	 * ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE need the
+	 * database without other sessions, as DROP DATABASE does: make room,
+	 * for whoever may run them (the commands check that again).
+	 */
+	if (ql_shared != NULL)
+	{
+		Oid			dboid = InvalidOid;
+
+		if (IsA(parsetree, RenameStmt) &&
+			((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+		{
+			dboid = get_database_oid(((RenameStmt *) parsetree)->subname, true);
+			if (OidIsValid(dboid) && !pg_database_ownercheck(dboid, GetUserId()))
+				dboid = InvalidOid;
+		}
+		else if (IsA(parsetree, CreatedbStmt))
+		{
+			ListCell   *lc;
+
+			foreach(lc, ((CreatedbStmt *) parsetree)->options)
+			{
+				DefElem    *opt = (DefElem *) lfirst(lc);
+
+				if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+					dboid = get_database_oid(defGetString(opt), true);
+			}
+			if (OidIsValid(dboid) &&
+				(!have_createdb_privilege() ||
+				 (!pg_database_ownercheck(dboid, GetUserId()) && !ql_database_is_template(dboid))))
+				dboid = InvalidOid;
+		}
+		if (OidIsValid(dboid))
+			ql_database_make_room(dboid);
+	}
 	if (prev_ProcessUtility_hook)
 		prev_ProcessUtility_hook(pstmt, queryString, readOnlyTree, context,
 								 params, queryEnv, dest, qc);
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+}
+
+/* ql_database_is_template: whether a database is marked as a template */
+static bool
+ql_database_is_template(Oid dboid)
+{
+	HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	bool		result = false;
+
+	if (HeapTupleIsValid(tup))
+	{
+		result = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+		ReleaseSysCache(tup);
+	}
+	return result;
+}
+
+/*
+ * ql_database_make_room: a command needs a database without other sessions
+ * (DROP DATABASE, ALTER DATABASE ... RENAME, CREATE DATABASE ... TEMPLATE),
+ * and waits a little for them to leave: make qlater's workers there leave
+ * now (a running job is rolled back, as at shutdown).  The launcher starts
+ * no worker there for a while; if the database is still there, it is
+ * probed again later (launcher.c).
+ */
+static void
+ql_database_make_room(Oid dboid)
+{
+	QlDatabase *db;
+	int			i;
+
+	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
+	db = ql_find_database(dboid, false);
+	if (db != NULL)
+	{
+		db->state = QL_DB_ABSENT;
+		db->dropping_since = GetCurrentTimestamp();
+	}
+	for (i = 0; i < ql_shared->nslots; i++)
+	{
+		QlWorkerSlot *slot = &ql_shared->slots[i];
+
+		if (slot->dboid == dboid && slot->pid != 0)
+			kill(slot->pid, SIGTERM);
+	}
+	LWLockRelease(ql_shared->lock);
 }
 
 /*
@@ -193,26 +279,7 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	}
 
 	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
-	{
-		QlDatabase *db;
-		int			i;
-
-		LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
-		db = ql_find_database(objectId, false);
-		if (db != NULL)
-		{
-			db->state = QL_DB_ABSENT;
-			db->dropping_since = GetCurrentTimestamp();
-		}
-		for (i = 0; i < ql_shared->nslots; i++)
-		{
-			QlWorkerSlot *slot = &ql_shared->slots[i];
-
-			if (slot->dboid == objectId && slot->pid != 0)
-				kill(slot->pid, SIGTERM);
-		}
-		LWLockRelease(ql_shared->lock);
-	}
+		ql_database_make_room(objectId);
 }
 
 /*

@@ -211,6 +211,62 @@ $node->safe_psql('postgres', 'ALTER SYSTEM RESET qlater.poll_interval');
 $node->reload;
 @rest = grep { $_ ne 'd5' } @rest;
 
+### the launcher ended by a DBA while a job runs: the job, rolled back with
+# its worker, runs again without waiting for a revisit
+$node->safe_psql('d2', 'TRUNCATE done');
+$node->safe_psql('d2', q{CREATE FUNCTION napwork(secs float8, i int) RETURNS void LANGUAGE sql
+AS $$ SELECT pg_sleep(secs); INSERT INTO done (i) VALUES (i) $$;
+SELECT qlater_register('napwork(float8,int)');
+SELECT qlater_enqueue('napwork', '[4, 44]')});
+ok($node->poll_query_until('d2', "SELECT count(*) = 1 FROM qlater_jobs WHERE state = 'running'"),
+	'd2 runs a 4 s job');
+my $lpid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qlater launcher'");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($lpid)");
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'qlater launcher' AND pid <> $lpid"),
+	'a new launcher starts');
+my $t_l = time;
+ok($node->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 44'),
+	'the job its worker ran runs again');
+cmp_ok(time - $t_l, '<', 60, 'without waiting for a revisit of the database');
+
+### ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE need the
+# database without sessions: the workers there make room, as for DROP
+# DATABASE; a role that may not run them moves nothing
+$node->safe_psql('d3', "SELECT qlater_enqueue('work', '[3]')");
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd3'"
+	),
+	'd3 has a worker');
+my $wpid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd3' LIMIT 1");
+$node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN CREATEDB');
+my ($r2, $o2, $e2) = $node->psql('postgres', 'ALTER DATABASE d3 RENAME TO d3x', extra_params => ['-U', 'mallory']);
+like($e2, qr/must be owner of database d3/, 'a role that does not own d3 may not rename it');
+($r2, $o2, $e2) = $node->psql('postgres', 'CREATE DATABASE stolen TEMPLATE d3', extra_params => ['-U', 'mallory']);
+like($e2, qr/permission denied to copy database "d3"/, 'nor copy it');
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE pid = $wpid"),
+	'1', 'and the worker of d3 stayed');
+($r2, $o2, $e2) = $node->psql('postgres', 'CREATE DATABASE d3copy TEMPLATE d3');
+is($r2, 0, 'CREATE DATABASE ... TEMPLATE of a database with a qlater worker');
+note $e2 if $r2;
+$node->safe_psql('d3', "SELECT qlater_enqueue('work', '[33]')");
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd3'"
+	),
+	'd3 has a worker again');
+($r2, $o2, $e2) = $node->psql('postgres', 'ALTER DATABASE d3 RENAME TO d3r');
+is($r2, 0, 'ALTER DATABASE ... RENAME of a database with a qlater worker');
+note $e2 if $r2;
+ok($node->poll_query_until('d3r', 'SELECT count(*) = 1 FROM done WHERE i = 33'),
+	'its jobs run after the rename');
+@rest = grep { $_ ne 'd3' } @rest;
+
 ### a database that waits long for a worker is logged, once
 $node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @rest;
 for my $db (@rest)
@@ -229,7 +285,7 @@ ok( $node->wait_for_log(qr/jobs of database "d2" have waited 30 seconds for a wo
 like(slurp_file($node->logfile, $offset), qr/HINT:  Raise "qlater.max_workers"/, 'with what to do');
 ok($node->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 42'),
 	'its job runs once a worker is free');
-my @logged = (slurp_file($node->logfile, $offset) =~ /have waited 30 seconds/g);
+my @logged = (slurp_file($node->logfile, $offset) =~ /database "d2" have waited 30 seconds/g);
 is(scalar @logged, 1, 'logged once');
 $node->safe_psql('d1', 'SELECT count(qlater_cancel(id)) FROM qlater_jobs');
 
