@@ -465,9 +465,13 @@ ql_mark_database_active(void)
 	QlDatabase *db;
 
 	LWLockAcquire(ql_shared->lock, LW_EXCLUSIVE);
-	db = ql_find_database(MyDatabaseId, true);
+	db = ql_add_database(MyDatabaseId);
 	if (db != NULL)
 		db->state = QL_DB_UNKNOWN;
+	else
+		ereport(WARNING,
+				(errmsg("qlater serves at most %d databases with the extension; this one gets no worker",
+						QL_MAX_DATABASES)));
 	LWLockRelease(ql_shared->lock);
 	if (ql_shared->launcher_latch)
 		SetLatch(ql_shared->launcher_latch);

@@ -23,6 +23,8 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+static QlDatabase *ql_find_database_ext(Oid dboid, bool create, bool evict_absent);
+
 static Size
 ql_shmem_size(void)
 {
@@ -113,6 +115,24 @@ ql_shmem_init(void)
 QlDatabase *
 ql_find_database(Oid dboid, bool create)
 {
+	return ql_find_database_ext(dboid, create, false);
+}
+
+/*
+ * ql_add_database: the entry of a database that has qlater, made if needed,
+ * even in a full table (taking the entry of a database without qlater); NULL
+ * if every entry is of a database with qlater.  Caller holds
+ * ql_shared->lock exclusively.
+ */
+QlDatabase *
+ql_add_database(Oid dboid)
+{
+	return ql_find_database_ext(dboid, true, true);
+}
+
+static QlDatabase *
+ql_find_database_ext(Oid dboid, bool create, bool evict_absent)
+{
 	QlDatabase *free_entry = NULL;
 	int			i;
 
@@ -127,6 +147,20 @@ ql_find_database(Oid dboid, bool create)
 		}
 		else if (db->dboid == dboid)
 			return db;
+	}
+	/*
+	 * A full table: a database that CREATE EXTENSION announces takes the
+	 * entry of one known to have no qlater (probed again if it gets it).
+	 */
+	if (create && free_entry == NULL && evict_absent)
+	{
+		for (i = 0; i < QL_MAX_DATABASES && free_entry == NULL; i++)
+		{
+			QlDatabase *db = &ql_shared->dbs[i];
+
+			if (db->state == QL_DB_ABSENT && db->dropping_since == 0)
+				free_entry = db;
+		}
 	}
 	if (create && free_entry != NULL)
 	{

@@ -183,6 +183,7 @@ extern const QlClaimKey ql_key_min;
 
 extern void ql_shmem_init(void);
 extern QlDatabase *ql_find_database(Oid dboid, bool create);
+extern QlDatabase *ql_add_database(Oid dboid);
 extern QlDatabase *ql_my_database(void);
 extern void ql_database_want(QlDatabase *db);
 extern void ql_database_due(QlDatabase *db, TimestampTz due);
