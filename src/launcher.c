@@ -699,8 +699,13 @@ ql_balance(Oid *starved, int *nstarved)
 			unserved = true;
 			continue;
 		}
-		if (waits_on_job && ql_slot_idle(&ql_shared->slots[victim]))
-			ql_unstop_for(db);
+		if (ql_slot_idle(&ql_shared->slots[victim]))
+		{
+			if (waits_on_job)
+				ql_unstop_for(db);
+		}
+		else if (retry_ms < 0 || retry_ms > QL_SLICE_MS + 1)
+			retry_ms = QL_SLICE_MS + 1; /* to ask another, if its job is long */
 		ql_stop_worker(victim, db);
 	}
 
