@@ -164,9 +164,10 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 			ql_check_role_drop(roleid, true);	/* locks the role first */
 	}
 	/*
-	 * ALTER DATABASE ... RENAME and CREATE DATABASE ... TEMPLATE need the
-	 * database without other sessions, as DROP DATABASE does: make room,
-	 * for whoever may run them (the commands check that again).
+	 * ALTER DATABASE ... RENAME, ALTER DATABASE ... SET TABLESPACE and
+	 * CREATE DATABASE ... TEMPLATE need the database without other
+	 * sessions, as DROP DATABASE does: make room, for whoever may run them
+	 * (the commands check that again).
 	 */
 	if (ql_shared != NULL)
 	{
@@ -176,6 +177,19 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 			((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
 		{
 			dboid = get_database_oid(((RenameStmt *) parsetree)->subname, true);
+			if (OidIsValid(dboid) && !pg_database_ownercheck(dboid, GetUserId()))
+				dboid = InvalidOid;
+		}
+		else if (IsA(parsetree, AlterDatabaseStmt))
+		{
+			ListCell   *lc;
+
+			/* ALTER DATABASE ... SET TABLESPACE */
+			foreach(lc, ((AlterDatabaseStmt *) parsetree)->options)
+			{
+				if (strcmp(((DefElem *) lfirst(lc))->defname, "tablespace") == 0)
+					dboid = get_database_oid(((AlterDatabaseStmt *) parsetree)->dbname, true);
+			}
 			if (OidIsValid(dboid) && !pg_database_ownercheck(dboid, GetUserId()))
 				dboid = InvalidOid;
 		}

@@ -260,11 +260,28 @@ ok( $node->poll_query_until(
 		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd3'"
 	),
 	'd3 has a worker again');
+$node->safe_psql('d3', "SELECT qlater_enqueue('work', '[34]')");
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd3'"
+	),
+	'd3 has a worker once more');
+my $tsdir = PostgreSQL::Test::Utils::tempdir_short();
+$node->safe_psql('postgres', "CREATE TABLESPACE ts LOCATION '$tsdir'");
+($r2, $o2, $e2) = $node->psql('postgres', 'ALTER DATABASE d3 SET TABLESPACE ts');
+is($r2, 0, 'ALTER DATABASE ... SET TABLESPACE of a database with a qlater worker');
+note $e2 if $r2;
+$node->safe_psql('d3', "SELECT qlater_enqueue('work', '[35]')");
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd3'"
+	),
+	'd3 has a worker after the move');
 ($r2, $o2, $e2) = $node->psql('postgres', 'ALTER DATABASE d3 RENAME TO d3r');
 is($r2, 0, 'ALTER DATABASE ... RENAME of a database with a qlater worker');
 note $e2 if $r2;
-ok($node->poll_query_until('d3r', 'SELECT count(*) = 1 FROM done WHERE i = 33'),
-	'its jobs run after the rename');
+ok($node->poll_query_until('d3r', 'SELECT count(*) = 4 FROM done WHERE i IN (3, 33, 34, 35)'),
+	'its jobs run after the move and the rename');
 @rest = grep { $_ ne 'd3' } @rest;
 
 ### a database that waits long for a worker is logged, once
