@@ -418,6 +418,16 @@ ql_unstop_for(QlDatabase *db)
 	}
 }
 
+/* ql_fewest_cmp: qsort order of databases: the fewest workers first */
+static int
+ql_fewest_cmp(const void *a, const void *b)
+{
+	int			na = nworkers[*(QlDatabase *const *) a - ql_shared->dbs];
+	int			nb = nworkers[*(QlDatabase *const *) b - ql_shared->dbs];
+
+	return (na > nb) - (na < nb);
+}
+
 /* ql_need_cmp: qsort order of needs: the longest waiting first */
 static int
 ql_need_cmp(const void *a, const void *b)
@@ -718,19 +728,7 @@ ql_balance(Oid *starved, int *nstarved)
 	 * next job starts at once; with more databases than workers, idle
 	 * workers go where the work is.
 	 */
-	for (i = 0; i < n2; i++)
-	{
-		for (j = i + 1; j < n2; j++)
-		{
-			if (nworkers[need2[j] - ql_shared->dbs] < nworkers[need2[i] - ql_shared->dbs])
-			{
-				QlDatabase *t = need2[i];
-
-				need2[i] = need2[j];
-				need2[j] = t;
-			}
-		}
-	}
+	qsort(need2, n2, sizeof(QlDatabase *), ql_fewest_cmp);
 	for (i = 0; i < n2; i++)
 	{
 		int			victim;
@@ -844,7 +842,7 @@ ql_log_starved(const Oid *starved, int nstarved)
 		char	   *name = get_database_name(starved[i]);
 
 		ereport(LOG,
-				(errmsg("qlater: jobs of database \"%s\" have waited %d seconds for a worker",
+				(errmsg("jobs of database \"%s\" have waited %d seconds for a worker",
 						name ? name : "?", QL_STARVED_LOG_MS / 1000),
 				 errdetail("All %d workers (qlater.max_workers) are running jobs in other databases.",
 						   ql_shared->nslots),

@@ -71,6 +71,7 @@ static void ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 static void ql_object_access(ObjectAccessType access, Oid classId,
 							 Oid objectId, int subId, void *arg);
 static bool ql_database_is_template(Oid dboid);
+static Oid	ql_database_needed_alone(Node *parsetree);
 static void ql_database_make_room(Oid dboid);
 
 /*
@@ -163,52 +164,10 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 		if (OidIsValid(roleid) && has_createrole_privilege(GetUserId()))
 			ql_check_role_drop(roleid, true);	/* locks the role first */
 	}
-	/*
-	 * ALTER DATABASE ... RENAME, ALTER DATABASE ... SET TABLESPACE and
-	 * CREATE DATABASE ... TEMPLATE need the database without other
-	 * sessions, as DROP DATABASE does: make room, for whoever may run them
-	 * (the commands check that again).
-	 */
 	if (ql_shared != NULL)
 	{
-		Oid			dboid = InvalidOid;
+		Oid			dboid = ql_database_needed_alone(parsetree);
 
-		if (IsA(parsetree, RenameStmt) &&
-			((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
-		{
-			dboid = get_database_oid(((RenameStmt *) parsetree)->subname, true);
-			if (OidIsValid(dboid) && !pg_database_ownercheck(dboid, GetUserId()))
-				dboid = InvalidOid;
-		}
-		else if (IsA(parsetree, AlterDatabaseStmt))
-		{
-			ListCell   *lc;
-
-			/* ALTER DATABASE ... SET TABLESPACE */
-			foreach(lc, ((AlterDatabaseStmt *) parsetree)->options)
-			{
-				if (strcmp(((DefElem *) lfirst(lc))->defname, "tablespace") == 0)
-					dboid = get_database_oid(((AlterDatabaseStmt *) parsetree)->dbname, true);
-			}
-			if (OidIsValid(dboid) && !pg_database_ownercheck(dboid, GetUserId()))
-				dboid = InvalidOid;
-		}
-		else if (IsA(parsetree, CreatedbStmt))
-		{
-			ListCell   *lc;
-
-			foreach(lc, ((CreatedbStmt *) parsetree)->options)
-			{
-				DefElem    *opt = (DefElem *) lfirst(lc);
-
-				if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
-					dboid = get_database_oid(defGetString(opt), true);
-			}
-			if (OidIsValid(dboid) &&
-				(!have_createdb_privilege() ||
-				 (!pg_database_ownercheck(dboid, GetUserId()) && !ql_database_is_template(dboid))))
-				dboid = InvalidOid;
-		}
 		if (OidIsValid(dboid))
 			ql_database_make_room(dboid);
 	}
@@ -218,6 +177,58 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+}
+
+/* ql_option: the option of a statement's list with that name, or NULL */
+static DefElem *
+ql_option(List *options, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, options)
+	{
+		DefElem    *opt = (DefElem *) lfirst(lc);
+
+		if (strcmp(opt->defname, name) == 0)
+			return opt;
+	}
+	return NULL;
+}
+
+/*
+ * ql_database_needed_alone: the database that a utility statement needs
+ * without other sessions, as DROP DATABASE does (ALTER DATABASE ... RENAME,
+ * ALTER DATABASE ... SET TABLESPACE, CREATE DATABASE ... TEMPLATE), if the
+ * current role may run it (the command checks that again); else InvalidOid.
+ */
+static Oid
+ql_database_needed_alone(Node *parsetree)
+{
+	Oid			dboid = InvalidOid;
+
+	if (IsA(parsetree, RenameStmt) &&
+		((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+		dboid = get_database_oid(((RenameStmt *) parsetree)->subname, true);
+	else if (IsA(parsetree, AlterDatabaseStmt) &&
+			 ql_option(((AlterDatabaseStmt *) parsetree)->options, "tablespace") != NULL)
+		dboid = get_database_oid(((AlterDatabaseStmt *) parsetree)->dbname, true);
+	else if (IsA(parsetree, CreatedbStmt))
+	{
+		DefElem    *template = ql_option(((CreatedbStmt *) parsetree)->options, "template");
+
+		if (template != NULL && template->arg != NULL)
+			dboid = get_database_oid(defGetString(template), true);
+		/* copying a database takes CREATEDB and its ownership or a template */
+		if (OidIsValid(dboid) &&
+			(!have_createdb_privilege() ||
+			 (!pg_database_ownercheck(dboid, GetUserId()) && !ql_database_is_template(dboid))))
+			return InvalidOid;
+		return dboid;
+	}
+	/* renaming or moving a database takes its ownership */
+	if (OidIsValid(dboid) && !pg_database_ownercheck(dboid, GetUserId()))
+		return InvalidOid;
+	return dboid;
 }
 
 /* ql_database_is_template: whether a database is marked as a template */
