@@ -1,0 +1,343 @@
+# 130_upgrade.pl: from release 0.1 to this tree.  A cluster runs the 0.1
+# library with two databases at extension version 0.1 holding every kind
+# of state (pending, future, running and dead jobs of several roles, a
+# schedule, an external queue with consumers and jobs of another role,
+# declared queues with batches, queues of one role and of two); the new
+# library is installed and the server restarted: the databases still at
+# 0.1 are served without a crash, their SQL functions refuse to work until
+# ALTER EXTENSION qlater UPDATE, and no job runs; then each database is
+# updated on its own, and its jobs run, once each, as their roles, with the
+# queues, owners and grants the upgrade script gives them.
+#
+# Both versions are installed into a private copy of the PostgreSQL
+# installation that pg_config (on PATH) names, made in this test's own
+# temporary folder: the installation the other tests use is not touched.
+# The source of 0.1 is git tag v0.1 (QL_OLD_SRC: see test/run).
+use strict;
+use warnings;
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Path qw(make_path);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $old_version = '0.1';
+my $new_version = '0.2';
+
+### where the source of 0.1 comes from
+# test/run takes it from git (tag v0.1) and passes it in QL_OLD_SRC: the
+# tree the suite runs in is a copy without .git.  Run by hand ("make
+# installcheck" in a git checkout), the test takes it from git itself.
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+my $old_src = $ENV{QL_OLD_SRC};
+my $tree = $ENV{TESTDIR} || abs_path('.');
+if (!defined $old_src || $old_src eq '')
+{
+	if (system("git -C '$tree' rev-parse --git-dir >/dev/null 2>&1") == 0)
+	{
+		$old_src = "$tmp/v$old_version-src";
+		make_path($old_src);
+		system("git -C '$tree' archive v$old_version | tar -x -C '$old_src'") == 0
+		  or die "no git tag v$old_version in $tree (fetch the tags)";
+	}
+	else
+	{
+		$old_src = 'none';
+	}
+}
+if ($old_src eq 'none')
+{
+	plan skip_all =>
+	  "no git history: the source of release $old_version (git tag v$old_version) is not at hand";
+}
+-f "$old_src/qlater.control"
+  or die "the source of release $old_version is not in $old_src (QL_OLD_SRC): "
+  . "test/run takes it from git tag v$old_version";
+
+### a private copy of the PostgreSQL installation
+# PostgreSQL finds its share and lib folders relative to its binaries, so a
+# copy that keeps their layout under one folder is an installation of its
+# own, whose pg_config names the copy's paths.  The headers are only read:
+# the copy links to them.
+sub pg_config
+{
+	my ($pg_config, $what) = @_;
+	my $v = `'$pg_config' --$what`;
+	die "$pg_config --$what failed" if $? != 0;
+	chomp $v;
+	return $v;
+}
+my $sys_bin = abs_path(pg_config('pg_config', 'bindir'));
+my $sys_inst = dirname($sys_bin);    # holds bin/ and lib/
+my $sys_share = abs_path(pg_config('pg_config', 'sharedir'));
+my $sys_include = abs_path(pg_config('pg_config', 'includedir-server'));
+# the longest folder that holds all three: /usr for Debian's packages
+my @common = split m{/}, $sys_inst;
+for my $p ($sys_share, $sys_include)
+{
+	my @c = split m{/}, $p;
+	my $i = 0;
+	$i++ while $i < @common && $i < @c && $common[$i] eq $c[$i];
+	splice(@common, $i);
+}
+my $sys_root = join('/', @common);
+die "no common folder of $sys_inst, $sys_share and $sys_include" if $sys_root eq '';
+my $rel = sub { my $p = shift; $p =~ s{^\Q$sys_root\E/}{} or die "$p is not under $sys_root"; $p };
+
+my $root = "$tmp/pg";
+my $inst = "$root/" . $rel->($sys_inst);
+my $share = "$root/" . $rel->($sys_share);
+make_path(dirname($inst), dirname($share));
+system('cp', '-R', $sys_inst, $inst) == 0 or die "could not copy $sys_inst";
+system('cp', '-R', $sys_share, $share) == 0 or die "could not copy $sys_share";
+my $include_top = (split m{/}, $rel->($sys_include))[0];
+symlink("$sys_root/$include_top", "$root/$include_top")
+  or die "could not link $root/$include_top: $!";
+my $pg_config = "$inst/bin/pg_config";
+is(pg_config($pg_config, 'sharedir'), $share, 'the copy of PostgreSQL finds its own share folder');
+my $pkglib = pg_config($pg_config, 'pkglibdir');
+like($pkglib, qr{^\Q$root\E/}, 'and its own lib folder');
+
+# the copy has the qlater the suite installed: take it out
+unlink(glob("$pkglib/qlater.so $pkglib/bitcode/qlater.index.bc $share/extension/qlater*"));
+system('rm', '-rf', "$pkglib/bitcode/qlater");
+
+# make in the copy: the make above the test (make installcheck) passes its
+# own command line variables (PG_CONFIG, ...) down in MAKEFLAGS, which must
+# not reach this one.  JIT bitcode is left out (with_llvm=no): it is not
+# what is tested, and building it doubles the time.
+sub make_in
+{
+	my ($dir, @targets) = @_;
+	local %ENV = %ENV;
+	delete @ENV{qw(MAKEFLAGS MFLAGS MAKEOVERRIDES MAKELEVEL top_builddir)};
+	return run_log(
+		[
+			'make', '-C', $dir, '-s', '-j4', "PG_CONFIG=$pg_config",
+			'with_llvm=no', @targets
+		]);
+}
+
+my $old_build = "$tmp/v$old_version-build";
+system('cp', '-R', $old_src, $old_build) == 0 or die "could not copy $old_src";
+make_in($old_build, 'clean');
+ok(make_in($old_build, 'all') && make_in($old_build, 'install'),
+	"release $old_version builds and installs into the copy")
+  or die "cannot go on without release $old_version";
+like(slurp_file("$share/extension/qlater.control"),
+	qr/default_version = '\Q$old_version\E'/,
+	"the copy has qlater $old_version");
+
+### the cluster, at 0.1
+# One worker: once a job sleeps in it, every other due job waits, in both
+# databases, and is still pending when the server stops.
+my $node = PostgreSQL::Test::Cluster->new('upgrade', install_path => $inst);
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 1\n"
+	  . "max_worker_processes = 16\n"
+	  . "log_min_messages = info\n");
+$node->start;
+my $su = $node->safe_psql('postgres', 'SELECT current_user');
+like(
+	$node->safe_psql('postgres', 'SELECT version()'),
+	qr/^PostgreSQL 15/, 'the copy runs');
+
+$node->safe_psql(
+	'postgres', q{
+CREATE ROLE tenant_a LOGIN;
+CREATE ROLE tenant_b LOGIN;
+CREATE ROLE app_worker LOGIN;
+CREATE DATABASE qdb1;
+CREATE DATABASE qdb2;
+});
+
+# in each database: the extension at 0.1, handlers of the superuser and of
+# each tenant
+for my $db ('qdb1', 'qdb2')
+{
+	$node->safe_psql(
+		$db, q{
+CREATE EXTENSION qlater;
+CREATE TABLE hits (label text, cu text, at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE pass (label text PRIMARY KEY);
+CREATE TABLE ctl (sleep boolean);
+INSERT INTO ctl VALUES (true);
+GRANT SELECT, INSERT ON hits TO PUBLIC;
+GRANT SELECT ON pass, ctl TO PUBLIC;
+CREATE FUNCTION hit(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+-- fails unless its label is in pass
+CREATE FUNCTION maybe(label text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM public.pass p WHERE p.label = maybe.label) THEN
+        RAISE EXCEPTION 'no pass for %', label;
+    END IF;
+    INSERT INTO public.hits (label, cu) VALUES (label, current_user);
+END
+$$;
+-- sleeps while ctl says so
+CREATE FUNCTION nap(label text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.hits (label, cu) VALUES (label, current_user);
+    IF (SELECT sleep FROM public.ctl) THEN
+        PERFORM pg_sleep(600);
+    END IF;
+END
+$$;
+SELECT qlater_register('hit(text)');
+SELECT qlater_register('maybe(text)', max_attempts => 1);
+SELECT qlater_register('nap(text)', queue => 'slow');
+CREATE SCHEMA ta AUTHORIZATION tenant_a;
+CREATE SCHEMA tb AUTHORIZATION tenant_b;
+SET ROLE tenant_a;
+CREATE FUNCTION ta.work(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+SELECT qlater_register('ta.work(text)', queue => 'qa');
+SET ROLE tenant_b;
+CREATE FUNCTION tb.work(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+SELECT qlater_register('tb.work(text)', queue => 'shared');
+});
+	is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+		$old_version, "$db has qlater $old_version");
+}
+
+# qdb1: declared queues, an external queue with a consumer, a schedule,
+# dead jobs
+$node->safe_psql(
+	'qdb1', q{
+SET ROLE tenant_a;
+-- 'default' declared by a tenant: batches of 4
+SELECT qlater_create_queue('default', batch_size => 4);
+SELECT qlater_create_queue('ext', external => true);
+SELECT qlater_grant_queue('ext', 'app_worker');
+SET ROLE tenant_b;
+SELECT qlater_create_queue('batched', batch_size => 8, batch_delay => '50 ms');
+SELECT qlater_schedule('tick', '1 seconds', 'tb.work', '["tick"]', queue => 'sched_b');
+SET ROLE tenant_a;
+SELECT qlater_enqueue('maybe', '["d-a"]');
+RESET ROLE;
+SELECT qlater_enqueue('maybe', '["d-su"]');
+});
+$node->safe_psql('qdb2', q{SELECT qlater_enqueue('maybe', '["d2-su"]')});
+ok( $node->poll_query_until(
+		'qdb1', "SELECT count(*) = 2 FROM qlater_jobs WHERE state = 'dead'"),
+	'qdb1: 2 dead jobs');
+ok( $node->poll_query_until(
+		'qdb2', "SELECT count(*) = 1 FROM qlater_jobs WHERE state = 'dead'"),
+	'qdb2: a dead job');
+ok( $node->poll_query_until(
+		'qdb1', "SELECT count(*) >= 1 FROM hits WHERE label = 'tick'"),
+	'qdb1: the schedule fires under 0.1');
+
+# the one worker takes a job that sleeps
+$node->safe_psql('qdb1', q{SELECT qlater_enqueue('nap', '["nap"]')});
+ok( $node->poll_query_until(
+		'qdb1', "SELECT count(*) = 1 FROM qlater_jobs WHERE handler = 'public.nap(text)' AND state = 'running'"),
+	'qdb1: a job sleeps in the only worker');
+
+# pending jobs behind it, due and in the future, of every role, in every
+# kind of queue; app jobs of two roles in the external queue
+$node->safe_psql(
+	'qdb1', q{
+SELECT qlater_enqueue('hit', '["p-su"]');
+SELECT qlater_enqueue('hit', '["p-su-batched-1"]', queue => 'batched');
+SELECT qlater_enqueue('hit', '["p-su-batched-2"]', queue => 'batched');
+SELECT qlater_enqueue('hit', '["p-su-soon"]', run_at => now() + interval '15 seconds');
+SELECT qlater_enqueue('hit', '["p-su-far"]', run_at => '2100-01-01 00:00+00');
+SET ROLE tenant_a;
+SELECT qlater_enqueue('hit', '["p-a"]');
+SELECT qlater_enqueue('ta.work', '["p-a-qa"]');
+SELECT qlater_enqueue('hit', '["p-a-shared"]', queue => 'shared');
+SELECT qlater_enqueue('ExportA', '{"tenant": "a"}', queue => 'ext');
+SET ROLE tenant_b;
+SELECT qlater_enqueue('tb.work', '["p-b-shared"]');
+SELECT qlater_enqueue('hit', '["p-b-batched"]', queue => 'batched');
+SELECT qlater_enqueue('ExportB', '{"tenant": "b"}', queue => 'ext');
+});
+$node->safe_psql(
+	'qdb2', q{
+SELECT qlater_enqueue('hit', '["p2-su"]');
+SELECT qlater_enqueue('hit', '["p2-su-far"]', run_at => '2100-01-01 00:00+00');
+SET ROLE tenant_a;
+SELECT qlater_enqueue('hit', '["p2-a"]');
+SELECT qlater_enqueue('ta.work', '["p2-a-qa"]');
+});
+sleep(1);
+is($node->safe_psql('qdb1', "SELECT count(*) FROM hits WHERE label LIKE 'p-%'"),
+	'0', 'qdb1: the pending jobs wait behind the sleeping job');
+is($node->safe_psql('qdb2', "SELECT count(*) FROM hits WHERE label LIKE 'p2-%'"),
+	'0', 'qdb2: its pending jobs wait too');
+
+# what the upgrade must keep
+my $jobs_q = q{
+SELECT id, queue, handler, args, priority, run_at, attempts, max_attempts,
+       last_error, role, timeout, crashes, enqueued_at
+  FROM qlater_jobs ORDER BY id};
+my %jobs_before = map { $_ => $node->safe_psql($_, $jobs_q) } ('qdb1', 'qdb2');
+my %hits_before = map { $_ => $node->safe_psql($_, 'SELECT count(*) FROM hits') } ('qdb1', 'qdb2');
+my $ticks_before = $node->safe_psql('qdb1', "SELECT count(*) FROM hits WHERE label = 'tick'");
+my $handlers_q = 'SELECT * FROM qlater_handler ORDER BY handler';
+my %handlers_before = map { $_ => $node->safe_psql($_, $handlers_q) } ('qdb1', 'qdb2');
+my $soon_at = $node->safe_psql('qdb1', "SELECT run_at FROM qlater_jobs WHERE args->>0 = 'p-su-soon'");
+
+# the sleeping job is rolled back by the shutdown; it must not sleep again
+$node->safe_psql('qdb1', 'UPDATE ctl SET sleep = false');
+$node->stop('fast');
+
+### the new library, on databases still at 0.1
+ok(make_in($tree, 'install'), 'this tree installs into the copy');
+like(slurp_file("$share/extension/qlater.control"),
+	qr/default_version = '\Q$new_version\E'/,
+	"the copy has qlater $new_version");
+ok(-f "$share/extension/qlater--$old_version--$new_version.sql",
+	'with the upgrade script');
+
+my $log_offset = -s $node->logfile;
+# two workers: one for each database
+$node->append_conf('postgresql.conf', "qlater.max_workers = 2\n");
+$node->start;
+
+for my $db ('qdb1', 'qdb2')
+{
+	my ($ret, $stdout, $stderr) =
+	  $node->psql($db, q{SELECT qlater_enqueue('hit', '["too-early"]')});
+	isnt($ret, 0, "$db at $old_version: qlater_enqueue fails");
+	like(
+		$stderr,
+		qr/extension "qlater" must be updated to version \Q$new_version\E/,
+		"$db: with the error that the extension must be updated");
+	like($stderr, qr/HINT:\s+Run ALTER EXTENSION qlater UPDATE/,
+		"$db: and the hint");
+	($ret, $stdout, $stderr) =
+	  $node->psql($db, q{SELECT qlater_retry(id) FROM qlater_jobs WHERE state = 'dead'});
+	like(
+		$stderr,
+		qr/must be updated to version \Q$new_version\E/,
+		"$db: qlater_retry fails the same way");
+}
+
+# the workers say once what to do, and wait
+ok( $node->wait_for_log(qr/LOG:.*ALTER EXTENSION qlater UPDATE/, $log_offset),
+	'the log says to run ALTER EXTENSION qlater UPDATE');
+sleep(3);
+for my $db ('qdb1', 'qdb2')
+{
+	is($node->safe_psql($db, 'SELECT count(*) FROM hits'),
+		$hits_before{$db}, "$db: no job ran while the extension is at $old_version");
+	is($node->safe_psql($db, $jobs_q), $jobs_before{$db},
+		"$db: its jobs are as they were");
+}
+is( $node->safe_psql(
+		'qdb1', q{SELECT attempts || '/' || crashes FROM qlater_jobs WHERE handler = 'public.nap(text)'}),
+	'0/0', 'the job the shutdown rolled back counts no attempt and no crash');
+
+# TODO: the rest once the 0.2 library is on main
+
+$node->stop;
+unlike(slurp_file($node->logfile), qr/terminated by signal/,
+	'no server process was terminated by a signal');
+done_testing();
