@@ -71,10 +71,19 @@ typedef struct QlDatabase
 	pg_atomic_uint32 wanted;
 	pg_atomic_uint64 next_due;
 
+	/*
+	 * Bumped after the commit of every change to the database's queues or
+	 * their grants: backends read the queues again (queue.c).
+	 */
+	pg_atomic_uint64 queues_gen;
+
 	/* the launcher's own bookkeeping, under lock */
 	TimestampTz waiting_since;	/* wants a worker and has none, since */
 	TimestampTz last_served;	/* a worker last left or started here */
 	bool		starved_logged; /* the long wait is logged */
+
+	/* a worker logged that the extension here waits for its update */
+	bool		outdated_logged;
 } QlDatabase;
 
 /* why an attempt ended without its process recording it */
