@@ -60,6 +60,7 @@ typedef struct QlJobSpec
 	TimestampTz run_at;
 	bool		has_timeout;
 	Interval	timeout;
+	int64		schedule_id;	/* the schedule whose tick it is, or 0 */
 } QlJobSpec;
 
 /* the most listeners one call wakes for jobs of an external queue */
@@ -354,25 +355,25 @@ static QlEnqueuePlans enqueue_plans;
 static void
 ql_prepare_enqueue(const QlCatalog *c)
 {
-	Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
-	TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID};
-	const char *columns = "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external)";
+	Oid			types[10] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
+	TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID, INT8OID};
+	const char *columns = "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external, schedule_id)";
 	SPIPlanPtr	one;
 	SPIPlanPtr	many;
 
 	if (enqueue_plans.one != NULL && enqueue_plans.generation == c->generation)
 		return;
 	one = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
-								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
 								   c->schema_quoted, columns),
-						  9, types, CURSOR_OPT_GENERIC_PLAN);
+						  10, types, CURSOR_OPT_GENERIC_PLAN);
 	types[2] = JSONBARRAYOID;
 	many = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
-									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
+									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9, $10 "
 									"FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
 									"ORDER BY n RETURNING id",
 									c->schema_quoted, columns),
-						   9, types, CURSOR_OPT_GENERIC_PLAN);
+						   10, types, CURSOR_OPT_GENERIC_PLAN);
 	if (enqueue_plans.one != NULL)
 	{
 		SPI_freeplan(enqueue_plans.one);
@@ -393,8 +394,8 @@ static void
 ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 			   int n, int64 *ids)
 {
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	QlUserSave	save;
 	int			i;
 	bool		isnull;
@@ -417,6 +418,8 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	values[7] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
 	values[8] = BoolGetDatum(spec->external);
+	values[9] = Int64GetDatum(spec->schedule_id);
+	nulls[9] = spec->schedule_id != 0 ? ' ' : 'n';
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -450,12 +453,13 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 
 /*
  * ql_insert_job: write a job of an in-server queue for a handler (its
- * signature); returns its id.  The caller has checked everything.
+ * signature), for the tick of a schedule (0: none); returns its id.  The
+ * caller has checked everything.
  */
 int64
 ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 			  Jsonb *args, int32 priority, TimestampTz run_at,
-			  int32 max_attempts, const Interval *timeout)
+			  int32 max_attempts, const Interval *timeout, int64 schedule_id)
 {
 	QlJobSpec	spec;
 	int64		id;
@@ -469,6 +473,7 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 	spec.has_timeout = (timeout != NULL);
 	if (timeout)
 		spec.timeout = *timeout;
+	spec.schedule_id = schedule_id;
 	ql_insert_rows(c, &spec, &args, 1, &id);
 	return id;
 }

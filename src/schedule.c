@@ -519,7 +519,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);
 	SetUserIdAndSecContext(role, saved_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	(void) ql_insert_job(c, queue, d->handler, d->args, priority, tick,
-						 max_attempts, has_timeout ? &timeout : NULL);
+						 max_attempts, has_timeout ? &timeout : NULL, d->id);
 	SetUserIdAndSecContext(saved_userid, saved_sec_context);
 	return true;
 }
