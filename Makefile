@@ -18,6 +18,7 @@ OBJS = \
 	src/launcher.o \
 	src/plans.o \
 	src/qlater.o \
+	src/queue.o \
 	src/run.o \
 	src/schedule.o \
 	src/shmem.o \

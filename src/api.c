@@ -36,6 +36,7 @@
 #include "consumer.h"
 #include "handlers.h"
 #include "qlater.h"
+#include "queue.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(qlater_register);
@@ -59,6 +60,7 @@ typedef struct QlJobSpec
 	TimestampTz run_at;
 	bool		has_timeout;
 	Interval	timeout;
+	int64		schedule_id;	/* the schedule whose tick it is, or 0 */
 } QlJobSpec;
 
 /* the most listeners one call wakes for jobs of an external queue */
@@ -134,12 +136,7 @@ ql_check_proc_owner(Oid proc)
 bool
 ql_is_admin(void)
 {
-	Oid			admin;
-
-	if (superuser())
-		return true;
-	admin = get_role_oid("qlater_admin", true);
-	return OidIsValid(admin) && is_member_of_role(GetUserId(), admin);
+	return ql_role_is_admin(GetUserId());
 }
 
 /*
@@ -247,6 +244,8 @@ qlater_register(PG_FUNCTION_ARGS)
 									CStringGetDatum(GetUserNameFromId(ql_proc_owner(proc), false)));
 
 	ql_check_adoption(c, proc, values[0], values[5]);
+	/* made for the role if new; another role's needs its 'enqueue' */
+	(void) ql_queue_check_put(c, queue, NULL, priority);
 
 	query = psprintf("INSERT INTO %s.qlater_handler AS h "
 					 "(handler, queue, priority, max_attempts, timeout, registered_by) "
@@ -356,25 +355,25 @@ static QlEnqueuePlans enqueue_plans;
 static void
 ql_prepare_enqueue(const QlCatalog *c)
 {
-	Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
-	TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID};
-	const char *columns = "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external)";
+	Oid			types[10] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
+	TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID, INT8OID};
+	const char *columns = "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external, schedule_id)";
 	SPIPlanPtr	one;
 	SPIPlanPtr	many;
 
 	if (enqueue_plans.one != NULL && enqueue_plans.generation == c->generation)
 		return;
 	one = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
-								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
 								   c->schema_quoted, columns),
-						  9, types, CURSOR_OPT_GENERIC_PLAN);
+						  10, types, CURSOR_OPT_GENERIC_PLAN);
 	types[2] = JSONBARRAYOID;
 	many = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
-									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9 "
+									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9, $10 "
 									"FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
 									"ORDER BY n RETURNING id",
 									c->schema_quoted, columns),
-						   9, types, CURSOR_OPT_GENERIC_PLAN);
+						   10, types, CURSOR_OPT_GENERIC_PLAN);
 	if (enqueue_plans.one != NULL)
 	{
 		SPI_freeplan(enqueue_plans.one);
@@ -395,8 +394,8 @@ static void
 ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 			   int n, int64 *ids)
 {
-	Datum		values[9];
-	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[10];
+	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	QlUserSave	save;
 	int			i;
 	bool		isnull;
@@ -419,6 +418,8 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	values[7] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
 	values[8] = BoolGetDatum(spec->external);
+	values[9] = Int64GetDatum(spec->schedule_id);
+	nulls[9] = spec->schedule_id != 0 ? ' ' : 'n';
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -452,12 +453,13 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 
 /*
  * ql_insert_job: write a job of an in-server queue for a handler (its
- * signature); returns its id.  The caller has checked everything.
+ * signature), for the tick of a schedule (0: none); returns its id.  The
+ * caller has checked everything.
  */
 int64
 ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 			  Jsonb *args, int32 priority, TimestampTz run_at,
-			  int32 max_attempts, const Interval *timeout)
+			  int32 max_attempts, const Interval *timeout, int64 schedule_id)
 {
 	QlJobSpec	spec;
 	int64		id;
@@ -471,6 +473,7 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 	spec.has_timeout = (timeout != NULL);
 	if (timeout)
 		spec.timeout = *timeout;
+	spec.schedule_id = schedule_id;
 	ql_insert_rows(c, &spec, &args, 1, &id);
 	return id;
 }
@@ -513,6 +516,7 @@ static void
 ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 {
 	char	   *name;
+	const char *handler_queue = NULL;
 
 	memset(spec, 0, sizeof(*spec));
 	ql_arg_not_null(fcinfo, 0, "handler");
@@ -547,9 +551,10 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 		spec->max_attempts = PG_ARGISNULL(5) ? h->max_attempts : PG_GETARG_INT32(5);
 		spec->has_timeout = h->has_timeout;
 		spec->timeout = h->timeout;
+		handler_queue = pstrdup(h->queue);
 		if (spec->queue == NULL)
 		{
-			spec->queue = pstrdup(h->queue);
+			spec->queue = handler_queue;
 
 			/*
 			 * Registered into an external queue: the job is the
@@ -561,23 +566,24 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 				spec->external = true;
 				spec->handler = name;
 				spec->has_timeout = false;
-				ql_check_priority(spec->priority);
-				ql_check_max_attempts(spec->max_attempts);
-				return;
 			}
 		}
-
-		aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
-		if (aclresult != ACLCHECK_OK)
-			aclcheck_error(aclresult,
-						   get_func_prokind(proc) == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION,
-						   get_func_name(proc));
-		spec->pi = ql_procinfo(proc);
-		spec->handler = spec->pi->signature;
+		if (!spec->external)
+		{
+			aclresult = pg_proc_aclcheck(proc, GetUserId(), ACL_EXECUTE);
+			if (aclresult != ACLCHECK_OK)
+				aclcheck_error(aclresult,
+							   get_func_prokind(proc) == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION,
+							   get_func_name(proc));
+			spec->pi = ql_procinfo(proc);
+			spec->handler = spec->pi->signature;
+		}
 	}
 	ql_check_queue_name(spec->queue);
 	ql_check_priority(spec->priority);
 	ql_check_max_attempts(spec->max_attempts);
+	/* a new queue is made for the role; another role's needs its leave */
+	(void) ql_queue_check_put(c, spec->queue, handler_queue, spec->priority);
 }
 
 /*
@@ -742,7 +748,6 @@ ql_lock_job_row(const QlCatalog *c, int64 id, const QlUserSave *caller, bool *de
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for job %lld", (long long) id),
-					 errdetail("The job belongs to role \"%s\".", role),
 					 errhint("Only the job's role, superusers and members of qlater_admin may change it.")));
 	}
 	return true;
@@ -872,11 +877,14 @@ ql_check_role_drop(Oid roleid, bool rename)
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args(psprintf("SELECT (SELECT count(*) FROM %s.qlater_job WHERE role = $1), "
-									   "(SELECT count(*) FROM %s.qlater_schedule WHERE owner = $1) "
-									   "+ (SELECT count(*) FROM %s.qlater_queue WHERE owner = $1) "
-									   "+ (SELECT count(*) FROM %s.qlater_queue_consumer WHERE consumer = $1)",
-									   c->schema_quoted, c->schema_quoted, c->schema_quoted, c->schema_quoted),
+	if (SPI_execute_with_args(psprintf("SELECT (SELECT count(*) FROM %1$s.qlater_job WHERE role = $1), "
+									   "(SELECT count(*) FROM %1$s.qlater_schedule WHERE owner = $1) "
+									   "+ (SELECT count(*) FROM %1$s.qlater_queue WHERE owner = $1) "
+									   "+ (SELECT count(*) FROM %1$s.%2$s = $1)",
+									   c->schema_quoted,
+									   /* a database still at 0.1 has its consumers' table */
+									   c->current ? "qlater_queue_grant WHERE grantee" :
+									   "qlater_queue_consumer WHERE consumer"),
 							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not count the jobs of role \"%s\"", name);
 	njobs = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

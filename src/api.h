@@ -42,6 +42,6 @@ extern void ql_lock_job_role(void);
 extern int64 ql_insert_job(const QlCatalog *c, const char *queue,
 						   const char *signature, Jsonb *args, int32 priority,
 						   TimestampTz run_at, int32 max_attempts,
-						   const Interval *timeout);
+						   const Interval *timeout, int64 schedule_id);
 
 #endif							/* QLATER_API_H */

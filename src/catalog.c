@@ -85,7 +85,7 @@ ql_rel_owner(Oid relid)
  * InvalidOid if the extension is not installed in this database.
  */
 static Oid
-ql_extension_schema(void)
+ql_extension_schema(bool *current)
 {
 	Relation	rel;
 	SysScanDesc scan;
@@ -99,7 +99,15 @@ ql_extension_schema(void)
 	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		v = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
 		result = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+		*current = !isnull &&
+			strcmp(TextDatumGetCString(v), QLATER_SQL_VERSION) == 0;
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return result;
@@ -109,11 +117,19 @@ ql_extension_schema(void)
  * ql_catalog: where qlater lives in this database.  Must be called in a
  * transaction.  Returns NULL if the extension is not installed and
  * missing_ok; otherwise raises an error in that case.
+ *
+ * The library serves one version of the SQL objects (QLATER_SQL_VERSION).
+ * A database whose extension is older (the library was installed, ALTER
+ * EXTENSION qlater UPDATE not run yet) gets an error from the SQL
+ * functions, whose arguments this library may not match, and its workers
+ * (missing_ok) get the catalog with current false: they wait.  Such a
+ * catalog is not kept, so that the update is seen at once.
  */
 const QlCatalog *
 ql_catalog(bool missing_ok)
 {
 	Oid			nsp;
+	bool		current = false;
 
 	if (cat_valid)
 		return &cat;
@@ -126,7 +142,7 @@ ql_catalog(bool missing_ok)
 		callback_registered = true;
 	}
 
-	nsp = ql_extension_schema();
+	nsp = ql_extension_schema(&current);
 	if (!OidIsValid(nsp))
 	{
 		if (missing_ok)
@@ -136,6 +152,14 @@ ql_catalog(bool missing_ok)
 				 errmsg("extension \"qlater\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION qlater.")));
 	}
+	if (!current && !missing_ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"qlater\" must be updated to version %s",
+						QLATER_SQL_VERSION),
+				 errdetail("The qlater library installed serves version %s of the extension's SQL objects.",
+						   QLATER_SQL_VERSION),
+				 errhint("Run ALTER EXTENSION qlater UPDATE.")));
 
 	cat.schema_oid = nsp;
 	cat.job_relid = get_relname_relid("qlater_job", nsp);
@@ -149,7 +173,8 @@ ql_catalog(bool missing_ok)
 	strlcpy(cat.schema_quoted,
 			quote_identifier(get_namespace_name(nsp)), sizeof(cat.schema_quoted));
 	cat.generation++;
-	cat_valid = true;
+	cat.current = current;
+	cat_valid = current;
 	return &cat;
 }
 
@@ -199,4 +224,44 @@ ql_prepare_kept(const char *query, int nargs, Oid *types, int cursor_options)
 	if (SPI_keepplan(plan) != 0)
 		elog(ERROR, "could not keep the plan of \"%s\"", query);
 	return plan;
+}
+
+/*
+ * ql_stmt_exec: run statement s of a set (preparing it on first use, and
+ * the whole set again after the catalog was loaded again) with the given
+ * parameters (nulls as SPI takes them, or NULL); returns SPI's result code.
+ * Caller is connected to SPI.
+ *
+ * The statements run as the owner of the tables but under the caller's
+ * search_path (ql_become_owner sets pg_catalog; other callers too), so
+ * every name in them is schema-qualified or in pg_catalog.
+ */
+int
+ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
+			 const char *nulls, bool read_only, long count)
+{
+	if (set->plans == NULL)
+		set->plans = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(SPIPlanPtr) * set->n);
+	if (set->generation != c->generation)
+	{
+		int			i;
+
+		for (i = 0; i < set->n; i++)
+		{
+			if (set->plans[i] != NULL)
+				SPI_freeplan(set->plans[i]);
+			set->plans[i] = NULL;
+		}
+		set->generation = c->generation;
+	}
+	if (set->plans[s] == NULL)
+	{
+		const QlStmtDef *d = &set->defs[s];
+
+		set->plans[s] = ql_prepare_kept(psprintf(d->sql, c->schema_quoted),
+										d->nargs, (Oid *) d->types,
+										CURSOR_OPT_GENERIC_PLAN);
+	}
+	return SPI_execute_plan(set->plans[s], values, nulls, read_only, count);
 }

@@ -18,6 +18,8 @@ typedef struct QlCatalog
 	Oid			owner;			/* owner of the job table */
 	char		schema_quoted[NAMEDATALEN * 2 + 3];
 	uint32		generation;		/* bumped at every reload */
+	bool		current;		/* the installed SQL is the version this
+								 * library serves (QLATER_SQL_VERSION) */
 } QlCatalog;
 
 typedef struct QlUserSave
@@ -32,5 +34,29 @@ extern void ql_become_owner(const QlCatalog *c, QlUserSave *save);
 extern void ql_restore_user(const QlUserSave *save);
 extern SPIPlanPtr ql_prepare_kept(const char *query, int nargs, Oid *types,
 								  int cursor_options);
+
+/*
+ * A module's statements on qlater's tables: prepared on first use in a
+ * backend with a generic plan, kept until the catalog is loaded again.
+ * sql has %1$s for qlater's schema (quoted).
+ */
+typedef struct QlStmtDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			types[8];
+} QlStmtDef;
+
+typedef struct QlStmtSet
+{
+	const QlStmtDef *defs;
+	int			n;
+	SPIPlanPtr *plans;			/* n of them */
+	uint32		generation;
+} QlStmtSet;
+
+extern int	ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s,
+						 Datum *values, const char *nulls, bool read_only,
+						 long count);
 
 #endif							/* QLATER_CATALOG_H */

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * consumer.c
- *		Queues served by applications: declaring them, granting consumers,
- *		and the claim protocol external consumers follow over SQL.
+ *		The claim protocol external consumers follow over SQL, and their
+ *		wake-up (queues themselves and their grants: queue.c).
  *
  * Two ways to claim.  Session mode, Que's way: a session-level advisory
  * lock in qlater's key space, the same one the in-server workers use; it
@@ -49,11 +49,9 @@
 #include "consumer.h"
 #include "job.h"
 #include "qlater.h"
+#include "queue.h"
 #include "shmem.h"
 
-PG_FUNCTION_INFO_V1(qlater_create_queue);
-PG_FUNCTION_INFO_V1(qlater_grant_queue);
-PG_FUNCTION_INFO_V1(qlater_revoke_queue);
 PG_FUNCTION_INFO_V1(qlater_lock);
 PG_FUNCTION_INFO_V1(qlater_complete);
 PG_FUNCTION_INFO_V1(qlater_fail);
@@ -77,14 +75,6 @@ PG_FUNCTION_INFO_V1(qlater_listen);
  */
 typedef enum QlConsumerStmt
 {
-	QL_STMT_QUEUE,				/* a queue's owner and kind */
-	QL_STMT_QUEUE_LOCK,			/* the same, locking the queue's row */
-	QL_STMT_CONSUMER,			/* may role $2 consume queue $1 (QL_ACCESS) */
-	QL_STMT_OTHERS_JOBS,		/* has queue $1 jobs of roles other than $2 */
-	QL_STMT_DECLARE,			/* create or change a queue */
-	QL_STMT_MOVE_JOBS,			/* a queue's jobs change hands */
-	QL_STMT_GRANT,
-	QL_STMT_REVOKE,
 	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
 	QL_STMT_TAKE_OVER,			/* void the lapsed lease of a job just claimed */
@@ -97,17 +87,12 @@ typedef enum QlConsumerStmt
 	QL_NUM_STMTS
 } QlConsumerStmt;
 
-typedef struct QlStmtDef
-{
-	const char *sql;
-	int			nargs;
-	Oid			types[5];
-} QlStmtDef;
-
 /*
  * Whether role $2 may consume the queue of row q of qlater_queue ($3: the
- * role is an admin): QL_NOT_EXTERNAL, QL_DENIED or QL_ALLOWED (an
- * undeclared queue gives no row: not external either).
+ * role is an admin): QL_NOT_EXTERNAL, QL_DENIED or QL_ALLOWED (a queue
+ * that does not exist gives no row: not external either).  Read with the
+ * claim or the finish itself, under its snapshot: a revoke is seen at
+ * once.
  */
 #define QL_NOT_EXTERNAL	0
 #define QL_DENIED		1
@@ -115,9 +100,10 @@ typedef struct QlStmtDef
 #define QL_ACCESS \
 	"CASE WHEN NOT q.external THEN 0 " \
 	"WHEN $3 OR q.owner OPERATOR(pg_catalog.=) $2 " \
-	"OR EXISTS (SELECT FROM %1$s.qlater_queue_consumer c " \
-	"WHERE c.queue OPERATOR(pg_catalog.=) q.name " \
-	"AND c.consumer OPERATOR(pg_catalog.=) $2) THEN 2 ELSE 1 END"
+	"OR EXISTS (SELECT FROM %1$s.qlater_queue_grant g " \
+	"WHERE g.queue OPERATOR(pg_catalog.=) q.name " \
+	"AND g.grantee OPERATOR(pg_catalog.=) $2 " \
+	"AND g.privilege OPERATOR(pg_catalog.=) 'consume') THEN 2 ELSE 1 END"
 
 /*
  * What ql_finish_begin checks of job j: its claim token, attempts,
@@ -143,58 +129,17 @@ typedef struct QlStmtDef
 #define QL_CLAIMED_ROW \
 	"id, queue, handler, args, priority, run_at, attempts, max_attempts, " \
 	"last_error, 'running'::pg_catalog.text, role, timeout, crashes, " \
-	"enqueued_at, pg_catalog.pg_backend_pid(), claim_token, lease_until"
+	"enqueued_at, pg_catalog.pg_backend_pid(), claim_token, lease_until, key"
 
 static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
-	[QL_STMT_QUEUE] = {
-		"SELECT owner, external FROM %1$s.qlater_queue "
-		"WHERE name OPERATOR(pg_catalog.=) $1",
-		1, {TEXTOID}
-	},
-	[QL_STMT_QUEUE_LOCK] = {
-		"SELECT owner, external FROM %1$s.qlater_queue "
-		"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-		1, {TEXTOID}
-	},
-	[QL_STMT_CONSUMER] = {
-		"SELECT " QL_ACCESS " FROM %1$s.qlater_queue q "
-		"WHERE q.name OPERATOR(pg_catalog.=) $1",
-		3, {TEXTOID, NAMEOID, BOOLOID}
-	},
-	[QL_STMT_OTHERS_JOBS] = {
-		"SELECT FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
-		"AND role OPERATOR(pg_catalog.<>) $2 LIMIT 1",
-		2, {TEXTOID, NAMEOID}
-	},
-	[QL_STMT_DECLARE] = {
-		"INSERT INTO %1$s.qlater_queue AS q (name, external, owner, batch_size, batch_delay) "
-		"VALUES ($1, $2, $3, coalesce($4, 1), coalesce($5, '20 ms')) "
-		"ON CONFLICT (name) DO UPDATE SET external = excluded.external, "
-		/* an external queue has no batches */
-		"batch_size = CASE WHEN excluded.external THEN 1 ELSE coalesce($4, q.batch_size) END, "
-		"batch_delay = coalesce($5, q.batch_delay)",
-		5, {TEXTOID, BOOLOID, NAMEOID, INT4OID, INTERVALOID}
-	},
-	[QL_STMT_MOVE_JOBS] = {
-		"UPDATE %1$s.qlater_job SET external = $2 "
-		"WHERE queue OPERATOR(pg_catalog.=) $1 AND external OPERATOR(pg_catalog.<>) $2",
-		2, {TEXTOID, BOOLOID}
-	},
-	[QL_STMT_GRANT] = {
-		"INSERT INTO %1$s.qlater_queue_consumer (queue, consumer) VALUES ($1, $2) "
-		"ON CONFLICT DO NOTHING",
-		2, {TEXTOID, NAMEOID}
-	},
-	[QL_STMT_REVOKE] = {
-		"DELETE FROM %1$s.qlater_queue_consumer "
-		"WHERE queue OPERATOR(pg_catalog.=) $1 AND consumer OPERATOR(pg_catalog.=) $2",
-		2, {TEXTOID, NAMEOID}
-	},
+	/* a paused queue has no candidates, from the pause's commit on */
 	[QL_STMT_CANDIDATES] = {
 		"SELECT (SELECT " QL_ACCESS " FROM %1$s.qlater_queue q "
 		"WHERE q.name OPERATOR(pg_catalog.=) $1), "
 		"ARRAY(SELECT id FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
-		"AND " QL_CLAIMABLE " ORDER BY priority, run_at, id LIMIT $4)",
+		"AND " QL_CLAIMABLE " AND NOT EXISTS (SELECT FROM %1$s.qlater_queue p "
+		"WHERE p.name OPERATOR(pg_catalog.=) $1 AND p.paused) "
+		"ORDER BY priority, run_at, id LIMIT $4)",
 		4, {TEXTOID, NAMEOID, BOOLOID, INT4OID}
 	},
 	[QL_STMT_CLAIM] = {
@@ -250,9 +195,7 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	},
 };
 
-/* the prepared statements, and the catalog generation they were made for */
-static SPIPlanPtr stmt_plans[QL_NUM_STMTS];
-static uint32 stmt_generation = 0;
+static QlStmtSet stmts = {stmt_defs, QL_NUM_STMTS, NULL, 0};
 
 /* a job claimed by qlater_lock, kept until the rows are sorted */
 typedef struct QlClaimed
@@ -284,6 +227,7 @@ typedef struct QlFinish
 typedef struct QlPendingListen
 {
 	char		queue[NAMEDATALEN];
+	Oid			roleid;			/* the role that asked, whose share it takes */
 	int			nest_level;		/* of the (sub)transaction that asked */
 } QlPendingListen;
 
@@ -302,44 +246,12 @@ ql_spi_connect(void)
 		elog(ERROR, "SPI_connect failed");
 }
 
-/*
- * ql_exec_nulls: run statement s of catalog c (preparing it on first use)
- * with the given parameters (nulls as SPI takes them); returns SPI's result
- * code.  Caller is connected to SPI.
- */
-static int
-ql_exec_nulls(const QlCatalog *c, QlConsumerStmt s, Datum *values,
-			  const char *nulls, bool read_only, long count)
-{
-	if (stmt_generation != c->generation)
-	{
-		int			i;
-
-		for (i = 0; i < QL_NUM_STMTS; i++)
-		{
-			if (stmt_plans[i] != NULL)
-				SPI_freeplan(stmt_plans[i]);
-			stmt_plans[i] = NULL;
-		}
-		stmt_generation = c->generation;
-	}
-	if (stmt_plans[s] == NULL)
-	{
-		const QlStmtDef *d = &stmt_defs[s];
-
-		stmt_plans[s] = ql_prepare_kept(psprintf(d->sql, c->schema_quoted),
-										d->nargs, (Oid *) d->types,
-										CURSOR_OPT_GENERIC_PLAN);
-	}
-	return SPI_execute_plan(stmt_plans[s], values, nulls, read_only, count);
-}
-
-/* ql_exec: ql_exec_nulls without null values */
+/* ql_exec: run statement s (caller is connected to SPI) */
 static int
 ql_exec(const QlCatalog *c, QlConsumerStmt s, Datum *values, bool read_only,
 		long count)
 {
-	return ql_exec_nulls(c, s, values, NULL, read_only, count);
+	return ql_stmt_exec(&stmts, c, s, values, NULL, read_only, count);
 }
 
 /* ql_name_datum: a name value of a C string */
@@ -357,101 +269,6 @@ ql_current_user_name(void)
 }
 
 /*
- * ql_queue_info: whether a queue is declared, and its owner and kind;
- * for_update locks its row.  Caller is connected to SPI and acts as the
- * owner of the tables.
- */
-static bool
-ql_queue_info(const QlCatalog *c, const char *queue, bool for_update,
-			  char **owner, bool *external)
-{
-	Datum		values[1];
-	bool		isnull;
-
-	values[0] = CStringGetTextDatum(queue);
-	if (ql_exec(c, for_update ? QL_STMT_QUEUE_LOCK : QL_STMT_QUEUE, values,
-				!for_update, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue");
-	if (SPI_processed == 0)
-		return false;
-	*owner = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	*external = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 2, &isnull));
-	return true;
-}
-
-/*
- * Whether queues are external, cached per backend (every enqueue asks):
- * dropped when qlater_queue's cache is invalidated, which
- * qlater_create_queue does for the rows it writes.
- */
-typedef struct QlExternalEntry
-{
-	char		name[NAMEDATALEN];	/* hash key */
-	bool		external;
-} QlExternalEntry;
-
-static HTAB *external_cache = NULL;
-static Oid	external_cache_relid = InvalidOid;
-static uint32 external_cache_generation = 0;
-static bool external_cache_valid = false;
-
-static void
-ql_external_cache_inval(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == external_cache_relid)
-		external_cache_valid = false;
-}
-
-/*
- * ql_queue_is_external: whether jobs of this queue are served by
- * applications.
- */
-bool
-ql_queue_is_external(const QlCatalog *c, const char *queue)
-{
-	QlUserSave	save;
-	char	   *owner;
-	bool		external = false;
-	QlExternalEntry *entry;
-	bool		found;
-
-	if (!external_cache_valid || external_cache_generation != c->generation)
-	{
-		HASHCTL		ctl;
-
-		if (external_cache == NULL)
-			CacheRegisterRelcacheCallback(ql_external_cache_inval, (Datum) 0);
-		else
-			hash_destroy(external_cache);
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = NAMEDATALEN;
-		ctl.entrysize = sizeof(QlExternalEntry);
-		external_cache = hash_create("qlater external queues", 16, &ctl,
-									 HASH_ELEM | HASH_STRINGS);
-		external_cache_relid = get_relname_relid("qlater_queue", c->schema_oid);
-		external_cache_generation = c->generation;
-		/* valid from before the read: an invalidation meanwhile is kept */
-		external_cache_valid = true;
-	}
-	if (strlen(queue) >= NAMEDATALEN)
-		return false;			/* no such queue: names are checked */
-	entry = hash_search(external_cache, queue, HASH_FIND, NULL);
-	if (entry != NULL)
-		return entry->external;
-
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	if (!ql_queue_info(c, queue, false, &owner, &external))
-		external = false;
-	SPI_finish();
-	ql_restore_user(&save);
-	entry = hash_search(external_cache, queue, HASH_ENTER, &found);
-	entry->external = external;
-	return external;
-}
-
-/*
  * ql_access_error: raise the error for a queue one may not consume, given
  * QL_ACCESS of it (NULL for a queue never declared); return if allowed.
  */
@@ -462,224 +279,12 @@ ql_access_error(const char *queue, Datum access, bool isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("queue \"%s\" is not an external queue", queue),
-				 errhint("Declare it with qlater_create_queue('%s', external => true).", queue)));
+				 errhint("Create it with qlater_create_queue('%s', external => true).", queue)));
 	if (DatumGetInt32(access) != QL_ALLOWED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for queue \"%s\"", queue),
-				 errhint("The queue's owner grants consumers with qlater_grant_queue().")));
-}
-
-/*
- * ql_check_consumer: raise an error unless queue is an external queue the
- * role named me may consume: its owner, a granted consumer, or an admin
- * (admin: the role is a superuser or a member of qlater_admin).  Caller is
- * connected to SPI and acts as the owner of the tables.
- */
-static void
-ql_check_consumer(const QlCatalog *c, const char *queue, const char *me,
-				  bool admin)
-{
-	Datum		values[3];
-	Datum		access = (Datum) 0;
-	bool		isnull = true;
-
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = ql_name_datum(me);
-	values[2] = BoolGetDatum(admin);
-	if (ql_exec(c, QL_STMT_CONSUMER, values, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read queue consumers");
-	if (SPI_processed > 0)
-		access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	ql_access_error(queue, access, isnull);
-}
-
-/*
- * ql_check_batch: raise an error for batch options out of range, or given
- * for an external queue.
- */
-static void
-ql_check_batch(FunctionCallInfo fcinfo, bool external)
-{
-	if (!PG_ARGISNULL(2))
-	{
-		int32		size = PG_GETARG_INT32(2);
-
-		if (size < 1 || size > QL_MAX_BATCH)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("batch_size %d is out of range", size),
-					 errhint("A batch has 1 to %d jobs, each in a subtransaction; "
-							 "1 commits every job alone.", QL_MAX_BATCH)));
-		if (external && size > 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("an external queue cannot have batches"),
-					 errhint("Batches are for queues served by the in-server workers; "
-							 "applications commit their jobs themselves.")));
-	}
-	if (!PG_ARGISNULL(3))
-	{
-		Interval   *d = PG_GETARG_INTERVAL_P(3);
-
-		if (d->month != 0 || d->day != 0 || d->time <= 0 ||
-			d->time > QL_MAX_BATCH_DELAY_MS * INT64CONST(1000))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("batch_delay must be more than 0 and at most %d ms",
-							QL_MAX_BATCH_DELAY_MS)));
-	}
-}
-
-/*
- * qlater_create_queue(name text, external boolean, batch_size int,
- *					   batch_delay interval) returns void
- *
- * Declares a queue, or changes it: whether it is external, and how the
- * workers batch its jobs (NULL keeps the current setting; a new queue
- * starts with batch_size 1 and batch_delay 20 ms).  The creating role
- * owns it; only its owner or an admin may change it.  A queue that holds
- * other roles' jobs ('default' always counts as such) can be turned
- * external only by an admin, since its jobs would leave the workers.
- */
-Datum
-qlater_create_queue(PG_FUNCTION_ARGS)
-{
-	const QlCatalog *c = ql_catalog(false);
-	char	   *queue;
-	bool		external;
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
-	QlUserSave	save;
-	char	   *owner;
-	bool		was_external;
-	bool		exists;
-	uint64		moved;
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("queue name and external must not be null")));
-	queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	external = PG_GETARG_BOOL(1);
-	ql_check_queue_name(queue);
-	ql_check_batch(fcinfo, external);
-
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	exists = ql_queue_info(c, queue, true, &owner, &was_external);
-	if (exists && strcmp(owner, me) != 0 && !admin)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of queue \"%s\"", queue)));
-	/* either way, a queue holding other roles' jobs changes hands by an admin */
-	if (!admin && (external ? !(exists && was_external) : (exists && was_external)))
-	{
-		bool		others;
-
-		values[0] = CStringGetTextDatum(queue);
-		values[1] = ql_name_datum(me);
-		if (ql_exec(c, QL_STMT_OTHERS_JOBS, values, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read jobs");
-		others = SPI_processed > 0;
-		if (others || (external && strcmp(queue, "default") == 0))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 external ?
-					 errmsg("cannot make queue \"%s\" external", queue) :
-					 errmsg("cannot make queue \"%s\" in-server", queue),
-					 external ?
-					 errdetail("The queue holds or takes jobs of other roles, which would leave the in-server workers.") :
-					 errdetail("The queue holds jobs of other roles, which the in-server workers would run as those roles."),
-					 errhint("Use a queue of your own, or ask a member of qlater_admin.")));
-	}
-
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = BoolGetDatum(external);
-	values[2] = ql_name_datum(me);
-	values[3] = PG_GETARG_DATUM(2);
-	nulls[3] = PG_ARGISNULL(2) ? 'n' : ' ';
-	values[4] = PG_GETARG_DATUM(3);
-	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
-	if (ql_exec_nulls(c, QL_STMT_DECLARE, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not declare queue");
-	/* every backend reads the queue's settings again */
-	CacheInvalidateRelcacheByRelid(get_relname_relid("qlater_queue", c->schema_oid));
-	/* the queue's jobs change hands */
-	if (ql_exec(c, QL_STMT_MOVE_JOBS, values, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not move the jobs of queue \"%s\"", queue);
-	moved = SPI_processed;
-	SPI_finish();
-	ql_restore_user(&save);
-	if (exists && was_external && !external && moved > 0)
-		ereport(NOTICE,
-				(errmsg("%llu jobs of queue \"%s\" are the in-server workers' now",
-						(unsigned long long) moved, queue),
-				 errdetail("A job runs only if its handler is the signature of a registered handler; "
-						   "the others end dead, and qlater_retry runs them once the queue is external again.")));
-
-	/* jobs of a queue turned internal are now the workers' */
-	ql_lower_frontier_at_commit(&ql_key_min);
-	ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
-	PG_RETURN_VOID();
-}
-
-/*
- * ql_change_consumer: grant or revoke; returns whether a row changed.
- */
-static bool
-ql_change_consumer(FunctionCallInfo fcinfo, bool grant)
-{
-	const QlCatalog *c = ql_catalog(false);
-	char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	Name		consumer = PG_GETARG_NAME(1);
-	QlUserSave	save;
-	char	   *owner;
-	bool		external;
-	bool		changed;
-	Datum		values[2];
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
-
-	if (grant)
-		(void) get_role_oid(NameStr(*consumer), false);
-
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	if (!ql_queue_info(c, queue, true, &owner, &external))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("queue \"%s\" does not exist", queue),
-				 errhint("Declare it with qlater_create_queue('%s', external => true).", queue)));
-	if (strcmp(owner, me) != 0 && !admin)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of queue \"%s\"", queue)));
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = NameGetDatum(consumer);
-	if (ql_exec(c, grant ? QL_STMT_GRANT : QL_STMT_REVOKE, values, false, 0) < 0)
-		elog(ERROR, "could not change queue consumers");
-	changed = SPI_processed > 0;
-	SPI_finish();
-	ql_restore_user(&save);
-	return changed;
-}
-
-/* qlater_grant_queue(queue text, consumer name) returns void */
-Datum
-qlater_grant_queue(PG_FUNCTION_ARGS)
-{
-	(void) ql_change_consumer(fcinfo, true);
-	PG_RETURN_VOID();
-}
-
-/* qlater_revoke_queue(queue text, consumer name) returns boolean */
-Datum
-qlater_revoke_queue(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_BOOL(ql_change_consumer(fcinfo, false));
+				 errhint("The queue's owner may grant it: qlater_grant_queue('%s', role, 'consume').", queue)));
 }
 
 /* ql_check_lease: raise an error unless a lease interval is positive */
@@ -1146,16 +751,54 @@ ql_listener_index(const char *queue)
 	return -1;
 }
 
-/* ql_too_many_listeners: the error when every listener entry is taken */
+/*
+ * ql_listener_room: raise an error unless `more` entries more may be
+ * taken now by a role in this database: free entries in the
+ * cluster, and the database's and the role's share.  Caller holds
+ * ql_shared->lock.
+ */
 static void
-ql_too_many_listeners(void)
+ql_listener_room(int more, Oid role)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("too many sessions listen for qlater jobs"),
-			 errdetail("At most %d listeners are recorded at once, a session counting once for each queue it listens to.",
-					   QL_MAX_LISTENERS),
-			 errhint("Consumers can poll qlater_lock() instead.")));
+	int			nfree = 0;
+	int			ndb = 0;
+	int			nrole = 0;
+	int			i;
+
+	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	{
+		QlListener *l = &ql_shared->listeners[i];
+
+		if (!OidIsValid(l->dboid))
+			nfree++;
+		else if (l->dboid == MyDatabaseId)
+		{
+			ndb++;
+			if (l->roleid == role)
+				nrole++;
+		}
+	}
+	if (nrole + more > QL_MAX_LISTENERS_PER_ROLE)
+	{
+		LWLockRelease(ql_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("role \"%s\" listens for too many qlater queues",
+						GetUserNameFromId(role, false)),
+				 errdetail("A role's sessions listen to at most %d queues at once in a database, a session counting once for each queue.",
+						   QL_MAX_LISTENERS_PER_ROLE),
+				 errhint("Listen with fewer sessions or queues; consumers can poll qlater_lock() instead.")));
+	}
+	if (ndb + more > QL_MAX_LISTENERS_PER_DATABASE || nfree < more)
+	{
+		LWLockRelease(ql_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many sessions listen for qlater jobs"),
+				 errdetail("At most %d listeners are recorded in a database and %d in the cluster, a session counting once for each queue it listens to.",
+						   QL_MAX_LISTENERS_PER_DATABASE, QL_MAX_LISTENERS),
+				 errhint("Consumers can poll qlater_lock() instead.")));
+	}
 }
 
 /*
@@ -1176,17 +819,14 @@ ql_listen_add_pending(void)
 
 		if (ql_listener_index(p->queue) >= 0)
 			continue;
+		ql_listener_room(1, p->roleid);
 		for (i = 0; i < QL_MAX_LISTENERS; i++)
 		{
 			if (!OidIsValid(ql_shared->listeners[i].dboid))
 				break;
 		}
-		if (i == QL_MAX_LISTENERS)
-		{
-			LWLockRelease(ql_shared->lock);
-			ql_too_many_listeners();
-		}
 		ql_shared->listeners[i].dboid = MyDatabaseId;
+		ql_shared->listeners[i].roleid = p->roleid;
 		ql_shared->listeners[i].pid = MyProcPid;
 		strlcpy(ql_shared->listeners[i].queue, p->queue, NAMEDATALEN);
 		added_listeners[nadded_listeners++] = i;
@@ -1283,17 +923,13 @@ qlater_listen(PG_FUNCTION_ARGS)
 {
 	const QlCatalog *c = ql_catalog(false);
 	char	   *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	QlUserSave	save;
 	char		channel[NAMEDATALEN];
 	ListCell   *lc;
 	bool		found = false;
 
 	ql_require_preload();
-	ql_become_owner(c, &save);
-	ql_spi_connect();
-	ql_check_consumer(c, queue, ql_current_user_name(), ql_is_admin());
-	SPI_finish();
-	ql_restore_user(&save);
+	/* the caller's own right, checked as the caller */
+	ql_queue_check_consume(c, queue);
 	snprintf(channel, sizeof(channel), "qlater_%d", MyProcPid);
 
 	if (!listener_exit_registered)
@@ -1315,20 +951,12 @@ qlater_listen(PG_FUNCTION_ARGS)
 	}
 	if (!found)
 	{
-		int			nfree = 0;
-		int			i;
-
 		LWLockAcquire(ql_shared->lock, LW_SHARED);
 		found = ql_listener_index(queue) >= 0;
-		for (i = 0; i < QL_MAX_LISTENERS; i++)
-		{
-			if (!OidIsValid(ql_shared->listeners[i].dboid))
-				nfree++;
-		}
-		LWLockRelease(ql_shared->lock);
 		/* every pending listen needs an entry of its own at commit */
-		if (!found && nfree <= list_length(pending_listens))
-			ql_too_many_listeners();
+		if (!found)
+			ql_listener_room(list_length(pending_listens) + 1, GetUserId());
+		LWLockRelease(ql_shared->lock);
 	}
 	if (!found)
 	{
@@ -1336,6 +964,7 @@ qlater_listen(PG_FUNCTION_ARGS)
 		QlPendingListen *p = palloc(sizeof(QlPendingListen));
 
 		strlcpy(p->queue, queue, NAMEDATALEN);
+		p->roleid = GetUserId();
 		p->nest_level = GetCurrentTransactionNestLevel();
 		pending_listens = lappend(pending_listens, p);
 		MemoryContextSwitchTo(old);

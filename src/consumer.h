@@ -10,7 +10,6 @@
 
 #include "catalog.h"
 
-extern bool ql_queue_is_external(const QlCatalog *c, const char *queue);
 extern void ql_notify_listener(const char *queue, int64 job_id);
 
 #endif							/* QLATER_CONSUMER_H */

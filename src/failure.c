@@ -185,7 +185,8 @@ ql_settle_ended(QlWorker *w, int64 job_id, QlEndKind kind)
 
 	ql_xact_begin();
 	c = ql_catalog(true);
-	if (c != NULL)
+	/* a database still at an older version waits to be updated (worker.c) */
+	if (c != NULL && c->current)
 	{
 		ql_prepare_plans(w, c);
 		if (SPI_execute_plan(w->plans.settle_read, &id, NULL, false, 1) != SPI_OK_SELECT)

@@ -26,7 +26,8 @@ typedef enum QlJobResult
 {
 	QL_JOB_RAN,
 	QL_JOB_NONE,
-	QL_JOB_NO_EXTENSION
+	QL_JOB_NO_EXTENSION,
+	QL_JOB_OUTDATED				/* the extension needs ALTER EXTENSION UPDATE */
 } QlJobResult;
 
 /* a claimed job, copied into the worker's job_cxt */

@@ -55,7 +55,8 @@ static TimestampTz pending_future = 0;	/* earliest run_at of future jobs */
 static bool pending_lower = false;
 static QlClaimKey pending_first;
 static bool pending_launcher_wake = false;
-static bool pending_extension_drop = false;
+static bool pending_extension_change = false;
+static bool pending_queues_changed = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
 static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
 
@@ -294,13 +295,17 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (access == OAT_DROP && classId == AuthIdRelationId)
 		ql_check_role_drop(objectId, false);
 
-	/* DROP EXTENSION qlater: its workers here leave once it commits */
-	if (access == OAT_DROP && classId == ExtensionRelationId && ql_shared != NULL)
+	/*
+	 * DROP EXTENSION qlater: its workers here leave once it commits; ALTER
+	 * EXTENSION qlater UPDATE: workers waiting for it (worker.c) go on.
+	 */
+	if ((access == OAT_DROP || access == OAT_POST_ALTER) &&
+		classId == ExtensionRelationId && ql_shared != NULL)
 	{
 		char	   *name = get_extension_name(objectId);
 
 		if (name != NULL && strcmp(name, "qlater") == 0)
-			pending_extension_drop = true;
+			pending_extension_change = true;
 	}
 
 	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
@@ -362,6 +367,16 @@ void
 ql_wake_launcher_at_commit(void)
 {
 	pending_launcher_wake = true;
+}
+
+/*
+ * ql_queues_changed_at_commit: this transaction changed queues or their
+ * grants: at commit, every backend of the database reads them again.
+ */
+void
+ql_queues_changed_at_commit(void)
+{
+	pending_queues_changed = true;
 }
 
 /* ql_remember_job: add a job id to one of the lists carried to commit */
@@ -553,10 +568,11 @@ ql_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending_wakeups > 0 || pending_future != 0 || pending_lower ||
 				pending_cancels != NIL || pending_releases != NIL ||
+				pending_queues_changed ||
 				ql_schedule_wake_pending())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs or schedules"),
+						 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs, queues or schedules"),
 						 errdetail("qlater wakes its workers and releases or cancels claims when such a transaction commits, which COMMIT PREPARED cannot do.")));
 			if (pending_launcher_wake)
 				ereport(ERROR,
@@ -573,6 +589,9 @@ ql_xact_callback(XactEvent event, void *arg)
 			}
 			if (ql_shared != NULL)
 			{
+				/* first: what a change of a queue unblocks sees the change */
+				if (pending_queues_changed && ql_my_database() != NULL)
+					pg_atomic_fetch_add_u64(&ql_my_database()->queues_gen, 1);
 				/* before the wake-up: a woken worker looks from the frontier */
 				if (pending_lower)
 					ql_lower_frontier(&pending_first);
@@ -582,7 +601,7 @@ ql_xact_callback(XactEvent event, void *arg)
 					ql_wake_idle_workers(1, pending_future);
 				if (pending_launcher_wake)
 					ql_mark_database_active();
-				if (pending_extension_drop)
+				if (pending_extension_change)
 					ql_wake_all_workers();
 				if (pending_cancels != NIL)
 					ql_signal_cancels(pending_cancels);
@@ -595,7 +614,8 @@ ql_xact_callback(XactEvent event, void *arg)
 			pending_future = 0;
 			pending_lower = false;
 			pending_launcher_wake = false;
-			pending_extension_drop = false;
+			pending_extension_change = false;
+			pending_queues_changed = false;
 			if (pending_cancels != NIL)
 			{
 				list_free_deep(pending_cancels);

@@ -613,10 +613,10 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 	ql_xact_begin();
 	ql_reset_session();
 	c = ql_catalog(true);
-	if (c == NULL)
+	if (c == NULL || !c->current)
 	{
 		ql_xact_commit();
-		return QL_JOB_NO_EXTENSION;
+		return c == NULL ? QL_JOB_NO_EXTENSION : QL_JOB_OUTDATED;
 	}
 	ql_prepare_plans(w, c);
 

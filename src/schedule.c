@@ -48,6 +48,7 @@
 #include "consumer.h"
 #include "cron.h"
 #include "handlers.h"
+#include "queue.h"
 #include "schedule.h"
 #include "xact.h"
 #include "shmem.h"
@@ -518,7 +519,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);
 	SetUserIdAndSecContext(role, saved_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	(void) ql_insert_job(c, queue, d->handler, d->args, priority, tick,
-						 max_attempts, has_timeout ? &timeout : NULL);
+						 max_attempts, has_timeout ? &timeout : NULL, d->id);
 	SetUserIdAndSecContext(saved_userid, saved_sec_context);
 	return true;
 }
@@ -700,7 +701,8 @@ ql_schedule_fire_due(long *sleep_ms)
 	/* from here on, a change of a schedule makes us look again */
 	sched_stale = false;
 	c = ql_catalog(true);
-	sched_relid = c ? get_relname_relid("qlater_schedule", c->schema_oid) : InvalidOid;
+	/* none in a database still at an older version (worker.c) */
+	sched_relid = c && c->current ? get_relname_relid("qlater_schedule", c->schema_oid) : InvalidOid;
 	if (!OidIsValid(sched_relid))
 	{
 		ql_xact_commit();

@@ -72,6 +72,7 @@ ql_shmem_startup(void)
 			ql_shared->dbs[i].frontier = ql_key_min;
 			pg_atomic_init_u32(&ql_shared->dbs[i].wanted, 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].next_due, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].queues_gen, 0);
 		}
 		for (i = 0; i < ql_max_workers; i++)
 		{

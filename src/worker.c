@@ -17,6 +17,7 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -214,16 +215,80 @@ ql_settle_list(void)
 	}
 }
 
-/* ql_extension_present: whether qlater is installed in this database */
+/*
+ * ql_outdated_logged_once: whether the wait for an update of this
+ * database's extension is logged already (once per database); marks it so.
+ */
 static bool
-ql_extension_present(void)
+ql_outdated_logged_once(void)
 {
-	bool		present;
+	QlDatabase *db = ql_my_database();
+
+	if (db == NULL || db->outdated_logged)
+		return true;
+	db->outdated_logged = true;
+	return false;
+}
+
+/*
+ * ql_extension_state: whether qlater is installed here (QL_JOB_NONE), not
+ * (QL_JOB_NO_EXTENSION), or at an older version (QL_JOB_OUTDATED)
+ */
+static QlJobResult
+ql_extension_state(void)
+{
+	const QlCatalog *c;
+	QlJobResult result;
 
 	ql_xact_begin();
-	present = (ql_catalog(true) != NULL);
+	c = ql_catalog(true);
+	result = c == NULL ? QL_JOB_NO_EXTENSION : c->current ? QL_JOB_NONE : QL_JOB_OUTDATED;
+	if (result == QL_JOB_OUTDATED && !ql_outdated_logged_once())
+		ereport(LOG,
+				(errmsg("qlater waits in database \"%s\" until its extension is updated",
+						get_database_name(MyDatabaseId)),
+				 errdetail("The qlater library installed serves version %s of the extension.",
+						   QLATER_SQL_VERSION),
+				 errhint("Run ALTER EXTENSION qlater UPDATE in that database; no job runs there until then.")));
 	ql_xact_commit();
-	return present;
+	return result;
+}
+
+/*
+ * ql_wait_update: the database's extension is of an older version than
+ * this library serves (the library was installed, ALTER EXTENSION qlater
+ * UPDATE not yet run): its tables and functions are not what the worker
+ * reads and runs, so it waits, idle (the launcher may take it elsewhere),
+ * until the update commits (which wakes it: qlater.c) or the extension is
+ * dropped.  Logged once per database.  Returns the new state: QL_JOB_NONE
+ * once updated, QL_JOB_NO_EXTENSION, or QL_JOB_OUTDATED if asked to leave.
+ */
+static QlJobResult
+ql_wait_update(void)
+{
+	QlJobResult state = QL_JOB_OUTDATED;
+
+	while (state == QL_JOB_OUTDATED && !my_slot->stop_requested)
+	{
+		pg_atomic_write_u32(&my_slot->idle, 1);
+		pg_memory_barrier();
+		if (pg_atomic_read_u32(&ql_shared->unserved) != 0 &&
+			ql_shared->launcher_latch != NULL)
+			SetLatch(ql_shared->launcher_latch);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 ql_poll_interval, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		state = ql_extension_state();
+	}
+	if (state == QL_JOB_NONE && ql_my_database() != NULL)
+		ql_my_database()->outdated_logged = false;
+	return state;
 }
 
 /*
@@ -283,6 +348,8 @@ ql_worker_leave(void)
 
 	ql_xact_begin();
 	c = ql_catalog(true);
+	if (c != NULL && !c->current)
+		c = NULL;				/* waits for ALTER EXTENSION UPDATE */
 	if (c != NULL)
 	{
 		ql_prepare_plans(&worker, c);
@@ -317,6 +384,7 @@ qlater_worker_main(Datum main_arg)
 {
 	int			slotno = DatumGetInt32(main_arg);
 	Oid			dboid;
+	QlJobResult state;
 	sigjmp_buf	local_sigjmp_buf;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -343,7 +411,8 @@ qlater_worker_main(Datum main_arg)
 	ql_inflight_attach(slotno);
 	ql_xact_init();
 
-	if (!ql_extension_present())
+	state = ql_extension_state();
+	if (state == QL_JOB_NO_EXTENSION)
 	{
 		ql_set_database_state(QL_DB_ABSENT);
 		ql_worker_exit();
@@ -371,6 +440,13 @@ qlater_worker_main(Datum main_arg)
 						 1000L, PG_WAIT_EXTENSION);
 	}
 	PG_exception_stack = &local_sigjmp_buf;
+
+	if (state == QL_JOB_OUTDATED)
+		state = ql_wait_update();
+	if (state == QL_JOB_NO_EXTENSION)
+		ql_set_database_state(QL_DB_ABSENT);
+	if (state != QL_JOB_NONE)
+		ql_worker_exit();
 
 	for (;;)
 	{
@@ -405,6 +481,12 @@ qlater_worker_main(Datum main_arg)
 			ql_settle_list();
 
 		result = ql_run_next_job(&worker, &sleep_ms);
+		if (result == QL_JOB_OUTDATED)
+		{
+			result = ql_wait_update();
+			if (result == QL_JOB_OUTDATED)
+				continue;		/* asked to leave: at the top */
+		}
 		if (result == QL_JOB_NO_EXTENSION)
 		{
 			ql_set_database_state(QL_DB_ABSENT);
