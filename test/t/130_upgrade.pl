@@ -272,11 +272,11 @@ is($node->safe_psql('qdb1', "SELECT count(*) FROM hits WHERE label LIKE 'p-%'"),
 is($node->safe_psql('qdb2', "SELECT count(*) FROM hits WHERE label LIKE 'p2-%'"),
 	'0', 'qdb2: its pending jobs wait too');
 
-# what the upgrade must keep
+# what the upgrade must keep (the schedule's jobs come and go)
 my $jobs_q = q{
 SELECT id, queue, handler, args, priority, run_at, attempts, max_attempts,
        last_error, role, timeout, crashes, enqueued_at
-  FROM qlater_jobs ORDER BY id};
+  FROM qlater_jobs WHERE queue <> 'sched_b' ORDER BY id};
 my %jobs_before = map { $_ => $node->safe_psql($_, $jobs_q) } ('qdb1', 'qdb2');
 my %hits_before = map { $_ => $node->safe_psql($_, 'SELECT count(*) FROM hits') } ('qdb1', 'qdb2');
 my $ticks_before = $node->safe_psql('qdb1', "SELECT count(*) FROM hits WHERE label = 'tick'");
@@ -320,9 +320,18 @@ for my $db ('qdb1', 'qdb2')
 		"$db: qlater_retry fails the same way");
 }
 
-# the workers say once what to do, and wait
-ok( $node->wait_for_log(qr/LOG:.*ALTER EXTENSION qlater UPDATE/, $log_offset),
-	'the log says to run ALTER EXTENSION qlater UPDATE');
+# the workers say what to do, once for each database, and wait
+sub waits_logged
+{
+	my ($db) = @_;
+	return qr/LOG:  [^\n]*"\Q$db\E"[^\n]*\n(?:[^\n]*DETAIL:[^\n]*\n)?[^\n]*HINT:  [^\n]*ALTER EXTENSION qlater UPDATE/;
+}
+for my $db ('qdb1', 'qdb2')
+{
+	ok($node->wait_for_log(waits_logged($db), $log_offset),
+		"the log tells to run ALTER EXTENSION qlater UPDATE in $db");
+}
+# long enough for a worker to find the due jobs, were it to look
 sleep(3);
 for my $db ('qdb1', 'qdb2')
 {
@@ -335,7 +344,188 @@ is( $node->safe_psql(
 		'qdb1', q{SELECT attempts || '/' || crashes FROM qlater_jobs WHERE handler = 'public.nap(text)'}),
 	'0/0', 'the job the shutdown rolled back counts no attempt and no crash');
 
-# TODO: the rest once the 0.2 library is on main
+### qdb1 updated; qdb2 still waits
+my $update_at = $node->safe_psql('qdb1', 'SELECT clock_timestamp()');
+$node->safe_psql('qdb1', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb1', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb1: ALTER EXTENSION qlater UPDATE makes it $new_version");
+
+is($node->safe_psql('qdb1', $handlers_q), $handlers_before{'qdb1'},
+	'qdb1: the registrations are kept');
+
+# every pending job that is due runs, once, as its role; the job the
+# shutdown rolled back runs again, once
+my $due1 = q{'p-su', 'p-su-batched-1', 'p-su-batched-2', 'p-su-soon', 'p-a', 'p-a-qa',
+             'p-a-shared', 'p-b-shared', 'p-b-batched', 'nap'};
+ok( $node->poll_query_until(
+		'qdb1', qq{
+SELECT (SELECT count(*) FROM hits WHERE label IN ($due1)) >= 10
+   AND NOT EXISTS (SELECT FROM qlater_jobs WHERE args->>0 IN ($due1))}),
+	'qdb1: its due jobs run after the update');
+is( $node->safe_psql(
+		'qdb1', qq{
+SELECT string_agg(label || ':' || cu, ' ' ORDER BY label COLLATE "C") FROM hits
+ WHERE label IN ($due1) OR label LIKE 'p-%'}),
+	"nap:$su p-a:tenant_a p-a-qa:tenant_a p-a-shared:tenant_a p-b-batched:tenant_b "
+	  . "p-b-shared:tenant_b p-su:$su p-su-batched-1:$su p-su-batched-2:$su p-su-soon:$su",
+	'qdb1: each ran exactly once, as the role that enqueued it');
+ok( $node->safe_psql(
+		'qdb1', "SELECT at >= '$soon_at' FROM hits WHERE label = 'p-su-soon'") eq 't',
+	'qdb1: the job of a later run_at ran at its run_at, not before');
+# the jobs left are those of before: dead, far in the future, the apps'
+my @kept = grep { /\|(?:ExportA|ExportB)\||"(?:d-a|d-su|p-su-far)"/ }
+  split /\n/, $jobs_before{'qdb1'};
+is(scalar(@kept), 5, 'qdb1: 5 jobs were not to run');
+is($node->safe_psql('qdb1', $jobs_q), join("\n", @kept),
+	'qdb1: the jobs that did not run are kept as they were');
+
+### qdb2 still at 0.1: its jobs wait, its functions refuse
+is($node->safe_psql('qdb2', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$old_version, "qdb2 is still at $old_version");
+{
+	my ($ret, $stdout, $stderr) =
+	  $node->psql('qdb2', q{SELECT qlater_enqueue('hit', '["too-early-2"]')});
+	like($stderr, qr/must be updated to version \Q$new_version\E/,
+		'qdb2: qlater_enqueue still refuses while qdb1 is updated');
+}
+
+### qdb1: queues, owners and grants, as the upgrade gives them
+# a queue used by one role is that role's; used by several, or 'default',
+# the extension's owner's; declared ones keep their owner but 'default'
+is( $node->safe_psql(
+		'qdb1', q{
+SELECT string_agg(concat_ws(':', name, owner, external, paused, max_running,
+                            min_priority, batch_size, batch_delay), ' ' ORDER BY name COLLATE "C")
+  FROM qlater_queues}),
+	"batched:tenant_b:f:f:-32768:8:00:00:00.05 default:$su:f:f:-32768:4:00:00:00.02 "
+	  . "ext:tenant_a:t:f:-32768:1:00:00:00.02 qa:tenant_a:f:f:-32768:1:00:00:00.02 "
+	  . "sched_b:tenant_b:f:f:-32768:1:00:00:00.02 shared:$su:f:f:-32768:1:00:00:00.02 "
+	  . "slow:$su:f:f:-32768:1:00:00:00.02",
+	'qdb1: a row for every queue in use, owners by the upgrade rule, batch settings kept');
+is( $node->safe_psql(
+		'qdb1', q{
+SELECT string_agg(concat_ws(':', queue, grantee, privilege), ' ' ORDER BY queue COLLATE "C", grantee COLLATE "C", privilege)
+  FROM qlater_queue_grant}),
+	'ext:app_worker:consume ext:tenant_b:enqueue',
+	"qdb1: the consumer's grant is 'consume', the other role's jobs in the external queue give it 'enqueue'");
+
+### qdb1: the external queue's jobs wait for its consumer
+my ($ret, $stdout, $stderr) = $node->psql('qdb1', q{SELECT * FROM qlater_lock('ext', 10)},
+	extra_params => [ '-U', 'tenant_b' ]);
+isnt($ret, 0, 'qdb1: a role that may only enqueue cannot claim the external jobs');
+like($stderr, qr/permission denied for queue "ext"/, 'qdb1: permission denied');
+($ret, $stdout, $stderr) = $node->psql('qdb1',
+	q{SELECT qlater_enqueue('ExportC', '{}', queue => 'ext')},
+	extra_params => [ '-U', 'app_worker' ]);
+like($stderr, qr/permission denied for queue "ext"/,
+	'qdb1: the consumer may not enqueue into it (no grant)');
+$node->safe_psql('qdb1', q{SELECT qlater_enqueue('ExportB2', '{}', queue => 'ext')},
+	extra_params => [ '-U', 'tenant_b' ]);
+is( $node->safe_psql(
+		'qdb1', q{
+CREATE TEMP TABLE got AS SELECT id, handler, role FROM qlater_lock('ext', 10);
+SELECT string_agg(handler || ':' || role, ',' ORDER BY handler COLLATE "C") FROM got;
+SELECT count(*) FROM (SELECT qlater_complete(id) FROM got) s;
+},
+		extra_params => [ '-U', 'app_worker' ]),
+	"ExportA:tenant_a,ExportB:tenant_b,ExportB2:tenant_b\n3",
+	'qdb1: the consumer claims and completes the app jobs of both roles, and the new one');
+is($node->safe_psql('qdb1', "SELECT count(*) FROM qlater_jobs WHERE queue = 'ext'"),
+	'0', 'qdb1: the completed app jobs are gone');
+
+### qdb1: dead jobs stay dead, and can be retried
+is( $node->safe_psql(
+		'qdb1', q{
+SELECT string_agg(args->>0 || ':' || state || ':' || attempts || ':' || role || ':' || (last_error->>'message'),
+                  ' ' ORDER BY (args->>0) COLLATE "C")
+  FROM qlater_jobs WHERE state = 'dead'}),
+	"d-a:dead:1:tenant_a:no pass for d-a d-su:dead:1:$su:no pass for d-su",
+	'qdb1: the dead jobs are still dead, with their error');
+$node->safe_psql('qdb1', q{INSERT INTO pass VALUES ('d-a'), ('d-su')});
+is($node->safe_psql('qdb1', q{SELECT qlater_retry(id) FROM qlater_jobs WHERE args->>0 = 'd-a'},
+		extra_params => [ '-U', 'tenant_a' ]),
+	't', 'qdb1: tenant_a retries its dead job');
+is($node->safe_psql('qdb1', q{SELECT qlater_retry(id) FROM qlater_jobs WHERE args->>0 = 'd-su'}),
+	't', 'qdb1: the superuser retries its dead job');
+ok( $node->poll_query_until(
+		'qdb1', q{SELECT count(*) = 2 FROM hits WHERE label IN ('d-a', 'd-su')}),
+	'qdb1: the retried jobs run');
+is( $node->safe_psql(
+		'qdb1', q{SELECT string_agg(label || ':' || cu, ' ' ORDER BY label COLLATE "C") FROM hits WHERE label LIKE 'd-%'}),
+	"d-a:tenant_a d-su:$su", 'qdb1: once each, as their roles');
+
+### qdb1: the schedule fires again
+ok( $node->poll_query_until(
+		'qdb1', qq{
+SELECT count(*) >= 2 FROM hits WHERE label = 'tick' AND at > '$update_at'}),
+	'qdb1: the schedule of 0.1 fires again after the update');
+is( $node->safe_psql(
+		'qdb1', q{SELECT string_agg(DISTINCT cu, ',') FROM hits WHERE label = 'tick'}),
+	'tenant_b', "qdb1: its jobs run as the schedule's owner");
+is( $node->safe_psql(
+		'qdb1', q{SELECT concat_ws(':', name, owner, queue, active, overlap, catch_up) FROM qlater_schedules},
+		extra_params => [ '-U', 'tenant_b' ]),
+	'tick:tenant_b:sched_b:t:f:t',
+	'qdb1: the schedule is active, without overlap (the default of 0.2)');
+
+### qdb1: the new functions on the queues the upgrade made
+$node->safe_psql('qdb1', q{SELECT qlater_pause_queue('qa')}, extra_params => [ '-U', 'tenant_a' ]);
+($ret, $stdout, $stderr) = $node->psql('qdb1', q{SELECT qlater_resume_queue('qa')},
+	extra_params => [ '-U', 'tenant_b' ]);
+like($stderr, qr/must be owner of queue "qa"/,
+	'qdb1: another role may not resume the queue of tenant_a');
+$node->safe_psql('qdb1', q{SELECT qlater_enqueue('ta.work', '["qa-paused"]')},
+	extra_params => [ '-U', 'tenant_a' ]);
+sleep(2);
+is($node->safe_psql('qdb1', q{SELECT count(*) FROM hits WHERE label = 'qa-paused'}),
+	'0', 'qdb1: tenant_a pauses its queue: its job waits');
+$node->safe_psql('qdb1', q{SELECT qlater_resume_queue('qa')}, extra_params => [ '-U', 'tenant_a' ]);
+ok( $node->poll_query_until(
+		'qdb1', q{SELECT count(*) = 1 FROM hits WHERE label = 'qa-paused'}),
+	'qdb1: resumed, the job runs');
+$node->safe_psql('qdb1', q{SELECT qlater_alter_queue('batched', max_running => 3)},
+	extra_params => [ '-U', 'tenant_b' ]);
+is($node->safe_psql('qdb1', q{SELECT max_running FROM qlater_queues WHERE name = 'batched'}),
+	'3', 'qdb1: the owner of a declared queue sets its max_running');
+
+### qdb2, all along: nothing ran
+is($node->safe_psql('qdb2', 'SELECT count(*) FROM hits'),
+	$hits_before{'qdb2'}, 'qdb2: no job ran while qdb1 was updated and busy');
+is($node->safe_psql('qdb2', $jobs_q), $jobs_before{'qdb2'},
+	'qdb2: its jobs are as they were');
+
+### qdb2 updated on its own
+$node->safe_psql('qdb2', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb2', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb2: updated to $new_version");
+is($node->safe_psql('qdb2', $handlers_q), $handlers_before{'qdb2'},
+	'qdb2: the registrations are kept');
+ok( $node->poll_query_until(
+		'qdb2', q{SELECT count(*) >= 3 FROM hits WHERE label LIKE 'p2-%'}),
+	'qdb2: its due jobs run after its update');
+is( $node->safe_psql(
+		'qdb2', q{SELECT string_agg(label || ':' || cu, ' ' ORDER BY label COLLATE "C") FROM hits}),
+	"p2-a:tenant_a p2-a-qa:tenant_a p2-su:$su",
+	'qdb2: each once, as its role');
+is( $node->safe_psql(
+		'qdb2', q{SELECT string_agg(args->>0 || ':' || state, ' ' ORDER BY id) FROM qlater_jobs}),
+	'd2-su:dead p2-su-far:pending', 'qdb2: its dead and future jobs are kept');
+is( $node->safe_psql(
+		'qdb2', q{SELECT string_agg(name || ':' || owner, ' ' ORDER BY name COLLATE "C") FROM qlater_queues}),
+	"default:$su qa:tenant_a shared:tenant_b slow:$su",
+	"qdb2: its queues' owners, from its own use");
+is($node->safe_psql('qdb2', 'SELECT count(*) FROM qlater_queue_grant'),
+	'0', 'qdb2: no grants');
+is($node->safe_psql('qdb1', q{SELECT extversion FROM pg_extension WHERE extname = 'qlater'}),
+	$new_version, 'qdb1 is untouched by it');
+
+# one line for each database, however long it waited
+my $log = slurp_file($node->logfile, $log_offset);
+for my $db ('qdb1', 'qdb2')
+{
+	my $n = () = $log =~ /${\ waits_logged($db)}/g;
+	is($n, 1, "the wait of $db is logged once");
+}
 
 $node->stop;
 unlike(slurp_file($node->logfile), qr/terminated by signal/,
