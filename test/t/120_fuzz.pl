@@ -918,7 +918,10 @@ q1(q{
 SELECT qlater_unschedule(name, owner) FROM qlater_schedules;
 CREATE TABLE fz_final_t (k int);
 CREATE FUNCTION fz_final(k int) RETURNS void LANGUAGE sql AS $$ INSERT INTO fz_final_t VALUES (k) $$;
-SELECT qlater_create_queue('fz_final_q', external => false, batch_size => 1);
+SELECT CASE WHEN EXISTS (SELECT FROM qlater_queues WHERE name = 'fz_final_q')
+            THEN qlater_alter_queue('fz_final_q', external => false, batch_size => 1, max_running => -1)
+            ELSE qlater_create_queue('fz_final_q', batch_size => 1) END;
+SELECT qlater_resume_queue('fz_final_q');
 SELECT qlater_register('fz_final(integer)', queue => 'fz_final_q', priority => -32768);
 SELECT qlater_enqueue('fz_final', '[42]');
 });
