@@ -587,6 +587,7 @@ sub gen_value
 		return pick(@tzs) if $pname eq 'timezone' && chance(0.85);
 		return pick(@names) if $pname eq 'name' && $fn =~ /schedule/ && chance(0.85);
 		return pick(@queues) if $pname eq 'name' && chance(0.85);
+		return pick("'consume'", "'enqueue'") if $pname eq 'privilege' && chance(0.8);
 		return pick(@odd_text);
 	}
 	if ($type eq 'integer')
@@ -679,7 +680,7 @@ sub gen_call
 
 # the calls, in blocks of one role
 my @calls;    # [role, fn, text]
-my @weights = map { $_->{name} =~ /enqueue|cron|register|create_queue|lock|schedule/ ? 3 : 1 } @fns;
+my @weights = map { $_->{name} =~ /enqueue|cron|register|create_queue|alter_queue|pause|resume|grant|lock|schedule/ ? 3 : 1 } @fns;
 my @wfns = map { ($fns[$_]) x $weights[$_] } 0 .. $#fns;
 while (@calls < $ncalls)
 {
