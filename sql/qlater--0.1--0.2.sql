@@ -83,6 +83,23 @@ SELECT DISTINCT j.queue, j.role, 'enqueue'
  WHERE q.external AND j.role <> q.owner
 ON CONFLICT DO NOTHING;
 
+/*
+ * Who holds which grant is the business of the queue's owner and of the
+ * grantee: the table is no longer readable by everyone, the view shows a
+ * role the grants of its queues and its own, and admins all.
+ */
+REVOKE SELECT ON @extschema@.qlater_queue_grant FROM PUBLIC;
+CREATE VIEW @extschema@.qlater_queue_grants WITH (security_barrier) AS
+SELECT g.queue, g.grantee, g.privilege
+  FROM @extschema@.qlater_queue_grant g
+ WHERE g.grantee = CURRENT_USER
+    OR EXISTS (SELECT FROM @extschema@.qlater_queue q
+                WHERE q.name = g.queue AND q.owner = CURRENT_USER)
+    OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER');
+GRANT SELECT ON @extschema@.qlater_queue_grants TO PUBLIC;
+COMMENT ON VIEW @extschema@.qlater_queue_grants IS
+    'grants on the queues the current role owns, and its own grants';
+
 /* the queues, as everyone may see them (not their jobs) */
 CREATE VIEW @extschema@.qlater_queues AS
 SELECT q.name, q.owner, q.external, q.paused, q.max_running, q.min_priority,
