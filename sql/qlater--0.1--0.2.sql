@@ -31,6 +31,10 @@ ALTER TABLE @extschema@.qlater_queue
  * (its jobs, registrations and schedules) goes to that role; one used by
  * several roles goes to the extension's owner, as does 'default', which
  * is everyone's.  Queues declared before keep their owner, but 'default'.
+ * No row is made for a queue not in use, 'default' included: a row the
+ * install script made would clash with the dumped one at a restore
+ * (qlater_queue is dumped whole); 'default' gets its row, owned by the
+ * extension's owner, when it is first used or changed.
  */
 INSERT INTO @extschema@.qlater_queue (name, owner)
 SELECT u.queue,
@@ -45,9 +49,7 @@ SELECT u.queue,
          WHERE registered_at > '-infinity'
         UNION ALL
         SELECT queue, owner FROM @extschema@.qlater_schedule
-         WHERE queue IS NOT NULL
-        UNION ALL
-        SELECT 'default', NULL) u
+         WHERE queue IS NOT NULL) u
  GROUP BY u.queue
 ON CONFLICT (name) DO NOTHING;
 

@@ -418,9 +418,9 @@ ql_queue_denied(const char *queue, QlQueuePriv priv)
 }
 
 /*
- * ql_queue_create_row: create a queue for the current role (in-server
- * unless external); false if it exists already.  Caller acts as the
- * owner, connected to SPI.
+ * ql_queue_create_row: create a queue for a role (in-server unless
+ * external); false if it exists already.  Caller acts as the owner,
+ * connected to SPI.
  */
 static bool
 ql_queue_create_row(const QlCatalog *c, const char *queue, bool external,
@@ -484,8 +484,10 @@ ql_queue_check_put(const QlCatalog *c, const char *queue,
 
 		ql_check_queue_name(queue);
 		ql_spi_connect_owner(c, &save);
+		/* 'default' is the extension's, whoever names it first */
 		(void) ql_queue_create_row(c, queue, false, (Datum) 0, true,
-								   (Datum) 0, true, save.userid);
+								   (Datum) 0, true,
+								   strcmp(queue, "default") == 0 ? c->owner : save.userid);
 		ql_spi_finish_owner(&save);
 		q = ql_queue_get(c, queue);
 		if (q == NULL)
@@ -605,6 +607,10 @@ ql_lock_own_queue(const QlCatalog *c, const char *queue,
 	Datum		values[1];
 
 	values[0] = CStringGetTextDatum(queue);
+	/* 'default' has a row once first used or changed (see the install) */
+	if (strcmp(queue, "default") == 0)
+		(void) ql_queue_create_row(c, queue, false, (Datum) 0, true,
+								   (Datum) 0, true, c->owner);
 	if (ql_stmt_exec(&q_stmts, c, QL_Q_LOCK, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read queue \"%s\"", queue);
 	if (SPI_processed == 0)
