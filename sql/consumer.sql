@@ -30,7 +30,7 @@ SELECT qlater_listen('ruby');
 RESET ROLE;
 SET ROLE ql_app_owner;
 SELECT qlater_grant_queue('ruby', 'ql_stranger', 'enqueue');
-SELECT queue, grantee, privilege FROM qlater_queue_grant ORDER BY 1, 2, 3;
+SELECT queue, grantee, privilege FROM qlater_queue_grants ORDER BY 1, 2, 3;
 RESET ROLE;
 
 -- jobs for applications: free-text handler, any JSON args

@@ -59,6 +59,12 @@ SELECT qlater_grant_queue('mail', 'tenant_b', 'enqueue');  -- again: nothing cha
 RESET ROLE;
 SET ROLE tenant_b;
 SELECT qlater_enqueue('export_b', '["y"]', queue => 'mail', run_at => now() + interval '1 day') AS b_job \gset
+-- grants are seen by the grantee and the queue's owner, not by others
+SELECT queue, grantee, privilege FROM qlater_queue_grants;
+RESET ROLE;
+SET ROLE tenant_c;
+SELECT count(*) FROM qlater_queue_grants;
+SELECT count(*) FROM qlater_queue_grant;
 RESET ROLE;
 SET ROLE tenant_a;
 SELECT count(*) AS a_sees_b FROM qlater_jobs WHERE id = :b_job;

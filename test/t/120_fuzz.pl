@@ -123,6 +123,7 @@ CREATE TYPE fz_comp AS (a int, b text, c fz_posint);
 CREATE TYPE fz_nested AS (p fz_comp, q int[]);
 CREATE TYPE fz_enum AS ENUM ('a', 'b', 'c');
 SELECT qlater_create_queue('fzbatch', batch_size => 8, batch_delay => '5 ms');
+SELECT qlater_grant_queue('fzbatch', 'fz_user', 'enqueue');
 EOSQL
 
 # handlers: [name, parameters, returns, language, extra]
