@@ -410,6 +410,13 @@ SELECT string_agg(concat_ws(':', queue, grantee, privilege), ' ' ORDER BY queue 
   FROM qlater_queue_grant}),
 	'ext:app_worker:consume ext:tenant_b:enqueue',
 	"qdb1: the consumer's grant is 'consume', the other role's jobs in the external queue give it 'enqueue'");
+is( $node->safe_psql(
+		'qdb1', q{
+SELECT string_agg(concat_ws(':', queue, grantee, privilege), ' ' ORDER BY grantee COLLATE "C")
+  FROM qlater_queue_grants},
+		extra_params => [ '-U', 'tenant_a' ]),
+	'ext:app_worker:consume ext:tenant_b:enqueue',
+	"qdb1: the owner of the external queue sees its grants");
 
 ### qdb1: the external queue's jobs wait for its consumer
 my ($ret, $stdout, $stderr) = $node->psql('qdb1', q{SELECT * FROM qlater_lock('ext', 10)},
