@@ -83,17 +83,27 @@ for my $p ($sys_share, $sys_include)
 }
 my $sys_root = join('/', @common);
 die "no common folder of $sys_inst, $sys_share and $sys_include" if $sys_root eq '';
-my $rel = sub { my $p = shift; $p =~ s{^\Q$sys_root\E/}{} or die "$p is not under $sys_root"; $p };
 
+# a path of the installation, in the copy
 my $root = "$tmp/pg";
-my $inst = "$root/" . $rel->($sys_inst);
-my $share = "$root/" . $rel->($sys_share);
-make_path(dirname($inst), dirname($share));
+sub in_copy { return $root . substr($_[0], length($sys_root)); }
+sub is_under { my ($p, $dir) = @_; return $p eq $dir || index($p, "$dir/") == 0; }
+my $inst = in_copy($sys_inst);
+my $share = in_copy($sys_share);
+make_path(dirname($inst));
 system('cp', '-R', $sys_inst, $inst) == 0 or die "could not copy $sys_inst";
-system('cp', '-R', $sys_share, $share) == 0 or die "could not copy $sys_share";
-my $include_top = (split m{/}, $rel->($sys_include))[0];
-symlink("$sys_root/$include_top", "$root/$include_top")
-  or die "could not link $root/$include_top: $!";
+# Debian's share folder is apart (a source build's is inside the copy)
+if (!is_under($sys_share, $sys_inst))
+{
+	make_path(dirname($share));
+	system('cp', '-R', $sys_share, $share) == 0 or die "could not copy $sys_share";
+}
+if (!is_under($sys_include, $sys_inst))
+{
+	my $top = (split m{/}, substr($sys_include, length($sys_root) + 1))[0];
+	symlink("$sys_root/$top", "$root/$top")
+	  or die "could not link $root/$top: $!";
+}
 my $pg_config = "$inst/bin/pg_config";
 is(pg_config($pg_config, 'sharedir'), $share, 'the copy of PostgreSQL finds its own share folder');
 my $pkglib = pg_config($pg_config, 'pkglibdir');
