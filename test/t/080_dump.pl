@@ -1,5 +1,7 @@
 # 080_dump.pl: pg_dump and restore keep registrations, pending and dead
-# jobs, and the job id sequence; restored jobs run.
+# jobs, and the job id sequence; restored jobs run.  The queues of 0.2 too:
+# owners, kind, pause, limits, priority bounds, batch settings, and grants
+# with their privileges, which hold in the restored database.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -14,7 +16,7 @@ $node->append_conf('postgresql.conf',
 	  . "max_worker_processes = 16\n");
 $node->start;
 
-$node->safe_psql('postgres', 'CREATE ROLE alice; CREATE DATABASE src');
+$node->safe_psql('postgres', 'CREATE ROLE alice; CREATE ROLE bob; CREATE DATABASE src');
 $node->safe_psql(
 	'src', q{
 CREATE EXTENSION qlater;
@@ -69,18 +71,49 @@ ok( $node->poll_query_until(
 		'src', "SELECT count(*) = 30 FROM app.marks WHERE label LIKE 'ran-%'"),
 	'the due jobs ran');
 
+# queues of alice: an external one, paused, that bob may consume and
+# enqueue into, with a job of hers; an in-server one with batches, a limit
+# of running jobs and a priority bound (set by an admin), that bob may
+# enqueue into
+$node->safe_psql(
+	'src', q{
+SET ROLE alice;
+SELECT qlater_create_queue('alice_ext', external => true);
+SELECT qlater_grant_queue('alice_ext', 'bob', 'consume');
+SELECT qlater_grant_queue('alice_ext', 'bob', 'enqueue');
+SELECT qlater_enqueue('AppJob', '{"label": "app-1"}', queue => 'alice_ext');
+SELECT qlater_pause_queue('alice_ext');
+SELECT qlater_create_queue('alice_q', batch_size => 5, batch_delay => '30 ms');
+SELECT qlater_alter_queue('alice_q', max_running => 2);
+SELECT qlater_grant_queue('alice_q', 'bob', 'enqueue');
+RESET ROLE;
+SELECT qlater_alter_queue('alice_q', min_priority => 0);
+});
+
 my $jobs_q = q{
 SELECT id, queue, handler, args, priority, run_at, attempts, max_attempts,
        last_error, state, role, timeout, crashes, enqueued_at
   FROM qlater_jobs ORDER BY id};
 my $handlers_q = 'SELECT * FROM qlater_handler ORDER BY handler';
 my $seq_q = 'SELECT last_value, is_called FROM qlater_job_id_seq';
+my $queues_q = 'SELECT * FROM qlater_queues ORDER BY name COLLATE "C"';
+my $grants_q = 'SELECT * FROM qlater_queue_grant ORDER BY 1, 2, 3';
 
 my $jobs_src = $node->safe_psql('src', $jobs_q);
 my $handlers_src = $node->safe_psql('src', $handlers_q);
 my $seq_src = $node->safe_psql('src', $seq_q);
+my $queues_src = $node->safe_psql('src', $queues_q);
+my $grants_src = $node->safe_psql('src', $grants_q);
 my $max_id = $node->safe_psql('src', 'SELECT max(id) FROM qlater_jobs');
-is($node->safe_psql('src', 'SELECT count(*) FROM qlater_jobs'), '6', '6 jobs to dump');
+is($node->safe_psql('src', 'SELECT count(*) FROM qlater_jobs'), '7', '7 jobs to dump');
+is( $node->safe_psql(
+		'src', q{
+SELECT string_agg(concat_ws(':', name, owner, external, paused, max_running, min_priority, batch_size),
+                  ' ' ORDER BY name COLLATE "C")
+  FROM qlater_queues WHERE name LIKE 'alice%'}),
+	'alice_ext:alice:t:t:-32768:1 alice_q:alice:f:f:2:0:5',
+	"alice's queues to dump");
+is($node->safe_psql('src', 'SELECT count(*) FROM qlater_queue_grant'), '3', '3 grants to dump');
 note "sequence of src: $seq_src, max job id $max_id";
 
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -144,8 +177,34 @@ SELECT count(*) FILTER (WHERE qlater_retry(id))
 	is( $node->safe_psql(
 			$db,
 			"SELECT string_agg(coalesce(args->>0, args->>'label') || ':' || state, ',' ORDER BY id) FROM qlater_jobs"),
-		'pending-1:pending,pending-2:pending,pending-alice:pending,dead-2:dead',
+		'pending-1:pending,pending-2:pending,pending-alice:pending,dead-2:dead,app-1:pending',
 		"$how: the other restored jobs are as they were");
+
+	# the queues and grants of 0.2, as they were, and in force
+	is($node->safe_psql($db, $queues_q), $queues_src,
+		"$how: queues restored: owners, kind, pause, limits, priority bounds, batch settings");
+	is($node->safe_psql($db, $grants_q), $grants_src,
+		"$how: grants restored with their privileges");
+	is( $node->safe_psql(
+			$db, q{SET ROLE bob; SELECT count(*) FROM qlater_lock('alice_ext', 10)}),
+		'0', "$how: the restored pause holds: the consumer gets nothing");
+	$node->safe_psql($db, q{SET ROLE alice; SELECT qlater_resume_queue('alice_ext')});
+	is( $node->safe_psql(
+			$db, q{
+SET ROLE bob;
+SELECT string_agg(args->>'label', ',') FROM qlater_lock('alice_ext', 10);
+SELECT qlater_enqueue('AppJob', '{"label": "app-bob"}', queue => 'alice_ext') > 0;
+SELECT qlater_enqueue('app.mark', '["bob-in-alice_q"]', queue => 'alice_q') > 0;
+}),
+		"app-1\nt\nt",
+		"$how: resumed, the restored grants let bob claim the job and enqueue into alice's queues");
+	my ($ret, $stdout, $stderr) = $node->psql($db,
+		q{SET ROLE alice; SELECT qlater_enqueue('app.mark', '["too-urgent"]', queue => 'alice_q', priority => -1)});
+	like($stderr, qr/priority -1 is below the lowest priority queue "alice_q" accepts/,
+		"$how: the restored priority bound holds");
+	ok( $node->poll_query_until(
+			$db, "SELECT count(*) = 1 FROM app.marks WHERE label = 'bob-in-alice_q'"),
+		"$how: bob's job in alice's queue runs");
 }
 
 # the source is untouched by all this
