@@ -143,11 +143,7 @@ SELECT n FROM dblink('$db', \$\$SELECT count(qlater_listen('m' || g)) FROM gener
 note "B13: mallory's sessions took $listened listener entries";
 as('alice', q{SELECT qlater_create_queue('alice_wakes', external => true)});
 my ($ret, $out, $err) = try_as('alice', q{SELECT qlater_listen('alice_wakes')});
-TODO:
-{
-	local $TODO = 'B13: listener entries are bounded per role in a database only, not per role in the cluster';
-	is($ret, 0, "B13: alice can still listen for her own queue in another database");
-}
+is($ret, 0, "B13: alice can still listen for her own queue in another database");
 note "B13: alice's listen said: $err";
 $holder->quit;
 wait_for(q{SELECT count(*) = 0 FROM pg_stat_activity WHERE usename = 'mallory'},
@@ -165,19 +161,15 @@ is(su(q{SELECT count(*) FROM qlater_queues WHERE name = 'default'}, 'dflt'), '0'
 	"B1: a fresh database has no row for 'default' yet");
 ($ret, $out, $err) = try_as('mallory',
 	q{SELECT qlater_create_queue('default', external => true)}, 'dflt');
-TODO:
-{
-	local $TODO = "B1: qlater_create_queue('default') by any role, before its first use, makes it that role's";
-	isnt($ret, 0, "B1: mallory cannot create 'default'");
-	isnt(su(q{SELECT coalesce((SELECT owner FROM qlater_queues WHERE name = 'default'), 'none')}, 'dflt'),
-		'mallory', "B1: mallory does not own 'default'");
-	($ret, $out, $err) = try_as('alice', q{
+isnt($ret, 0, "B1: mallory cannot create 'default'");
+isnt(su(q{SELECT coalesce((SELECT owner FROM qlater_queues WHERE name = 'default'), 'none')}, 'dflt'),
+	'mallory', "B1: mallory does not own 'default'");
+($ret, $out, $err) = try_as('alice', q{
 CREATE FUNCTION shared.ha(x int) RETURNS void LANGUAGE sql AS 'SELECT 1';
 SELECT qlater_register('shared.ha(int)');
 SELECT qlater_enqueue('shared.ha', '[1]');}, 'dflt');
-	is($ret, 0, "B1: and alice can still register into 'default' and enqueue");
-	note "B1: alice's register and enqueue said: $err";
-}
+is($ret, 0, "B1: and alice can still register into 'default' and enqueue");
+note "B1: alice's register and enqueue said: $err";
 # repair, so that the database serves the held tests below
 su(q{DELETE FROM qlater_queue WHERE name = 'default' AND owner <> current_user;
      DELETE FROM qlater_handler}, 'dflt');
@@ -317,29 +309,23 @@ as('alice', q{SELECT qlater_grant_queue('ext', 'carol')});
 like($err, qr/permission denied for queue "ext"/, 'held: no listen without consume');
 my $carol = session('carol');
 my $channel = $carol->query_safe(q{SELECT qlater_listen('ext')});
-like($channel, qr/^qlater_\d+$/, 'held: a consumer listens on its own channel');
+like($channel, qr/^qlater_\d+_[0-9a-f]{16}$/, 'held: a consumer listens on its own channel');
+# what another role can know of it: the session's pid (pg_stat_activity)
+my $carol_pid = $carol->query_safe('SELECT pg_backend_pid()');
 my $sniffer = session('mallory');
-$sniffer->query_safe(qq{LISTEN "$channel"});
+$sniffer->query_safe(qq{LISTEN "qlater_$carol_pid"});
 as('alice', q{SELECT qlater_enqueue('Payroll', '{"n": 1}', queue => 'ext')});
 like($carol->query_safe('SELECT 1'), qr/Asynchronous notification "$channel".*"queue": "ext"/,
 	'held: the consumer is woken for its queue');
 my $sniffed = $sniffer->query_safe('SELECT 1');
-TODO:
-{
-	local $TODO = 'B4: the channel qlater_<pid> is guessable and LISTEN needs no right';
-	unlike($sniffed, qr/"queue": "ext"/, "B4: mallory does not read the notifications of alice's queue");
-}
+unlike($sniffed, qr/"queue": "ext"/, "B4: mallory does not read the notifications of alice's queue");
 note "B4: mallory read: $sniffed";
 $sniffer->quit;
 as('alice', q{SELECT qlater_revoke_queue('ext', 'carol')});
 as('alice', q{SELECT qlater_enqueue('Payroll', '{"n": 2}', queue => 'ext')});
 my $after_revoke = $carol->query_safe('SELECT 1');
-TODO:
-{
-	local $TODO = "B3: a listener entry outlives the revoke of 'consume'";
-	unlike($after_revoke, qr/Asynchronous notification/,
-		'B3: a consumer whose right was revoked is no longer notified');
-}
+unlike($after_revoke, qr/Asynchronous notification/,
+	'B3: a consumer whose right was revoked is no longer notified');
 note "B3: carol read after the revoke: $after_revoke";
 ($ret, $out, $err) = try_as('carol', q{SELECT count(*) FROM qlater_lock('ext', 5)});
 like($err, qr/permission denied for queue "ext"/, 'held: the revoked consumer claims nothing');
@@ -387,16 +373,12 @@ $granter->query_safe(q{COMMIT});
 $creator->query(q{COMMIT});
 $granter->quit;
 $creator->quit;
-TODO:
-{
-	local $TODO = 'B5: queue creation, hand-over and grants do not lock the role they name';
-	is(su(q{SELECT count(*) FROM qlater_queue_grant g
-	         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = g.grantee)}),
-		'0', 'B5: no grant is left to a dropped role (a role created later under its name would hold it)');
-	is(su(q{SELECT count(*) FROM qlater_queue q
-	         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = q.owner)}),
-		'0', 'B5: no queue is left to a dropped role');
-}
+is(su(q{SELECT count(*) FROM qlater_queue_grant g
+         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = g.grantee)}),
+	'0', 'B5: no grant is left to a dropped role (a role created later under its name would hold it)');
+is(su(q{SELECT count(*) FROM qlater_queue q
+         WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = q.owner)}),
+	'0', 'B5: no queue is left to a dropped role');
 # what a role created later under such a name gets
 su(q{DO $$ BEGIN
        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'victim') THEN CREATE ROLE victim; END IF;
@@ -430,23 +412,15 @@ my $orphan = $enq->query_safe(q{SELECT qlater_enqueue('shared.ha', '[6]', queue 
 note 'B6: the drop said: ' . ($ret == 0 ? 'dropped' : $err);
 $enq->query_safe(q{COMMIT});
 $enq->quit;
-TODO:
-{
-	local $TODO = "B6: qlater_drop_queue does not see an enqueue not yet committed";
-	is(su(q{SELECT count(*) FROM qlater_job j
-	         WHERE NOT EXISTS (SELECT FROM qlater_queue q WHERE q.name = j.queue)}),
-		'0', 'B6: no job is left without its queue');
-}
+is(su(q{SELECT count(*) FROM qlater_job j
+         WHERE NOT EXISTS (SELECT FROM qlater_queue q WHERE q.name = j.queue)}),
+	'0', 'B6: no job is left without its queue');
 ($ret, $out, $err) = try_as('mallory', q{SELECT qlater_create_queue('dq', external => true)});
 note "B7: mallory's create of dq: " . ($ret == 0 ? 'created' : $err);
-TODO:
-{
-	local $TODO = "B7: qlater_create_queue takes a name other roles' jobs hold";
-	isnt(su(q{SELECT owner FROM qlater_queues WHERE name = 'dq'}), 'mallory',
-		"B7: mallory does not become the owner of a queue holding alice's job");
-	is(as('mallory', qq{SELECT count(*) FROM qlater_jobs WHERE id = $orphan}), '0',
-		"B7: nor sees alice's job and its args");
-}
+isnt(su(q{SELECT owner FROM qlater_queues WHERE name = 'dq'}), 'mallory',
+	"B7: mallory does not become the owner of a queue holding alice's job");
+is(as('mallory', qq{SELECT count(*) FROM qlater_jobs WHERE id = $orphan}), '0',
+	"B7: nor sees alice's job and its args");
 
 ### B8. finishing another role's job tells its queue
 my $alice_aq = as('alice', q{SELECT qlater_enqueue('shared.ha', '[8]', queue => 'aq', run_at => now() + '1 hour')});
@@ -456,11 +430,7 @@ for my $call ("qlater_complete($alice_aq)", "qlater_fail($alice_aq, 'x')",
 {
 	($ret, $out, $err) = try_as('bob', "SELECT $call");
 	isnt($ret, 0, "held: bob cannot $call");
-	TODO:
-	{
-		local $TODO = "B8: the finish functions name the queue of another role's job";
-		unlike($err, qr/"aq"|"ext"/, "B8: the error of $call does not name the job's queue");
-	}
+	unlike($err, qr/"aq"|"ext"/, "B8: the error of $call does not name the job's queue");
 }
 ($ret, $out, $err) = try_as('bob', "SELECT qlater_cancel($alice_aq)");
 ok($err =~ /permission denied for job $alice_aq/ && $err !~ /alice|"aq"/,
@@ -471,11 +441,7 @@ as('alice', q{SELECT qlater_create_queue('hq'); SELECT qlater_grant_queue('hq', 
 as('bob', q{SELECT qlater_register('shared.hb(text)', queue => 'hq')});
 as('alice', q{SELECT qlater_revoke_queue('hq', 'bob', 'enqueue')});
 ($ret, $out, $err) = try_as('bob', q{SELECT qlater_enqueue('shared.hb', '["after revoke"]', queue => 'hq', run_at => now() + '1 hour')});
-TODO:
-{
-	local $TODO = "B9: the registration keeps the queue open to its handler after the revoke";
-	isnt($ret, 0, "B9: after the revoke bob puts no job into alice's queue");
-}
+isnt($ret, 0, "B9: after the revoke bob puts no job into alice's queue");
 ($ret, $out, $err) = try_as('carol', q{SELECT qlater_enqueue('shared.hb', '["via bob handler"]', run_at => now() + '1 hour')});
 note "B9: carol's enqueue of bob's handler: " . ($ret == 0 ? "into alice's queue" : $err);
 ($ret, $out, $err) = try_as('alice', q{SELECT qlater_drop_queue('hq')});
@@ -489,19 +455,11 @@ CREATE FUNCTION shared.hb2(secret text) RETURNS void LANGUAGE sql
 SELECT qlater_register('shared.hb2(text)', queue => 'hq2');
 });
 ($ret, $out, $err) = try_as('alice', q{SELECT qlater_alter_queue('hq2', external => true)});
-TODO:
-{
-	local $TODO = "B10: only other roles' jobs count in a change of kind, not their registrations";
-	like($err, qr/cannot make queue "hq2" external/,
-		"B10: alice cannot turn external the queue bob's handler is registered into");
-}
+like($err, qr/cannot make queue "hq2" external/,
+	"B10: alice cannot turn external the queue bob's handler is registered into");
 as('bob', q{SELECT qlater_enqueue('shared.hb2', '["bob-password"]', run_at => now() + '1 hour')});
-TODO:
-{
-	local $TODO = "B10: bob's next job goes to alice's consumers";
-	is(as('alice', q{SELECT count(*) FROM qlater_jobs WHERE role = 'bob'}), '0',
-		"B10: alice does not see bob's job and its args");
-}
+is(as('alice', q{SELECT count(*) FROM qlater_jobs WHERE role = 'bob'}), '0',
+	"B10: alice does not see bob's job and its args");
 
 ### held: min_priority binds non-admins everywhere but the schedules (B2)
 su(q{SELECT qlater_alter_queue('ext', min_priority => 50)});
@@ -554,13 +512,9 @@ like($e, qr/permission denied for queue "rr"/, 'held: and of consume, in qlater_
 like($e, qr/permission denied for queue "rr"/, 'held: and in qlater_listen');
 ($o, $e) = sq($bob_rr, q{SELECT qlater_enqueue('Job', '[5]', queue => 'rr')});
 my ($o2, $e2) = sq($dave_rr, q{SELECT count(*) FROM qlater_lock('rr', 5)});
-TODO:
-{
-	local $TODO = 'B11: queue rights are read under the transaction snapshot';
-	like($e, qr/permission denied for queue "rr"/,
-		'B11: a REPEATABLE READ transaction begun before the revoke cannot enqueue after it');
-	ok($e2 ne '' || $o2 eq '0', 'B11: nor claim after it');
-}
+like($e, qr/permission denied for queue "rr"/,
+	'B11: a REPEATABLE READ transaction begun before the revoke cannot enqueue after it');
+ok($e2 ne '' || $o2 eq '0', 'B11: nor claim after it');
 note "B11: the RR session enqueued job $o, and claimed $o2 jobs, after the revoke";
 $bob_rr->query('COMMIT');
 $dave_rr->query('COMMIT');
@@ -623,24 +577,21 @@ wait_for(q{SELECT count(*) = 1 FROM shared.log WHERE what = '12'},
 	'held: after the update the waiting job runs', 'old');
 is(su(q{SELECT string_agg(queue || ':' || grantee || ':' || privilege, ',' ORDER BY queue, grantee)
         FROM qlater_queue_grant}, 'old'),
-	'be:alice:enqueue,be:carol:consume', 'held: the consumer of 0.1 consumes, the enqueuer enqueues');
+	'be:alice:enqueue,be:carol:consume',
+	'held: the consumer of 0.1 consumes, the enqueuer of an external queue enqueues');
+# an in-server queue goes to the roles that use it: bob declared 'bq', only
+# alice's jobs use it (as mallory and 'aq'): alice owns it now
+is(su(q{SELECT owner FROM qlater_queues WHERE name = 'bq'}, 'old'), 'alice',
+	"held: an in-server queue declared under 0.1 goes to the role that uses it");
 is(su(q{SELECT owner FROM qlater_queues WHERE name = 'default'}, 'old'), $ext_owner,
 	"held: 'default' is the extension owner's");
-TODO:
-{
-	local $TODO = 'B12: a queue declared under 0.1 keeps its declarer even when only another role uses it';
-	isnt(su(q{SELECT owner FROM qlater_queues WHERE name = 'aq'}, 'old'), 'mallory',
-		"B12: mallory, who declared alice's queue under 0.1, does not own it (and its jobs) after the update");
-	($ret, $out, $err) = try_as('mallory', q{SELECT qlater_pause_queue('aq')}, 'old');
-	isnt($ret, 0, "B12: nor pauses alice's queue");
-}
+isnt(su(q{SELECT owner FROM qlater_queues WHERE name = 'aq'}, 'old'), 'mallory',
+	"B12: mallory, who declared alice's queue under 0.1, does not own it (and its jobs) after the update");
+($ret, $out, $err) = try_as('mallory', q{SELECT qlater_pause_queue('aq')}, 'old');
+isnt($ret, 0, "B12: nor pauses alice's queue");
 ($ret, $out, $err) = try_as('alice',
 	q{SELECT qlater_enqueue('shared.ha', '[3]', queue => 'bq', run_at => now() + '1 day')}, 'old');
-TODO:
-{
-	local $TODO = "B12: roles enqueuing into another role's in-server queue get no 'enqueue' grant";
-	is($ret, 0, "B12: alice still enqueues into bob's queue, as under 0.1");
-}
+is($ret, 0, "B12: alice still enqueues into bob's queue, as under 0.1");
 note "B12: alice's enqueue into bq: $err";
 
 ### held: pg_dump and restore keep owners, grants, pause and bounds
@@ -670,11 +621,7 @@ like($err, qr/permission denied for queue "ext"/, 'held: the restored grants dec
 
 ### B14. queue names with control characters
 ($ret, $out, $err) = try_as('mallory', qq{SELECT qlater_create_queue(E'evil\\nLOG:  forged line')});
-TODO:
-{
-	local $TODO = 'B14: queue names take control characters, which handler names refuse';
-	isnt($ret, 0, 'B14: a queue name with a newline is refused');
-}
+isnt($ret, 0, 'B14: a queue name with a newline is refused');
 
 unlike(slurp_file($node->logfile), qr/terminated by signal/,
 	'no server process ended on a signal');
