@@ -255,9 +255,10 @@ int
 ql_stmt_exec_latest(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
 					const char *nulls, long count)
 {
+	/* not read-only: what this transaction wrote is seen too */
 	return SPI_execute_snapshot(ql_stmt_plan(set, c, s), values, nulls,
 								GetLatestSnapshot(), InvalidSnapshot,
-								true, false, count);
+								false, false, count);
 }
 
 /* ql_stmt_plan: statement s of a set, prepared if needed */
