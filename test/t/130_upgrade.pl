@@ -223,6 +223,8 @@ SET ROLE tenant_a;
 SELECT qlater_create_queue('default', batch_size => 4);
 SELECT qlater_create_queue('ext', external => true);
 SELECT qlater_grant_queue('ext', 'app_worker');
+-- declared by tenant_a, used by tenant_b only
+SELECT qlater_create_queue('squat');
 SET ROLE tenant_b;
 SELECT qlater_create_queue('batched', batch_size => 8, batch_delay => '50 ms');
 SELECT qlater_schedule('tick', '1 seconds', 'tb.work', '["tick"]', queue => 'sched_b');
@@ -268,6 +270,7 @@ SELECT qlater_enqueue('ExportA', '{"tenant": "a"}', queue => 'ext');
 SET ROLE tenant_b;
 SELECT qlater_enqueue('tb.work', '["p-b-shared"]');
 SELECT qlater_enqueue('hit', '["p-b-batched"]', queue => 'batched');
+SELECT qlater_enqueue('tb.work', '["p-b-squat"]', queue => 'squat');
 SELECT qlater_enqueue('ExportB', '{"tenant": "b"}', queue => 'ext');
 });
 $node->safe_psql(
@@ -368,10 +371,10 @@ is($node->safe_psql('qdb1', $handlers_q), $handlers_before{'qdb1'},
 # every pending job that is due runs, once, as its role; the job the
 # shutdown rolled back runs again, once
 my $due1 = q{'p-su', 'p-su-batched-1', 'p-su-batched-2', 'p-su-soon', 'p-a', 'p-a-qa',
-             'p-a-shared', 'p-b-shared', 'p-b-batched', 'nap'};
+             'p-a-shared', 'p-b-shared', 'p-b-batched', 'p-b-squat', 'nap'};
 ok( $node->poll_query_until(
 		'qdb1', qq{
-SELECT (SELECT count(*) FROM hits WHERE label IN ($due1)) >= 10
+SELECT (SELECT count(*) FROM hits WHERE label IN ($due1)) >= 11
    AND NOT EXISTS (SELECT FROM qlater_jobs WHERE args->>0 IN ($due1))}),
 	'qdb1: its due jobs run after the update');
 is( $node->safe_psql(
@@ -379,7 +382,8 @@ is( $node->safe_psql(
 SELECT string_agg(label || ':' || cu, ' ' ORDER BY label COLLATE "C") FROM hits
  WHERE label IN ($due1) OR label LIKE 'p-%'}),
 	"nap:$su p-a:tenant_a p-a-qa:tenant_a p-a-shared:tenant_a p-b-batched:tenant_b "
-	  . "p-b-shared:tenant_b p-su:$su p-su-batched-1:$su p-su-batched-2:$su p-su-soon:$su",
+	  . "p-b-shared:tenant_b p-b-squat:tenant_b p-su:$su p-su-batched-1:$su p-su-batched-2:$su "
+	  . "p-su-soon:$su",
 	'qdb1: each ran exactly once, as the role that enqueued it');
 ok( $node->safe_psql(
 		'qdb1', "SELECT at >= '$soon_at' FROM hits WHERE label = 'p-su-soon'") eq 't',
@@ -403,7 +407,8 @@ is($node->safe_psql('qdb2', "SELECT extversion FROM pg_extension WHERE extname =
 
 ### qdb1: queues, owners and grants, as the upgrade gives them
 # a queue used by one role is that role's; used by several, or 'default',
-# the extension's owner's; declared ones keep their owner but 'default'
+# the extension's owner's; declared ones keep their declarer if it uses
+# them (an external one always), but 'default'
 is( $node->safe_psql(
 		'qdb1', q{
 SELECT string_agg(concat_ws(':', name, owner, external, paused, max_running,
@@ -412,24 +417,40 @@ SELECT string_agg(concat_ws(':', name, owner, external, paused, max_running,
 	"batched:tenant_b:f:f:-32768:8:00:00:00.05 default:$su:f:f:-32768:4:00:00:00.02 "
 	  . "ext:tenant_a:t:f:-32768:1:00:00:00.02 qa:tenant_a:f:f:-32768:1:00:00:00.02 "
 	  . "sched_b:tenant_b:f:f:-32768:1:00:00:00.02 shared:$su:f:f:-32768:1:00:00:00.02 "
-	  . "slow:$su:f:f:-32768:1:00:00:00.02",
+	  . "slow:$su:f:f:-32768:1:00:00:00.02 squat:tenant_b:f:f:-32768:1:00:00:00.02",
 	'qdb1: a row for every queue in use, owners by the upgrade rule, batch settings kept');
 is( $node->safe_psql(
 		'qdb1', q{
 SELECT string_agg(concat_ws(':', queue, grantee, privilege), ' ' ORDER BY queue COLLATE "C", grantee COLLATE "C", privilege)
   FROM qlater_queue_grant}),
-	'ext:app_worker:consume ext:tenant_b:enqueue',
-	"qdb1: the consumer's grant is 'consume', the other role's jobs in the external queue give it 'enqueue'");
+	"batched:$su:enqueue ext:app_worker:consume ext:tenant_b:enqueue shared:tenant_a:enqueue shared:tenant_b:enqueue",
+	"qdb1: the consumer's grant is 'consume'; the roles using another role's queue get 'enqueue' on it");
 is( $node->safe_psql(
 		'qdb1', q{
-SELECT string_agg(concat_ws(':', queue, grantee, privilege), ' ' ORDER BY grantee COLLATE "C")
+SELECT string_agg(concat_ws(':', queue, grantee, privilege), ' ' ORDER BY queue COLLATE "C", grantee COLLATE "C")
   FROM qlater_queue_grants},
 		extra_params => [ '-U', 'tenant_a' ]),
-	'ext:app_worker:consume ext:tenant_b:enqueue',
-	"qdb1: the owner of the external queue sees its grants");
+	'ext:app_worker:consume ext:tenant_b:enqueue shared:tenant_a:enqueue',
+	"qdb1: tenant_a sees the grants of its queue and its own");
+
+# what worked under 0.1 goes on working: the grants are in force
+my ($ret, $stdout, $stderr);
+$node->safe_psql('qdb1', q{SELECT qlater_register('tb.work(text)', queue => 'shared')},
+	extra_params => [ '-U', 'tenant_b' ]);
+pass('qdb1: tenant_b registers its handler again into the queue now of the extension owner');
+$node->safe_psql('qdb1', q{SELECT qlater_enqueue('hit', '["a-shared-after"]', queue => 'shared')},
+	extra_params => [ '-U', 'tenant_a' ]);
+ok( $node->poll_query_until(
+		'qdb1', q{SELECT count(*) = 1 FROM hits WHERE label = 'a-shared-after' AND cu = 'tenant_a'}),
+	'qdb1: tenant_a enqueues into it as before, and the job runs');
+($ret, $stdout, $stderr) = $node->psql('qdb1',
+	q{SELECT qlater_enqueue('hit', '["no-grant"]', queue => 'shared')},
+	extra_params => [ '-U', 'app_worker' ]);
+like($stderr, qr/permission denied for queue "shared"/,
+	'qdb1: a role that never used it may not');
 
 ### qdb1: the external queue's jobs wait for its consumer
-my ($ret, $stdout, $stderr) = $node->psql('qdb1', q{SELECT * FROM qlater_lock('ext', 10)},
+($ret, $stdout, $stderr) = $node->psql('qdb1', q{SELECT * FROM qlater_lock('ext', 10)},
 	extra_params => [ '-U', 'tenant_b' ]);
 isnt($ret, 0, 'qdb1: a role that may only enqueue cannot claim the external jobs');
 like($stderr, qr/permission denied for queue "ext"/, 'qdb1: permission denied');
