@@ -115,10 +115,15 @@ typedef enum QlSchedStmt
 } QlSchedStmt;
 
 static const QlStmtDef s_stmt_defs[QL_NUM_S_STMTS] = {
-	/* through the index qlater_job_schedule; dead jobs do not count */
+	/*
+	 * Dead jobs do not count.  Run for one row at most, but without LIMIT:
+	 * with one, a generic plan may take a sequential scan that expects to
+	 * meet a job of the schedule soon and, when none waits, reads the
+	 * whole table; without, the index qlater_job_schedule is taken.
+	 */
 	[QL_S_JOB_WAITS] = {
 		"SELECT FROM %1$s.qlater_job WHERE schedule_id OPERATOR(pg_catalog.=) $1 "
-		"AND NOT dead LIMIT 1",
+		"AND NOT dead",
 		1, {INT8OID}
 	},
 };
@@ -520,10 +525,11 @@ ql_alter_check(const QlCatalog *c, const char *name, const char *owner,
  * priority or time zone, checks it as qlater_schedule checks a new one
  * (ql_alter_check): a schedule deactivated by the system is turned on only
  * once the reason is gone.  Switching it off, catch_up and overlap are
- * not checked: they can be set whatever became of its handler or queue.  Turning it on, or a new schedule or time zone,
- * computes its next tick from now: ticks that fell while it was off are
- * not enqueued, catch_up or not.  "N seconds" schedules keep counting from
- * their creation.  The workers see the change when it commits.
+ * not checked: they can be set whatever became of its handler or queue.
+ * Turning it on, or a new schedule or time zone, computes its next tick
+ * from now: ticks that fell while it was off are not enqueued, catch_up or
+ * not.  "N seconds" schedules keep counting from their creation.  The
+ * workers see the change when it commits.
  */
 Datum
 qlater_alter_schedule(PG_FUNCTION_ARGS)
@@ -590,7 +596,10 @@ qlater_alter_schedule(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(6))
 		(void) ql_cron_find_timezone(text_to_cstring(PG_GETARG_TEXT_PP(6)), ERROR);
 
-	/* the schedule, locked until the commit: a worker firing it waits */
+	/*
+	 * The schedule, locked until the commit: a worker that would fire it
+	 * meanwhile skips it and looks again soon, then reads the new row.
+	 */
 	relid = ql_schedule_relid(c);
 	values[0] = CStringGetTextDatum(name);
 	values[1] = DirectFunctionCall1(namein, CStringGetDatum(owner));
@@ -889,7 +898,7 @@ ql_schedule_job_waits(const QlCatalog *c, int64 schedule_id)
 	Datum		values[1];
 
 	values[0] = Int64GetDatum(schedule_id);
-	/* not read-only: a snapshot of its own, after the lock */
+	/* not read-only: a snapshot of its own, after the lock; one row */
 	if (ql_stmt_exec(&s_stmts, c, QL_S_JOB_WAITS, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the jobs of a schedule");
 	return SPI_processed > 0;
