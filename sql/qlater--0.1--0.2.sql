@@ -31,6 +31,10 @@ ALTER TABLE @extschema@.qlater_queue
  * (its jobs, registrations and schedules) goes to that role; one used by
  * several roles goes to the extension's owner, as does 'default', which
  * is everyone's.  Queues declared before keep their owner, but 'default'.
+ * No row is made for a queue not in use, 'default' included: a row the
+ * install script made would clash with the dumped one at a restore
+ * (qlater_queue is dumped whole); 'default' gets its row, owned by the
+ * extension's owner, when it is first used or changed.
  */
 INSERT INTO @extschema@.qlater_queue (name, owner)
 SELECT u.queue,
@@ -45,9 +49,7 @@ SELECT u.queue,
          WHERE registered_at > '-infinity'
         UNION ALL
         SELECT queue, owner FROM @extschema@.qlater_schedule
-         WHERE queue IS NOT NULL
-        UNION ALL
-        SELECT 'default', NULL) u
+         WHERE queue IS NOT NULL) u
  GROUP BY u.queue
 ON CONFLICT (name) DO NOTHING;
 
@@ -82,6 +84,23 @@ SELECT DISTINCT j.queue, j.role, 'enqueue'
   JOIN @extschema@.qlater_queue q ON q.name = j.queue
  WHERE q.external AND j.role <> q.owner
 ON CONFLICT DO NOTHING;
+
+/*
+ * Who holds which grant is the business of the queue's owner and of the
+ * grantee: the table is no longer readable by everyone, the view shows a
+ * role the grants of its queues and its own, and admins all.
+ */
+REVOKE SELECT ON @extschema@.qlater_queue_grant FROM PUBLIC;
+CREATE VIEW @extschema@.qlater_queue_grants WITH (security_barrier) AS
+SELECT g.queue, g.grantee, g.privilege
+  FROM @extschema@.qlater_queue_grant g
+ WHERE g.grantee = CURRENT_USER
+    OR EXISTS (SELECT FROM @extschema@.qlater_queue q
+                WHERE q.name = g.queue AND q.owner = CURRENT_USER)
+    OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER');
+GRANT SELECT ON @extschema@.qlater_queue_grants TO PUBLIC;
+COMMENT ON VIEW @extschema@.qlater_queue_grants IS
+    'grants on the queues the current role owns, and its own grants';
 
 /* the queues, as everyone may see them (not their jobs) */
 CREATE VIEW @extschema@.qlater_queues AS

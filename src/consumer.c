@@ -227,6 +227,7 @@ typedef struct QlFinish
 typedef struct QlPendingListen
 {
 	char		queue[NAMEDATALEN];
+	Oid			roleid;			/* the role that asked, whose share it takes */
 	int			nest_level;		/* of the (sub)transaction that asked */
 } QlPendingListen;
 
@@ -750,16 +751,54 @@ ql_listener_index(const char *queue)
 	return -1;
 }
 
-/* ql_too_many_listeners: the error when every listener entry is taken */
+/*
+ * ql_listener_room: raise an error unless `more` entries more may be
+ * taken now by a role in this database: free entries in the
+ * cluster, and the database's and the role's share.  Caller holds
+ * ql_shared->lock.
+ */
 static void
-ql_too_many_listeners(void)
+ql_listener_room(int more, Oid role)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("too many sessions listen for qlater jobs"),
-			 errdetail("At most %d listeners are recorded at once, a session counting once for each queue it listens to.",
-					   QL_MAX_LISTENERS),
-			 errhint("Consumers can poll qlater_lock() instead.")));
+	int			nfree = 0;
+	int			ndb = 0;
+	int			nrole = 0;
+	int			i;
+
+	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	{
+		QlListener *l = &ql_shared->listeners[i];
+
+		if (!OidIsValid(l->dboid))
+			nfree++;
+		else if (l->dboid == MyDatabaseId)
+		{
+			ndb++;
+			if (l->roleid == role)
+				nrole++;
+		}
+	}
+	if (nrole + more > QL_MAX_LISTENERS_PER_ROLE)
+	{
+		LWLockRelease(ql_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("role \"%s\" listens for too many qlater queues",
+						GetUserNameFromId(role, false)),
+				 errdetail("A role's sessions listen to at most %d queues at once in a database, a session counting once for each queue.",
+						   QL_MAX_LISTENERS_PER_ROLE),
+				 errhint("Listen with fewer sessions or queues; consumers can poll qlater_lock() instead.")));
+	}
+	if (ndb + more > QL_MAX_LISTENERS_PER_DATABASE || nfree < more)
+	{
+		LWLockRelease(ql_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many sessions listen for qlater jobs"),
+				 errdetail("At most %d listeners are recorded in a database and %d in the cluster, a session counting once for each queue it listens to.",
+						   QL_MAX_LISTENERS_PER_DATABASE, QL_MAX_LISTENERS),
+				 errhint("Consumers can poll qlater_lock() instead.")));
+	}
 }
 
 /*
@@ -780,17 +819,14 @@ ql_listen_add_pending(void)
 
 		if (ql_listener_index(p->queue) >= 0)
 			continue;
+		ql_listener_room(1, p->roleid);
 		for (i = 0; i < QL_MAX_LISTENERS; i++)
 		{
 			if (!OidIsValid(ql_shared->listeners[i].dboid))
 				break;
 		}
-		if (i == QL_MAX_LISTENERS)
-		{
-			LWLockRelease(ql_shared->lock);
-			ql_too_many_listeners();
-		}
 		ql_shared->listeners[i].dboid = MyDatabaseId;
+		ql_shared->listeners[i].roleid = p->roleid;
 		ql_shared->listeners[i].pid = MyProcPid;
 		strlcpy(ql_shared->listeners[i].queue, p->queue, NAMEDATALEN);
 		added_listeners[nadded_listeners++] = i;
@@ -915,20 +951,12 @@ qlater_listen(PG_FUNCTION_ARGS)
 	}
 	if (!found)
 	{
-		int			nfree = 0;
-		int			i;
-
 		LWLockAcquire(ql_shared->lock, LW_SHARED);
 		found = ql_listener_index(queue) >= 0;
-		for (i = 0; i < QL_MAX_LISTENERS; i++)
-		{
-			if (!OidIsValid(ql_shared->listeners[i].dboid))
-				nfree++;
-		}
-		LWLockRelease(ql_shared->lock);
 		/* every pending listen needs an entry of its own at commit */
-		if (!found && nfree <= list_length(pending_listens))
-			ql_too_many_listeners();
+		if (!found)
+			ql_listener_room(list_length(pending_listens) + 1, GetUserId());
+		LWLockRelease(ql_shared->lock);
 	}
 	if (!found)
 	{
@@ -936,6 +964,7 @@ qlater_listen(PG_FUNCTION_ARGS)
 		QlPendingListen *p = palloc(sizeof(QlPendingListen));
 
 		strlcpy(p->queue, queue, NAMEDATALEN);
+		p->roleid = GetUserId();
 		p->nest_level = GetCurrentTransactionNestLevel();
 		pending_listens = lappend(pending_listens, p);
 		MemoryContextSwitchTo(old);

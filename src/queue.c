@@ -26,6 +26,14 @@
  *	  the min_priority of 'default'.
  * Roles are compared by name, as jobs store them.
  *
+ * A queue's name is locked (an advisory lock in qlater's queue key space,
+ * on a hash of the name: a collision only makes two queues wait on each
+ * other): every enqueue, registration and schedule holds it in share mode
+ * until its transaction ends, a drop and a change of kind exclusively,
+ * and both check the queue after they have the lock.  So no job lands in
+ * a queue dropped, or turned external or in-server, under its enqueue; a
+ * drop counts the jobs that every enqueue before it committed.
+ *
  * The cache of queue rows is dropped on relcache invalidation of
  * qlater_queue or qlater_queue_grant (every function here that writes them
  * sends one) and when the database's queue generation in shared memory
@@ -39,8 +47,10 @@
 
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -284,6 +294,26 @@ ql_spi_finish_owner(QlUserSave *save)
 	ql_restore_user(save);
 }
 
+/*
+ * ql_queue_lock: lock a queue's name until the end of the transaction
+ * (ShareLock: putting jobs into it; ExclusiveLock: dropping it or changing
+ * its kind), then take in the invalidations committed meanwhile: what was
+ * cached of the queue before may have changed while we waited.
+ */
+static void
+ql_queue_lock(const char *queue, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended((const unsigned char *) queue,
+										strlen(queue), 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 QLATER_QUEUE_LOCK_SPACE);
+	if (LockAcquire(&tag, mode, false, false) == LOCKACQUIRE_ALREADY_HELD)
+		return;
+	AcceptInvalidationMessages();
+}
+
 /* ql_queue_entry: the cache entry of a queue, read if needed */
 static QlQueueEntry *
 ql_queue_entry(const QlCatalog *c, const char *name)
@@ -418,9 +448,9 @@ ql_queue_denied(const char *queue, QlQueuePriv priv)
 }
 
 /*
- * ql_queue_create_row: create a queue for the current role (in-server
- * unless external); false if it exists already.  Caller acts as the
- * owner, connected to SPI.
+ * ql_queue_create_row: create a queue for a role (in-server unless
+ * external); false if it exists already.  Caller acts as the owner,
+ * connected to SPI.
  */
 static bool
 ql_queue_create_row(const QlCatalog *c, const char *queue, bool external,
@@ -475,17 +505,21 @@ const QlQueue *
 ql_queue_check_put(const QlCatalog *c, const char *queue,
 				   const char *handler_queue, int32 priority)
 {
-	const QlQueue *q = ql_queue_get(c, queue);
+	const QlQueue *q;
 	bool		priority_ok;
 
+	ql_check_queue_name(queue);
+	ql_queue_lock(queue, ShareLock);
+	q = ql_queue_get(c, queue);
 	if (q == NULL)
 	{
 		QlUserSave	save;
 
-		ql_check_queue_name(queue);
 		ql_spi_connect_owner(c, &save);
+		/* 'default' is the extension's, whoever names it first */
 		(void) ql_queue_create_row(c, queue, false, (Datum) 0, true,
-								   (Datum) 0, true, save.userid);
+								   (Datum) 0, true,
+								   strcmp(queue, "default") == 0 ? c->owner : save.userid);
 		ql_spi_finish_owner(&save);
 		q = ql_queue_get(c, queue);
 		if (q == NULL)
@@ -605,6 +639,10 @@ ql_lock_own_queue(const QlCatalog *c, const char *queue,
 	Datum		values[1];
 
 	values[0] = CStringGetTextDatum(queue);
+	/* 'default' has a row once first used or changed (see the install) */
+	if (strcmp(queue, "default") == 0)
+		(void) ql_queue_create_row(c, queue, false, (Datum) 0, true,
+								   (Datum) 0, true, c->owner);
 	if (ql_stmt_exec(&q_stmts, c, QL_Q_LOCK, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read queue \"%s\"", queue);
 	if (SPI_processed == 0)
@@ -638,7 +676,7 @@ ql_check_kind_change(const QlCatalog *c, const char *queue, bool external,
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(save->userid, false)));
-	if (ql_stmt_exec(&q_stmts, c, QL_Q_OTHERS_JOBS, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_OTHERS_JOBS, values, NULL, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read jobs");
 	others = SPI_processed > 0;
 	if (others || strcmp(queue, "default") == 0)
@@ -737,6 +775,9 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 							NameStr(*PG_GETARG_NAME(6)), queue)));
 	}
 
+	/* a change of kind waits for the enqueues under way, whose kind it sets */
+	if (!PG_ARGISNULL(1))
+		ql_queue_lock(queue, ExclusiveLock);
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	external = PG_ARGISNULL(1) ? q.external : PG_GETARG_BOOL(1);
@@ -801,10 +842,12 @@ qlater_drop_queue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot drop queue \"default\""),
 				 errdetail("Every role may put jobs into it.")));
+	/* waits for the enqueues into it under way: their jobs are counted */
+	ql_queue_lock(queue, ExclusiveLock);
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	values[0] = CStringGetTextDatum(queue);
-	if (ql_stmt_exec(&q_stmts, c, QL_Q_IN_USE, values, NULL, false, 1) != SPI_OK_SELECT)
+	if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_IN_USE, values, NULL, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read what uses queue \"%s\"", queue);
 	njobs = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	nhandlers = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));

@@ -116,13 +116,21 @@ typedef struct QlCrashedJob
 	bool		counting;		/* a worker is recording it */
 } QlCrashedJob;
 
-/* at most this many sessions listen for jobs of external queues at once */
-#define QL_MAX_LISTENERS	256
+/*
+ * Listener entries (a session counts once for each queue it listens to):
+ * at most this many in the cluster, of which one database holds at most
+ * QL_MAX_LISTENERS_PER_DATABASE and one role in one database at most
+ * QL_MAX_LISTENERS_PER_ROLE, so that no role can take them all.
+ */
+#define QL_MAX_LISTENERS				1024
+#define QL_MAX_LISTENERS_PER_DATABASE	256
+#define QL_MAX_LISTENERS_PER_ROLE		64
 
 /* a session that called qlater_listen(queue) */
 typedef struct QlListener
 {
 	Oid			dboid;			/* InvalidOid: entry free */
+	Oid			roleid;			/* the role that listens */
 	pid_t		pid;
 	char		queue[NAMEDATALEN];
 } QlListener;
