@@ -107,6 +107,14 @@ typedef struct QlDueSchedule
 	TimestampTz created_at;		/* anchor of "N seconds" schedules */
 } QlDueSchedule;
 
+/* what became of a tick */
+typedef enum QlTickResult
+{
+	QL_TICK_ENQUEUED,			/* its job is written */
+	QL_TICK_DEACTIVATE,			/* the schedule cannot go on (warned) */
+	QL_TICK_LATER				/* its queue's name is locked: try again */
+} QlTickResult;
+
 /* the scheduler's statements, prepared once per backend */
 typedef enum QlSchedStmt
 {
@@ -260,23 +268,34 @@ ql_schedules_changed(Oid relid)
 	sched_wake_pending = true;
 }
 
+/* ql_external_queue_error: the error for a schedule into an external queue */
+static void
+ql_external_queue_error(const char *queue)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
+			 errhint("Schedules enqueue jobs for the in-server workers: pass a queue that is not external.")));
+}
+
 /*
  * ql_check_schedule_queue: raise an error unless the current role may
  * schedule jobs of a handler registered into handler_queue, with this
  * priority, into queue: not an external queue, and one the role may put
  * jobs into as an enqueue may (a queue that does not exist is made for the
- * role).
+ * role).  The queue's name stays locked in share mode until the end of
+ * the transaction, as an enqueue's.
  */
 static void
 ql_check_schedule_queue(const QlCatalog *c, const char *queue,
 						const char *handler_queue, int32 priority)
 {
+	/* this error rather than a missing 'enqueue' grant */
 	if (ql_queue_is_external(c, queue))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
-				 errhint("Schedules enqueue jobs for the in-server workers: pass a queue that is not external.")));
-	(void) ql_queue_check_put(c, queue, handler_queue, priority);
+		ql_external_queue_error(queue);
+	/* locks the name, then checks */
+	if (ql_queue_check_put(c, queue, handler_queue, priority)->external)
+		ql_external_queue_error(queue);
 }
 
 /* ql_check_execute: raise an error unless a role may execute proc */
@@ -492,14 +511,19 @@ ql_alter_check(const QlCatalog *c, const char *name, const char *owner,
 		queue = handler_queue;
 	ql_check_execute(proc, role);
 	if (as_owner)
+	{
 		ql_check_schedule_queue(c, queue, handler_queue, priority);
-	else if (ql_queue_is_external(c, queue))
+		return proc;
+	}
+	/* as a tick checks it, after the lock a tick takes */
+	(void) ql_queue_lock_put(queue, false);
+	if (ql_queue_is_external(c, queue))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot schedule jobs in external queue \"%s\"", queue),
 				 errdetail("Schedule \"%s\" of role \"%s\" puts its jobs there.", name, owner),
 				 errhint("Its owner may give it another queue with qlater_alter_schedule(..., queue => ...).")));
-	else if (!ql_queue_may_put(c, queue, handler_queue, priority, role))
+	if (!ql_queue_may_put(c, queue, handler_queue, priority, role))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("role \"%s\" may not put jobs of priority %d into queue \"%s\"",
@@ -802,13 +826,16 @@ ql_latest_tick(const QlCronSchedule *s, pg_tz *tz, TimestampTz anchor,
 
 /*
  * ql_enqueue_tick: enqueue the job of a tick, as the schedule's owner.
- * Returns false, after a warning, if the owner or the handler is gone, the
- * queue became external, or the owner may no longer put jobs of that
- * priority into the queue (the schedule is then deactivated).  Each check
- * reads caches: the handler registry, the queue rows and grants.  Caller
- * acts as the tables' owner.
+ * Returns QL_TICK_DEACTIVATE, after a warning, if the owner or the handler
+ * is gone, the queue became external, or the owner may no longer put jobs
+ * of that priority into the queue.  The queue's name is locked in share
+ * mode first, as every enqueue locks it, so that no drop or change of kind
+ * happens under the job; but a worker does not wait for it (a transaction
+ * left open holds it): QL_TICK_LATER if it is taken.  Each check reads
+ * caches: the handler registry, the queue rows and grants.  Caller acts as
+ * the tables' owner.
  */
-static bool
+static QlTickResult
 ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 {
 	Oid			role = get_role_oid(d->owner, true);
@@ -829,7 +856,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("qlater schedule \"%s\" is deactivated", d->name),
 				 errdetail("Its role \"%s\" does not exist.", d->owner)));
-		return false;
+		return QL_TICK_DEACTIVATE;
 	}
 	proc = ql_signature_oid(d->handler);
 	h = OidIsValid(proc) ? ql_handler_lookup(proc) : NULL;
@@ -842,7 +869,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 				 errdetail("Function %s is not a registered job handler.", d->handler),
 				 errhint("Register the handler, then turn the schedule on with qlater_alter_schedule('%s', active => true).",
 						 d->name)));
-		return false;
+		return QL_TICK_DEACTIVATE;
 	}
 	/* copy what we need of h: the next lookup may reload the registry */
 	handler_queue = pstrdup(h->queue);
@@ -851,6 +878,8 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	max_attempts = h->max_attempts;
 	has_timeout = h->has_timeout;
 	timeout = h->timeout;
+	if (!ql_queue_lock_put(queue, true))
+		return QL_TICK_LATER;
 	if (ql_queue_is_external(c, queue))
 	{
 		ereport(WARNING,
@@ -860,7 +889,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 				 errdetail("Its queue \"%s\" is now external, served by applications.", queue),
 				 errhint("Give it a queue that is not external: qlater_alter_schedule('%s', queue => ..., active => true).",
 						 d->name)));
-		return false;
+		return QL_TICK_DEACTIVATE;
 	}
 	/* as an enqueue of the owner's would be checked */
 	if (!ql_queue_may_put(c, queue, handler_queue, priority, role))
@@ -874,7 +903,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 				 errhint("Once the queue's owner grants it (qlater_grant_queue('%s', '%s', 'enqueue')), "
 						 "turn the schedule on with qlater_alter_schedule('%s', active => true).",
 						 queue, d->owner, d->name)));
-		return false;
+		return QL_TICK_DEACTIVATE;
 	}
 
 	/* the job's role is the current user: the schedule's owner */
@@ -883,7 +912,7 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	(void) ql_insert_job(c, queue, d->handler, d->args, priority, tick,
 						 max_attempts, has_timeout ? &timeout : NULL, d->id);
 	SetUserIdAndSecContext(saved_userid, saved_sec_context);
-	return true;
+	return QL_TICK_ENQUEUED;
 }
 
 /*
@@ -913,7 +942,9 @@ ql_schedule_job_waits(const QlCatalog *c, int64 schedule_id)
  * with catch-up off only if it is at most QL_SCHEDULE_GRACE_MS late.  Every
  * later due tick fell while this worker ran, and is late only because every
  * worker of the database was busy: each is enqueued, up to
- * QL_SCHEDULE_MAX_TICKS (the rest at the next pass).
+ * QL_SCHEDULE_MAX_TICKS (the rest at the next pass).  A tick whose queue
+ * is locked by a drop or a change of kind stays due: the next pass, soon,
+ * fires it.
  *
  * Without overlap, a tick is skipped while a job of the schedule waits or
  * runs (looked for once: after the first tick enqueued here, its job
@@ -948,6 +979,7 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 		TimestampTz t = d->next_tick;
 		int			n;
 		int			waits = -1; /* a job of the schedule waits: unknown */
+		QlTickResult r;
 
 		(void) ql_cron_parse(d->schedule, &s, ERROR);
 		tz = ql_cron_find_timezone(d->timezone, ERROR);
@@ -976,11 +1008,11 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 					continue;
 				}
 			}
-			if (!ql_enqueue_tick(c, d, t))
-			{
+			r = ql_enqueue_tick(c, d, t);
+			if (r == QL_TICK_DEACTIVATE)
 				active = false;
+			if (r != QL_TICK_ENQUEUED)
 				break;
-			}
 			fired = true;
 			last = t;
 			waits = 1;

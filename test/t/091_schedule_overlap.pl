@@ -4,7 +4,8 @@
 # tick back; a schedule switched off fires nothing until switched on, then
 # fires on time from then (no catch-up of the ticks it was off); a schedule
 # whose owner loses the right to put jobs into its queue is deactivated,
-# and turned on again once the right is back.
+# and turned on again once the right is back; a tick does not wait for a
+# transaction that holds its queue's name.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -259,6 +260,45 @@ is( $node->safe_psql(
 		'postgres', q{SELECT count(*) FROM qlater_job WHERE queue = 'bob_q' AND dead}),
 	'0', 'no job of it died');
 stop_schedule('granted', 'alice');
+
+### a tick does not wait for a transaction that holds its queue's name (a
+### change of kind left open): the workers go on, and the tick fires once
+### that transaction is over
+$node->safe_psql(
+	'postgres', q{
+SELECT qlater_create_queue('alice_q');
+SELECT qlater_schedule('held', '1 seconds', 'rec', '["held"]', queue => 'alice_q');
+}, extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) >= 1 FROM ticks WHERE label = 'held'}),
+	'the schedule fires into its queue');
+my $holder = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+$holder->query_safe('BEGIN');
+$holder->query_safe(q{SELECT qlater_alter_queue('alice_q', external => true)});
+my $held_from = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
+sleep 3;
+is( $node->safe_psql(
+		'postgres', q{
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+ WHERE NOT l.granted AND a.backend_type = 'qlater worker'}),
+	'0', 'no worker waits for the lock on the queue');
+$node->safe_psql('postgres', q{SELECT qlater_enqueue('rec', '["free"]')});
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 1 FROM ticks WHERE label = 'free'}),
+	'other jobs run meanwhile');
+is( $node->safe_psql(
+		'postgres', qq{SELECT count(*) FROM ticks WHERE label = 'held' AND tick > '$held_from'}),
+	'0', 'no tick into the queue fires while its name is held');
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+my $released = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT count(*) >= 2 FROM ticks WHERE label = 'held' AND at > '$released'}),
+	'the schedule fires again once the transaction is over');
+is( $node->safe_psql(
+		'postgres', q{SELECT active FROM qlater_schedules WHERE name = 'held'}),
+	't', 'and is still on');
+stop_schedule('held', 'alice');
 
 ok(!$node->log_contains(qr/terminated by signal/), 'no server process crashed');
 $node->stop;
