@@ -1,7 +1,8 @@
 # 080_dump.pl: pg_dump and restore keep registrations, pending and dead
 # jobs, and the job id sequence; restored jobs run.  The queues of 0.2 too:
 # owners, kind, pause, limits, priority bounds, batch settings, and grants
-# with their privileges, which hold in the restored database.
+# with their privileges, which hold in the restored database; schedules
+# with their overlap and skipped ticks.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -39,6 +40,10 @@ $$;
 SELECT qlater_register('app.mark(text,int)', queue => 'marks', priority => 7,
                        max_attempts => 9, timeout => '5 minutes');
 SELECT qlater_register('app.maybe(text)', max_attempts => 1);
+-- records its run, then sleeps longer than a second
+CREATE FUNCTION app.nap(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO app.marks VALUES (label, current_user); SELECT pg_sleep(2.5) $$;
+SELECT qlater_register('app.nap(text)');
 });
 ok( $node->poll_query_until(
 		'postgres', q{
@@ -90,6 +95,25 @@ RESET ROLE;
 SELECT qlater_alter_queue('alice_q', min_priority => 0);
 });
 
+# schedules: one of alice's with overlap, that does not fire in the test;
+# one without, whose job outlasts its interval: it skips ticks, then is
+# switched off
+$node->safe_psql(
+	'src', q{
+SET ROLE alice;
+SELECT qlater_schedule('yearly', '0 0 1 1 *', 'app.mark', '["yearly"]',
+                       timezone => 'Europe/Paris', overlap => true);
+RESET ROLE;
+SELECT qlater_schedule('busy', '1 seconds', 'app.nap', '["busy"]');
+});
+ok( $node->poll_query_until(
+		'src', "SELECT skipped_ticks >= 1 FROM qlater_schedules WHERE name = 'busy'"),
+	'the schedule without overlap skips ticks while its job runs');
+$node->safe_psql('src', q{SELECT qlater_alter_schedule('busy', active => false)});
+ok( $node->poll_query_until(
+		'src', "SELECT count(*) = 0 FROM qlater_jobs WHERE handler = 'app.nap(text)'"),
+	'switched off, its last job ends');
+
 my $jobs_q = q{
 SELECT id, queue, handler, args, priority, run_at, attempts, max_attempts,
        last_error, state, role, timeout, crashes, enqueued_at
@@ -98,12 +122,15 @@ my $handlers_q = 'SELECT * FROM qlater_handler ORDER BY handler';
 my $seq_q = 'SELECT last_value, is_called FROM qlater_job_id_seq';
 my $queues_q = 'SELECT * FROM qlater_queues ORDER BY name COLLATE "C"';
 my $grants_q = 'SELECT * FROM qlater_queue_grant ORDER BY 1, 2, 3';
+my $schedules_q = 'SELECT * FROM qlater_schedules ORDER BY id';
 
 my $jobs_src = $node->safe_psql('src', $jobs_q);
 my $handlers_src = $node->safe_psql('src', $handlers_q);
 my $seq_src = $node->safe_psql('src', $seq_q);
 my $queues_src = $node->safe_psql('src', $queues_q);
 my $grants_src = $node->safe_psql('src', $grants_q);
+my $schedules_src = $node->safe_psql('src', $schedules_q);
+my $skipped_src = $node->safe_psql('src', "SELECT skipped_ticks FROM qlater_schedules WHERE name = 'busy'");
 my $max_id = $node->safe_psql('src', 'SELECT max(id) FROM qlater_jobs');
 is($node->safe_psql('src', 'SELECT count(*) FROM qlater_jobs'), '7', '7 jobs to dump');
 is( $node->safe_psql(
@@ -114,6 +141,12 @@ SELECT string_agg(concat_ws(':', name, owner, external, paused, max_running, min
 	'alice_ext:alice:t:t:-32768:1 alice_q:alice:f:f:2:0:5',
 	"alice's queues to dump");
 is($node->safe_psql('src', 'SELECT count(*) FROM qlater_queue_grant'), '3', '3 grants to dump');
+is( $node->safe_psql(
+		'src', q{
+SELECT string_agg(concat_ws(':', name, owner, active, overlap, skipped_ticks > 0), ' ' ORDER BY id)
+  FROM qlater_schedules}),
+	'yearly:alice:t:t:f busy:' . $node->safe_psql('src', 'SELECT current_user') . ':f:f:t',
+	'2 schedules to dump, with and without overlap, one with skipped ticks');
 note "sequence of src: $seq_src, max job id $max_id";
 
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -205,6 +238,16 @@ SELECT qlater_enqueue('app.mark', '["bob-in-alice_q"]', queue => 'alice_q') > 0;
 	ok( $node->poll_query_until(
 			$db, "SELECT count(*) = 1 FROM app.marks WHERE label = 'bob-in-alice_q'"),
 		"$how: bob's job in alice's queue runs");
+
+	# the schedules, as they were; switched on again, the one without
+	# overlap still skips ticks, counting on from the dumped count
+	is($node->safe_psql($db, $schedules_q), $schedules_src,
+		"$how: schedules restored with overlap, skipped_ticks, ticks and state");
+	$node->safe_psql($db, q{SELECT qlater_alter_schedule('busy', active => true)});
+	ok( $node->poll_query_until(
+			$db, "SELECT skipped_ticks > $skipped_src FROM qlater_schedules WHERE name = 'busy'"),
+		"$how: the restored schedule without overlap skips ticks again");
+	$node->safe_psql($db, q{SELECT qlater_alter_schedule('busy', active => false)});
 }
 
 # the source is untouched by all this
