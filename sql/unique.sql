@@ -218,12 +218,12 @@ SELECT qlater_enqueue('App', '["eight"]', queue => 'uniq_app', key => 'app') AS 
 SELECT :p8 <> :p5 AS new_job;
 SELECT args, state, key FROM jobs WHERE queue = 'uniq_app';
 -- its lease ran out: it waits again, without a write, beside the new job;
--- the key's next enqueue keeps the key on the oldest and returns it
+-- the key's next enqueue keeps the key on the newest and returns it
 RESET ROLE;
 UPDATE qlater_job SET lease_until = now() - interval '1 second' WHERE id = :p5;
 SET ROLE ql_uniq_alice;
 SELECT args, state, key FROM jobs WHERE queue = 'uniq_app';
-SELECT qlater_enqueue('App', '["nine"]', queue => 'uniq_app', key => 'app') = :p5 AS the_oldest;
+SELECT qlater_enqueue('App', '["nine"]', queue => 'uniq_app', key => 'app') = :p8 AS the_newest;
 SELECT args, state, key FROM jobs WHERE queue = 'uniq_app';
 -- leased again, failed with its token while another job has the key: it
 -- gives the key up

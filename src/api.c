@@ -20,6 +20,8 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -684,7 +686,9 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
  *   (the claim may follow a session that finished the job meanwhile).
  *   If another session holds the claim (or a lease holds), the job runs:
  *   its data may be older than the enqueuer's, so a new job is enqueued,
- *   with the key.
+ *   with the key.  (A worker takes a claim before it checks the row, and
+ *   gives it back if the row changed since its look: a claim held by a
+ *   worker that runs no job yet is waited for, ql_job_waits.)
  * - A job that goes back to waiting while another job of its key is alive
  *   (a failed attempt rescheduled, a crash or timeout counted, a dead job
  *   retried) drops its key: ql_key_settle.  Its recorder never waits for
@@ -692,17 +696,21 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
  *   without it, the job drops its key anyway.  A recorder that holds the
  *   job's claim releases it at commit, before its key lock (a transaction
  *   callback runs before the transaction's locks are released), so that
- *   the next enqueue of the key never takes the job for a running one.
+ *   the next enqueue of the key never takes the job for a running one;
+ *   so does an enqueue with the claims it took (ql_held_xact_callback).
  * - A job can also go back to waiting without a write (a lease that ran
  *   out, a consumer's session that ended, qlater_unlock, a worker that
  *   ended or crashed), and then meet the job enqueued meanwhile: the next
- *   enqueue of the key keeps the key on the oldest waiting job and drops
+ *   enqueue of the key keeps the key on the newest waiting job and drops
  *   it from the others, whose claims it holds.
  *
  * Deadlocks: an enqueuer waits only for the locks of keys (taken in one
  * order by qlater_enqueue_many), and tries claims without waiting; the
  * recorders of failures never wait for a key.
  */
+
+/* the longest an enqueue waits for a worker checking a claimed job's row */
+#define QL_CLAIM_CHECK_WAIT_MS	1000
 
 /* the hash of key locks, from which ql_key_hash starts */
 #define QL_KEY_HASH_SEED	UINT64CONST(0x71a7e5ca11ab1e)
@@ -734,7 +742,7 @@ static const QlStmtDef key_stmt_defs[QL_KEY_NUM_STMTS] = {
 	[QL_KEY_REREAD] = {
 		"SELECT id, key, handler, priority, run_at, external FROM %1$s.qlater_job "
 		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND key IS NOT NULL AND NOT dead "
-		"AND NOT " QL_KEY_LEASED " ORDER BY id",
+		"AND NOT " QL_KEY_LEASED " ORDER BY id DESC",
 		1, {INT8ARRAYOID}
 	},
 	[QL_KEY_DROP] = {
@@ -850,10 +858,16 @@ ql_set_key_locktag(LOCKTAG *tag, uint64 hash)
  * The jobs whose claim this transaction took at a keyed enqueue (the jobs
  * it returned), by the subtransaction that took it.  A later keyed enqueue
  * of the transaction that finds such a claim held by this session tells
- * them from the jobs this session runs or has claimed as a consumer (a
- * claim of the session): those run, these wait.  The claim goes with the
- * subtransaction that took it, and so does the entry; the table goes with
- * the transaction (it lives in TopTransactionContext).
+ * them from the jobs this session runs or has claimed as a consumer: those
+ * run, these wait.
+ *
+ * Such a claim is a session lock, released by the transaction's callbacks
+ * when it ends (or when the subtransaction that took it is rolled back):
+ * before its transaction locks, the key's among them.  The next enqueue of
+ * the key, which waits for that lock, must find the claim free: released
+ * with the other transaction locks, in no set order, it could still be
+ * held, and the job be taken for a running one.  The table lives in
+ * TopTransactionContext.
  */
 typedef struct QlHeldJob
 {
@@ -864,18 +878,42 @@ typedef struct QlHeldJob
 static HTAB *held_jobs = NULL;
 static bool held_callbacks = false;
 
-/* ql_held_xact_callback: the table is gone with the transaction */
+/* ql_release_held: release the claim an enqueue took of a job */
 static void
-ql_held_xact_callback(XactEvent event, void *arg)
+ql_release_held(int64 job_id)
 {
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
-		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_PREPARE)
-		held_jobs = NULL;
+	LOCKTAG		tag;
+
+	ql_set_job_locktag(&tag, job_id);
+	/* (unless a handler's pg_advisory_unlock_all() did already) */
+	if (LockHeldByMe(&tag, ExclusiveLock))
+		LockRelease(&tag, ExclusiveLock, true);
 }
 
 /*
- * ql_held_subxact_callback: a subtransaction rolled back has released the
+ * ql_held_xact_callback: when the transaction ends, release the claims
+ * its enqueues took; the table goes with the transaction.
+ */
+static void
+ql_held_xact_callback(XactEvent event, void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	QlHeldJob  *h;
+
+	if (held_jobs == NULL)
+		return;
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
+		event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT &&
+		event != XACT_EVENT_PREPARE)
+		return;
+	hash_seq_init(&seq, held_jobs);
+	while ((h = hash_seq_search(&seq)) != NULL)
+		ql_release_held(h->id);
+	held_jobs = NULL;
+}
+
+/*
+ * ql_held_subxact_callback: a subtransaction rolled back releases the
  * claims it took; one committed hands them to its parent.
  */
 static void
@@ -896,13 +934,20 @@ ql_held_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		if (event == SUBXACT_EVENT_COMMIT_SUB)
 			h->subid = parentSubid;
 		else
+		{
+			ql_release_held(h->id);
 			(void) hash_search(held_jobs, &h->id, HASH_REMOVE, NULL);
+		}
 	}
 }
 
-/* ql_remember_held: this (sub)transaction took the claim of a waiting job */
-static void
-ql_remember_held(int64 job_id)
+/*
+ * ql_try_hold: take the claim of a job without waiting, for this
+ * (sub)transaction's enqueue; false if another session holds it.  Caller
+ * has checked that this session does not.
+ */
+static bool
+ql_try_hold(int64 job_id)
 {
 	QlHeldJob  *h;
 
@@ -923,8 +968,15 @@ ql_remember_held(int64 job_id)
 		held_jobs = hash_create("qlater jobs held by enqueues", 16, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
+	/* room first: once the claim is taken, only the entry releases it */
 	h = hash_search(held_jobs, &job_id, HASH_ENTER, NULL);
+	if (!ql_try_claim(job_id, true))
+	{
+		(void) hash_search(held_jobs, &job_id, HASH_REMOVE, NULL);
+		return false;
+	}
 	h->subid = GetCurrentSubTransactionId();
+	return true;
 }
 
 /*
@@ -1006,23 +1058,71 @@ ql_key_group(QlKeyGroup *groups, int ngroups, uint64 hash, const char *key)
 }
 
 /*
+ * ql_claim_being_checked: whether the claim of a job is held by a worker
+ * of this database that runs no job: one that has just claimed it, and
+ * reads its row to check that it is still the version its look saw.  That
+ * check fails for a job just replaced or rescheduled, and the worker gives
+ * the claim back; else the worker starts the job at once.
+ */
+static bool
+ql_claim_being_checked(const LOCKTAG *tag)
+{
+	VirtualTransactionId *holders;
+	int			i;
+	int			j;
+
+	if (ql_shared == NULL)
+		return false;
+	holders = GetLockConflicts(tag, ExclusiveLock, NULL);
+	for (i = 0; VirtualTransactionIdIsValid(holders[i]); i++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(holders[i].backendId);
+
+		if (proc == NULL)
+			continue;
+		for (j = 0; j < ql_shared->nslots; j++)
+		{
+			QlWorkerSlot *slot = &ql_shared->slots[j];
+
+			if (slot->pid == proc->pid && slot->dboid == MyDatabaseId &&
+				pg_atomic_read_u64(&slot->job_id) == 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+/*
  * ql_job_waits: whether a job of a key found by the lookup waits (its
  * claim is then held by this transaction until it ends) rather than runs.
  * A claim this session holds is its own to run the job, unless a keyed
- * enqueue of this transaction took it.
+ * enqueue of this transaction took it.  A claim another session holds
+ * means the job runs, but for a worker that is still checking the row it
+ * claimed: which way that goes is waited for (microseconds, at most
+ * QL_CLAIM_CHECK_WAIT_MS), else a job just replaced, which a worker
+ * claimed from an older look and gives back, would be taken for a running
+ * one, and a second job of its key made.
  */
 static bool
 ql_job_waits(int64 id)
 {
 	LOCKTAG		tag;
+	TimestampTz until;
 
 	ql_set_job_locktag(&tag, id);
 	if (LockHeldByMe(&tag, ExclusiveLock))
 		return ql_enqueue_holds(id);
-	if (!ql_try_claim(id, false))
-		return false;
-	ql_remember_held(id);
-	return true;
+	if (ql_try_hold(id))
+		return true;
+	until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), QL_CLAIM_CHECK_WAIT_MS);
+	while (ql_claim_being_checked(&tag) && GetCurrentTimestamp() < until)
+	{
+		pg_usleep(100L);
+		CHECK_FOR_INTERRUPTS();
+		if (ql_try_hold(id))
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -1133,7 +1233,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 
 	/*
 	 * Read them again under a fresh snapshot: a claim may follow a session
-	 * that finished the job since the lookup.  The oldest that still waits
+	 * that finished the job since the lookup.  The newest that still waits
 	 * keeps its key; others lose it (they went back to waiting without a
 	 * write: see above).
 	 */
