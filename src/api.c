@@ -432,24 +432,22 @@ ql_text_array(char **strings, int n)
 }
 
 /*
- * ql_insert_rows: write n job rows (n >= 1), alike but for their args and
- * keys (keys NULL: none has one; else n of them, NULL for no key), as the
- * tables' owner; the new ids go to ids[], in order.  Jobs of an in-server
- * queue wake idle workers at commit.  The caller has checked everything
- * (and, for keys, holds their locks and looked for their jobs: below).
+ * ql_insert_exec: write n job rows (n >= 1) of a role, alike but for their
+ * args and keys (keys NULL: none has one; else n of them, NULL for no
+ * key); the new ids go to ids[], in order.  Caller acts as the tables'
+ * owner, is connected to SPI, and has checked everything (and, for keys,
+ * holds their locks and looked for their jobs: below).
  */
 static void
-ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
-			   char **keys, int n, int64 *ids)
+ql_insert_exec(const QlCatalog *c, const QlJobSpec *spec, const char *role,
+			   Jsonb **args, char **keys, int n, int64 *ids)
 {
 	Datum		values[11];
 	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n'};
 	SPIPlanPtr	plan;
-	QlUserSave	save;
 	int			i;
 	bool		isnull;
 
-	ql_lock_job_role();
 	values[0] = CStringGetTextDatum(spec->queue);
 	values[1] = CStringGetTextDatum(spec->handler);
 	if (n == 1)
@@ -464,8 +462,7 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		values[6] = IntervalPGetDatum(&spec->timeout);
 	else
 		nulls[6] = 'n';
-	values[7] = DirectFunctionCall1(namein,
-									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+	values[7] = DirectFunctionCall1(namein, CStringGetDatum(role));
 	values[8] = BoolGetDatum(spec->external);
 	values[9] = Int64GetDatum(spec->schedule_id);
 	nulls[9] = spec->schedule_id != 0 ? ' ' : 'n';
@@ -480,9 +477,6 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		nulls[10] = ' ';
 	}
 
-	ql_become_owner(c, &save);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	ql_prepare_enqueue(c, keys != NULL && n > 1);
 	plan = n == 1 ? enqueue_plans.one :
 		keys != NULL ? enqueue_plans.many_keyed : enqueue_plans.many;
@@ -492,8 +486,17 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	for (i = 0; i < n; i++)
 		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 											 SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	ql_restore_user(&save);
+}
+
+/*
+ * ql_inserted: n new jobs, the first of them ids[0], will be there at
+ * commit: wake a listener of an external queue, or idle workers (in-server
+ * jobs are woken for, and the claim frontier lowered for them, at commit).
+ */
+static void
+ql_inserted(const QlJobSpec *spec, int n, const int64 *ids)
+{
+	int			i;
 
 	if (spec->external)
 	{
@@ -509,6 +512,28 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		ql_lower_frontier_at_commit(&first);
 		ql_wake_workers_at_commit(n, spec->run_at);
 	}
+}
+
+/*
+ * ql_insert_rows: write n job rows (n >= 1) of the current role, alike but
+ * for their args, as the tables' owner (ql_insert_exec), and wake for
+ * them (ql_inserted).  The caller has checked everything.
+ */
+static void
+ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
+			   int n, int64 *ids)
+{
+	char	   *role = GetUserNameFromId(GetUserId(), false);
+	QlUserSave	save;
+
+	ql_lock_job_role();
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ql_insert_exec(c, spec, role, args, NULL, n, ids);
+	SPI_finish();
+	ql_restore_user(&save);
+	ql_inserted(spec, n, ids);
 }
 
 /*
@@ -534,7 +559,7 @@ ql_insert_job(const QlCatalog *c, const char *queue, const char *signature,
 	if (timeout)
 		spec.timeout = *timeout;
 	spec.schedule_id = schedule_id;
-	ql_insert_rows(c, &spec, &args, NULL, 1, &id);
+	ql_insert_rows(c, &spec, &args, 1, &id);
 	return id;
 }
 
@@ -718,6 +743,7 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
 /* the statements of keys, prepared on first use (ql_key_plan) */
 typedef enum QlKeyStmt
 {
+	QL_KEY_LOOKUP_ONE,			/* the jobs of a key, not dead */
 	QL_KEY_LOOKUP,				/* the jobs of keys, not dead */
 	QL_KEY_REREAD,				/* the jobs claimed, still waiting with a key */
 	QL_KEY_DROP,				/* jobs give up their keys */
@@ -733,10 +759,18 @@ typedef enum QlKeyStmt
 	"AND lease_until OPERATOR(pg_catalog.>=) pg_catalog.clock_timestamp())"
 
 static const QlStmtDef key_stmt_defs[QL_KEY_NUM_STMTS] = {
-	[QL_KEY_LOOKUP] = {
+	[QL_KEY_LOOKUP_ONE] = {
 		"SELECT id, key, " QL_KEY_LEASED " FROM %1$s.qlater_job "
 		"WHERE queue OPERATOR(pg_catalog.=) $1 AND role OPERATOR(pg_catalog.=) $2 "
-		"AND key OPERATOR(pg_catalog.=) ANY ($3) AND NOT dead ORDER BY id",
+		"AND key OPERATOR(pg_catalog.=) $3 AND NOT dead ORDER BY id",
+		3, {TEXTOID, NAMEOID, TEXTOID}
+	},
+	/* a join, not key = ANY ($3): that may be planned as a filter */
+	[QL_KEY_LOOKUP] = {
+		"SELECT j.id, j.key, " QL_KEY_LEASED " "
+		"FROM pg_catalog.unnest($3) AS k (key), %1$s.qlater_job j "
+		"WHERE j.queue OPERATOR(pg_catalog.=) $1 AND j.role OPERATOR(pg_catalog.=) $2 "
+		"AND j.key OPERATOR(pg_catalog.=) k.key AND NOT j.dead ORDER BY j.id",
 		3, {TEXTOID, NAMEOID, TEXTARRAYOID}
 	},
 	[QL_KEY_REREAD] = {
@@ -1203,6 +1237,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	}
 
+	ql_lock_job_role();
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1215,9 +1250,10 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 			gkeys[j] = (char *) groups[j].key;
 		values[0] = CStringGetTextDatum(spec->queue);
 		values[1] = DirectFunctionCall1(namein, CStringGetDatum(role));
-		values[2] = PointerGetDatum(ql_text_array(gkeys, ngroups));
+		values[2] = ngroups == 1 ? CStringGetTextDatum(gkeys[0]) :
+			PointerGetDatum(ql_text_array(gkeys, ngroups));
 	}
-	if (ql_key_exec(c, QL_KEY_LOOKUP, values) != SPI_OK_SELECT)
+	if (ql_key_exec(c, ngroups == 1 ? QL_KEY_LOOKUP_ONE : QL_KEY_LOOKUP, values) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the jobs of keys");
 	claimed = palloc(sizeof(int64) * Max(SPI_processed, 1));
 	for (r = 0; r < SPI_processed; r++)
@@ -1317,8 +1353,6 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 			SPI_processed != (uint64) nkept)
 			elog(ERROR, "could not replace the jobs of keys");
 	}
-	SPI_finish();
-	ql_restore_user(&save);
 
 	/* new jobs: for elements without a key, and keys without a waiting job */
 	rows_args = palloc(sizeof(Jsonb *) * n);
@@ -1337,7 +1371,11 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	}
 	row_ids = palloc(sizeof(int64) * Max(nrows, 1));
 	if (nrows > 0)
-		ql_insert_rows(c, spec, rows_args, rows_keys, nrows, row_ids);
+		ql_insert_exec(c, spec, role, rows_args, rows_keys, nrows, row_ids);
+	SPI_finish();
+	ql_restore_user(&save);
+	if (nrows > 0)
+		ql_inserted(spec, nrows, row_ids);
 	for (j = 0; j < nrows; j++)
 	{
 		i = rows_elem[j];
@@ -1463,7 +1501,7 @@ qlater_enqueue(PG_FUNCTION_ARGS)
 	ql_job_spec(fcinfo, c, &spec);
 	args = ql_job_args(&spec, PG_GETARG_JSONB_P(1));
 	if (key == NULL)
-		ql_insert_rows(c, &spec, &args, NULL, 1, &id);
+		ql_insert_rows(c, &spec, &args, 1, &id);
 	else
 		ql_enqueue_keyed(c, &spec, &args, &key, 1, replace, &id);
 	PG_RETURN_INT64(id);
@@ -1615,7 +1653,7 @@ qlater_enqueue_many(PG_FUNCTION_ARGS)
 	if (keyed)
 		ql_enqueue_keyed(c, &spec, args, keys, n, replace, ids);
 	else
-		ql_insert_rows(c, &spec, args, NULL, n, ids);
+		ql_insert_rows(c, &spec, args, n, ids);
 	for (i = 0; i < n; i++)
 	{
 		Datum		value = Int64GetDatum(ids[i]);
