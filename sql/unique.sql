@@ -199,6 +199,12 @@ SELECT args, attempts, state, key FROM jobs WHERE queue = 'uniq_app';
 -- the one waiting with the key is returned, updated with replace
 SELECT qlater_enqueue('App', '["four"]', queue => 'uniq_app', key => 'app', replace => true) = :p2 AS the_waiting_one;
 SELECT args, state, key FROM jobs WHERE queue = 'uniq_app';
+-- PREPARE TRANSACTION is refused while the transaction holds the job it
+-- returned (even with nothing else to do at commit: nobody listens)
+BEGIN;
+SELECT qlater_enqueue('App', '["prep"]', queue => 'uniq_app', key => 'app') = :p2 AS the_waiting_one;
+PREPARE TRANSACTION 'uniq_prep';
+SELECT args, state, key FROM jobs WHERE queue = 'uniq_app';
 SELECT qlater_cancel(id) FROM jobs WHERE queue = 'uniq_app';
 -- a job failed while it is the key's only one keeps its key (backoff: it
 -- waits), and the next enqueue returns it

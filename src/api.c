@@ -926,7 +926,10 @@ ql_release_held(int64 job_id)
 
 /*
  * ql_held_xact_callback: when the transaction ends, release the claims
- * its enqueues took; the table goes with the transaction.
+ * its enqueues took; the table goes with the transaction.  PREPARE
+ * TRANSACTION is refused while it holds any: the claim must last until the
+ * enqueuer's writes are visible, and a prepared transaction has no
+ * session to hold it.
  */
 static void
 ql_held_xact_callback(XactEvent event, void *arg)
@@ -936,6 +939,11 @@ ql_held_xact_callback(XactEvent event, void *arg)
 
 	if (held_jobs == NULL)
 		return;
+	if (event == XACT_EVENT_PRE_PREPARE && hash_get_num_entries(held_jobs) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs, queues or schedules"),
+				 errdetail("A keyed enqueue holds the job it returned until its transaction ends, which a prepared transaction cannot do.")));
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
 		event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT &&
 		event != XACT_EVENT_PREPARE)
