@@ -79,6 +79,29 @@ sub keys_of
 	               FROM qlater_job WHERE id IN ($ids)});
 }
 
+### 0. the functions of a database still at 0.1 (their arguments without
+### key and replace) raise the error of an outdated extension; updated, they
+### take keys
+$node->safe_psql('postgres', 'CREATE DATABASE old');
+$node->safe_psql('old', q{
+CREATE EXTENSION qlater VERSION '0.1';
+CREATE FUNCTION noop(int) RETURNS void LANGUAGE sql AS '';
+});
+for my $call (q{SELECT qlater_enqueue('noop', '[1]')},
+	q{SELECT qlater_enqueue_many('noop', '[[1]]')})
+{
+	my ($ret, $out, $err) = $node->psql('old', $call);
+	like($err, qr/extension "qlater" must be updated to version 0\.2/,
+		"at 0.1: $call");
+}
+$node->safe_psql('old', q{ALTER EXTENSION qlater UPDATE; SELECT qlater_register('noop(int)')});
+is( $node->safe_psql(
+		'old', q{
+	SELECT qlater_enqueue('noop', '[1]', run_at => now() + interval '1 day', key => 'k')
+	     = qlater_enqueue('noop', '[2]', run_at => now() + interval '1 day', key => 'k')}),
+	't', 'updated to 0.2: one job per key');
+$node->safe_psql('postgres', 'DROP DATABASE old');
+
 ### 1. a running job's key: a new job, and both run
 my $r1 = q1(q{SELECT qlater_enqueue('hold', '["r1"]', key => 'r')});
 running($r1, 'the first job of key r');
