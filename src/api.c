@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "catalog/pg_authid.h"
@@ -721,10 +722,10 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
  *   look up the key's jobs that are not dead under the latest snapshot
  *   (whatever the isolation level: a job committed by the enqueue before
  *   must be seen).
- * - For each, the enqueue tries the job's claim as a transaction lock.  If
- *   it gets it, the job waits, and stays waiting until the enqueuer
- *   commits: no worker or consumer can start it before the enqueuer's
- *   writes are visible.  Its row is read again under a fresh snapshot
+ * - For each, the enqueue tries the job's claim, to hold it until its
+ *   transaction ends.  If it gets it, the job waits, and stays waiting
+ *   until the enqueuer commits: no worker or consumer can start it before
+ *   the enqueuer's writes are visible.  Its row is read again under a fresh snapshot
  *   (the claim may follow a session that finished the job meanwhile).
  *   If another session holds the claim (or a lease holds), the job runs:
  *   its data may be older than the enqueuer's, so a new job is enqueued,
@@ -741,8 +742,8 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
  *   the next enqueue of the key never takes the job for a running one;
  *   so does an enqueue with the claims it took (ql_held_xact_callback).
  * - A job can also go back to waiting without a write (a lease that ran
- *   out, a consumer's session that ended, qlater_unlock, a worker that
- *   ended or crashed), and then meet the job enqueued meanwhile: the next
+ *   out, a consumer's session that ended, qlater_unlock, a worker ended by
+ *   a shutdown), and then meet the job enqueued meanwhile: the next
  *   enqueue of the key keeps the key on the newest waiting job and drops
  *   it from the others, whose claims it holds.
  *
@@ -757,7 +758,7 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
 /* the hash of key locks, from which ql_key_hash starts */
 #define QL_KEY_HASH_SEED	UINT64CONST(0x71a7e5ca11ab1e)
 
-/* the statements of keys, prepared on first use (ql_key_plan) */
+/* the statements of keys, prepared on first use (ql_key_exec) */
 typedef enum QlKeyStmt
 {
 	QL_KEY_LOOKUP_ONE,			/* the jobs of a key, not dead */
@@ -1127,13 +1128,15 @@ static bool
 ql_claim_being_checked(const LOCKTAG *tag)
 {
 	VirtualTransactionId *holders;
+	bool		checking = false;
 	int			i;
 	int			j;
 
-	if (ql_shared == NULL)
+	/* (no worker runs on a standby, where the array is not ours to free) */
+	if (ql_shared == NULL || RecoveryInProgress())
 		return false;
 	holders = GetLockConflicts(tag, ExclusiveLock, NULL);
-	for (i = 0; VirtualTransactionIdIsValid(holders[i]); i++)
+	for (i = 0; !checking && VirtualTransactionIdIsValid(holders[i]); i++)
 	{
 		PGPROC	   *proc = BackendIdGetProc(holders[i].backendId);
 
@@ -1145,10 +1148,11 @@ ql_claim_being_checked(const LOCKTAG *tag)
 
 			if (slot->pid == proc->pid && slot->dboid == MyDatabaseId &&
 				pg_atomic_read_u64(&slot->job_id) == 0)
-				return true;
+				checking = true;
 		}
 	}
-	return false;
+	pfree(holders);
+	return checking;
 }
 
 /*
@@ -1204,7 +1208,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	QlKeyGroup *groups;
 	int			ngroups = 0;
 	int			nkeyed = 0;
-	int64	   *claimed;
+	Datum	   *claimed;
 	int			nclaimed = 0;
 	int			nkept = 0;
 	Jsonb	  **rows_args;
@@ -1280,7 +1284,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	}
 	if (ql_key_exec(c, ngroups == 1 ? QL_KEY_LOOKUP_ONE : QL_KEY_LOOKUP, values) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the jobs of keys");
-	claimed = palloc(sizeof(int64) * Max(SPI_processed, 1));
+	claimed = palloc(sizeof(Datum) * Max(SPI_processed, 1));
 	for (r = 0; r < SPI_processed; r++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[r];
@@ -1289,7 +1293,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		bool		leased = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
 
 		if (!leased && ql_job_waits(id))
-			claimed[nclaimed++] = id;
+			claimed[nclaimed++] = Int64GetDatum(id);
 	}
 
 	/*
@@ -1300,10 +1304,10 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 	 */
 	if (nclaimed > 0)
 	{
-		int64	   *extra = palloc(sizeof(int64) * nclaimed);
+		Datum	   *extra = palloc(sizeof(Datum) * nclaimed);
 		int			nextra = 0;
 
-		values[0] = PointerGetDatum(construct_array((Datum *) claimed, nclaimed, INT8OID,
+		values[0] = PointerGetDatum(construct_array(claimed, nclaimed, INT8OID,
 													sizeof(int64), FLOAT8PASSBYVAL,
 													TYPALIGN_DOUBLE));
 		if (ql_key_exec(c, QL_KEY_REREAD, values) != SPI_OK_SELECT)
@@ -1322,7 +1326,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 				elog(ERROR, "job %lld has a key the enqueue did not ask for", (long long) id);
 			if (g->kept)
 			{
-				extra[nextra++] = id;
+				extra[nextra++] = Int64GetDatum(id);
 				continue;
 			}
 			if (strcmp(handler, spec->handler) != 0)
@@ -1343,7 +1347,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		}
 		if (nextra > 0)
 		{
-			values[0] = PointerGetDatum(construct_array((Datum *) extra, nextra, INT8OID,
+			values[0] = PointerGetDatum(construct_array(extra, nextra, INT8OID,
 														sizeof(int64), FLOAT8PASSBYVAL,
 														TYPALIGN_DOUBLE));
 			if (ql_key_exec(c, QL_KEY_DROP, values) != SPI_OK_UPDATE)
