@@ -277,6 +277,42 @@ COMMENT ON FUNCTION @extschema@.qlater_revoke_queue(text, name, text) IS
 
 /* ---- functions: unique jobs ---- */
 
+/*
+ * Enqueue with a key: at most one waiting job per (queue, role, key).  The
+ * parameters are appended, so the functions of 0.1 are dropped and made
+ * again (CREATE OR REPLACE cannot add parameters); calls of 0.1 mean the
+ * same.
+ */
+DROP FUNCTION @extschema@.qlater_enqueue(text, jsonb, timestamptz, text, int, int);
+CREATE FUNCTION @extschema@.qlater_enqueue(handler text,
+                                           args jsonb DEFAULT '[]',
+                                           run_at timestamptz DEFAULT now(),
+                                           queue text DEFAULT NULL,
+                                           priority int DEFAULT NULL,
+                                           max_attempts int DEFAULT NULL,
+                                           key text DEFAULT NULL,
+                                           replace boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_enqueue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_enqueue(text, jsonb, timestamptz, text, int, int, text, boolean) IS
+    'enqueue a call of a registered handler, run later by a background worker as the current role; with a key, the job of the key that waits is returned (with replace, updated) instead';
+
+DROP FUNCTION @extschema@.qlater_enqueue_many(text, jsonb, timestamptz, text, int, int);
+CREATE FUNCTION @extschema@.qlater_enqueue_many(handler text,
+                                                args_list jsonb,
+                                                run_at timestamptz DEFAULT now(),
+                                                queue text DEFAULT NULL,
+                                                priority int DEFAULT NULL,
+                                                max_attempts int DEFAULT NULL,
+                                                keys text[] DEFAULT NULL,
+                                                replace boolean DEFAULT false)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'qlater_enqueue_many'
+LANGUAGE C VOLATILE ROWS 100;
+COMMENT ON FUNCTION @extschema@.qlater_enqueue_many(text, jsonb, timestamptz, text, int, int, text[], boolean) IS
+    'enqueue one job per element of a JSON array of args, in one statement, with a key per element if keys is given; returns their ids';
+
 /* ---- functions: schedules ---- */
 
 /*
