@@ -1,8 +1,9 @@
 # 080_dump.pl: pg_dump and restore keep registrations, pending and dead
 # jobs, and the job id sequence; restored jobs run.  The queues of 0.2 too:
 # owners, kind, pause, limits, priority bounds, batch settings, and grants
-# with their privileges, which hold in the restored database; schedules
-# with their overlap and skipped ticks.
+# with their privileges, which hold in the restored database; jobs with a
+# key, which they still hold; schedules with their overlap and skipped
+# ticks.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -95,6 +96,15 @@ RESET ROLE;
 SELECT qlater_alter_queue('alice_q', min_priority => 0);
 });
 
+# jobs with a key, of two roles (keys are per role)
+my $keyed_id = $node->safe_psql(
+	'src', q{
+SELECT qlater_enqueue('app.mark', '["keyed"]', run_at => '2100-01-01 00:00+00', key => 'mark:1')});
+my $keyed_alice_id = $node->safe_psql(
+	'src', q{
+SET ROLE alice;
+SELECT qlater_enqueue('app.mark', '["keyed-alice"]', run_at => '2100-01-01 00:00+00', key => 'mark:1')});
+
 # schedules: one of alice's with overlap, that does not fire in the test;
 # one without, whose job outlasts its interval: it skips ticks, then is
 # switched off
@@ -116,7 +126,7 @@ ok( $node->poll_query_until(
 
 my $jobs_q = q{
 SELECT id, queue, handler, args, priority, run_at, attempts, max_attempts,
-       last_error, state, role, timeout, crashes, enqueued_at
+       last_error, state, role, timeout, crashes, enqueued_at, key
   FROM qlater_jobs ORDER BY id};
 my $handlers_q = 'SELECT * FROM qlater_handler ORDER BY handler';
 my $seq_q = 'SELECT last_value, is_called FROM qlater_job_id_seq';
@@ -132,7 +142,9 @@ my $grants_src = $node->safe_psql('src', $grants_q);
 my $schedules_src = $node->safe_psql('src', $schedules_q);
 my $skipped_src = $node->safe_psql('src', "SELECT skipped_ticks FROM qlater_schedules WHERE name = 'busy'");
 my $max_id = $node->safe_psql('src', 'SELECT max(id) FROM qlater_jobs');
-is($node->safe_psql('src', 'SELECT count(*) FROM qlater_jobs'), '7', '7 jobs to dump');
+is($node->safe_psql('src', 'SELECT count(*) FROM qlater_jobs'), '9', '9 jobs to dump');
+is($node->safe_psql('src', q{SELECT count(*) FROM qlater_jobs WHERE key = 'mark:1'}),
+	'2', 'of which 2 with a key');
 is( $node->safe_psql(
 		'src', q{
 SELECT string_agg(concat_ws(':', name, owner, external, paused, max_running, min_priority, batch_size),
@@ -210,7 +222,8 @@ SELECT count(*) FILTER (WHERE qlater_retry(id))
 	is( $node->safe_psql(
 			$db,
 			"SELECT string_agg(coalesce(args->>0, args->>'label') || ':' || state, ',' ORDER BY id) FROM qlater_jobs"),
-		'pending-1:pending,pending-2:pending,pending-alice:pending,dead-2:dead,app-1:pending',
+		'pending-1:pending,pending-2:pending,pending-alice:pending,dead-2:dead,app-1:pending,'
+		  . 'keyed:pending,keyed-alice:pending',
 		"$how: the other restored jobs are as they were");
 
 	# the queues and grants of 0.2, as they were, and in force
@@ -238,6 +251,19 @@ SELECT qlater_enqueue('app.mark', '["bob-in-alice_q"]', queue => 'alice_q') > 0;
 	ok( $node->poll_query_until(
 			$db, "SELECT count(*) = 1 FROM app.marks WHERE label = 'bob-in-alice_q'"),
 		"$how: bob's job in alice's queue runs");
+
+	# a restored job holds its key, for its role: an enqueue of the key
+	# returns it
+	is( $node->safe_psql(
+			$db, q{
+SELECT qlater_enqueue('app.mark', '["keyed-again"]', run_at => '2100-01-01 00:00+00', key => 'mark:1');
+SET ROLE alice;
+SELECT qlater_enqueue('app.mark', '["keyed-again"]', run_at => '2100-01-01 00:00+00', key => 'mark:1');
+}),
+		"$keyed_id\n$keyed_alice_id",
+		"$how: the restored keyed jobs hold their keys, each for its role");
+	is($node->safe_psql($db, q{SELECT count(*) FROM qlater_jobs WHERE key = 'mark:1'}),
+		'2', "$how: and no job was added");
 
 	# the schedules, as they were; switched on again, the one without
 	# overlap still skips ticks, counting on from the dumped count
