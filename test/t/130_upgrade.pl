@@ -294,7 +294,6 @@ SELECT id, queue, handler, args, priority, run_at, attempts, max_attempts,
   FROM qlater_jobs WHERE coalesce(args->>0, '') NOT LIKE 'tick%' ORDER BY id};
 my %jobs_before = map { $_ => $node->safe_psql($_, $jobs_q) } ('qdb1', 'qdb2');
 my %hits_before = map { $_ => $node->safe_psql($_, 'SELECT count(*) FROM hits') } ('qdb1', 'qdb2');
-my $ticks_before = $node->safe_psql('qdb1', "SELECT count(*) FROM hits WHERE label = 'tick'");
 my $handlers_q = 'SELECT * FROM qlater_handler ORDER BY handler';
 my %handlers_before = map { $_ => $node->safe_psql($_, $handlers_q) } ('qdb1', 'qdb2');
 my $soon_at = $node->safe_psql('qdb1', "SELECT run_at FROM qlater_jobs WHERE args->>0 = 'p-su-soon'");
@@ -346,6 +345,11 @@ for my $db ('qdb1', 'qdb2')
 	ok($node->wait_for_log(waits_logged($db), $log_offset),
 		"the log tells to run ALTER EXTENSION qlater UPDATE in $db");
 }
+ok( $node->poll_query_until(
+		'postgres', q{
+SELECT count(DISTINCT datname) = 2 FROM pg_stat_activity
+ WHERE backend_type = 'qlater worker' AND datname IN ('qdb1', 'qdb2')}),
+	'a worker waits in each database');
 # long enough for a worker to find the due jobs, were it to look
 sleep(3);
 for my $db ('qdb1', 'qdb2')
