@@ -24,9 +24,11 @@ use Test::More;
 
 my $old_version = '0.1';
 my $new_version = '0.2';
+# the commit of release 0.1 (tagged v0.1; test/run names it the same way)
+my $old_commit = '137764326ca7ffd8d018d3a5cef488ed0b6a6139';
 
 ### where the source of 0.1 comes from
-# test/run takes it from git (tag v0.1) and passes it in QL_OLD_SRC: the
+# test/run takes it from git (its commit) and passes it in QL_OLD_SRC: the
 # tree the suite runs in is a copy without .git.  Run by hand ("make
 # installcheck" in a git checkout), the test takes it from git itself.
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -38,8 +40,8 @@ if (!defined $old_src || $old_src eq '')
 	{
 		$old_src = "$tmp/v$old_version-src";
 		make_path($old_src);
-		system("git -C '$tree' archive v$old_version | tar -x -C '$old_src'") == 0
-		  or die "no git tag v$old_version in $tree (fetch the tags)";
+		system("git -C '$tree' archive $old_commit | tar -x -C '$old_src'") == 0
+		  or die "release $old_version ($old_commit) is not in $tree (a shallow clone?)";
 	}
 	else
 	{
@@ -53,7 +55,7 @@ if ($old_src eq 'none')
 }
 -f "$old_src/qlater.control"
   or die "the source of release $old_version is not in $old_src (QL_OLD_SRC): "
-  . "test/run takes it from git tag v$old_version";
+  . "test/run takes it from git, commit $old_commit";
 
 ### a private copy of the PostgreSQL installation
 # PostgreSQL finds its share and lib folders relative to its binaries, so a
