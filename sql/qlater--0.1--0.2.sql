@@ -164,11 +164,18 @@ CREATE INDEX qlater_job_key ON @extschema@.qlater_job (queue, role, key)
  * next tick after the job is done enqueues the next job.
  */
 ALTER TABLE @extschema@.qlater_job ADD COLUMN schedule_id bigint;
+-- (dead jobs do not hold ticks back: a tick must not read them)
 CREATE INDEX qlater_job_schedule ON @extschema@.qlater_job (schedule_id)
-    WHERE schedule_id IS NOT NULL;
+    WHERE schedule_id IS NOT NULL AND NOT dead;
 ALTER TABLE @extschema@.qlater_schedule
     ADD COLUMN overlap boolean NOT NULL DEFAULT false,
     ADD COLUMN skipped_ticks bigint NOT NULL DEFAULT 0;
+-- the jobs 0.1's ticks enqueued, not yet run, are their schedules' too
+UPDATE @extschema@.qlater_job j SET schedule_id = s.id
+  FROM @extschema@.qlater_schedule s
+ WHERE NOT j.dead AND j.role = s.owner AND j.handler = s.handler AND j.args = s.args
+   AND j.queue = COALESCE(s.queue, (SELECT h.queue FROM @extschema@.qlater_handler h
+                                     WHERE h.handler = s.handler));
 
 /* ---- views over the changed tables ---- */
 

@@ -823,6 +823,28 @@ ql_queue_exists(const char *queue)
 }
 
 /*
+ * ql_queue_lock_own: lock a queue's name exclusively, for a drop or a
+ * change of kind, once the caller is known to own the queue (or be an
+ * admin) as far as the cache knows: the lock waits for every enqueue into
+ * the queue under way, and every enqueue after it waits for it, so a role
+ * that may not change the queue must not get to wait there (it would hold
+ * every enqueue into another role's queue, 'default' too, for as long as
+ * it keeps an enqueue of its own open).  Checked again under the lock
+ * (ql_lock_own_queue).
+ */
+static void
+ql_queue_lock_own(const QlCatalog *c, const char *queue)
+{
+	const QlQueue *q = ql_queue_get(c, queue);
+
+	if (q != NULL && !ql_role_owns(q, GetUserId()) && !ql_is_admin())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of queue \"%s\"", queue)));
+	ql_queue_lock(queue, ExclusiveLock);
+}
+
+/*
  * qlater_create_queue(name text, external boolean, batch_size int,
  *					   batch_delay interval) returns void
  *
@@ -910,7 +932,7 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 
 	/* a change of kind waits for the enqueues under way, whose kind it sets */
 	if (!PG_ARGISNULL(1))
-		ql_queue_lock(queue, ExclusiveLock);
+		ql_queue_lock_own(c, queue);
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	external = PG_ARGISNULL(1) ? q.external : PG_GETARG_BOOL(1);
@@ -976,7 +998,7 @@ qlater_drop_queue(PG_FUNCTION_ARGS)
 				 errmsg("cannot drop queue \"default\""),
 				 errdetail("Every role may put jobs into it.")));
 	/* waits for the enqueues into it under way: their jobs are counted */
-	ql_queue_lock(queue, ExclusiveLock);
+	ql_queue_lock_own(c, queue);
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	values[0] = CStringGetTextDatum(queue);

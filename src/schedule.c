@@ -38,7 +38,9 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_proc.h"
+#include "storage/lock.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -144,6 +146,14 @@ static TimestampTz sched_next_tick = DT_NOEND;	/* of any active schedule */
 static bool sched_stale = true;
 static Oid	sched_relid = InvalidOid;
 static bool sched_callback_registered = false;
+/*
+ * When this process first looked at the schedules at the current version:
+ * ticks before it were missed (the server was down, or the database waited
+ * for its update), and get at most one catch-up job, not one each.
+ */
+static TimestampTz sched_since = 0;
+/* a tick of the last pass was held by a lock: look again in a second */
+static bool sched_held = false;
 
 /* a schedule changed in this transaction: wake the workers once it commits */
 static bool sched_wake_pending = false;
@@ -698,7 +708,7 @@ qlater_alter_schedule(PG_FUNCTION_ARGS)
 	{
 		(void) ql_cron_parse(schedule, &sched, ERROR);
 		tz = ql_cron_find_timezone(timezone, ERROR);
-		next = ql_cron_next_tz(&sched, GetCurrentTransactionStartTimestamp(),
+		next = ql_cron_next_tz(&sched, GetCurrentTimestamp(),
 							   tz, created_at);
 	}
 
@@ -832,12 +842,18 @@ ql_latest_tick(const QlCronSchedule *s, pg_tz *tz, TimestampTz anchor,
  * of that priority into the queue.  The queue's name is locked in share
  * mode first, as every enqueue locks it, so that no drop or change of kind
  * happens under the job; but a worker does not wait for it (a transaction
- * left open holds it): QL_TICK_LATER if it is taken.  Each check reads
- * caches: the handler registry, the queue rows and grants.  Caller acts as
- * the tables' owner.
+ * left open holds it): QL_TICK_LATER if it is taken.  So is the owner's
+ * role (an enqueue locks its role against DROP ROLE): a DROP ROLE left
+ * open in any database must not hold a worker, nor the schedules it was
+ * firing.  Each check reads caches: the handler registry, the queue rows
+ * and grants.  With check_only, only the checks (no lock, no job): a tick
+ * skipped for its schedule's waiting job still deactivates a schedule
+ * whose owner may no longer enqueue it (QL_TICK_ENQUEUED: it may).  Caller
+ * acts as the tables' owner.
  */
 static QlTickResult
-ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
+ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick,
+				bool check_only)
 {
 	Oid			role = get_role_oid(d->owner, true);
 	Oid			proc;
@@ -879,8 +895,16 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 	max_attempts = h->max_attempts;
 	has_timeout = h->has_timeout;
 	timeout = h->timeout;
-	if (!ql_queue_lock_put(queue, true))
-		return QL_TICK_LATER;
+	if (!check_only)
+	{
+		LOCKTAG		tag;
+
+		SET_LOCKTAG_OBJECT(tag, InvalidOid, AuthIdRelationId, role, 0);
+		if (LockAcquire(&tag, AccessShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+			return QL_TICK_LATER;
+		if (!ql_queue_lock_put(queue, true))
+			return QL_TICK_LATER;
+	}
 	if (ql_queue_is_external(c, queue))
 	{
 		ereport(WARNING,
@@ -907,6 +931,8 @@ ql_enqueue_tick(const QlCatalog *c, const QlDueSchedule *d, TimestampTz tick)
 		return QL_TICK_DEACTIVATE;
 	}
 
+	if (check_only)
+		return QL_TICK_ENQUEUED;
 	/* the job's role is the current user: the schedule's owner */
 	GetUserIdAndSecContext(&saved_userid, &saved_sec_context);
 	SetUserIdAndSecContext(role, saved_sec_context | SECURITY_LOCAL_USERID_CHANGE);
@@ -966,6 +992,7 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 	volatile bool fired = false;
 	volatile bool active = true;
 	volatile int64 skipped = 0;
+	volatile bool later = false;
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	Oid			types[6] = {INT8OID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID,
@@ -988,10 +1015,10 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 		next = ql_cron_next_tz(&s, now, tz, d->created_at);
 
 		/* of the ticks before this process started, the latest or none */
-		if (t < MyStartTimestamp)
+		if (t < sched_since)
 		{
 			t = ql_latest_tick(&s, tz, d->created_at, t,
-							   Min(now, MyStartTimestamp - 1));
+							   Min(now, sched_since - 1));
 			if (!d->catch_up &&
 				now - t > (int64) QL_SCHEDULE_GRACE_MS * 1000)
 				t = ql_cron_next_tz(&s, t, tz, d->created_at);
@@ -1001,7 +1028,15 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 			if (!d->overlap)
 			{
 				if (waits < 0)
+				{
 					waits = ql_schedule_job_waits(c, d->id) ? 1 : 0;
+					if (waits > 0 &&
+						ql_enqueue_tick(c, d, t, true) == QL_TICK_DEACTIVATE)
+					{
+						active = false;
+						break;
+					}
+				}
 				if (waits > 0)
 				{
 					skipped++;
@@ -1009,9 +1044,11 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 					continue;
 				}
 			}
-			r = ql_enqueue_tick(c, d, t);
+			r = ql_enqueue_tick(c, d, t, false);
 			if (r == QL_TICK_DEACTIVATE)
 				active = false;
+			if (r == QL_TICK_LATER)
+				later = true;
 			if (r != QL_TICK_ENQUEUED)
 				break;
 			fired = true;
@@ -1048,6 +1085,12 @@ ql_fire_one(const QlCatalog *c, const QlDueSchedule *d, TimestampTz now)
 	}
 	PG_END_TRY();
 
+	/* held: nothing to record (no row rewritten), look again later */
+	if (later && !fired && skipped == 0 && active)
+	{
+		sched_held = true;
+		return;
+	}
 	values[0] = Int64GetDatum(d->id);
 	values[1] = BoolGetDatum(fired);
 	values[2] = TimestampTzGetDatum(last);
@@ -1153,6 +1196,9 @@ ql_schedule_fire_due(long *sleep_ms)
 	ql_become_owner(c, &save);
 
 	now = GetCurrentTimestamp();
+	if (sched_since == 0)
+		sched_since = now;
+	sched_held = false;
 	values[0] = TimestampTzGetDatum(now);
 	if (SPI_execute_with_args(psprintf("SELECT id, name, owner, schedule, timezone, handler, "
 									   "args, queue, priority, catch_up, next_tick, created_at, "
@@ -1210,7 +1256,7 @@ ql_schedule_fire_due(long *sleep_ms)
 		 * more late ticks than one pass enqueues: look again soon.
 		 */
 		if (next <= now)
-			next = now + QL_SCHEDULE_RETRY_MS * INT64CONST(1000);
+			next = now + (sched_held ? 1000 : QL_SCHEDULE_RETRY_MS) * INT64CONST(1000);
 		sched_next_tick = next;
 		sched_next_check = Min(next, now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000));
 	}

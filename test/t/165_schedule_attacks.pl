@@ -199,21 +199,13 @@ my $quiet_skipped = su(q{SELECT skipped_ticks FROM qlater_schedules WHERE name =
 all_off('old');
 note su(q{SELECT label, tick, started, ended FROM runs ORDER BY id}, 'old');
 note su(qq{SELECT label, tick, at FROM ticks WHERE label = 'burst' ORDER BY tick}, 'old');
-TODO:
-{
-	local $TODO = 'S7: the jobs of 0.1 schedules have no schedule_id';
-	is(overlapping_pairs('legacy', 'old'), '0',
-		'S7: after the update from 0.1, no run of a schedule without overlap overlaps the job its 0.1 tick enqueued');
-}
-TODO:
-{
-	local $TODO = 'S8: ticks that fell while the database waited for its update are not downtime';
-	cmp_ok(su(qq{SELECT count(*) FROM ticks WHERE label = 'burst' AND tick < '$updated'}, 'old'),
-		'<=', 1,
-		'S8: of the ticks that fell while the database waited for its update, one catch-up job at most (overlap)');
-	cmp_ok($quiet_skipped, '<=', 2,
-		'S8: and without overlap, they are not counted in skipped_ticks');
-}
+is(overlapping_pairs('legacy', 'old'), '0',
+	'S7: after the update from 0.1, no run of a schedule without overlap overlaps the job its 0.1 tick enqueued');
+cmp_ok(su(qq{SELECT count(*) FROM ticks WHERE label = 'burst' AND tick < '$updated'}, 'old'),
+	'<=', 1,
+	'S8: of the ticks that fell while the database waited for its update, one catch-up job at most (overlap)');
+cmp_ok($quiet_skipped, '<=', 2,
+	'S8: and without overlap, they are not counted in skipped_ticks');
 su(q{SELECT count(qlater_unschedule(name, owner)) FROM qlater_schedules}, 'old');
 
 ########################################################################
@@ -359,18 +351,10 @@ wait_for(qq{SELECT count(*) >= 2 FROM ticks WHERE label = 'tog' AND tick > '$com
 	'S2: switched on, the schedule fires');
 all_off();
 note su(q{SELECT tick, count(*) FROM ticks WHERE label = 'dup' GROUP BY tick HAVING count(*) > 1});
-TODO:
-{
-	local $TODO = 'S1: the next tick is computed from the start of the transaction';
-	is(su(q{SELECT count(*) - count(DISTINCT tick) FROM ticks WHERE label = 'dup'}),
-		'0', 'S1: a change of time zone in a transaction begun 3 s before enqueues no tick twice');
-}
-TODO:
-{
-	local $TODO = 'S2: the next tick is computed from the start of the transaction';
-	is(su(qq{SELECT count(*) FROM ticks WHERE label = 'tog' AND tick > '$tog_off' AND tick < '$tog_on'}),
-		'0', 'S2: switched on in a transaction begun while it was off, no tick of while it was off is enqueued');
-}
+is(su(q{SELECT count(*) - count(DISTINCT tick) FROM ticks WHERE label = 'dup'}),
+	'0', 'S1: a change of time zone in a transaction begun 3 s before enqueues no tick twice');
+is(su(qq{SELECT count(*) FROM ticks WHERE label = 'tog' AND tick > '$tog_off' AND tick < '$tog_on'}),
+	'0', 'S2: switched on in a transaction begun while it was off, no tick of while it was off is enqueued');
 as('alice', q{SELECT qlater_unschedule('dup'); SELECT qlater_unschedule('tog');});
 
 ########################################################################
@@ -393,12 +377,8 @@ SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
 my $a3_meanwhile = su(qq{SELECT count(*) FROM ticks WHERE label = 'a3' AND tick > '$t3'});
 $dba->query_safe('ROLLBACK');
 $dba->quit;
-TODO:
-{
-	local $TODO = 'S3: a tick waits for the lock of its owner role';
-	is($waiting, '0', 'S3: no worker waits for a DROP ROLE of a schedule owner left open in another database');
-	cmp_ok($a3_meanwhile, '>=', 2, "S3: another role's schedule fires meanwhile");
-}
+is($waiting, '0', 'S3: no worker waits for a DROP ROLE of a schedule owner left open in another database');
+cmp_ok($a3_meanwhile, '>=', 2, "S3: another role's schedule fires meanwhile");
 my $t3b = now_ts();
 wait_for(qq{SELECT count(*) >= 2 FROM ticks WHERE label = 'a3' AND tick > '$t3b'},
 	'held: once the DROP ROLE is rolled back, the schedules fire again');
@@ -431,12 +411,8 @@ SELECT qlater_enqueue('mark', '["alice"]', run_at => now() + interval '1 hour');
 });
 sleep 3;
 my $d4_meanwhile = su(qq{SELECT count(*) FROM ticks WHERE label = 'd4' AND tick > '$t4'});
-TODO:
-{
-	local $TODO = "S4: qlater_alter_queue locks the queue's name before the owner check";
-	is($err, '', "S4: alice enqueues into 'default' meanwhile");
-	cmp_ok($d4_meanwhile, '>=', 2, "S4: and her schedule into 'default' fires meanwhile");
-}
+is($err, '', "S4: alice enqueues into 'default' meanwhile");
+cmp_ok($d4_meanwhile, '>=', 2, "S4: and her schedule into 'default' fires meanwhile");
 $hold->query_safe('ROLLBACK');
 $kind->query(q{SELECT 1});
 like($kind->{stderr}, qr/must be owner of queue "default"/, "held: bob's change of kind is refused");
@@ -471,12 +447,8 @@ SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
  WHERE NOT l.granted AND a.backend_type = 'qlater worker'});
 is($stuck5, '0', 'held: no worker waits for the held queue');
 note "S5: transaction ids used in 3 s while the queue was held: " . ($x1 - $x0 - 1);
-TODO:
-{
-	local $TODO = 'S5: a held tick is retried every 100 ms, locking and updating its row';
-	cmp_ok($x1 - $x0 - 1, '<', 20,
-		"S5: while a transaction holds a schedule's queue, the workers do not write its row ten times a second");
-}
+cmp_ok($x1 - $x0 - 1, '<', 20,
+	"S5: while a transaction holds a schedule's queue, the workers do not write its row ten times a second");
 $owner5->query_safe('ROLLBACK');
 $owner5->quit;
 my $t5 = now_ts();
@@ -510,11 +482,7 @@ my $r1 = su($reads);
 my $n1 = su(q{SELECT count(*) FROM ticks WHERE label = 'd6'});
 my $per_tick = int(($r1 - $r0) / ($n1 - $n0));
 note "S6: job rows read per tick with 20,000 dead jobs of the schedule: $per_tick";
-TODO:
-{
-	local $TODO = 'S6: the index of jobs by schedule holds dead jobs';
-	cmp_ok($per_tick, '<', 2000, 'S6: a tick reads none of the dead jobs its schedule left');
-}
+cmp_ok($per_tick, '<', 2000, 'S6: a tick reads none of the dead jobs its schedule left');
 su(qq{DELETE FROM qlater_job WHERE schedule_id = $id6});
 as('alice', q{SELECT qlater_unschedule('d6')});
 
@@ -627,14 +595,10 @@ my $log9 = -s $node->logfile;
 as('bob', q{SELECT qlater_revoke_queue('bob_q9', 'alice', 'enqueue')});
 sleep 3;
 my $r9 = su(q{SELECT active || '|' || (skipped_ticks > 0) FROM qlater_schedule WHERE name = 'r9'});
-TODO:
-{
-	local $TODO = 'S9: the checks of a tick are not made when the tick is skipped';
-	is($r9, 'false|true',
-		"S9: the next tick after the revoke deactivates the schedule, its job waiting or not");
-	ok($node->log_contains(qr/qlater schedule "r9" of role "alice" is deactivated/, $log9),
-		'S9: with its warning in the log');
-}
+is($r9, 'false|true',
+	"S9: the next tick after the revoke deactivates the schedule, its job waiting or not");
+ok($node->log_contains(qr/qlater schedule "r9" of role "alice" is deactivated/, $log9),
+	'S9: with its warning in the log');
 as('alice', q{
 SELECT qlater_unschedule('r9');
 SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = 'bob_q9';
