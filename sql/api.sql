@@ -111,21 +111,24 @@ RESET search_path;
 -- queues with batches: options, and what is refused
 SELECT qlater_create_queue('batched', batch_size => 32, batch_delay => '5 ms');
 SELECT name, external, batch_size, batch_delay FROM qlater_queue WHERE name = 'batched';
-SELECT qlater_create_queue('batched', batch_size => 16);   -- the delay stays
-SELECT qlater_create_queue('batched');                     -- both stay
+-- a queue is created once; changed by qlater_alter_queue (NULL: unchanged)
+SELECT qlater_create_queue('batched', batch_size => 16);
+SELECT qlater_alter_queue('batched', batch_size => 16);   -- the delay stays
+SELECT qlater_alter_queue('batched');                     -- both stay
 SELECT name, external, batch_size, batch_delay FROM qlater_queue WHERE name = 'batched';
-SELECT qlater_create_queue('batched', batch_size => 0);
-SELECT qlater_create_queue('batched', batch_size => 65);
-SELECT qlater_create_queue('batched', batch_delay => '0');
-SELECT qlater_create_queue('batched', batch_delay => '11 s');
-SELECT qlater_create_queue('batched', batch_delay => '1 day');
+SELECT qlater_alter_queue('batched', batch_size => 0);
+SELECT qlater_alter_queue('batched', batch_size => 65);
+SELECT qlater_alter_queue('batched', batch_delay => '0');
+SELECT qlater_alter_queue('batched', batch_delay => '11 s');
+SELECT qlater_alter_queue('batched', batch_delay => '1 day');
+SELECT qlater_alter_queue('no_such_queue', batch_size => 2);
 SELECT qlater_create_queue('batched_app', external => true, batch_size => 2);
 -- made external, a queue loses its batches
-SELECT qlater_create_queue('batched', external => true);
+SELECT qlater_alter_queue('batched', external => true);
 SELECT name, external, batch_size FROM qlater_queue WHERE name = 'batched';
-SELECT qlater_create_queue('batched', external => false);
+SELECT qlater_alter_queue('batched', external => false);
 SELECT name, external, batch_size FROM qlater_queue WHERE name = 'batched';
-DELETE FROM qlater_queue WHERE name = 'batched';
+SELECT qlater_drop_queue('batched');
 
 -- after commit the job runs in the background
 SELECT qlater_enqueue('export_stations', '["tenant-now"]') > 0 AS enqueued;

@@ -10,16 +10,27 @@ CREATE ROLE ql_stranger;
 -- declaring queues
 SET ROLE ql_app_owner;
 SELECT qlater_create_queue('ruby', external => true);
-SELECT name, external, owner FROM qlater_queue;
-SELECT qlater_create_queue('default', external => true);
+SELECT name, external, owner FROM qlater_queue WHERE name IN ('ruby', 'default') ORDER BY name;
+SELECT qlater_create_queue('ruby', external => true);
+SELECT qlater_alter_queue('default', external => true);
 SELECT qlater_create_queue('', true);
 SELECT qlater_grant_queue('ruby', 'ql_app_worker');
 SELECT qlater_grant_queue('ruby', 'no_such_role');
 SELECT qlater_grant_queue('nope', 'ql_app_worker');
+SELECT qlater_grant_queue('ruby', 'ql_app_worker', 'run');
 RESET ROLE;
 SET ROLE ql_stranger;
-SELECT qlater_create_queue('ruby', external => false);
+SELECT qlater_alter_queue('ruby', external => false);
 SELECT qlater_grant_queue('ruby', 'ql_stranger');
+SELECT qlater_grant_queue('ruby', 'ql_stranger', 'enqueue');
+-- another role's external queue: nothing may be enqueued without 'enqueue'
+SELECT qlater_enqueue('ExportStations', '[]', queue => 'ruby');
+-- nor listened to without 'consume' (checked as the caller)
+SELECT qlater_listen('ruby');
+RESET ROLE;
+SET ROLE ql_app_owner;
+SELECT qlater_grant_queue('ruby', 'ql_stranger', 'enqueue');
+SELECT queue, grantee, privilege FROM qlater_queue_grants ORDER BY 1, 2, 3;
 RESET ROLE;
 
 -- jobs for applications: free-text handler, any JSON args
@@ -135,7 +146,7 @@ SET search_path = ql_evil, pg_catalog, public;
 SET ROLE ql_app_owner;
 SELECT qlater_grant_queue('ruby', 'ql_stranger');
 SELECT qlater_revoke_queue('ruby', 'ql_stranger');
-SELECT qlater_create_queue('ruby', external => true);
+SELECT qlater_alter_queue('ruby', external => true);
 RESET ROLE;
 SET ROLE ql_app_worker;
 SELECT id = :job5 AS claimed FROM qlater_lock('ruby');
@@ -159,7 +170,7 @@ RESET client_min_messages;
 -- there); rolled back here, and the job removed before the queue is made
 -- in-server below
 BEGIN;
-SELECT qlater_create_queue('ruby', external => false);
+SELECT qlater_alter_queue('ruby', external => false);
 ROLLBACK;
 SELECT qlater_cancel(:job1);
 SELECT count(*) FROM qlater_job WHERE queue = 'ruby';
@@ -168,7 +179,8 @@ SELECT count(*) FROM qlater_job WHERE queue = 'ruby';
 SET ROLE ql_app_owner;
 SELECT qlater_revoke_queue('ruby', 'ql_app_worker');
 SELECT qlater_revoke_queue('ruby', 'ql_app_worker');
-SELECT qlater_create_queue('ruby', external => false);
+SELECT qlater_revoke_queue('ruby', 'ql_stranger', 'enqueue');
+SELECT qlater_alter_queue('ruby', external => false);
 RESET ROLE;
 
 -- a lease's token finishes its job only while the lease holds, and never
@@ -176,6 +188,7 @@ RESET ROLE;
 SET ROLE ql_app_owner;
 SELECT qlater_create_queue('leased', external => true);
 SELECT qlater_grant_queue('leased', 'ql_app_worker');
+SELECT qlater_grant_queue('leased', 'ql_stranger', 'enqueue');
 RESET ROLE;
 SET ROLE ql_stranger;
 SELECT qlater_enqueue('Lapsed', '[]', queue => 'leased') AS job7 \gset
@@ -211,31 +224,32 @@ SELECT qlater_complete(:job8, :'token');
 SELECT qlater_complete(:job8, :'token2');
 SELECT count(*) FROM qlater_jobs WHERE id = :job8;
 RESET ROLE;
-DELETE FROM qlater_queue WHERE name = 'leased';
+SELECT qlater_drop_queue('leased');
 
 -- qlater_listen takes effect at commit, as LISTEN does: one rolled back,
--- or rolled back to a savepoint, leaves no listener behind.  A session
--- listens to 256 queues at most, so that rounds of 130 queues that roll
--- back must not add up.
+-- or rolled back to a savepoint, leaves no listener behind.  A role's
+-- sessions listen to 64 queues at most in a database, so that rounds of 30
+-- queues that roll back must not add up.
 SELECT count(qlater_create_queue('ql_listen_' || i, external => true))
-  FROM generate_series(1, 520) i;
+  FROM generate_series(1, 130) i;
 BEGIN;
-SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(1, 130) i;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(1, 30) i;
 ROLLBACK;
 BEGIN;
 SAVEPOINT s;
-SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(131, 260) i;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(31, 60) i;
 ROLLBACK TO s;
 SAVEPOINT t;
-SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(261, 390) i;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(61, 90) i;
 RELEASE t;
 COMMIT;
 -- the committed ones stay, and count
-SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(391, 520) i;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(91, 120) i;
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(121, 130) i;
 -- listening again takes no more room
-SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(261, 390) i;
-DELETE FROM qlater_queue WHERE name LIKE 'ql\_listen\_%';
+SELECT count(qlater_listen('ql_listen_' || i)) FROM generate_series(61, 90) i;
+SELECT count(qlater_drop_queue('ql_listen_' || i)) FROM generate_series(1, 130) i;
 
 DROP OWNED BY ql_app_owner, ql_app_worker, ql_stranger;
-DELETE FROM qlater_queue WHERE name = 'ruby';
+SELECT qlater_drop_queue('ruby');
 DROP ROLE ql_app_owner, ql_app_worker, ql_stranger;

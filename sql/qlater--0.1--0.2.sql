@@ -28,26 +28,55 @@ ALTER TABLE @extschema@.qlater_queue
 
 /*
  * Every queue in use gets a row and an owner: a queue that one role uses
- * (its jobs, registrations and schedules) goes to that role; one used by
- * several roles goes to the extension's owner, as does 'default', which
- * is everyone's.  Queues declared before keep their owner, but 'default'.
+ * (its jobs, registrations and schedules name it) goes to that role; one
+ * used by several roles goes to the extension's owner, as does 'default',
+ * which is everyone's.  An in-server queue declared under 0.1 keeps its
+ * declarer only if the declarer uses it (or nobody does): under 0.1 any
+ * role could declare, in-server, a name other roles' jobs used, and so
+ * would own them now.  An external queue keeps its declarer, who serves
+ * it.  No row is made for a queue not in use, 'default' included: a
+ * row the install script made would clash with the dumped one at a
+ * restore (qlater_queue is dumped whole); 'default' gets its row, owned by
+ * the extension's owner, when it is first used or changed.
  */
+WITH used AS (
+    SELECT queue, role FROM @extschema@.qlater_job
+    UNION
+    SELECT queue, registered_by FROM @extschema@.qlater_handler
+     WHERE registered_at > '-infinity'
+    UNION
+    SELECT queue, owner FROM @extschema@.qlater_schedule WHERE queue IS NOT NULL),
+users AS (
+    SELECT queue, count(*) AS n, min(role::text)::name AS one
+      FROM used GROUP BY queue),
+ext AS (
+    SELECT r.rolname FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_roles r ON r.oid = e.extowner
+     WHERE e.extname = 'qlater')
+UPDATE @extschema@.qlater_queue q
+   SET owner = CASE WHEN u.n = 1 AND q.name <> 'default' THEN u.one
+                    ELSE (SELECT rolname FROM ext) END
+  FROM users u
+ WHERE u.queue = q.name
+   AND (q.name = 'default'
+        OR (NOT q.external
+            AND NOT EXISTS (SELECT FROM used WHERE used.queue = q.name AND used.role = q.owner)));
+
+WITH used AS (
+    SELECT queue, role FROM @extschema@.qlater_job
+    UNION
+    SELECT queue, registered_by FROM @extschema@.qlater_handler
+     WHERE registered_at > '-infinity'
+    UNION
+    SELECT queue, owner FROM @extschema@.qlater_schedule WHERE queue IS NOT NULL)
 INSERT INTO @extschema@.qlater_queue (name, owner)
 SELECT u.queue,
-       CASE WHEN count(DISTINCT u.role) = 1 AND u.queue <> 'default'
+       CASE WHEN count(*) = 1 AND u.queue <> 'default'
             THEN min(u.role::text)::name
             ELSE (SELECT r.rolname FROM pg_catalog.pg_extension e
                     JOIN pg_catalog.pg_roles r ON r.oid = e.extowner
                    WHERE e.extname = 'qlater') END
-  FROM (SELECT queue, role FROM @extschema@.qlater_job
-        UNION ALL
-        SELECT queue, registered_by FROM @extschema@.qlater_handler
-         WHERE registered_at > '-infinity'
-        UNION ALL
-        SELECT queue, owner FROM @extschema@.qlater_schedule
-         WHERE queue IS NOT NULL
-        UNION ALL
-        SELECT 'default', NULL) u
+  FROM used u
  GROUP BY u.queue
 ON CONFLICT (name) DO NOTHING;
 
@@ -61,8 +90,9 @@ UPDATE @extschema@.qlater_queue
  * Grants on queues: 'consume' (claim, see and finish the jobs of an
  * external queue, listen for them) and 'enqueue' (enqueue into the queue,
  * register a handler into it, schedule into it).  The consumers of 0.1 get
- * 'consume'; roles whose jobs wait in an external queue of another role
- * get 'enqueue'.
+ * 'consume'; every role whose jobs, registrations or schedules use a queue
+ * of another role gets 'enqueue' on it, so that what worked under 0.1 goes
+ * on working.
  */
 ALTER TABLE @extschema@.qlater_queue_consumer RENAME TO qlater_queue_grant;
 ALTER TABLE @extschema@.qlater_queue_grant RENAME COLUMN consumer TO grantee;
@@ -76,12 +106,36 @@ ALTER TABLE @extschema@.qlater_queue_grant
 ALTER TABLE @extschema@.qlater_queue_grant
     RENAME CONSTRAINT qlater_queue_consumer_queue_fkey TO qlater_queue_grant_queue_fkey;
 
+WITH used AS (
+    SELECT queue, role FROM @extschema@.qlater_job
+    UNION
+    SELECT queue, registered_by FROM @extschema@.qlater_handler
+     WHERE registered_at > '-infinity'
+    UNION
+    SELECT queue, owner FROM @extschema@.qlater_schedule WHERE queue IS NOT NULL)
 INSERT INTO @extschema@.qlater_queue_grant (queue, grantee, privilege)
-SELECT DISTINCT j.queue, j.role, 'enqueue'
-  FROM @extschema@.qlater_job j
-  JOIN @extschema@.qlater_queue q ON q.name = j.queue
- WHERE q.external AND j.role <> q.owner
+SELECT u.queue, u.role, 'enqueue'
+  FROM used u
+  JOIN @extschema@.qlater_queue q ON q.name = u.queue
+ WHERE u.role <> q.owner AND q.name <> 'default'
 ON CONFLICT DO NOTHING;
+
+/*
+ * Who holds which grant is the business of the queue's owner and of the
+ * grantee: the table is no longer readable by everyone, the view shows a
+ * role the grants of its queues and its own, and admins all.
+ */
+REVOKE SELECT ON @extschema@.qlater_queue_grant FROM PUBLIC;
+CREATE VIEW @extschema@.qlater_queue_grants WITH (security_barrier) AS
+SELECT g.queue, g.grantee, g.privilege
+  FROM @extschema@.qlater_queue_grant g
+ WHERE g.grantee = CURRENT_USER
+    OR EXISTS (SELECT FROM @extschema@.qlater_queue q
+                WHERE q.name = g.queue AND q.owner = CURRENT_USER)
+    OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER');
+GRANT SELECT ON @extschema@.qlater_queue_grants TO PUBLIC;
+COMMENT ON VIEW @extschema@.qlater_queue_grants IS
+    'grants on the queues the current role owns, and its own grants';
 
 /* the queues, as everyone may see them (not their jobs) */
 CREATE VIEW @extschema@.qlater_queues AS

@@ -107,6 +107,7 @@ SELECT qlater_cancel(-1);
 SELECT qlater_retry(-1);
 SELECT qlater_enqueue('whoami', '["trap"]', run_at => now() + interval '1 day', queue => 'trapq') > 0 AS enqueued;
 SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue OPERATOR(pg_catalog.=) 'trapq';
+SELECT qlater_drop_queue('trapq');
 SELECT qlater_unregister('alice_fn()');
 RESET search_path;
 RESET ROLE;

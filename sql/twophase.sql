@@ -77,7 +77,12 @@ SELECT qlater_complete(:app_job, :'token');
 PREPARE TRANSACTION 'ql_lease';
 COMMIT PREPARED 'ql_lease';
 SELECT count(*) FROM qlater_jobs WHERE queue = 'ql_2pc_app';
-DELETE FROM qlater_queue WHERE name = 'ql_2pc_app';
+-- a queue paused or changed (the workers read queues again at its commit)
+BEGIN;
+SELECT qlater_pause_queue('ql_2pc_app');
+PREPARE TRANSACTION 'ql_pause';
+SELECT paused FROM qlater_queues WHERE name = 'ql_2pc_app';
+SELECT qlater_drop_queue('ql_2pc_app');
 
 -- a schedule made or changed (the workers look at schedules again at its commit)
 CREATE FUNCTION ql_2pc_tick() RETURNS void LANGUAGE sql AS '';

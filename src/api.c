@@ -91,15 +91,29 @@ ql_check_max_attempts(int32 max_attempts)
 				 errmsg("max_attempts must be at least 1, not %d", max_attempts)));
 }
 
-/* ql_check_queue_name: raise an error for an empty or overlong queue name */
+/*
+ * ql_check_queue_name: raise an error for an empty or overlong queue name,
+ * or one with control characters (which would reach the server log as they
+ * are, in messages that name the queue)
+ */
 void
 ql_check_queue_name(const char *queue)
 {
+	const char *p;
+
 	if (queue[0] == '\0' || strlen(queue) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid queue name \"%s\"", queue),
 				 errhint("A queue name has 1 to %d bytes.", NAMEDATALEN - 1)));
+	for (p = queue; *p; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid queue name"),
+					 errdetail("Queue names cannot contain control characters.")));
+	}
 }
 
 /* ql_arg_not_null: raise an error if argument n of the call is NULL */
@@ -245,7 +259,7 @@ qlater_register(PG_FUNCTION_ARGS)
 
 	ql_check_adoption(c, proc, values[0], values[5]);
 	/* made for the role if new; another role's needs its 'enqueue' */
-	(void) ql_queue_check_put(c, queue, NULL, priority);
+	(void) ql_queue_check_put(c, queue, NULL, InvalidOid, priority);
 
 	query = psprintf("INSERT INTO %s.qlater_handler AS h "
 					 "(handler, queue, priority, max_attempts, timeout, registered_by) "
@@ -517,6 +531,7 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 {
 	char	   *name;
 	const char *handler_queue = NULL;
+	Oid			handler_owner = InvalidOid;
 
 	memset(spec, 0, sizeof(*spec));
 	ql_arg_not_null(fcinfo, 0, "handler");
@@ -552,6 +567,7 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 		spec->has_timeout = h->has_timeout;
 		spec->timeout = h->timeout;
 		handler_queue = pstrdup(h->queue);
+		handler_owner = ql_proc_owner(proc);
 		if (spec->queue == NULL)
 		{
 			spec->queue = handler_queue;
@@ -583,7 +599,8 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 	ql_check_priority(spec->priority);
 	ql_check_max_attempts(spec->max_attempts);
 	/* a new queue is made for the role; another role's needs its leave */
-	(void) ql_queue_check_put(c, spec->queue, handler_queue, spec->priority);
+	(void) ql_queue_check_put(c, spec->queue, handler_queue, handler_owner,
+							  spec->priority);
 }
 
 /*
@@ -846,7 +863,17 @@ qlater_cancel(PG_FUNCTION_ARGS)
 void
 ql_lock_job_role(void)
 {
-	LockSharedObject(AuthIdRelationId, GetUserId(), 0, AccessShareLock);
+	ql_lock_role(GetUserId());
+}
+
+/*
+ * ql_lock_role: the same for a role that a queue, or a grant on one, is
+ * made for: DROP ROLE waits, and then sees it.
+ */
+void
+ql_lock_role(Oid roleid)
+{
+	LockSharedObject(AuthIdRelationId, roleid, 0, AccessShareLock);
 }
 
 /*

@@ -39,6 +39,7 @@ extern void ql_check_queue_name(const char *queue);
 extern bool ql_is_admin(void);
 extern void ql_check_role_drop(Oid roleid, bool rename);
 extern void ql_lock_job_role(void);
+extern void ql_lock_role(Oid roleid);
 extern int64 ql_insert_job(const QlCatalog *c, const char *queue,
 						   const char *signature, Jsonb *args, int32 priority,
 						   TimestampTz run_at, int32 max_attempts,

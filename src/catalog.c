@@ -26,6 +26,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "catalog.h"
@@ -236,9 +237,33 @@ ql_prepare_kept(const char *query, int nargs, Oid *types, int cursor_options)
  * search_path (ql_become_owner sets pg_catalog; other callers too), so
  * every name in them is schema-qualified or in pg_catalog.
  */
+static SPIPlanPtr ql_stmt_plan(QlStmtSet *set, const QlCatalog *c, int s);
+
 int
 ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
 			 const char *nulls, bool read_only, long count)
+{
+	return SPI_execute_plan(ql_stmt_plan(set, c, s), values, nulls, read_only, count);
+}
+
+/*
+ * ql_stmt_exec_latest: ql_stmt_exec of a read, under the latest snapshot
+ * whatever the isolation level: what every transaction committed, as a
+ * check taken under a lock that waited for them must see.
+ */
+int
+ql_stmt_exec_latest(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
+					const char *nulls, long count)
+{
+	/* not read-only: what this transaction wrote is seen too */
+	return SPI_execute_snapshot(ql_stmt_plan(set, c, s), values, nulls,
+								GetLatestSnapshot(), InvalidSnapshot,
+								false, false, count);
+}
+
+/* ql_stmt_plan: statement s of a set, prepared if needed */
+static SPIPlanPtr
+ql_stmt_plan(QlStmtSet *set, const QlCatalog *c, int s)
 {
 	if (set->plans == NULL)
 		set->plans = MemoryContextAllocZero(TopMemoryContext,
@@ -263,5 +288,5 @@ ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
 										d->nargs, (Oid *) d->types,
 										CURSOR_OPT_GENERIC_PLAN);
 	}
-	return SPI_execute_plan(set->plans[s], values, nulls, read_only, count);
+	return set->plans[s];
 }

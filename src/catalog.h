@@ -58,5 +58,7 @@ typedef struct QlStmtSet
 extern int	ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s,
 						 Datum *values, const char *nulls, bool read_only,
 						 long count);
+extern int	ql_stmt_exec_latest(QlStmtSet *set, const QlCatalog *c, int s,
+								Datum *values, const char *nulls, long count);
 
 #endif							/* QLATER_CATALOG_H */

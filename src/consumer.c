@@ -16,7 +16,7 @@
  * consumers finish the same job.
  *
  * Wake-up: a session calls qlater_listen(queue) to LISTEN on a channel of
- * its own ("qlater_<pid>") and to be recorded in shared memory as a
+ * its own ("qlater_<pid>_<random>") and to be recorded in shared memory as a
  * listener of that queue, both when its transaction commits; an enqueue
  * into the queue NOTIFYs one listener (round robin), at commit, and only if
  * someone listens.
@@ -228,6 +228,7 @@ typedef struct QlFinish
 typedef struct QlPendingListen
 {
 	char		queue[NAMEDATALEN];
+	Oid			roleid;			/* the role that asked, whose share it takes */
 	int			nest_level;		/* of the (sub)transaction that asked */
 } QlPendingListen;
 
@@ -237,6 +238,21 @@ static int	added_listeners[QL_MAX_LISTENERS];	/* entries added at
 static int	nadded_listeners = 0;
 static bool listen_callbacks_registered = false;
 static bool listener_exit_registered = false;
+
+/*
+ * The random part of this session's channel, qlater_<pid>_<nonce>: LISTEN
+ * needs no privilege, so a channel another role could name would let it
+ * read (or fake) the wake-ups of queues it may not consume.
+ */
+static uint64 channel_nonce = 0;
+
+/* ql_channel: the channel of the session of pid, with its nonce */
+static void
+ql_channel(char *channel, pid_t pid, uint64 nonce)
+{
+	snprintf(channel, NAMEDATALEN, "qlater_%d_%016llx", (int) pid,
+			 (unsigned long long) nonce);
+}
 
 /* ql_spi_connect: connect to SPI or fail */
 static void
@@ -469,6 +485,8 @@ qlater_lock(PG_FUNCTION_ARGS)
 		ql_check_lease(lease);
 	}
 	InitMaterializedSRF(fcinfo, 0);
+	/* the caller's right, under the latest snapshot (also checked below) */
+	ql_queue_check_consume(c, queue);
 
 	claimed = palloc(sizeof(QlClaimed) * max_jobs);
 	limit = max_jobs * 2 + 16;
@@ -530,6 +548,32 @@ qlater_lock(PG_FUNCTION_ARGS)
 }
 
 /*
+ * ql_check_finish_right: raise an error unless a role may finish a job of
+ * this queue: it consumes the queue (read under the latest snapshot, so
+ * that a revoke takes effect at once even in a repeatable read
+ * transaction).  The error names the job only: the job's queue is not the
+ * business of a role that may not consume it.
+ */
+static void
+ql_check_finish_right(const QlCatalog *c, int64 id, const char *queue, Oid roleid)
+{
+	const QlQueue *q = ql_queue_get(c, queue);
+
+	if (q != NULL && q->external &&
+		ql_queue_privilege(c, q, roleid, QL_PRIV_CONSUME))
+		return;
+	if (q != NULL && !q->external && ql_role_is_admin(roleid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job %lld is not in an external queue", (long long) id),
+				 errhint("Jobs of in-server queues are run and finished by the workers.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied for job %lld", (long long) id),
+			 errhint("Consumers of a job's queue finish it; the queue's owner grants 'consume'.")));
+}
+
+/*
  * ql_finish_begin: the start of complete, fail, unlock and extend: act as
  * the owner, connect to SPI, run statement s on the job's row (it locks or
  * deletes the row and returns QL_FINISH_ROW) and check that the caller may
@@ -547,7 +591,6 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	HeapTuple	row;
 	TupleDesc	desc;
 	Datum		d;
-	Datum		access;
 	Datum		until;
 	bool		token_null;
 	bool		until_null;
@@ -573,9 +616,8 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	d = SPI_getbinval(row, desc, 1, &token_null);
 	f->attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
 	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
-	access = SPI_getbinval(row, desc, 5, &isnull);
-	ql_access_error(SPI_getvalue(row, desc, 4), access, isnull);
 	until = SPI_getbinval(row, desc, 6, &until_null);
+	ql_check_finish_right(c, id, SPI_getvalue(row, desc, 4), f->save.userid);
 
 	if (token == NULL)
 	{
@@ -793,16 +835,61 @@ ql_listener_index(const char *queue)
 	return -1;
 }
 
-/* ql_too_many_listeners: the error when every listener entry is taken */
+/*
+ * ql_listener_room: raise an error unless `more` entries more may be
+ * taken now by a role in this database: free entries in the
+ * cluster, and the database's and the role's share.  Caller holds
+ * ql_shared->lock.
+ */
 static void
-ql_too_many_listeners(void)
+ql_listener_room(int more, Oid role)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("too many sessions listen for qlater jobs"),
-			 errdetail("At most %d listeners are recorded at once, a session counting once for each queue it listens to.",
-					   QL_MAX_LISTENERS),
-			 errhint("Consumers can poll qlater_lock() instead.")));
+	int			nfree = 0;
+	int			ndb = 0;
+	int			nrole = 0;
+	int			nrole_all = 0;
+	int			i;
+
+	for (i = 0; i < QL_MAX_LISTENERS; i++)
+	{
+		QlListener *l = &ql_shared->listeners[i];
+
+		if (!OidIsValid(l->dboid))
+			nfree++;
+		else
+		{
+			if (l->roleid == role)
+				nrole_all++;
+			if (l->dboid == MyDatabaseId)
+			{
+				ndb++;
+				if (l->roleid == role)
+					nrole++;
+			}
+		}
+	}
+	if (nrole + more > QL_MAX_LISTENERS_PER_ROLE ||
+		nrole_all + more > QL_MAX_LISTENERS_PER_ROLE_CLUSTER)
+	{
+		LWLockRelease(ql_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("role \"%s\" listens for too many qlater queues",
+						GetUserNameFromId(role, false)),
+				 errdetail("A role's sessions listen to at most %d queues at once in a database, and %d in the cluster, a session counting once for each queue.",
+						   QL_MAX_LISTENERS_PER_ROLE, QL_MAX_LISTENERS_PER_ROLE_CLUSTER),
+				 errhint("Listen with fewer sessions or queues; consumers can poll qlater_lock() instead.")));
+	}
+	if (ndb + more > QL_MAX_LISTENERS_PER_DATABASE || nfree < more)
+	{
+		LWLockRelease(ql_shared->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many sessions listen for qlater jobs"),
+				 errdetail("At most %d listeners are recorded in a database and %d in the cluster, a session counting once for each queue it listens to.",
+						   QL_MAX_LISTENERS_PER_DATABASE, QL_MAX_LISTENERS),
+				 errhint("Consumers can poll qlater_lock() instead.")));
+	}
 }
 
 /*
@@ -823,17 +910,15 @@ ql_listen_add_pending(void)
 
 		if (ql_listener_index(p->queue) >= 0)
 			continue;
+		ql_listener_room(1, p->roleid);
 		for (i = 0; i < QL_MAX_LISTENERS; i++)
 		{
 			if (!OidIsValid(ql_shared->listeners[i].dboid))
 				break;
 		}
-		if (i == QL_MAX_LISTENERS)
-		{
-			LWLockRelease(ql_shared->lock);
-			ql_too_many_listeners();
-		}
 		ql_shared->listeners[i].dboid = MyDatabaseId;
+		ql_shared->listeners[i].roleid = p->roleid;
+		ql_shared->listeners[i].nonce = channel_nonce;
 		ql_shared->listeners[i].pid = MyProcPid;
 		strlcpy(ql_shared->listeners[i].queue, p->queue, NAMEDATALEN);
 		added_listeners[nadded_listeners++] = i;
@@ -937,7 +1022,14 @@ qlater_listen(PG_FUNCTION_ARGS)
 	ql_require_preload();
 	/* the caller's own right, checked as the caller */
 	ql_queue_check_consume(c, queue);
-	snprintf(channel, sizeof(channel), "qlater_%d", MyProcPid);
+	while (channel_nonce == 0)
+	{
+		if (!pg_strong_random(&channel_nonce, sizeof(channel_nonce)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random channel name")));
+	}
+	ql_channel(channel, MyProcPid, channel_nonce);
 
 	if (!listener_exit_registered)
 	{
@@ -958,20 +1050,12 @@ qlater_listen(PG_FUNCTION_ARGS)
 	}
 	if (!found)
 	{
-		int			nfree = 0;
-		int			i;
-
 		LWLockAcquire(ql_shared->lock, LW_SHARED);
 		found = ql_listener_index(queue) >= 0;
-		for (i = 0; i < QL_MAX_LISTENERS; i++)
-		{
-			if (!OidIsValid(ql_shared->listeners[i].dboid))
-				nfree++;
-		}
-		LWLockRelease(ql_shared->lock);
 		/* every pending listen needs an entry of its own at commit */
-		if (!found && nfree <= list_length(pending_listens))
-			ql_too_many_listeners();
+		if (!found)
+			ql_listener_room(list_length(pending_listens) + 1, GetUserId());
+		LWLockRelease(ql_shared->lock);
 	}
 	if (!found)
 	{
@@ -979,6 +1063,7 @@ qlater_listen(PG_FUNCTION_ARGS)
 		QlPendingListen *p = palloc(sizeof(QlPendingListen));
 
 		strlcpy(p->queue, queue, NAMEDATALEN);
+		p->roleid = GetUserId();
 		p->nest_level = GetCurrentTransactionNestLevel();
 		pending_listens = lappend(pending_listens, p);
 		MemoryContextSwitchTo(old);
@@ -995,12 +1080,13 @@ qlater_listen(PG_FUNCTION_ARGS)
 void
 ql_notify_listener(const char *queue, int64 job_id)
 {
-	int			matches[QL_MAX_LISTENERS];
+	QlListener	matches[QL_MAX_LISTENERS];
 	int			n = 0;
 	int			i;
+	uint32		first;
 	char		channel[NAMEDATALEN];
-	pid_t		pid;
 	StringInfoData payload;
+	const QlCatalog *c;
 
 	if (ql_shared == NULL)
 		return;
@@ -1010,20 +1096,34 @@ ql_notify_listener(const char *queue, int64 job_id)
 		QlListener *l = &ql_shared->listeners[i];
 
 		if (l->dboid == MyDatabaseId && strcmp(l->queue, queue) == 0)
-			matches[n++] = i;
+			matches[n++] = *l;
 	}
-	if (n == 0)
-	{
-		LWLockRelease(ql_shared->lock);
-		return;
-	}
-	pid = ql_shared->listeners[matches[pg_atomic_fetch_add_u32(&ql_shared->notify_next, 1) % n]].pid;
 	LWLockRelease(ql_shared->lock);
+	if (n == 0)
+		return;
 
-	snprintf(channel, sizeof(channel), "qlater_%d", (int) pid);
-	initStringInfo(&payload);
-	appendStringInfoString(&payload, "{\"queue\": ");
-	escape_json(&payload, queue);
-	appendStringInfo(&payload, ", \"id\": %lld}", (long long) job_id);
-	Async_Notify(channel, payload.data);
+	/*
+	 * One listener, round robin, among those whose role may still consume
+	 * the queue: a revoke, a drop or a hand-over since its qlater_listen
+	 * stops its wake-ups (its entry stays until its session ends).
+	 */
+	c = ql_catalog(false);
+	first = pg_atomic_fetch_add_u32(&ql_shared->notify_next, 1);
+	for (i = 0; i < n; i++)
+	{
+		QlListener *l = &matches[(first + i) % n];
+		const QlQueue *q = ql_queue_get(c, queue);
+
+		if (q != NULL && q->external &&
+			ql_queue_privilege(c, q, l->roleid, QL_PRIV_CONSUME))
+		{
+			ql_channel(channel, l->pid, l->nonce);
+			initStringInfo(&payload);
+			appendStringInfoString(&payload, "{\"queue\": ");
+			escape_json(&payload, queue);
+			appendStringInfo(&payload, ", \"id\": %lld}", (long long) job_id);
+			Async_Notify(channel, payload.data);
+			return;
+		}
+	}
 }

@@ -20,6 +20,12 @@
  * shows as pg_locks.objsubid.
  */
 #define QLATER_LOCK_SPACE	29036
+/*
+ * The key space of the locks on queue names (queue.c): an enqueue holds
+ * its queue's in share mode until it commits, a drop or a change of kind
+ * exclusively, so that no job lands in a queue dropped or changed under it.
+ */
+#define QLATER_QUEUE_LOCK_SPACE	29038
 
 #define QLATER_EXTENSION_NAME	"qlater"
 /* the version of the extension's SQL objects this library serves */

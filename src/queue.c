@@ -26,6 +26,14 @@
  *	  the min_priority of 'default'.
  * Roles are compared by name, as jobs store them.
  *
+ * A queue's name is locked (an advisory lock in qlater's queue key space,
+ * on a hash of the name: a collision only makes two queues wait on each
+ * other): every enqueue, registration and schedule holds it in share mode
+ * until its transaction ends, a drop and a change of kind exclusively,
+ * and both check the queue after they have the lock.  So no job lands in
+ * a queue dropped, or turned external or in-server, under its enqueue; a
+ * drop counts the jobs that every enqueue before it committed.
+ *
  * The cache of queue rows is dropped on relcache invalidation of
  * qlater_queue or qlater_queue_grant (every function here that writes them
  * sends one) and when the database's queue generation in shared memory
@@ -39,8 +47,10 @@
 
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -70,7 +80,7 @@ typedef enum QlQueueStmt
 	QL_Q_CREATE,
 	QL_Q_ALTER,
 	QL_Q_PAUSE,
-	QL_Q_OTHERS_JOBS,			/* has queue $1 jobs of roles other than $2 */
+	QL_Q_OTHERS_USE,			/* do roles other than $2 use queue $1 */
 	QL_Q_MOVE_JOBS,				/* a queue's jobs change hands */
 	QL_Q_IN_USE,				/* what still names queue $1 */
 	QL_Q_DROP,
@@ -125,9 +135,14 @@ static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 		"WHERE name OPERATOR(pg_catalog.=) $1 AND paused OPERATOR(pg_catalog.<>) $2",
 		2, {TEXTOID, BOOLOID}
 	},
-	[QL_Q_OTHERS_JOBS] = {
-		"SELECT FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
-		"AND role OPERATOR(pg_catalog.<>) $2 LIMIT 1",
+	/* their jobs, registrations (tombstones too) and schedules */
+	[QL_Q_OTHERS_USE] = {
+		"SELECT EXISTS (SELECT FROM %1$s.qlater_job WHERE queue OPERATOR(pg_catalog.=) $1 "
+		"AND role OPERATOR(pg_catalog.<>) $2) "
+		"OR EXISTS (SELECT FROM %1$s.qlater_handler WHERE queue OPERATOR(pg_catalog.=) $1 "
+		"AND registered_by OPERATOR(pg_catalog.<>) $2) "
+		"OR EXISTS (SELECT FROM %1$s.qlater_schedule WHERE queue OPERATOR(pg_catalog.=) $1 "
+		"AND owner OPERATOR(pg_catalog.<>) $2)",
 		2, {TEXTOID, NAMEOID}
 	},
 	[QL_Q_MOVE_JOBS] = {
@@ -176,15 +191,24 @@ static const char *const priv_names[] = {"consume", "enqueue"};
 
 /*
  * The cache: one entry per queue name asked about, with the row (or none)
- * and, for the role last asked about, its privileges.
+ * and the privileges of the last few roles asked about (an enqueue asks
+ * for the caller and the handler's owner; a notification for listeners).
  */
+#define QL_PRIV_ROLES	4
+
+typedef struct QlRolePrivs
+{
+	Oid			role;			/* InvalidOid: slot unused */
+	int8		privs[2];		/* by QlQueuePriv: -1 unknown, 0, 1 */
+} QlRolePrivs;
+
 typedef struct QlQueueEntry
 {
 	char		name[NAMEDATALEN];	/* hash key */
 	bool		exists;
 	QlQueue		q;
-	Oid			priv_role;		/* privileges below are for this role */
-	int8		privs[2];		/* by QlQueuePriv: -1 unknown, 0, 1 */
+	QlRolePrivs roles[QL_PRIV_ROLES];
+	int			next_slot;		/* the slot a new role takes */
 } QlQueueEntry;
 
 static HTAB *queue_cache = NULL;
@@ -308,6 +332,26 @@ ql_spi_finish_owner(QlUserSave *save)
 	ql_restore_user(save);
 }
 
+/*
+ * ql_queue_lock: lock a queue's name until the end of the transaction
+ * (ShareLock: putting jobs into it; ExclusiveLock: dropping it or changing
+ * its kind), then take in the invalidations committed meanwhile: what was
+ * cached of the queue before may have changed while we waited.
+ */
+static void
+ql_queue_lock(const char *queue, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+	uint64		h = hash_bytes_extended((const unsigned char *) queue,
+										strlen(queue), 0);
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 QLATER_QUEUE_LOCK_SPACE);
+	if (LockAcquire(&tag, mode, false, false) == LOCKACQUIRE_ALREADY_HELD)
+		return;
+	AcceptInvalidationMessages();
+}
+
 /* ql_queue_entry: the cache entry of a queue, read if needed */
 static QlQueueEntry *
 ql_queue_entry(const QlCatalog *c, const char *name)
@@ -328,8 +372,13 @@ ql_queue_entry(const QlCatalog *c, const char *name)
 
 	values[0] = CStringGetTextDatum(name);
 	ql_spi_connect_owner(c, &save);
-	/* not read-only: a queue this transaction just made is seen */
-	if (ql_stmt_exec(&q_stmts, c, QL_Q_GET, values, NULL, false, 1) != SPI_OK_SELECT)
+
+	/*
+	 * Under the latest snapshot, whatever the isolation level: a revoke or
+	 * a pause takes effect at once, as PostgreSQL's own privileges do (and
+	 * a queue this transaction just made is seen).
+	 */
+	if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_GET, values, NULL, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read queue \"%s\"", name);
 	exists = SPI_processed > 0;
 	if (exists)
@@ -342,11 +391,16 @@ ql_queue_entry(const QlCatalog *c, const char *name)
 	e->exists = exists;
 	if (exists)
 		e->q = q;
-	e->priv_role = InvalidOid;
+	memset(e->roles, 0, sizeof(e->roles));
+	e->next_slot = 0;
 	return e;
 }
 
-/* ql_queue_get: a queue's row, or NULL if there is no such queue */
+/*
+ * ql_queue_get: a queue's row, or NULL if there is no such queue.  The row
+ * is the cache's: valid until the next call of this module (copy it to
+ * keep it).
+ */
 const QlQueue *
 ql_queue_get(const QlCatalog *c, const char *name)
 {
@@ -450,36 +504,52 @@ ql_queue_privilege(const QlCatalog *c, const QlQueue *q, Oid roleid,
 	QlQueueEntry *e;
 	QlUserSave	save;
 	Datum		values[3];
+	char		queue[NAMEDATALEN];
 	char	   *rolename;
 	bool		granted;
+	int			i;
 
 	if (ql_role_owns(q, roleid) || ql_role_is_admin(roleid))
 		return true;
 	rolename = GetUserNameFromId(roleid, true);
 	if (rolename == NULL)
 		return false;
-	e = ql_queue_entry(c, q->name);
-	if (e != NULL && e->priv_role == roleid && e->privs[priv] >= 0)
-		return e->privs[priv] > 0;
+	/* q may be the cache's row, which the reads below may free */
+	strlcpy(queue, q->name, NAMEDATALEN);
+	e = ql_queue_entry(c, queue);
+	for (i = 0; e != NULL && i < QL_PRIV_ROLES; i++)
+	{
+		if (e->roles[i].role == roleid && e->roles[i].privs[priv] >= 0)
+			return e->roles[i].privs[priv] > 0;
+	}
 
-	values[0] = CStringGetTextDatum(q->name);
+	values[0] = CStringGetTextDatum(queue);
 	values[1] = DirectFunctionCall1(namein, CStringGetDatum(rolename));
 	values[2] = CStringGetTextDatum(priv_names[priv]);
 	ql_spi_connect_owner(c, &save);
-	if (ql_stmt_exec(&q_stmts, c, QL_Q_HAS_GRANT, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the grants of queue \"%s\"", q->name);
+	if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_HAS_GRANT, values, NULL, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the grants of queue \"%s\"", queue);
 	granted = SPI_processed > 0;
 	ql_spi_finish_owner(&save);
 
-	e = ql_queue_entry(c, q->name);
+	e = ql_queue_entry(c, queue);
 	if (e != NULL)
 	{
-		if (e->priv_role != roleid)
+		QlRolePrivs *slot = NULL;
+
+		for (i = 0; i < QL_PRIV_ROLES; i++)
 		{
-			e->priv_role = roleid;
-			e->privs[0] = e->privs[1] = -1;
+			if (e->roles[i].role == roleid)
+				slot = &e->roles[i];
 		}
-		e->privs[priv] = granted ? 1 : 0;
+		if (slot == NULL)
+		{
+			slot = &e->roles[e->next_slot];
+			e->next_slot = (e->next_slot + 1) % QL_PRIV_ROLES;
+			slot->role = roleid;
+			slot->privs[0] = slot->privs[1] = -1;
+		}
+		slot->privs[priv] = granted ? 1 : 0;
 	}
 	return granted;
 }
@@ -496,9 +566,9 @@ ql_queue_denied(const char *queue, QlQueuePriv priv)
 }
 
 /*
- * ql_queue_create_row: create a queue for the current role (in-server
- * unless external); false if it exists already.  Caller acts as the
- * owner, connected to SPI.
+ * ql_queue_create_row: create a queue for a role (in-server unless
+ * external); false if it exists already.  Caller acts as the owner,
+ * connected to SPI.
  */
 static bool
 ql_queue_create_row(const QlCatalog *c, const char *queue, bool external,
@@ -508,6 +578,8 @@ ql_queue_create_row(const QlCatalog *c, const char *queue, bool external,
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
+	/* the new owner: DROP ROLE waits, and then sees the queue */
+	ql_lock_role(roleid);
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = BoolGetDatum(external);
 	values[2] = DirectFunctionCall1(namein,
@@ -525,21 +597,73 @@ ql_queue_create_row(const QlCatalog *c, const char *queue, bool external,
 }
 
 /*
+ * ql_others_use: whether roles other than the one named use a queue (their
+ * jobs, registrations or schedules name it), under the latest snapshot.
+ * Caller acts as the owner, connected to SPI.
+ */
+static bool
+ql_others_use(const QlCatalog *c, const char *queue, Oid roleid)
+{
+	Datum		values[2];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = DirectFunctionCall1(namein,
+									CStringGetDatum(GetUserNameFromId(roleid, false)));
+	if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_OTHERS_USE, values, NULL, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read what uses queue \"%s\"", queue);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * ql_check_new_name: raise an error unless a role may make a queue of this
+ * name: not 'default' (the extension's owner's), and not a name that other
+ * roles' jobs, registrations or schedules already use (left by a queue
+ * dropped before 0.2's checks, or rows written by hand): the new owner
+ * would see or redirect them.  Admins may.  Caller acts as the owner,
+ * connected to SPI.
+ */
+static void
+ql_check_new_name(const QlCatalog *c, const char *queue, Oid roleid)
+{
+	if (ql_role_is_admin(roleid))
+		return;
+	if (strcmp(queue, "default") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create queue \"default\""),
+				 errdetail("Queue \"default\" belongs to the extension's owner.")));
+	if (ql_others_use(c, queue, roleid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to create queue \"%s\"", queue),
+				 errdetail("Jobs, registrations or schedules of other roles name it."),
+				 errhint("Use another name, or ask a member of qlater_admin to create it.")));
+}
+
+/*
  * ql_queue_put_allowed: whether a role may put a job of the given
- * priority into queue q, for a handler registered into handler_queue (NULL
- * for jobs for applications and for a registration itself).
+ * priority into queue q, for a handler registered into handler_queue by
+ * its owner handler_owner (NULL and InvalidOid for jobs for applications
+ * and for a registration itself).  The queue a handler was registered
+ * into is open to every caller of the handler only while the handler's
+ * owner may put jobs into it itself.
  */
 static bool
 ql_queue_put_allowed(const QlCatalog *c, const QlQueue *q,
-					 const char *handler_queue, Oid roleid, bool *priority_ok,
-					 int32 priority)
+					 const char *handler_queue, Oid handler_owner,
+					 Oid roleid, bool *priority_ok, int32 priority)
 {
-	bool		open_to_all = !q->external &&
-		(strcmp(q->name, "default") == 0 ||
-		 (handler_queue != NULL && strcmp(handler_queue, q->name) == 0));
+	QlQueue		copy = *q;		/* the privilege reads may free q */
 
-	*priority_ok = priority >= q->min_priority || ql_role_is_admin(roleid);
-	return open_to_all || ql_queue_privilege(c, q, roleid, QL_PRIV_ENQUEUE);
+	*priority_ok = priority >= copy.min_priority || ql_role_is_admin(roleid);
+	if (!copy.external && strcmp(copy.name, "default") == 0)
+		return true;
+	if (!copy.external && handler_queue != NULL && OidIsValid(handler_owner) &&
+		strcmp(handler_queue, copy.name) == 0 &&
+		ql_queue_privilege(c, &copy, handler_owner, QL_PRIV_ENQUEUE))
+		return true;
+	return ql_queue_privilege(c, &copy, roleid, QL_PRIV_ENQUEUE);
 }
 
 /*
@@ -551,26 +675,36 @@ ql_queue_put_allowed(const QlCatalog *c, const QlQueue *q,
  */
 const QlQueue *
 ql_queue_check_put(const QlCatalog *c, const char *queue,
-				   const char *handler_queue, int32 priority)
+				   const char *handler_queue, Oid handler_owner,
+				   int32 priority)
 {
-	const QlQueue *q = ql_queue_get(c, queue);
+	const QlQueue *q;
+	QlQueue		copy;
 	bool		priority_ok;
 
+	ql_check_queue_name(queue);
+	ql_queue_lock(queue, ShareLock);
+	q = ql_queue_get(c, queue);
 	if (q == NULL)
 	{
 		QlUserSave	save;
+		Oid			owner;
 
-		ql_check_queue_name(queue);
 		ql_spi_connect_owner(c, &save);
+		/* 'default' is the extension's, whoever names it first */
+		owner = strcmp(queue, "default") == 0 ? c->owner : save.userid;
+		if (owner == save.userid)
+			ql_check_new_name(c, queue, owner);
 		(void) ql_queue_create_row(c, queue, false, (Datum) 0, true,
-								   (Datum) 0, true, save.userid);
+								   (Datum) 0, true, owner);
 		ql_spi_finish_owner(&save);
 		q = ql_queue_get(c, queue);
 		if (q == NULL)
 			elog(ERROR, "queue \"%s\" vanished", queue);
 	}
-	if (!ql_queue_put_allowed(c, q, handler_queue, GetUserId(), &priority_ok,
-							  priority))
+	copy = *q;
+	if (!ql_queue_put_allowed(c, &copy, handler_queue, handler_owner, GetUserId(),
+							  &priority_ok, priority))
 		ql_queue_denied(queue, QL_PRIV_ENQUEUE);
 	if (!priority_ok)
 		ereport(ERROR,
@@ -578,9 +712,9 @@ ql_queue_check_put(const QlCatalog *c, const char *queue,
 				 errmsg("priority %d is below the lowest priority queue \"%s\" accepts",
 						priority, queue),
 				 errdetail("Queue \"%s\" takes jobs of priority %d and above.",
-						   queue, q->min_priority),
+						   queue, copy.min_priority),
 				 errhint("Lower values run first; members of qlater_admin set the bound with qlater_alter_queue(..., min_priority => ...).")));
-	return q;
+	return ql_queue_get(c, queue);
 }
 
 /*
@@ -589,15 +723,18 @@ ql_queue_check_put(const QlCatalog *c, const char *queue,
  */
 bool
 ql_queue_may_put(const QlCatalog *c, const char *queue,
-				 const char *handler_queue, int32 priority, Oid roleid)
+				 const char *handler_queue, Oid handler_owner,
+				 int32 priority, Oid roleid)
 {
 	const QlQueue *q = ql_queue_get(c, queue);
+	QlQueue		copy;
 	bool		priority_ok;
 
 	if (q == NULL)
 		return false;
-	return ql_queue_put_allowed(c, q, handler_queue, roleid, &priority_ok,
-								priority) && priority_ok;
+	copy = *q;
+	return ql_queue_put_allowed(c, &copy, handler_queue, handler_owner, roleid,
+								&priority_ok, priority) && priority_ok;
 }
 
 /*
@@ -683,6 +820,10 @@ ql_lock_own_queue(const QlCatalog *c, const char *queue,
 	Datum		values[1];
 
 	values[0] = CStringGetTextDatum(queue);
+	/* 'default' has a row once first used or changed (see the install) */
+	if (strcmp(queue, "default") == 0)
+		(void) ql_queue_create_row(c, queue, false, (Datum) 0, true,
+								   (Datum) 0, true, c->owner);
 	if (ql_stmt_exec(&q_stmts, c, QL_Q_LOCK, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read queue \"%s\"", queue);
 	if (SPI_processed == 0)
@@ -698,9 +839,10 @@ ql_lock_own_queue(const QlCatalog *c, const char *queue,
 }
 
 /*
- * ql_check_kind_change: a queue turned external (or in-server) that holds
- * other roles' jobs changes hands by an admin only: external, their jobs
- * would leave the workers for the queue's consumers; in-server, the
+ * ql_check_kind_change: a queue turned external (or in-server) that other
+ * roles use (their jobs, registrations or schedules name it) changes hands
+ * by an admin only: external, their jobs would leave the workers for the
+ * queue's consumers (and a registration's next ones too); in-server, the
  * workers would run applications' jobs as those roles.  'default' always
  * holds or takes other roles' jobs.
  */
@@ -708,18 +850,9 @@ static void
 ql_check_kind_change(const QlCatalog *c, const char *queue, bool external,
 					 const QlUserSave *save)
 {
-	Datum		values[2];
-	bool		others;
-
 	if (ql_role_is_admin(save->userid))
 		return;
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = DirectFunctionCall1(namein,
-									CStringGetDatum(GetUserNameFromId(save->userid, false)));
-	if (ql_stmt_exec(&q_stmts, c, QL_Q_OTHERS_JOBS, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read jobs");
-	others = SPI_processed > 0;
-	if (others || strcmp(queue, "default") == 0)
+	if (strcmp(queue, "default") == 0 || ql_others_use(c, queue, save->userid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 external ?
@@ -727,8 +860,19 @@ ql_check_kind_change(const QlCatalog *c, const char *queue, bool external,
 				 errmsg("cannot make queue \"%s\" in-server", queue),
 				 external ?
 				 errdetail("The queue holds or takes jobs of other roles, which would leave the in-server workers.") :
-				 errdetail("The queue holds jobs of other roles, which the in-server workers would run as those roles."),
+				 errdetail("The queue holds or takes jobs of other roles, which the in-server workers would run as those roles."),
 				 errhint("Use a queue of your own, or ask a member of qlater_admin.")));
+}
+
+/* ql_queue_exists: the error for creating a queue that exists */
+static void
+ql_queue_exists(const char *queue)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DUPLICATE_OBJECT),
+			 errmsg("queue \"%s\" already exists", queue),
+			 errhint("Change it with qlater_alter_queue('%s', ...); a queue is made when a registration, "
+					 "an enqueue or a schedule first names it.", queue)));
 }
 
 /*
@@ -755,18 +899,19 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 	external = PG_GETARG_BOOL(1);
 	ql_check_batch(fcinfo, 2, external);
 
+	ql_queue_lock(queue, ShareLock);
+	if (ql_queue_get(c, queue) != NULL)
+		ql_queue_exists(queue);
 	ql_spi_connect_owner(c, &save);
+	ql_check_new_name(c, queue, save.userid);
+	/* 'default' is the extension's owner's, even made by an admin */
 	created = ql_queue_create_row(c, queue, external,
 								  PG_GETARG_DATUM(2), PG_ARGISNULL(2),
 								  PG_GETARG_DATUM(3), PG_ARGISNULL(3),
-								  save.userid);
+								  strcmp(queue, "default") == 0 ? c->owner : save.userid);
 	ql_spi_finish_owner(&save);
 	if (!created)
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("queue \"%s\" already exists", queue),
-				 errhint("Change it with qlater_alter_queue('%s', ...); a queue is made when a registration, "
-						 "an enqueue or a schedule first names it.", queue)));
+		ql_queue_exists(queue);
 	PG_RETURN_VOID();
 }
 
@@ -813,8 +958,12 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("must be able to SET ROLE \"%s\" to hand queue \"%s\" to it",
 							NameStr(*PG_GETARG_NAME(6)), queue)));
+		ql_lock_role(newowner);
 	}
 
+	/* a change of kind waits for the enqueues under way, whose kind it sets */
+	if (!PG_ARGISNULL(1))
+		ql_queue_lock(queue, ExclusiveLock);
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	external = PG_ARGISNULL(1) ? q.external : PG_GETARG_BOOL(1);
@@ -879,10 +1028,12 @@ qlater_drop_queue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("cannot drop queue \"default\""),
 				 errdetail("Every role may put jobs into it.")));
+	/* waits for the enqueues into it under way: their jobs are counted */
+	ql_queue_lock(queue, ExclusiveLock);
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	values[0] = CStringGetTextDatum(queue);
-	if (ql_stmt_exec(&q_stmts, c, QL_Q_IN_USE, values, NULL, false, 1) != SPI_OK_SELECT)
+	if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_IN_USE, values, NULL, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read what uses queue \"%s\"", queue);
 	njobs = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	nhandlers = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
@@ -978,7 +1129,7 @@ ql_change_grant(FunctionCallInfo fcinfo, bool grant)
 	bool		changed;
 
 	if (grant)
-		(void) get_role_oid(NameStr(*role), false);
+		ql_lock_role(get_role_oid(NameStr(*role), false));
 	ql_spi_connect_owner(c, &save);
 	ql_lock_own_queue(c, queue, &save, &q);
 	values[0] = CStringGetTextDatum(queue);

@@ -38,10 +38,10 @@ extern bool ql_queue_privilege(const QlCatalog *c, const QlQueue *q,
 							   Oid roleid, QlQueuePriv priv);
 extern const QlQueue *ql_queue_check_put(const QlCatalog *c, const char *queue,
 										 const char *handler_queue,
-										 int32 priority);
+										 Oid handler_owner, int32 priority);
 extern bool ql_queue_may_put(const QlCatalog *c, const char *queue,
-							 const char *handler_queue, int32 priority,
-							 Oid roleid);
+							 const char *handler_queue, Oid handler_owner,
+							 int32 priority, Oid roleid);
 extern void ql_queue_check_consume(const QlCatalog *c, const char *queue);
 extern bool ql_role_is_admin(Oid roleid);
 

@@ -126,14 +126,26 @@ typedef struct QlCrashedJob
 	bool		counting;		/* a worker is recording it */
 } QlCrashedJob;
 
-/* at most this many sessions listen for jobs of external queues at once */
-#define QL_MAX_LISTENERS	256
+/*
+ * Listener entries (a session counts once for each queue it listens to):
+ * at most this many in the cluster, of which one database holds at most
+ * QL_MAX_LISTENERS_PER_DATABASE and one role at most
+ * QL_MAX_LISTENERS_PER_ROLE in one database and
+ * QL_MAX_LISTENERS_PER_ROLE_CLUSTER in all, so that no role can take them
+ * all.
+ */
+#define QL_MAX_LISTENERS				1024
+#define QL_MAX_LISTENERS_PER_DATABASE	256
+#define QL_MAX_LISTENERS_PER_ROLE		64
+#define QL_MAX_LISTENERS_PER_ROLE_CLUSTER	128
 
 /* a session that called qlater_listen(queue) */
 typedef struct QlListener
 {
 	Oid			dboid;			/* InvalidOid: entry free */
+	Oid			roleid;			/* the role that listens */
 	pid_t		pid;
+	uint64		nonce;			/* of its channel (consumer.c) */
 	char		queue[NAMEDATALEN];
 } QlListener;
 

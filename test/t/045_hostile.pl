@@ -398,7 +398,7 @@ attack(
 		my $offset = -s $node->logfile;
 		tenant("SELECT qlater_create_queue('tq_pseudo', external => true)");
 		my $id = enqueue("qlater_enqueue('pg_catalog.textin(cstring)', '[\"x\"]', queue => 'tq_pseudo')");
-		tenant("SELECT qlater_create_queue('tq_pseudo', external => false)");
+		tenant("SELECT qlater_alter_queue('tq_pseudo', external => false)");
 		ok( poll("SELECT state = 'dead' FROM qlater_jobs WHERE id = $id", $wait_long),
 			'pseudo-type job turned in-server: the job ends dead');
 		my $err = su(
@@ -503,7 +503,7 @@ attack(
 		tenant("SELECT qlater_create_queue('tq_app', external => true)");
 		my $id = enqueue(
 			"qlater_enqueue('ExportStations', '{\"args\": [\"tenant-a\"]}', queue => 'tq_app')");
-		tenant("SELECT qlater_create_queue('tq_app', external => false)");
+		tenant("SELECT qlater_alter_queue('tq_app', external => false)");
 		ok( poll("SELECT state = 'dead' FROM qlater_jobs WHERE id = $id", $wait_long),
 			'application job turned in-server: the job ends dead');
 		note 'application job turned in-server: crashes|sqlstate|message: '

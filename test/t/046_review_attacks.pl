@@ -255,7 +255,7 @@ SELECT qlater_register('shared.one(int)');
 SELECT qlater_create_queue('alice_ext', external => true);
 SELECT qlater_enqueue('shared.one(integer)', '[1, 2, 3]', queue => 'alice_ext');
 SELECT qlater_enqueue('shared.one(integer)', '["not a number"]', queue => 'alice_ext');
-SELECT qlater_create_queue('alice_ext', external => false);
+SELECT qlater_alter_queue('alice_ext', external => false);
 });
 wait_for(q{SELECT count(*) = 2 FROM qlater_jobs WHERE queue = 'alice_ext' AND state = 'dead' AND attempts = 1},
 	'jobs whose arguments do not fit end dead after one attempt');
@@ -390,7 +390,8 @@ is(su(q{SELECT count(*) FROM shared.log WHERE who = 'ga gf'}), '0',
 
 ### 16. application jobs of another role wait on a signature: neither a
 ### registration by a new owner nor turning their queue in-server hands them over
-as('alice', q{SELECT qlater_create_queue('alice_aq', external => true)});
+as('alice', q{SELECT qlater_create_queue('alice_aq', external => true);
+SELECT qlater_grant_queue('alice_aq', 'bob', 'enqueue')});
 as('bob', q{SELECT qlater_enqueue('shared.vf3(text)', '["bob-app-job"]', queue => 'alice_aq')});
 as('alice', q{
 CREATE FUNCTION shared.vf3(x text) RETURNS void LANGUAGE sql
@@ -401,7 +402,7 @@ GRANT EXECUTE ON FUNCTION shared.vf3(text) TO PUBLIC;
 	extra_params => [ '-U', 'alice' ]);
 like($err, qr/other roles' jobs or schedules wait on handler/,
 	"registering a signature another role's application job names is refused");
-($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_create_queue('alice_aq', external => false)},
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_alter_queue('alice_aq', external => false)},
 	extra_params => [ '-U', 'alice' ]);
 like($err, qr/cannot make queue "alice_aq" in-server/,
 	"a queue holding another role's jobs is not turned in-server by its owner alone");

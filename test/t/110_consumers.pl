@@ -105,7 +105,7 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM qlater_jobs WHERE queue = 
 
 # 5. NOTIFY: one listener, at commit, not on rollback
 my $channel = $a->query_safe(q{SELECT qlater_listen('app')});
-like($channel, qr/^qlater_\d+$/, 'qlater_listen returns the session channel');
+like($channel, qr/^qlater_\d+_[0-9a-f]{16}$/, 'qlater_listen returns the session channel');
 $node->safe_psql('postgres', q{
 	BEGIN;
 	SELECT qlater_enqueue('Work', '["rolled back"]', queue => 'app');

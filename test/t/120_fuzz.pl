@@ -123,6 +123,7 @@ CREATE TYPE fz_comp AS (a int, b text, c fz_posint);
 CREATE TYPE fz_nested AS (p fz_comp, q int[]);
 CREATE TYPE fz_enum AS ENUM ('a', 'b', 'c');
 SELECT qlater_create_queue('fzbatch', batch_size => 8, batch_delay => '5 ms');
+SELECT qlater_grant_queue('fzbatch', 'fz_user', 'enqueue');
 EOSQL
 
 # handlers: [name, parameters, returns, language, extra]
@@ -587,6 +588,7 @@ sub gen_value
 		return pick(@tzs) if $pname eq 'timezone' && chance(0.85);
 		return pick(@names) if $pname eq 'name' && $fn =~ /schedule/ && chance(0.85);
 		return pick(@queues) if $pname eq 'name' && chance(0.85);
+		return pick("'consume'", "'enqueue'") if $pname eq 'privilege' && chance(0.8);
 		return pick(@odd_text);
 	}
 	if ($type eq 'integer')
@@ -679,7 +681,7 @@ sub gen_call
 
 # the calls, in blocks of one role
 my @calls;    # [role, fn, text]
-my @weights = map { $_->{name} =~ /enqueue|cron|register|create_queue|lock|schedule/ ? 3 : 1 } @fns;
+my @weights = map { $_->{name} =~ /enqueue|cron|register|create_queue|alter_queue|pause|resume|grant|lock|schedule/ ? 3 : 1 } @fns;
 my @wfns = map { ($fns[$_]) x $weights[$_] } 0 .. $#fns;
 while (@calls < $ncalls)
 {
@@ -918,7 +920,10 @@ q1(q{
 SELECT qlater_unschedule(name, owner) FROM qlater_schedules;
 CREATE TABLE fz_final_t (k int);
 CREATE FUNCTION fz_final(k int) RETURNS void LANGUAGE sql AS $$ INSERT INTO fz_final_t VALUES (k) $$;
-SELECT qlater_create_queue('fz_final_q', external => false, batch_size => 1);
+SELECT CASE WHEN EXISTS (SELECT FROM qlater_queues WHERE name = 'fz_final_q')
+            THEN qlater_alter_queue('fz_final_q', external => false, batch_size => 1, max_running => -1)
+            ELSE qlater_create_queue('fz_final_q', batch_size => 1) END;
+SELECT qlater_resume_queue('fz_final_q');
 SELECT qlater_register('fz_final(integer)', queue => 'fz_final_q', priority => -32768);
 SELECT qlater_enqueue('fz_final', '[42]');
 });
