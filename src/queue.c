@@ -434,8 +434,13 @@ ql_queues_restricted(const QlCatalog *c, int *n, uint64 *version)
 		restricted_valid = true;
 		restricted_version++;
 		ql_spi_connect_owner(c, &save);
-		/* not read-only: a fresh snapshot, taken after the generation's read */
-		if (ql_stmt_exec(&q_stmts, c, QL_Q_RESTRICTED, NULL, NULL, false, 0) != SPI_OK_SELECT)
+
+		/*
+		 * Under the latest snapshot, whatever the isolation level: taken
+		 * after the generation was read, it sees every change the
+		 * generation's move announced (limits.c relies on that).
+		 */
+		if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_RESTRICTED, NULL, NULL, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the paused and limited queues");
 		rows = MemoryContextAlloc(TopMemoryContext,
 								  sizeof(QlQueue) * (SPI_processed + 1));
