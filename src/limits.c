@@ -44,8 +44,9 @@
  * is the safety net for what moves nothing back: a lease that ran out.
  *
  * Queues without a pause or a limit pay nothing: while no queue of the
- * database is paused or limited, a look reads no queue and takes no lock,
- * and a claim of another queue's job is not looked up in shared memory.
+ * database is paused or limited, a look looks up no queue and takes no
+ * lock, and a claim of another queue's job is never looked up in shared
+ * memory.
  *
  * limits->lock protects both shared hash tables: the slots, by (database,
  * job id), and the queues that have slots, by (database, name), with the
