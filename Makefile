@@ -33,7 +33,7 @@ DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 # does not preload qlater (test/noload.conf), the others against one that
 # does (test/qlater.conf).  Both sets are in REGRESS, so that
 # "make installcheck REGRESS='...'" picks tests of either.
-REGRESS = setup api args security consumer queues cron schedule twophase noload
+REGRESS = setup api args security consumer queues cron schedule unique twophase noload
 REGRESS_NOLOAD = noload
 REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
 NOLOAD_OPTS = --temp-config=test/noload.conf --temp-instance=./output_noload/tmp_check \

@@ -160,7 +160,8 @@ CREATE INDEX qlater_job_key ON @extschema@.qlater_job (queue, role, key)
  * now also for schedules made under 0.1), a tick whose previous job of the
  * same schedule still waits or runs is skipped and counted in
  * skipped_ticks: under 0.1 such ticks were enqueued and could run at the
- * same time as the job before.
+ * same time as the job before.  A skipped tick is not enqueued later: the
+ * next tick after the job is done enqueues the next job.
  */
 ALTER TABLE @extschema@.qlater_job ADD COLUMN schedule_id bigint;
 CREATE INDEX qlater_job_schedule ON @extschema@.qlater_job (schedule_id)
@@ -276,4 +277,76 @@ COMMENT ON FUNCTION @extschema@.qlater_revoke_queue(text, name, text) IS
 
 /* ---- functions: unique jobs ---- */
 
+/*
+ * Enqueue with a key: at most one waiting job per (queue, role, key).  The
+ * parameters are appended, so the functions of 0.1 are dropped and made
+ * again (CREATE OR REPLACE cannot add parameters); calls of 0.1 mean the
+ * same.
+ */
+DROP FUNCTION @extschema@.qlater_enqueue(text, jsonb, timestamptz, text, int, int);
+CREATE FUNCTION @extschema@.qlater_enqueue(handler text,
+                                           args jsonb DEFAULT '[]',
+                                           run_at timestamptz DEFAULT now(),
+                                           queue text DEFAULT NULL,
+                                           priority int DEFAULT NULL,
+                                           max_attempts int DEFAULT NULL,
+                                           key text DEFAULT NULL,
+                                           replace boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_enqueue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_enqueue(text, jsonb, timestamptz, text, int, int, text, boolean) IS
+    'enqueue a call of a registered handler, run later by a background worker as the current role; with a key, the job of the key that waits is returned (with replace, updated) instead';
+
+DROP FUNCTION @extschema@.qlater_enqueue_many(text, jsonb, timestamptz, text, int, int);
+CREATE FUNCTION @extschema@.qlater_enqueue_many(handler text,
+                                                args_list jsonb,
+                                                run_at timestamptz DEFAULT now(),
+                                                queue text DEFAULT NULL,
+                                                priority int DEFAULT NULL,
+                                                max_attempts int DEFAULT NULL,
+                                                keys text[] DEFAULT NULL,
+                                                replace boolean DEFAULT false)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'qlater_enqueue_many'
+LANGUAGE C VOLATILE ROWS 100;
+COMMENT ON FUNCTION @extschema@.qlater_enqueue_many(text, jsonb, timestamptz, text, int, int, text[], boolean) IS
+    'enqueue one job per element of a JSON array of args, in one statement, with a key per element if keys is given; returns their ids';
+
 /* ---- functions: schedules ---- */
+
+/*
+ * qlater_schedule takes overlap (false: a tick is skipped while the
+ * schedule's previous job waits or runs); the queue of a schedule is
+ * checked as an enqueue's is.
+ */
+DROP FUNCTION @extschema@.qlater_schedule(text, text, text, jsonb, text, int, text, boolean);
+CREATE FUNCTION @extschema@.qlater_schedule(name text, schedule text,
+                                            handler text,
+                                            args jsonb DEFAULT '[]',
+                                            queue text DEFAULT NULL,
+                                            priority int DEFAULT NULL,
+                                            timezone text DEFAULT 'UTC',
+                                            catch_up boolean DEFAULT true,
+                                            overlap boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_schedule'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_schedule(text, text, text, jsonb, text, int, text, boolean, boolean) IS
+    'create or replace a recurring job of the current role, enqueued at each tick of a cron schedule (unless, without overlap, its previous job still waits or runs)';
+
+CREATE FUNCTION @extschema@.qlater_alter_schedule(name text,
+                                                  active boolean DEFAULT NULL,
+                                                  schedule text DEFAULT NULL,
+                                                  args jsonb DEFAULT NULL,
+                                                  queue text DEFAULT NULL,
+                                                  priority int DEFAULT NULL,
+                                                  timezone text DEFAULT NULL,
+                                                  catch_up boolean DEFAULT NULL,
+                                                  overlap boolean DEFAULT NULL,
+                                                  owner name DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'qlater_alter_schedule'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_alter_schedule(text, boolean, text, jsonb, text, int, text, boolean, boolean, name) IS
+    'switch a schedule of the current role off or on, or change its settings (NULL: unchanged); admins switch any role''s on and off';

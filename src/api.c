@@ -12,21 +12,28 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "catalog/pg_authid.h"
 #include "commands/dbcommands.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "storage/sinvaladt.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -355,66 +362,107 @@ ql_check_launcher(void)
 	launcher_checked = true;
 }
 
-/* the enqueue statements, prepared once per catalog generation */
+/*
+ * The enqueue statements, prepared once per catalog generation; the one
+ * for many keyed jobs on its first use (keys: below).
+ */
 typedef struct QlEnqueuePlans
 {
 	uint32		generation;
 	SPIPlanPtr	one;			/* one row: VALUES */
 	SPIPlanPtr	many;			/* one row per element of a jsonb[] */
+	SPIPlanPtr	many_keyed;		/* the same, with a text[] of keys */
 } QlEnqueuePlans;
 
 static QlEnqueuePlans enqueue_plans;
 
+#define QL_ENQUEUE_COLUMNS \
+	"(queue, handler, args, priority, run_at, max_attempts, timeout, role, external, schedule_id, key)"
+
 /* ql_prepare_enqueue: (re)prepare the enqueue statements if needed */
 static void
-ql_prepare_enqueue(const QlCatalog *c)
+ql_prepare_enqueue(const QlCatalog *c, bool keyed_many)
 {
-	Oid			types[10] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
-	TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID, INT8OID};
-	const char *columns = "(queue, handler, args, priority, run_at, max_attempts, timeout, role, external, schedule_id)";
+	Oid			types[11] = {TEXTOID, TEXTOID, JSONBOID, INT4OID,
+		TIMESTAMPTZOID, INT4OID, INTERVALOID, NAMEOID, BOOLOID, INT8OID, TEXTOID};
 	SPIPlanPtr	one;
 	SPIPlanPtr	many;
 
-	if (enqueue_plans.one != NULL && enqueue_plans.generation == c->generation)
-		return;
-	one = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
-								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-								   c->schema_quoted, columns),
-						  10, types, CURSOR_OPT_GENERIC_PLAN);
-	types[2] = JSONBARRAYOID;
-	many = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job %s "
-									"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9, $10 "
-									"FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
-									"ORDER BY n RETURNING id",
-									c->schema_quoted, columns),
-						   10, types, CURSOR_OPT_GENERIC_PLAN);
-	if (enqueue_plans.one != NULL)
+	if (enqueue_plans.one == NULL || enqueue_plans.generation != c->generation)
 	{
-		SPI_freeplan(enqueue_plans.one);
-		SPI_freeplan(enqueue_plans.many);
+		one = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job " QL_ENQUEUE_COLUMNS " "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+									   c->schema_quoted),
+							  11, types, CURSOR_OPT_GENERIC_PLAN);
+		types[2] = JSONBARRAYOID;
+		many = ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job " QL_ENQUEUE_COLUMNS " "
+										"SELECT $1, $2, a, $4, $5, $6, $7, $8, $9, $10, NULL "
+										"FROM pg_catalog.unnest($3) WITH ORDINALITY AS u (a, n) "
+										"ORDER BY n RETURNING id",
+										c->schema_quoted),
+							   10, types, CURSOR_OPT_GENERIC_PLAN);
+		if (enqueue_plans.one != NULL)
+		{
+			SPI_freeplan(enqueue_plans.one);
+			SPI_freeplan(enqueue_plans.many);
+		}
+		if (enqueue_plans.many_keyed != NULL)
+			SPI_freeplan(enqueue_plans.many_keyed);
+		enqueue_plans.one = one;
+		enqueue_plans.many = many;
+		enqueue_plans.many_keyed = NULL;
+		enqueue_plans.generation = c->generation;
 	}
-	enqueue_plans.one = one;
-	enqueue_plans.many = many;
-	enqueue_plans.generation = c->generation;
+	if (keyed_many && enqueue_plans.many_keyed == NULL)
+	{
+		types[2] = JSONBARRAYOID;
+		types[10] = TEXTARRAYOID;
+		enqueue_plans.many_keyed =
+			ql_prepare_kept(psprintf("INSERT INTO %s.qlater_job " QL_ENQUEUE_COLUMNS " "
+									 "SELECT $1, $2, a, $4, $5, $6, $7, $8, $9, $10, k "
+									 "FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($11)) "
+									 "WITH ORDINALITY AS u (a, k, n) ORDER BY n RETURNING id",
+									 c->schema_quoted),
+							11, types, CURSOR_OPT_GENERIC_PLAN);
+	}
+}
+
+/* ql_text_array: a text[] of n C strings, NULL ones as NULL elements */
+static ArrayType *
+ql_text_array(char **strings, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	bool	   *nulls = palloc(sizeof(bool) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		nulls[i] = (strings[i] == NULL);
+		elems[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(strings[i]);
+	}
+	return construct_md_array(elems, nulls, 1, dims, lbs, TEXTOID, -1, false,
+							  TYPALIGN_INT);
 }
 
 /*
- * ql_insert_rows: write n job rows (n >= 1), alike but for their args, as
- * the tables' owner; the new ids go to ids[], in order.  Jobs of an
- * in-server queue wake idle workers at commit.  The caller has checked
- * everything.
+ * ql_insert_exec: write n job rows (n >= 1) of a role, alike but for their
+ * args and keys (keys NULL: none has one; else n of them, NULL for no
+ * key); the new ids go to ids[], in order.  Caller acts as the tables'
+ * owner, is connected to SPI, and has checked everything (and, for keys,
+ * holds their locks and looked for their jobs: below).
  */
 static void
-ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
-			   int n, int64 *ids)
+ql_insert_exec(const QlCatalog *c, const QlJobSpec *spec, const char *role,
+			   Jsonb **args, char **keys, int n, int64 *ids)
 {
-	Datum		values[10];
-	char		nulls[10] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	QlUserSave	save;
+	Datum		values[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n'};
+	SPIPlanPtr	plan;
 	int			i;
 	bool		isnull;
 
-	ql_lock_job_role();
 	values[0] = CStringGetTextDatum(spec->queue);
 	values[1] = CStringGetTextDatum(spec->handler);
 	if (n == 1)
@@ -429,25 +477,41 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		values[6] = IntervalPGetDatum(&spec->timeout);
 	else
 		nulls[6] = 'n';
-	values[7] = DirectFunctionCall1(namein,
-									CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+	values[7] = DirectFunctionCall1(namein, CStringGetDatum(role));
 	values[8] = BoolGetDatum(spec->external);
 	values[9] = Int64GetDatum(spec->schedule_id);
 	nulls[9] = spec->schedule_id != 0 ? ' ' : 'n';
+	if (keys != NULL && n == 1 && keys[0] != NULL)
+	{
+		values[10] = CStringGetTextDatum(keys[0]);
+		nulls[10] = ' ';
+	}
+	else if (keys != NULL && n > 1)
+	{
+		values[10] = PointerGetDatum(ql_text_array(keys, n));
+		nulls[10] = ' ';
+	}
 
-	ql_become_owner(c, &save);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ql_prepare_enqueue(c);
-	if (SPI_execute_plan(n == 1 ? enqueue_plans.one : enqueue_plans.many,
-						 values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+	ql_prepare_enqueue(c, keys != NULL && n > 1);
+	plan = n == 1 ? enqueue_plans.one :
+		keys != NULL ? enqueue_plans.many_keyed : enqueue_plans.many;
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != (uint64) n)
 		elog(ERROR, "could not enqueue jobs");
 	for (i = 0; i < n; i++)
 		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 											 SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	ql_restore_user(&save);
+}
+
+/*
+ * ql_inserted: n new jobs, the first of them ids[0], will be there at
+ * commit: wake a listener of an external queue, or idle workers (in-server
+ * jobs are woken for, and the claim frontier lowered for them, at commit).
+ */
+static void
+ql_inserted(const QlJobSpec *spec, int n, const int64 *ids)
+{
+	int			i;
 
 	if (spec->external)
 	{
@@ -463,6 +527,28 @@ ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		ql_lower_frontier_at_commit(&first);
 		ql_wake_workers_at_commit(n, spec->run_at);
 	}
+}
+
+/*
+ * ql_insert_rows: write n job rows (n >= 1) of the current role, alike but
+ * for their args, as the tables' owner (ql_insert_exec), and wake for
+ * them (ql_inserted).  The caller has checked everything.
+ */
+static void
+ql_insert_rows(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
+			   int n, int64 *ids)
+{
+	char	   *role = GetUserNameFromId(GetUserId(), false);
+	QlUserSave	save;
+
+	ql_lock_job_role();
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ql_insert_exec(c, spec, role, args, NULL, n, ids);
+	SPI_finish();
+	ql_restore_user(&save);
+	ql_inserted(spec, n, ids);
 }
 
 /*
@@ -622,10 +708,804 @@ ql_job_args(const QlJobSpec *spec, Jsonb *args)
 }
 
 /*
- * qlater_enqueue(handler text, args jsonb, run_at timestamptz, queue text,
- *				  priority int, max_attempts int) returns bigint
+ * Job keys.
  *
- * Writes the job in the caller's transaction.
+ * A key names at most one waiting job of a queue and role: an enqueue with
+ * the key of a job that waits (pending, or in backoff after a failure)
+ * returns that job, or with replace updates its args, run_at and
+ * priority, instead of adding one.  A claim is an advisory lock, not a
+ * state of the row, so the check is made at enqueue, and a running job is
+ * told from a waiting one by its claim:
+ *
+ * - Enqueues of one (queue, role, key) are serialized by a transaction
+ *   lock on its hash (QLATER_KEY_SPACE, held until commit), and under it
+ *   look up the key's jobs that are not dead under the latest snapshot
+ *   (whatever the isolation level: a job committed by the enqueue before
+ *   must be seen).
+ * - For each, the enqueue tries the job's claim, to hold it until its
+ *   transaction ends.  If it gets it, the job waits, and stays waiting
+ *   until the enqueuer commits: no worker or consumer can start it before
+ *   the enqueuer's writes are visible.  Its row is read again under a fresh snapshot
+ *   (the claim may follow a session that finished the job meanwhile).
+ *   If another session holds the claim (or a lease holds), the job runs:
+ *   its data may be older than the enqueuer's, so a new job is enqueued,
+ *   with the key.  (A worker takes a claim before it checks the row, and
+ *   gives it back if the row changed since its look: a claim held by a
+ *   worker that runs no job yet is waited for, ql_job_waits.)
+ * - A job that goes back to waiting while another job of its key is alive
+ *   (a failed attempt rescheduled, a crash or timeout counted, a dead job
+ *   retried) drops its key: ql_key_settle.  Its recorder never waits for
+ *   the key's lock (a worker must not wait for a user's transaction):
+ *   without it, the job drops its key anyway.  A recorder that holds the
+ *   job's claim releases it at commit, before its key lock (a transaction
+ *   callback runs before the transaction's locks are released), so that
+ *   the next enqueue of the key never takes the job for a running one;
+ *   so does an enqueue with the claims it took (ql_held_xact_callback).
+ * - A job can also go back to waiting without a write (a lease that ran
+ *   out, a consumer's session that ended, qlater_unlock, a worker ended by
+ *   a shutdown), and then meet the job enqueued meanwhile: the next
+ *   enqueue of the key keeps the key on the newest waiting job and drops
+ *   it from the others, whose claims it holds.
+ *
+ * Deadlocks: an enqueuer waits only for the locks of keys (taken in one
+ * order by qlater_enqueue_many), and tries claims without waiting; the
+ * recorders of failures never wait for a key.
+ */
+
+/* the longest an enqueue waits for a worker checking a claimed job's row */
+#define QL_CLAIM_CHECK_WAIT_MS	1000
+
+/* the hash of key locks, from which ql_key_hash starts */
+#define QL_KEY_HASH_SEED	UINT64CONST(0x71a7e5ca11ab1e)
+
+/* the statements of keys, prepared on first use (ql_key_exec) */
+typedef enum QlKeyStmt
+{
+	QL_KEY_LOOKUP_ONE,			/* the jobs of a key, not dead */
+	QL_KEY_LOOKUP,				/* the jobs of keys, not dead */
+	QL_KEY_REREAD,				/* the jobs claimed, still waiting with a key */
+	QL_KEY_DROP,				/* jobs give up their keys */
+	QL_KEY_REPLACE,				/* new args, run_at and priority */
+	QL_KEY_SETTLE,				/* a job back to waiting gives up its key
+								 * if another job has it */
+	QL_KEY_NUM_STMTS
+} QlKeyStmt;
+
+/* a job held under a lease that has not run out */
+#define QL_KEY_LEASED \
+	"(lease_until IS NOT NULL " \
+	"AND lease_until OPERATOR(pg_catalog.>=) pg_catalog.clock_timestamp())"
+
+static const QlStmtDef key_stmt_defs[QL_KEY_NUM_STMTS] = {
+	[QL_KEY_LOOKUP_ONE] = {
+		"SELECT id, key, " QL_KEY_LEASED " FROM %1$s.qlater_job "
+		"WHERE queue OPERATOR(pg_catalog.=) $1 AND role OPERATOR(pg_catalog.=) $2 "
+		"AND key OPERATOR(pg_catalog.=) $3 AND NOT dead ORDER BY id",
+		3, {TEXTOID, NAMEOID, TEXTOID}
+	},
+	/* a join, not key = ANY ($3): that may be planned as a filter */
+	[QL_KEY_LOOKUP] = {
+		"SELECT j.id, j.key, " QL_KEY_LEASED " "
+		"FROM pg_catalog.unnest($3) AS k (key), %1$s.qlater_job j "
+		"WHERE j.queue OPERATOR(pg_catalog.=) $1 AND j.role OPERATOR(pg_catalog.=) $2 "
+		"AND j.key OPERATOR(pg_catalog.=) k.key AND NOT j.dead ORDER BY j.id",
+		3, {TEXTOID, NAMEOID, TEXTARRAYOID}
+	},
+	[QL_KEY_REREAD] = {
+		"SELECT id, key, handler, priority, run_at, external FROM %1$s.qlater_job "
+		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND key IS NOT NULL AND NOT dead "
+		"AND NOT " QL_KEY_LEASED " ORDER BY id DESC",
+		1, {INT8ARRAYOID}
+	},
+	[QL_KEY_DROP] = {
+		"UPDATE %1$s.qlater_job SET key = NULL WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+		1, {INT8ARRAYOID}
+	},
+	[QL_KEY_REPLACE] = {
+		"UPDATE %1$s.qlater_job j SET args = u.a, run_at = $3, priority = $4 "
+		"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u (id, a) "
+		"WHERE j.id OPERATOR(pg_catalog.=) u.id",
+		4, {INT8ARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID}
+	},
+	[QL_KEY_SETTLE] = {
+		"UPDATE %1$s.qlater_job j SET key = NULL WHERE j.id OPERATOR(pg_catalog.=) $1 "
+		"AND EXISTS (SELECT FROM %1$s.qlater_job o "
+		"WHERE o.queue OPERATOR(pg_catalog.=) j.queue AND o.role OPERATOR(pg_catalog.=) j.role "
+		"AND o.key OPERATOR(pg_catalog.=) j.key AND NOT o.dead "
+		"AND o.id OPERATOR(pg_catalog.<>) j.id)",
+		1, {INT8OID}
+	},
+};
+
+static QlStmtSet key_stmts = {key_stmt_defs, QL_KEY_NUM_STMTS, NULL, 0};
+
+/*
+ * ql_key_exec: run statement s of keys under the latest snapshot: the
+ * jobs committed since the transaction's snapshot (in repeatable read or
+ * serializable) are seen, and those the transaction wrote.  Caller is
+ * connected to SPI, acts as the tables' owner or a worker.
+ */
+static int
+ql_key_exec(const QlCatalog *c, QlKeyStmt s, Datum *values)
+{
+	QlStmtSet  *set = &key_stmts;
+
+	if (set->plans == NULL)
+		set->plans = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(SPIPlanPtr) * set->n);
+	if (set->generation != c->generation)
+	{
+		int			i;
+
+		for (i = 0; i < set->n; i++)
+		{
+			if (set->plans[i] != NULL)
+				SPI_freeplan(set->plans[i]);
+			set->plans[i] = NULL;
+		}
+		set->generation = c->generation;
+	}
+	if (set->plans[s] == NULL)
+		set->plans[s] = ql_prepare_kept(psprintf(set->defs[s].sql, c->schema_quoted),
+										set->defs[s].nargs, (Oid *) set->defs[s].types,
+										CURSOR_OPT_GENERIC_PLAN);
+	/* read-write: the command counter moves on, our own writes are seen */
+	return SPI_execute_snapshot(set->plans[s], values, NULL, GetLatestSnapshot(),
+								InvalidSnapshot, false, true, 0);
+}
+
+/*
+ * ql_check_key: raise an error for a key that is empty, too long or holds
+ * control characters.
+ */
+static void
+ql_check_key(const char *key)
+{
+	size_t		len = strlen(key);
+	const char *p;
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job key must not be empty"),
+				 errhint("Pass NULL for a job without a key.")));
+	if (len > QL_MAX_KEY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("job key is too long"),
+				 errdetail("The key has %zu bytes; at most %d are allowed.", len, QL_MAX_KEY),
+				 errhint("Use a shorter name for the work, or a hash of it.")));
+	for (p = key; *p; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("job key contains a control character"),
+					 errdetail("Byte %d of the key is 0x%02x.", (int) (p - key) + 1,
+							   (unsigned char) *p),
+					 errhint("A key is printable text, such as \"export:tenant-a\".")));
+	}
+}
+
+/* ql_key_hash: the hash of a key of a queue and role, for its lock */
+static uint64
+ql_key_hash(const char *queue, const char *role, const char *key)
+{
+	uint64		h = QL_KEY_HASH_SEED;
+
+	h = hash_bytes_extended((const unsigned char *) queue, strlen(queue), h);
+	h = hash_bytes_extended((const unsigned char *) role, strlen(role), h);
+	return hash_bytes_extended((const unsigned char *) key, strlen(key), h);
+}
+
+/* ql_set_key_locktag: the advisory lock tag of a key's hash */
+static void
+ql_set_key_locktag(LOCKTAG *tag, uint64 hash)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash,
+						 QLATER_KEY_SPACE);
+}
+
+/*
+ * The jobs whose claim this transaction took at a keyed enqueue (the jobs
+ * it returned), by the subtransaction that took it.  A later keyed enqueue
+ * of the transaction that finds such a claim held by this session tells
+ * them from the jobs this session runs or has claimed as a consumer: those
+ * run, these wait.
+ *
+ * Such a claim is a session lock, released by the transaction's callbacks
+ * when it ends (or when the subtransaction that took it is rolled back):
+ * before its transaction locks, the key's among them.  The next enqueue of
+ * the key, which waits for that lock, must find the claim free: released
+ * with the other transaction locks, in no set order, it could still be
+ * held, and the job be taken for a running one.  The table lives in
+ * TopTransactionContext.
+ */
+typedef struct QlHeldJob
+{
+	int64		id;				/* hash key */
+	SubTransactionId subid;
+} QlHeldJob;
+
+static HTAB *held_jobs = NULL;
+static bool held_callbacks = false;
+
+/* ql_release_held: release the claim an enqueue took of a job */
+static void
+ql_release_held(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	ql_set_job_locktag(&tag, job_id);
+	/* (unless a handler's pg_advisory_unlock_all() did already) */
+	if (LockHeldByMe(&tag, ExclusiveLock))
+		LockRelease(&tag, ExclusiveLock, true);
+}
+
+/*
+ * ql_held_xact_callback: when the transaction ends, release the claims
+ * its enqueues took; the table goes with the transaction.  PREPARE
+ * TRANSACTION is refused while it holds any: the claim must last until the
+ * enqueuer's writes are visible, and a prepared transaction has no
+ * session to hold it.
+ */
+static void
+ql_held_xact_callback(XactEvent event, void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	QlHeldJob  *h;
+
+	if (held_jobs == NULL)
+		return;
+	if (event == XACT_EVENT_PRE_PREPARE && hash_get_num_entries(held_jobs) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that has enqueued or changed qlater jobs, queues or schedules"),
+				 errdetail("A keyed enqueue holds the job it returned until its transaction ends, which a prepared transaction cannot do.")));
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_PARALLEL_COMMIT &&
+		event != XACT_EVENT_ABORT && event != XACT_EVENT_PARALLEL_ABORT &&
+		event != XACT_EVENT_PREPARE)
+		return;
+	hash_seq_init(&seq, held_jobs);
+	while ((h = hash_seq_search(&seq)) != NULL)
+		ql_release_held(h->id);
+	held_jobs = NULL;
+}
+
+/*
+ * ql_held_subxact_callback: a subtransaction rolled back releases the
+ * claims it took; one committed hands them to its parent.
+ */
+static void
+ql_held_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	QlHeldJob  *h;
+
+	if (held_jobs == NULL ||
+		(event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB))
+		return;
+	hash_seq_init(&seq, held_jobs);
+	while ((h = hash_seq_search(&seq)) != NULL)
+	{
+		if (h->subid != mySubid)
+			continue;
+		if (event == SUBXACT_EVENT_COMMIT_SUB)
+			h->subid = parentSubid;
+		else
+		{
+			ql_release_held(h->id);
+			(void) hash_search(held_jobs, &h->id, HASH_REMOVE, NULL);
+		}
+	}
+}
+
+/*
+ * ql_try_hold: take the claim of a job without waiting, for this
+ * (sub)transaction's enqueue; false if another session holds it.  Caller
+ * has checked that this session does not.
+ */
+static bool
+ql_try_hold(int64 job_id)
+{
+	QlHeldJob  *h;
+
+	if (!held_callbacks)
+	{
+		RegisterXactCallback(ql_held_xact_callback, NULL);
+		RegisterSubXactCallback(ql_held_subxact_callback, NULL);
+		held_callbacks = true;
+	}
+	if (held_jobs == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(QlHeldJob);
+		ctl.hcxt = TopTransactionContext;
+		held_jobs = hash_create("qlater jobs held by enqueues", 16, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	/* room first: once the claim is taken, only the entry releases it */
+	h = hash_search(held_jobs, &job_id, HASH_ENTER, NULL);
+	if (!ql_try_claim(job_id, true))
+	{
+		(void) hash_search(held_jobs, &job_id, HASH_REMOVE, NULL);
+		return false;
+	}
+	h->subid = GetCurrentSubTransactionId();
+	return true;
+}
+
+/*
+ * ql_enqueue_holds: whether this transaction holds the job's claim because
+ * a keyed enqueue returned the job (it waits), rather than because this
+ * session runs it.
+ */
+bool
+ql_enqueue_holds(int64 job_id)
+{
+	return held_jobs != NULL &&
+		hash_search(held_jobs, &job_id, HASH_FIND, NULL) != NULL;
+}
+
+/* the elements of an enqueue that have one key, and its job */
+typedef struct QlKeyGroup
+{
+	const char *key;
+	uint64		hash;
+	int			first;			/* its first and last element */
+	int			last;
+	int64		id;				/* its job: the one kept, or the new one */
+	bool		kept;			/* a waiting job was kept */
+	int32		priority;		/* the kept job's, once replaced */
+	TimestampTz run_at;
+	bool		external;
+} QlKeyGroup;
+
+/* the keys of an enqueue, for the sort of its elements */
+typedef struct QlKeySort
+{
+	char	  **keys;
+	uint64	   *hashes;
+} QlKeySort;
+
+/* ql_keys_cmp: order of keys: by hash (the order of their locks), then text */
+static int
+ql_keys_cmp(uint64 ha, const char *a, uint64 hb, const char *b)
+{
+	if (ha != hb)
+		return ha < hb ? -1 : 1;
+	return strcmp(a, b);
+}
+
+/* ql_key_elem_cmp: qsort_arg order of elements: by key, then position */
+static int
+ql_key_elem_cmp(const void *a, const void *b, void *arg)
+{
+	QlKeySort  *ks = (QlKeySort *) arg;
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+	int			r = ql_keys_cmp(ks->hashes[x], ks->keys[x], ks->hashes[y], ks->keys[y]);
+
+	if (r != 0)
+		return r;
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* ql_key_group: the group of a key (groups sorted by ql_keys_cmp), or NULL */
+static QlKeyGroup *
+ql_key_group(QlKeyGroup *groups, int ngroups, uint64 hash, const char *key)
+{
+	int			lo = 0;
+	int			hi = ngroups - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+		int			r = ql_keys_cmp(hash, key, groups[mid].hash, groups[mid].key);
+
+		if (r == 0)
+			return &groups[mid];
+		if (r < 0)
+			hi = mid - 1;
+		else
+			lo = mid + 1;
+	}
+	return NULL;
+}
+
+/*
+ * ql_claim_being_checked: whether the claim of a job is held by a worker
+ * of this database that runs no job: one that has just claimed it, and
+ * reads its row to check that it is still the version its look saw.  That
+ * check fails for a job just replaced or rescheduled, and the worker gives
+ * the claim back; else the worker starts the job at once.
+ */
+static bool
+ql_claim_being_checked(const LOCKTAG *tag)
+{
+	VirtualTransactionId *holders;
+	bool		checking = false;
+	int			i;
+	int			j;
+
+	/* (no worker runs on a standby, where the array is not ours to free) */
+	if (ql_shared == NULL || RecoveryInProgress())
+		return false;
+	holders = GetLockConflicts(tag, ExclusiveLock, NULL);
+	for (i = 0; !checking && VirtualTransactionIdIsValid(holders[i]); i++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(holders[i].backendId);
+
+		if (proc == NULL)
+			continue;
+		for (j = 0; j < ql_shared->nslots; j++)
+		{
+			QlWorkerSlot *slot = &ql_shared->slots[j];
+
+			if (slot->pid == proc->pid && slot->dboid == MyDatabaseId &&
+				pg_atomic_read_u64(&slot->job_id) == 0)
+				checking = true;
+		}
+	}
+	pfree(holders);
+	return checking;
+}
+
+/*
+ * ql_job_waits: whether a job of a key found by the lookup waits (its
+ * claim is then held by this transaction until it ends) rather than runs.
+ * A claim this session holds is its own to run the job, unless a keyed
+ * enqueue of this transaction took it.  A claim another session holds
+ * means the job runs, but for a worker that is still checking the row it
+ * claimed: which way that goes is waited for (microseconds, at most
+ * QL_CLAIM_CHECK_WAIT_MS), else a job just replaced, which a worker
+ * claimed from an older look and gives back, would be taken for a running
+ * one, and a second job of its key made.
+ */
+static bool
+ql_job_waits(int64 id)
+{
+	LOCKTAG		tag;
+	TimestampTz until;
+
+	ql_set_job_locktag(&tag, id);
+	if (LockHeldByMe(&tag, ExclusiveLock))
+		return ql_enqueue_holds(id);
+	if (ql_try_hold(id))
+		return true;
+	until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), QL_CLAIM_CHECK_WAIT_MS);
+	while (ql_claim_being_checked(&tag) && GetCurrentTimestamp() < until)
+	{
+		pg_usleep(100L);
+		CHECK_FOR_INTERRUPTS();
+		if (ql_try_hold(id))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * ql_enqueue_keyed: enqueue n jobs (n >= 1) alike but for their args and
+ * keys (NULL: none), at most one waiting job per key (see above); ids[i]
+ * is the job of element i.  Elements with one key share one job: a new
+ * job takes the first one's args, or with replace the last one's, and
+ * so does a waiting job kept with replace.  The caller has checked
+ * everything.
+ */
+static void
+ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
+				 char **keys, int n, bool replace, int64 *ids)
+{
+	char	   *role = GetUserNameFromId(GetUserId(), false);
+	uint64	   *hashes = palloc(sizeof(uint64) * n);
+	int		   *order = palloc(sizeof(int) * n);
+	int		   *group_of = palloc(sizeof(int) * n);
+	QlKeySort	ks = {keys, hashes};
+	QlKeyGroup *groups;
+	int			ngroups = 0;
+	int			nkeyed = 0;
+	Datum	   *claimed;
+	int			nclaimed = 0;
+	int			nkept = 0;
+	Jsonb	  **rows_args;
+	char	  **rows_keys;
+	int		   *rows_elem;
+	int64	   *row_ids;
+	int			nrows = 0;
+	QlUserSave	save;
+	Datum		values[4];
+	bool		isnull;
+	uint64		r;
+	int			i;
+	int			j;
+
+	/* the keys, grouped and sorted in the order of their locks */
+	for (i = 0; i < n; i++)
+	{
+		group_of[i] = -1;
+		if (keys[i] != NULL)
+		{
+			hashes[i] = ql_key_hash(spec->queue, role, keys[i]);
+			order[nkeyed++] = i;
+		}
+	}
+	qsort_arg(order, nkeyed, sizeof(int), ql_key_elem_cmp, &ks);
+	groups = palloc(sizeof(QlKeyGroup) * Max(nkeyed, 1));
+	for (j = 0; j < nkeyed; j++)
+	{
+		QlKeyGroup *g;
+
+		i = order[j];
+		if (ngroups == 0 ||
+			ql_keys_cmp(groups[ngroups - 1].hash, groups[ngroups - 1].key,
+					   hashes[i], keys[i]) != 0)
+		{
+			g = &groups[ngroups++];
+			memset(g, 0, sizeof(*g));
+			g->key = keys[i];
+			g->hash = hashes[i];
+			g->first = i;
+		}
+		g = &groups[ngroups - 1];
+		g->last = i;
+		group_of[i] = ngroups - 1;
+	}
+
+	/* wait for the other enqueues of these keys: in one order, no deadlock */
+	for (j = 0; j < ngroups; j++)
+	{
+		LOCKTAG		tag;
+
+		if (j > 0 && groups[j].hash == groups[j - 1].hash)
+			continue;
+		ql_set_key_locktag(&tag, groups[j].hash);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	}
+
+	ql_lock_job_role();
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	/* the jobs of the keys: claim those that wait */
+	{
+		char	  **gkeys = palloc(sizeof(char *) * ngroups);
+
+		for (j = 0; j < ngroups; j++)
+			gkeys[j] = (char *) groups[j].key;
+		values[0] = CStringGetTextDatum(spec->queue);
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(role));
+		values[2] = ngroups == 1 ? CStringGetTextDatum(gkeys[0]) :
+			PointerGetDatum(ql_text_array(gkeys, ngroups));
+	}
+	if (ql_key_exec(c, ngroups == 1 ? QL_KEY_LOOKUP_ONE : QL_KEY_LOOKUP, values) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for the jobs of keys");
+	claimed = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		int64		id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		bool		leased = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+
+		if (!leased && ql_job_waits(id))
+			claimed[nclaimed++] = Int64GetDatum(id);
+	}
+
+	/*
+	 * Read them again under a fresh snapshot: a claim may follow a session
+	 * that finished the job since the lookup.  The newest that still waits
+	 * keeps its key; others lose it (they went back to waiting without a
+	 * write: see above).
+	 */
+	if (nclaimed > 0)
+	{
+		Datum	   *extra = palloc(sizeof(Datum) * nclaimed);
+		int			nextra = 0;
+
+		values[0] = PointerGetDatum(construct_array(claimed, nclaimed, INT8OID,
+													sizeof(int64), FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+		if (ql_key_exec(c, QL_KEY_REREAD, values) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the jobs of keys");
+		for (r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	row = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			int64		id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+			char	   *key = SPI_getvalue(row, desc, 2);
+			char	   *handler = SPI_getvalue(row, desc, 3);
+			QlKeyGroup *g = ql_key_group(groups, ngroups,
+										 ql_key_hash(spec->queue, role, key), key);
+
+			if (g == NULL)
+				elog(ERROR, "job %lld has a key the enqueue did not ask for", (long long) id);
+			if (g->kept)
+			{
+				extra[nextra++] = Int64GetDatum(id);
+				continue;
+			}
+			if (strcmp(handler, spec->handler) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("key \"%s\" of queue \"%s\" belongs to a job of another handler",
+								g->key, spec->queue),
+						 errdetail("Job %lld of handler %s waits with this key.",
+								   (long long) id, handler),
+						 errhint("A key names one waiting job of a queue and role, whatever its handler: "
+								 "give each handler's keys a prefix of their own.")));
+			g->kept = true;
+			g->id = id;
+			g->priority = DatumGetInt32(SPI_getbinval(row, desc, 4, &isnull));
+			g->run_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull));
+			g->external = DatumGetBool(SPI_getbinval(row, desc, 6, &isnull));
+			nkept++;
+		}
+		if (nextra > 0)
+		{
+			values[0] = PointerGetDatum(construct_array(extra, nextra, INT8OID,
+														sizeof(int64), FLOAT8PASSBYVAL,
+														TYPALIGN_DOUBLE));
+			if (ql_key_exec(c, QL_KEY_DROP, values) != SPI_OK_UPDATE)
+				elog(ERROR, "could not drop the keys of jobs");
+		}
+	}
+
+	/* with replace, the jobs kept take the (last) new args, run_at and priority */
+	if (replace && nkept > 0)
+	{
+		Datum	   *kids = palloc(sizeof(Datum) * nkept);
+		Datum	   *kargs = palloc(sizeof(Datum) * nkept);
+		int			k = 0;
+
+		for (j = 0; j < ngroups; j++)
+		{
+			if (!groups[j].kept)
+				continue;
+			kids[k] = Int64GetDatum(groups[j].id);
+			kargs[k] = JsonbPGetDatum(args[groups[j].last]);
+			groups[j].priority = spec->priority;
+			groups[j].run_at = spec->run_at;
+			k++;
+		}
+		values[0] = PointerGetDatum(construct_array(kids, nkept, INT8OID, sizeof(int64),
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[1] = PointerGetDatum(construct_array(kargs, nkept, JSONBOID, -1, false,
+													TYPALIGN_INT));
+		values[2] = TimestampTzGetDatum(spec->run_at);
+		values[3] = Int32GetDatum(spec->priority);
+		if (ql_key_exec(c, QL_KEY_REPLACE, values) != SPI_OK_UPDATE ||
+			SPI_processed != (uint64) nkept)
+			elog(ERROR, "could not replace the jobs of keys");
+	}
+
+	/* new jobs: for elements without a key, and keys without a waiting job */
+	rows_args = palloc(sizeof(Jsonb *) * n);
+	rows_keys = palloc(sizeof(char *) * n);
+	rows_elem = palloc(sizeof(int) * n);
+	for (i = 0; i < n; i++)
+	{
+		QlKeyGroup *g = group_of[i] >= 0 ? &groups[group_of[i]] : NULL;
+
+		if (g != NULL && (g->kept || g->first != i))
+			continue;
+		rows_args[nrows] = g != NULL && replace ? args[g->last] : args[i];
+		rows_keys[nrows] = keys[i];
+		rows_elem[nrows] = i;
+		nrows++;
+	}
+	row_ids = palloc(sizeof(int64) * Max(nrows, 1));
+	if (nrows > 0)
+		ql_insert_exec(c, spec, role, rows_args, rows_keys, nrows, row_ids);
+	SPI_finish();
+	ql_restore_user(&save);
+	if (nrows > 0)
+		ql_inserted(spec, nrows, row_ids);
+	for (j = 0; j < nrows; j++)
+	{
+		i = rows_elem[j];
+		if (group_of[i] >= 0)
+			groups[group_of[i]].id = row_ids[j];
+		else
+			ids[i] = row_ids[j];
+	}
+	for (i = 0; i < n; i++)
+	{
+		if (group_of[i] >= 0)
+			ids[i] = groups[group_of[i]].id;
+	}
+
+	/*
+	 * The jobs kept, as an enqueue's: workers (or consumers) that found
+	 * their claims held by this transaction look again when it commits.
+	 */
+	if (nkept > 0)
+	{
+		int			notified = 0;
+
+		for (j = 0; j < ngroups; j++)
+		{
+			QlKeyGroup *g = &groups[j];
+
+			if (!g->kept)
+				continue;
+			if (g->external)
+			{
+				if (notified++ < QL_MAX_NOTIFY_PER_CALL)
+					ql_notify_listener(spec->queue, g->id);
+			}
+			else
+			{
+				QlClaimKey	key = {g->priority, g->run_at, g->id};
+
+				ql_check_launcher();
+				ql_lower_frontier_at_commit(&key);
+				ql_wake_workers_at_commit(1, g->run_at);
+			}
+		}
+	}
+}
+
+/*
+ * ql_key_settle: a job of a queue and role with a key has just been put
+ * back to waiting, in the caller's transaction (a failed attempt
+ * rescheduled, a crash or timeout counted, a dead job retried): it keeps
+ * its key only if no other job of the key is alive, so that at most one
+ * waiting job holds it.  That is decided under the key's lock, if it can
+ * be had at once; else an enqueue of the key is under way, and the job
+ * drops its key (the recorder of a failure, a worker perhaps, must not wait
+ * for a user's transaction).  A caller holding the job's session claim
+ * releases it at commit (ql_release_claim_at_commit).  Caller is
+ * connected to SPI, acts as the tables' owner or a worker.
+ */
+void
+ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
+			  const char *role, const char *key)
+{
+	LOCKTAG		tag;
+	Datum		value;
+
+	ql_set_key_locktag(&tag, ql_key_hash(queue, role, key));
+	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+	{
+		value = Int64GetDatum(id);
+		if (ql_key_exec(c, QL_KEY_SETTLE, &value) != SPI_OK_UPDATE)
+			elog(ERROR, "could not settle the key of job %lld", (long long) id);
+	}
+	else
+	{
+		Datum		one = Int64GetDatum(id);
+
+		value = PointerGetDatum(construct_array(&one, 1, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (ql_key_exec(c, QL_KEY_DROP, &value) != SPI_OK_UPDATE)
+			elog(ERROR, "could not drop the key of job %lld", (long long) id);
+	}
+}
+
+/* ql_check_replace: replace needs a key to replace the job of */
+static void
+ql_check_replace(bool replace, bool keyed, const char *keys)
+{
+	if (replace && !keyed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("replace needs %s", keys),
+				 errhint("With replace, an enqueue updates the waiting job of its key instead of returning it.")));
+}
+
+/*
+ * qlater_enqueue(handler text, args jsonb, run_at timestamptz, queue text,
+ *				  priority int, max_attempts int, key text, replace boolean)
+ *		returns bigint
+ *
+ * Writes the job in the caller's transaction.  With a key, returns the
+ * job of the key that waits, updated with replace, if there is one
+ * (ql_enqueue_keyed).  Without one, nothing but the job's row is written.
  */
 Datum
 qlater_enqueue(PG_FUNCTION_ARGS)
@@ -633,12 +1513,26 @@ qlater_enqueue(PG_FUNCTION_ARGS)
 	const QlCatalog *c = ql_catalog(false);
 	QlJobSpec	spec;
 	Jsonb	   *args;
+	char	   *key = NULL;
+	bool		replace;
 	int64		id;
 
+	/* arguments are read only now: a database at 0.1 got an error */
 	ql_arg_not_null(fcinfo, 1, "args");
+	ql_arg_not_null(fcinfo, 7, "replace");
+	if (!PG_ARGISNULL(6))
+	{
+		key = text_to_cstring(PG_GETARG_TEXT_PP(6));
+		ql_check_key(key);
+	}
+	replace = PG_GETARG_BOOL(7);
+	ql_check_replace(replace, key != NULL, "a key");
 	ql_job_spec(fcinfo, c, &spec);
 	args = ql_job_args(&spec, PG_GETARG_JSONB_P(1));
-	ql_insert_rows(c, &spec, &args, 1, &id);
+	if (key == NULL)
+		ql_insert_rows(c, &spec, &args, 1, &id);
+	else
+		ql_enqueue_keyed(c, &spec, &args, &key, 1, replace, &id);
 	PG_RETURN_INT64(id);
 }
 
@@ -649,14 +1543,69 @@ ql_many_context(void *arg)
 	errcontext("element %d of args_list", *(int *) arg + 1);
 }
 
+/* error context of qlater_enqueue_many: which key failed */
+static void
+ql_many_key_context(void *arg)
+{
+	errcontext("element %d of keys", *(int *) arg + 1);
+}
+
+/*
+ * ql_many_keys: the keys of qlater_enqueue_many (argument 6), checked: n
+ * of them, NULL for an element without a key; NULL if none was given.
+ */
+static char **
+ql_many_keys(FunctionCallInfo fcinfo, int n)
+{
+	ArrayType  *array;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	char	  **keys;
+	int			i;
+	ErrorContextCallback errcb;
+
+	if (PG_ARGISNULL(6))
+		return NULL;
+	array = PG_GETARG_ARRAYTYPE_P(6);
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("keys must be a one-dimensional array")));
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+	if (nelems != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keys must have as many elements as args_list"),
+				 errdetail("args_list has %d elements, keys %d.", n, nelems),
+				 errhint("Element i of keys is the key of the job of element i of args_list; NULL for none.")));
+	keys = palloc(sizeof(char *) * Max(n, 1));
+	errcb.callback = ql_many_key_context;
+	errcb.arg = &i;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	for (i = 0; i < n; i++)
+	{
+		keys[i] = nulls[i] ? NULL : TextDatumGetCString(elems[i]);
+		if (keys[i] != NULL)
+			ql_check_key(keys[i]);
+	}
+	error_context_stack = errcb.previous;
+	return keys;
+}
+
 /*
  * qlater_enqueue_many(handler text, args_list jsonb, run_at timestamptz,
- *					   queue text, priority int, max_attempts int)
+ *					   queue text, priority int, max_attempts int,
+ *					   keys text[], replace boolean)
  *		returns setof bigint
  *
  * One job per element of the JSON array args_list, alike but for their
- * args, written by one statement; returns their ids in the order of
- * args_list.  All or none: a bad element fails the call.
+ * args (and keys), written by one statement; returns their ids in the
+ * order of args_list.  All or none: a bad element fails the call.
+ * Elements with a key are enqueued as qlater_enqueue does with the key;
+ * elements with one key make one job (ql_enqueue_keyed), whose id each of
+ * them returns.
  */
 Datum
 qlater_enqueue_many(PG_FUNCTION_ARGS)
@@ -668,28 +1617,38 @@ qlater_enqueue_many(PG_FUNCTION_ARGS)
 	int			n;
 	int			i;
 	Jsonb	  **args;
+	char	  **keys;
+	bool		keyed = false;
+	bool		replace;
 	int64	   *ids;
 	MemoryContext elem_cxt;
 	MemoryContext old;
 	ErrorContextCallback errcb;
 
+	/* arguments are read only now: a database at 0.1 got an error */
 	ql_arg_not_null(fcinfo, 1, "args_list");
+	ql_arg_not_null(fcinfo, 7, "replace");
 	list = PG_GETARG_JSONB_P(1);
 	if (!JB_ROOT_IS_ARRAY(list) || JB_ROOT_IS_SCALAR(list))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("args_list must be a JSON array"),
 				 errhint("Each element of args_list is the args of one job, e.g. '[[1], [2], {\"x\": 3}]'.")));
-	ql_job_spec(fcinfo, c, &spec);
-	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-
 	n = JB_ROOT_COUNT(list);
-	if (n == 0)
-		return (Datum) 0;
 	if ((Size) n > MaxAllocSize / sizeof(Datum))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("args_list has too many elements")));
+	keys = ql_many_keys(fcinfo, n);
+	replace = PG_GETARG_BOOL(7);
+	ql_check_replace(replace, keys != NULL, "keys");
+	for (i = 0; keys != NULL && i < n; i++)
+		keyed |= (keys[i] != NULL);
+	ql_job_spec(fcinfo, c, &spec);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	if (n == 0)
+		return (Datum) 0;
 	args = palloc(sizeof(Jsonb *) * n);
 	ids = palloc(sizeof(int64) * n);
 
@@ -720,7 +1679,10 @@ qlater_enqueue_many(PG_FUNCTION_ARGS)
 	error_context_stack = errcb.previous;
 	MemoryContextDelete(elem_cxt);
 
-	ql_insert_rows(c, &spec, args, n, ids);
+	if (keyed)
+		ql_enqueue_keyed(c, &spec, args, keys, n, replace, ids);
+	else
+		ql_insert_rows(c, &spec, args, n, ids);
 	for (i = 0; i < n; i++)
 	{
 		Datum		value = Int64GetDatum(ids[i]);
@@ -796,9 +1758,21 @@ qlater_retry(PG_FUNCTION_ARGS)
 		values[0] = Int64GetDatum(id);
 		if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET dead = false, "
 										   "attempts = 0, crashes = 0, run_at = now() "
-										   "WHERE id = $1", c->schema_quoted),
-								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+										   "WHERE id = $1 RETURNING queue, role, key",
+										   c->schema_quoted),
+								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not retry job");
+		/* back to waiting: its key, if another job has it now, is that one's */
+		if (SPI_processed > 0)
+		{
+			HeapTuple	row = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			char	   *key = SPI_getvalue(row, desc, 3);
+
+			if (key != NULL)
+				ql_key_settle(c, id, SPI_getvalue(row, desc, 1),
+							  SPI_getvalue(row, desc, 2), key);
+		}
 		ql_lower_frontier_at_commit(&ql_key_min);
 		ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	}
@@ -834,13 +1808,16 @@ qlater_cancel(PG_FUNCTION_ARGS)
 
 		/* a job this session runs or holds: it ends, it is not cancelled */
 		ql_set_job_locktag(&tag, id);
-		if (LockHeldByMe(&tag, ExclusiveLock))
+		if (LockHeldByMe(&tag, ExclusiveLock) && !ql_enqueue_holds(id))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("job %lld is held by this session", (long long) id),
 					 errhint("A job cannot cancel itself: return from its handler to finish it, "
 							 "or raise an error to fail it; a consumer finishes it with qlater_complete or qlater_fail.")));
-		/* a claim we cannot take means the job is running */
+		/*
+		 * A claim we cannot take means the job is running (one a keyed
+		 * enqueue of this transaction took is no run: the job waits).
+		 */
 		if (!ql_try_claim(id, false))
 			ql_cancel_running_at_commit(id);
 		values[0] = Int64GetDatum(id);

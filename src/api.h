@@ -25,6 +25,16 @@
 #define QL_MAX_APP_HANDLER		200
 
 /*
+ * Job keys (api.c).  Enqueues of one (queue, role, key) are serialized by
+ * a transaction-level advisory lock in a key space of their own
+ * (pg_locks.objsubid), apart from the claims of jobs (QLATER_LOCK_SPACE),
+ * on a 64-bit hash of the three: a collision only serializes two keys.
+ */
+#define QLATER_KEY_SPACE	29037
+/* longest job key, in bytes */
+#define QL_MAX_KEY			512
+
+/*
  * most jobs a worker commits together, each in a subtransaction: a
  * backend's cache of subtransaction IDs has 64 entries, and snapshots of
  * every session slow down once one overflows
@@ -40,6 +50,9 @@ extern bool ql_is_admin(void);
 extern void ql_check_role_drop(Oid roleid, bool rename);
 extern void ql_lock_job_role(void);
 extern void ql_lock_role(Oid roleid);
+extern void ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
+						  const char *role, const char *key);
+extern bool ql_enqueue_holds(int64 job_id);
 extern int64 ql_insert_job(const QlCatalog *c, const char *queue,
 						   const char *signature, Jsonb *args, int32 priority,
 						   TimestampTz run_at, int32 max_attempts,

@@ -180,7 +180,7 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	[QL_STMT_FAIL] = {
 		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
 		"dead = $5, claim_token = NULL, lease_until = NULL "
-		"WHERE id OPERATOR(pg_catalog.=) $1",
+		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING queue, role, key",
 		5, {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID}
 	},
 	[QL_STMT_UNLEASE] = {
@@ -739,8 +739,19 @@ qlater_fail(PG_FUNCTION_ARGS)
 									PG_ARGISNULL(2) ? ql_retry_time(attempts, now) :
 									PG_GETARG_TIMESTAMPTZ(2));
 	values[4] = BoolGetDatum(dead);
-	if (ql_exec(c, QL_STMT_FAIL, values, false, 0) != SPI_OK_UPDATE)
+	if (ql_exec(c, QL_STMT_FAIL, values, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the failure of job %lld", (long long) id);
+	/* waiting again: its key, if another job has it now, is that one's */
+	if (!dead && SPI_processed > 0)
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *key = SPI_getvalue(row, desc, 3);
+
+		if (key != NULL)
+			ql_key_settle(c, id, SPI_getvalue(row, desc, 1),
+						  SPI_getvalue(row, desc, 2), key);
+	}
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }

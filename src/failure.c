@@ -26,6 +26,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "api.h"
 #include "catalog.h"
 #include "job.h"
 #include "qlater.h"
@@ -119,6 +120,31 @@ ql_retry_time(int32 attempts, TimestampTz now)
 }
 
 /*
+ * ql_failed_key: the statement that put a failed job of a queue and role
+ * back to waiting returned its key in column keycol of its row: let the
+ * job keep the key only if no other job of it is alive (ql_key_settle).
+ * A worker that holds the job's claim (claimed) releases it at commit,
+ * before the key's lock: the next enqueue of the key then sees the job
+ * waiting, never running.  Jobs without a key cost nothing more.  Caller
+ * is connected to SPI, in the failure's transaction.
+ */
+static void
+ql_failed_key(int64 job_id, const char *queue, const char *role, int keycol,
+			  bool claimed)
+{
+	char	   *key;
+
+	if (SPI_processed == 0)
+		return;
+	key = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, keycol);
+	if (key == NULL)
+		return;
+	ql_key_settle(ql_catalog(false), job_id, queue, role, key);
+	if (claimed)
+		ql_release_claim_at_commit(job_id);
+}
+
+/*
  * ql_record_failure: count the failed attempt and reschedule the job, or
  * make it dead: in a transaction of its own, or, for a job of a batch, in
  * the batch's transaction.
@@ -146,13 +172,14 @@ ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool permanent, boo
 	values[2] = JsonbPGetDatum(ql_error_json(edata, attempts, now));
 	values[3] = TimestampTzGetDatum(dead ? now : ql_retry_time(attempts, now));
 	values[4] = BoolGetDatum(dead);
-	if (SPI_execute_plan(w->plans.fail, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(w->plans.fail, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the failure of job %lld", (long long) job->id);
 	if (!dead)
 	{
 		QlClaimKey	key = {job->priority, DatumGetTimestampTz(values[3]), job->id};
 
 		ql_lower_frontier_at_commit(&key);
+		ql_failed_key(job->id, job->queue, job->role, 1, true);
 	}
 	if (!in_batch)
 		ql_xact_commit();
@@ -230,8 +257,14 @@ ql_settle_ended(QlWorker *w, int64 job_id, QlEndKind kind)
 			values[3] = JsonbPGetDatum(error);
 			values[4] = TimestampTzGetDatum(dead ? now : ql_retry_time(attempts, now));
 			values[5] = BoolGetDatum(dead);
-			if (SPI_execute_plan(w->plans.settle, values, NULL, false, 0) != SPI_OK_UPDATE)
+			if (SPI_execute_plan(w->plans.settle, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "could not record the end of job %lld", (long long) job_id);
+			/* the process that held its claim is gone */
+			if (!dead && SPI_processed > 0)
+				ql_failed_key(job_id,
+							  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+							  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
+							  3, false);
 			ql_lower_frontier_at_commit(&ql_key_min);
 		}
 	}

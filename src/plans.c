@@ -160,7 +160,7 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 	w->plans.delete = ql_prepare(psprintf("DELETE FROM %s.qlater_job WHERE id = $1", s),
 							  1, t_id);
 	w->plans.fail = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, last_error = $3, "
-									 "run_at = $4, dead = $5 WHERE id = $1", s),
+									 "run_at = $4, dead = $5 WHERE id = $1 RETURNING key", s),
 							5, t_fail);
 	w->plans.next = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
 									 "WHERE NOT dead AND NOT external AND run_at > now()", s),
@@ -177,7 +177,8 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 											"FOR UPDATE", s),
 								   1, t_id);
 	w->plans.settle = ql_prepare(psprintf("UPDATE %s.qlater_job SET attempts = $2, crashes = $3, "
-									   "last_error = $4, run_at = $5, dead = $6 WHERE id = $1", s),
+									   "last_error = $4, run_at = $5, dead = $6 WHERE id = $1 "
+									   "RETURNING queue, role, key", s),
 							  6, t_settle);
 	w->plans.job_relid = c->job_relid;
 	for (i = 0; i < QL_NJOBATTS; i++)

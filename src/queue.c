@@ -333,23 +333,48 @@ ql_spi_finish_owner(QlUserSave *save)
 }
 
 /*
- * ql_queue_lock: lock a queue's name until the end of the transaction
+ * ql_queue_lock_mode: lock a queue's name until the end of the transaction
  * (ShareLock: putting jobs into it; ExclusiveLock: dropping it or changing
  * its kind), then take in the invalidations committed meanwhile: what was
- * cached of the queue before may have changed while we waited.
+ * cached of the queue before may have changed while we waited.  With
+ * nowait, returns false rather than wait.
  */
-static void
-ql_queue_lock(const char *queue, LOCKMODE mode)
+static bool
+ql_queue_lock_mode(const char *queue, LOCKMODE mode, bool nowait)
 {
 	LOCKTAG		tag;
 	uint64		h = hash_bytes_extended((const unsigned char *) queue,
 										strlen(queue), 0);
+	LockAcquireResult res;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
 						 QLATER_QUEUE_LOCK_SPACE);
-	if (LockAcquire(&tag, mode, false, false) == LOCKACQUIRE_ALREADY_HELD)
-		return;
-	AcceptInvalidationMessages();
+	res = LockAcquire(&tag, mode, false, nowait);
+	if (res == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	if (res != LOCKACQUIRE_ALREADY_HELD)
+		AcceptInvalidationMessages();
+	return true;
+}
+
+/* ql_queue_lock: the same, waiting for the lock */
+static void
+ql_queue_lock(const char *queue, LOCKMODE mode)
+{
+	(void) ql_queue_lock_mode(queue, mode, false);
+}
+
+/*
+ * ql_queue_lock_put: lock a queue's name in share mode, as
+ * ql_queue_check_put does, for jobs put into a queue checked otherwise (a
+ * schedule's tick, for its owner: ql_queue_may_put after the lock).  With
+ * nowait, false at once if a drop or a change of kind holds the name: a
+ * worker does not wait for a transaction left open.
+ */
+bool
+ql_queue_lock_put(const char *queue, bool nowait)
+{
+	return ql_queue_lock_mode(queue, ShareLock, nowait);
 }
 
 /* ql_queue_entry: the cache entry of a queue, read if needed */

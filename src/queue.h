@@ -39,6 +39,7 @@ extern bool ql_queue_privilege(const QlCatalog *c, const QlQueue *q,
 extern const QlQueue *ql_queue_check_put(const QlCatalog *c, const char *queue,
 										 const char *handler_queue,
 										 Oid handler_owner, int32 priority);
+extern bool ql_queue_lock_put(const char *queue, bool nowait);
 extern bool ql_queue_may_put(const QlCatalog *c, const char *queue,
 							 const char *handler_queue, Oid handler_owner,
 							 int32 priority, Oid roleid);

@@ -175,9 +175,12 @@ sub wait_naps_done
 		$msg);
 }
 
-### ticks that find every worker busy are all enqueued, catch_up off too
+### ticks that find every worker busy are all enqueued, catch_up off too,
+### with overlap (without, the first one's job waits and the others are
+### skipped: 091_schedule_overlap.pl)
 $node->safe_psql('postgres',
-	q{SELECT qlater_schedule('busy', '2 seconds', 'rec', '["busy"]', catch_up => false)});
+	q{SELECT qlater_schedule('busy', '2 seconds', 'rec', '["busy"]', catch_up => false,
+	                         overlap => true)});
 wait_runs('busy', 1, 'the schedule fires');
 $node->safe_psql('postgres', q{SELECT qlater_enqueue('nap', '[8]') FROM generate_series(1, 3)});
 ok( $node->poll_query_until(
@@ -298,7 +301,7 @@ SELECT qlater_schedule('to_ext', '1 seconds', 'rec', '["to_ext"]', queue => 'ali
 }, extra_params => [ '-U', 'alice' ]);
 wait_runs('to_ext', 1, 'the schedule fires into its queue');
 $log_offset = -s $node->logfile;
-$node->safe_psql('postgres', q{SELECT qlater_create_queue('alice_q', external => true)},
+$node->safe_psql('postgres', q{SELECT qlater_alter_queue('alice_q', external => true)},
 	extra_params => [ '-U', 'alice' ]);
 deactivated('to_ext', $log_offset, 'a schedule into a queue turned external is deactivated');
 is( $node->safe_psql(

@@ -257,26 +257,14 @@ is(su(q{SELECT count(*) FROM qlater_job WHERE role = 'mallory'}), '0', 'held: ma
 su(q{SELECT qlater_alter_queue('mq', min_priority => 0)});
 ($ret, $out, $err) = try_as('mallory',
 	q{SELECT qlater_schedule('into_aq', '1 seconds', 'shared.hm', '["into aq"]', queue => 'aq')});
-TODO:
-{
-	local $TODO = "B2: qlater_schedule does not check 'enqueue' on the queue";
-	like($err, qr/permission denied for queue "aq"/, "B2: mallory cannot schedule into alice's queue");
-}
+like($err, qr/permission denied for queue "aq"/, "B2: mallory cannot schedule into alice's queue");
 ($ret, $out, $err) = try_as('mallory',
 	q{SELECT qlater_schedule('urgent', '1 seconds', 'shared.hm', '["urgent"]', queue => 'mq', priority => -100)});
-TODO:
-{
-	local $TODO = 'B2: qlater_schedule does not check min_priority';
-	like($err, qr/priority -100 is below the lowest priority queue "mq" accepts/,
-		'B2: mallory cannot schedule below the min_priority of a queue');
-}
+like($err, qr/priority -100 is below the lowest priority queue "mq" accepts/,
+	'B2: mallory cannot schedule below the min_priority of a queue');
 as('mallory', q{SELECT qlater_schedule('ghost', '1 seconds', 'shared.hm', '["ghost"]', queue => 'ghostq')});
-TODO:
-{
-	local $TODO = 'B2: a schedule into a new queue makes no row for it';
-	is(su(q{SELECT coalesce((SELECT owner FROM qlater_queues WHERE name = 'ghostq'), 'none')}),
-		'mallory', "B2: a schedule's new queue is its owner's, as an enqueue's is");
-}
+is(su(q{SELECT coalesce((SELECT owner FROM qlater_queues WHERE name = 'ghostq'), 'none')}),
+	'mallory', "B2: a schedule's new queue is its owner's, as an enqueue's is");
 wait_for(q{SELECT count(*) > 0 FROM shared.log WHERE who = 'hm' AND what = 'ghost'},
 	'B2: the schedule into the new queue ticks');
 as('mallory', q{SELECT qlater_unschedule('ghost')});
@@ -294,13 +282,9 @@ my $revoked_at = su('SELECT clock_timestamp()');
 wait_for(qq{SELECT count(*) >= 2 FROM shared.log WHERE what = 'witness'
              AND at > '$revoked_at'::timestamptz + interval '2.5 s'},
 	'B2: ticks go on for two seconds after the revoke');
-TODO:
-{
-	local $TODO = "B2: the ticks of a schedule do not check 'enqueue' (ql_queue_may_put is never called)";
-	is(su(qq{SELECT count(*) FROM shared.log WHERE what = 'tick aq'
-	          AND at > '$revoked_at'::timestamptz + interval '1.5 s'}),
-		'0', "B2: no tick of mallory's schedule lands in alice's queue after the revoke");
-}
+is(su(qq{SELECT count(*) FROM shared.log WHERE what = 'tick aq'
+          AND at > '$revoked_at'::timestamptz + interval '1.5 s'}),
+	'0', "B2: no tick of mallory's schedule lands in alice's queue after the revoke");
 as('mallory', q{SELECT count(qlater_unschedule(name)) FROM qlater_schedules});
 
 ### B3, B4. listeners: after a revoke, and on another session's channel

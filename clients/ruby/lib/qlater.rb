@@ -100,21 +100,27 @@ module QLater
     #   QLater.enqueue("export_stations", ["tenant-a"])
     #   QLater.enqueue("export_stations", { tenant: "tenant-a", format: "xlsx" },
     #                  run_at: Time.now + 3600, queue: "exports", priority: 10)
+    #   QLater.enqueue("reindex", [42], key: "reindex:42")   # one waiting job per key
     #
     # +args+ is an Array (arguments by position) or a Hash (by parameter
     # name), sent as JSON as it is.  Options left out (or nil) take the
-    # handler's registered defaults.  Returns the job id.  Runs on
-    # QLater.connection (or +connection:+), inside whatever transaction is
-    # open there: a rollback leaves no job.
+    # handler's registered defaults.  With +key:+, the job of the key that
+    # waits (in the queue, of the connection's role) is returned instead of
+    # a new one, and with +replace: true+ it takes these args, run_at and
+    # priority.  Returns the job id.  Runs on QLater.connection (or
+    # +connection:+), inside whatever transaction is open there: a rollback
+    # leaves no job.
     def enqueue(handler, args = [], run_at: nil, queue: nil, priority: nil,
-                max_attempts: nil, connection: nil)
+                max_attempts: nil, key: nil, replace: nil, connection: nil)
       raise ArgumentError, "args must be an Array or a Hash" unless args.is_a?(Array) || args.is_a?(Hash)
+      raise ArgumentError, "replace: needs a key:" if replace && key.nil?
 
       conn = connection || self.connection
       params = [handler.to_s, JSON.generate(args)]
       sql = +"SELECT qlater_enqueue(handler => $1::text, args => $2::jsonb"
       { run_at: [run_at, "timestamptz"], queue: [queue, "text"],
-        priority: [priority, "int"], max_attempts: [max_attempts, "int"] }.each do |name, (value, type)|
+        priority: [priority, "int"], max_attempts: [max_attempts, "int"],
+        key: [key, "text"], replace: [replace ? true : nil, "boolean"] }.each do |name, (value, type)|
         next if value.nil?
 
         params << (name == :run_at ? time_param(value) : value.to_s)

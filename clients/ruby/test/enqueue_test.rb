@@ -40,6 +40,30 @@ class EnqueueTest < QLaterTest::Case
     assert_equal "0", value("SELECT count(*) FROM qlater_jobs WHERE args->>0 = $1", @key)
   end
 
+  def test_enqueue_with_a_key
+    later = Time.now + 3600
+    id = QLater.enqueue("rb_sql_touch", [@key], run_at: later, key: "k-#{@key}")
+    assert_equal id, QLater.enqueue("rb_sql_touch", [@key, "second"], run_at: later, key: "k-#{@key}"),
+                 "the waiting job of the key is returned"
+    assert_equal [[@key].to_json], keyed_args(id), "and left as it was"
+    assert_equal id, QLater.enqueue("rb_sql_touch", [@key, "third"], run_at: later, priority: 3,
+                                                                       key: "k-#{@key}", replace: true)
+    assert_equal [[@key, "third"].to_json], keyed_args(id), "replace: takes the new args"
+    assert_equal "3", value("SELECT priority FROM qlater_jobs WHERE id = $1", id)
+    refute_equal id, QLater.enqueue("rb_sql_touch", [@key], run_at: later, key: "other-#{@key}"),
+                 "another key is another job"
+    assert_raises(ArgumentError) { QLater.enqueue("rb_sql_touch", [@key], replace: true) }
+    assert_raises(PG::InvalidParameterValue) { QLater.enqueue("rb_sql_touch", [@key], key: "") }
+  ensure
+    conn.exec_params("SELECT qlater_cancel(id) FROM qlater_jobs WHERE key IN ($1, $2)",
+                     ["k-#{@key}", "other-#{@key}"])
+  end
+
+  def keyed_args(id)
+    conn.exec_params("SELECT args FROM qlater_jobs WHERE id = $1", [id]).column_values(0)
+        .map { |a| JSON.parse(a).to_json }
+  end
+
   def test_enqueue_of_an_unregistered_sql_handler_is_an_error
     error = assert_raises(PG::Error) { QLater.enqueue("rb_no_such_handler", []) }
     assert_match(/rb_no_such_handler/, error.message)

@@ -61,6 +61,20 @@ class ProcessLaterTest < QLaterTest::Case
     assert_equal 0, worker.work_off, "a job whose run_at is in the future is not run yet"
   end
 
+  def test_later_with_a_key_runs_once
+    id = RecordKey.new("once").later(:call, key: "record:once")
+    assert_equal id, RecordKey.new("twice").later(:call, key: "record:once"),
+                 "the waiting job of the key is returned"
+    assert_equal id, RecordKey.new("last").later(:call, key: "record:once", replace: true),
+                 "and with replace: too"
+    assert_equal 1, jobs.size
+    assert_equal "record:once", jobs.first["key"]
+    assert_equal 1, worker.work_off
+    assert_equal ["last"], done_keys, "one run, with the replaced call"
+    refute_equal id, RecordKey.new("again").later(:call, key: "record:once"),
+                 "once it ran, the key makes a new job"
+  end
+
   def test_class_options_and_queue_choice
     klass = Class.new(RecordKey) { qlater_options priority: 3, max_attempts: 2 }
     Object.const_set(:RecordKeyWithOptions, klass)

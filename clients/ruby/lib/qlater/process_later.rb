@@ -17,13 +17,14 @@ module QLater
   #   ExportStations.new("tenant-a").call                     # now
   #   ExportStations.new("tenant-a", format: "xlsx").later    # later (:call)
   #   ExportStations.new("tenant-a").later(:call, run_at: Time.now + 3600, priority: 10)
+  #   ExportStations.new("tenant-a").later(:call, key: "export:tenant-a")  # once, if it waits
   #
   # A last element of initializer_arguments that is a Hash with Symbol keys
   # is passed as keyword arguments when initialize takes keywords (as in
   # the example); any other Hash is passed as a plain positional Hash.
   module ProcessLater
     # Options of `later`; every other keyword goes to the method.
-    LATER_OPTIONS = %i[run_at queue priority max_attempts].freeze
+    LATER_OPTIONS = %i[run_at queue priority max_attempts key replace].freeze
     CLASS_OPTIONS = %i[queue priority max_attempts].freeze
 
     def self.included(base)
@@ -81,9 +82,12 @@ module QLater
     # +method_args+ and +method_kwargs+ on QLater.connection, in whatever
     # transaction is open there.  Options: run_at (Time), queue, priority,
     # max_attempts; nil takes the class defaults (qlater_options), then
-    # QLater.default_queue and the queue's defaults.  Returns the job id.
+    # QLater.default_queue and the queue's defaults.  key: makes it a unique
+    # job: the job of the key that waits is returned instead of a new one
+    # (with replace: true, it takes this call, run_at and priority).
+    # Returns the job id.
     def later(method = :call, *method_args, run_at: nil, queue: nil, priority: nil,
-              max_attempts: nil, **method_kwargs)
+              max_attempts: nil, key: nil, replace: nil, **method_kwargs)
       klass = self.class
       name = klass.name
       if name.nil? || (Object.const_get(name) rescue nil) != klass
@@ -108,7 +112,8 @@ module QLater
                      run_at: run_at,
                      queue: queue || defaults[:queue] || QLater.default_queue,
                      priority: priority || defaults[:priority],
-                     max_attempts: max_attempts || defaults[:max_attempts])
+                     max_attempts: max_attempts || defaults[:max_attempts],
+                     key: key, replace: replace)
     end
   end
 end
