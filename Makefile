@@ -16,6 +16,7 @@ OBJS = \
 	src/handlers.o \
 	src/inflight.o \
 	src/launcher.o \
+	src/limits.o \
 	src/plans.o \
 	src/qlater.o \
 	src/queue.o \

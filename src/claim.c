@@ -34,8 +34,16 @@
 #include "api.h"
 #include "args.h"
 #include "job.h"
+#include "limits.h"
 #include "qlater.h"
 #include "shmem.h"
+
+/*
+ * The most rows a look reads at once while it passes over the jobs of
+ * paused or full queues (limits.c): the look reads on, each time more
+ * rows, up to this many, until it finds a job it may claim or the end.
+ */
+#define QL_LOOK_MAX_ROWS	8192
 
 /* ql_set_job_locktag: the advisory lock tag that claims a job */
 void
@@ -213,90 +221,177 @@ ql_queue_settings(QlWorker *w, QlJob *job)
 												   SPI_tuptable->tupdesc, 2, &isnull));
 }
 
+/* ql_future_before: whether jobs not due yet lie at priorities [lo, hi) */
+static bool
+ql_future_before(QlWorker *w, int32 lo, int32 hi)
+{
+	Datum		params[2];
+
+	params[0] = Int32GetDatum(lo);
+	params[1] = Int32GetDatum(hi);
+	if (SPI_execute_plan(w->plans.future_before, params, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for future jobs");
+	return SPI_processed > 0;
+}
+
 /*
  * ql_next_frontier: where the claim frontier may move after a look from
- * it, at from, found first the ready job at first (NULL if none).
+ * it, at from, found first the ready job at first (NULL if none): the
+ * first one not left out for its queue (limits.c).  Without one, the look
+ * read every ready job after from, and those it read, up to priority
+ * end_priority, were left out.
  *
  * No ready job lies before from.  Every index entry between from and
  * first with the same priority is of a job not visible to the look's
  * snapshot: done (deleted) or not yet committed, and a commit that writes
- * jobs lowers the frontier again (qlater.c).  Entries of jobs not due yet
- * may lie before first only at a lower priority: the frontier crosses into
- * first's priority only if there are none.  Without a ready job, it moves
- * past the entries due by now at its priority.  Caller is connected to SPI.
+ * jobs lowers the frontier again (qlater.c); or of a job of a queue that
+ * is paused or full, and whatever unblocks it lowers the frontier again
+ * (limits.c).  Entries of jobs not due yet may lie before first only at a
+ * lower priority: the frontier crosses into first's priority only if
+ * there are none.  Without a ready job, it moves past the entries due by
+ * now at its priority, or at end_priority if it may cross into it.
+ * Caller is connected to SPI.
  */
 static void
 ql_next_frontier(QlWorker *w, const QlClaimKey *from, const QlClaimKey *first,
-				 QlClaimKey *next)
+				 int32 end_priority, QlClaimKey *next)
 {
 	if (first != NULL && first->priority == from->priority)
 	{
 		*next = *first;
 		return;
 	}
-	if (first != NULL)
+	if (first != NULL && !ql_future_before(w, from->priority, first->priority))
 	{
-		Datum		params[2];
-
-		params[0] = Int32GetDatum(from->priority);
-		params[1] = Int32GetDatum(first->priority);
-		if (SPI_execute_plan(w->plans.future_before, params, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not look for future jobs");
-		if (SPI_processed == 0)
-		{
-			*next = *first;
-			return;
-		}
+		*next = *first;
+		return;
 	}
 	next->priority = from->priority;
+	if (first == NULL && end_priority > from->priority &&
+		!ql_future_before(w, from->priority, end_priority))
+		next->priority = end_priority;
 	next->run_at = GetCurrentTransactionStartTimestamp();	/* now() */
 	next->id = PG_INT64_MAX;
 }
 
 /*
+ * ql_look_row: a row of a look, as the filter of paused and full queues
+ * sees it
+ */
+static void
+ql_look_row(HeapTuple row, TupleDesc desc, QlLookRow *out)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(row, QL_ROW_QUEUE, desc, &isnull);
+
+	out->queue[0] = '\0';
+	if (!isnull)
+	{
+		text	   *t = DatumGetTextPP(d);
+		int			len = VARSIZE_ANY_EXHDR(t);
+
+		/* a longer name is no queue's: names are checked */
+		if (len < NAMEDATALEN)
+		{
+			memcpy(out->queue, VARDATA_ANY(t), len);
+			out->queue[len] = '\0';
+		}
+	}
+	ql_row_key(row, desc, &out->key);
+}
+
+/*
  * ql_look: read up to limit ready jobs at or after start in the claim
- * order: the candidates of the claims that follow.  Caller is connected to
- * SPI, in a transaction with an active snapshot.
+ * order: the candidates of the claims that follow.  The jobs of queues
+ * that are paused or full are left out (limits.c); if every row read was
+ * of one, the look reads on, more rows at a time, until it finds a job
+ * it may claim or the end.  Caller is connected to SPI, in a transaction
+ * with an active snapshot.
  */
 static void
 ql_look(QlWorker *w, const QlClaimKey *start, int limit)
 {
-	Datum		params[4];
-	uint64		i;
+	bool		filter = ql_limits_look_begin(ql_catalog(false));
+	int			want = limit;
+	QlClaimKey	from = *start;
+	int			room = 0;
 	MemoryContext old;
 
-	params[0] = Int32GetDatum(limit);
-	params[1] = Int32GetDatum(start->priority);
-	params[2] = TimestampTzGetDatum(start->run_at);
-	params[3] = Int64GetDatum(start->id);
-	if (SPI_execute_plan(w->plans.candidates, params, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look for jobs");
-
 	MemoryContextReset(w->cands.cxt);
-	old = MemoryContextSwitchTo(w->cands.cxt);
-	w->cands.desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
-	w->cands.n = (int) SPI_processed;
-	w->cands.rows = palloc(sizeof(HeapTuple) * (w->cands.n + 1));
-	for (i = 0; i < SPI_processed; i++)
-		w->cands.rows[i] = heap_copytuple(SPI_tuptable->vals[i]);
-	MemoryContextSwitchTo(old);
-	SPI_freetuptable(SPI_tuptable);
-
+	w->cands.desc = NULL;
+	w->cands.rows = NULL;
+	w->cands.n = 0;
 	w->cands.next = 0;
-	w->cands.cut = (w->cands.n == limit);
-	/* a look for more starts right after the last row */
-	w->cands.resume = *start;
-	if (w->cands.n > 0)
+	for (;;)
 	{
-		ql_row_key(w->cands.rows[w->cands.n - 1], w->cands.desc, &w->cands.resume);
-		w->cands.resume.id++;
+		Datum		params[4];
+		QlLookRow  *look = NULL;
+		uint64		nread;
+		uint64		i;
+
+		params[0] = Int32GetDatum(limit);
+		params[1] = Int32GetDatum(from.priority);
+		params[2] = TimestampTzGetDatum(from.run_at);
+		params[3] = Int64GetDatum(from.id);
+		if (SPI_execute_plan(w->plans.candidates, params, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look for jobs");
+		nread = SPI_processed;
+
+		old = MemoryContextSwitchTo(w->cands.cxt);
+		if (w->cands.desc == NULL)
+			w->cands.desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		if (filter && nread > 0)
+		{
+			look = palloc(sizeof(QlLookRow) * nread);
+			for (i = 0; i < nread; i++)
+				ql_look_row(SPI_tuptable->vals[i], w->cands.desc, &look[i]);
+			ql_limits_filter(look, (int) nread);
+		}
+		if (w->cands.n + (int) nread + 1 > room)
+		{
+			room = w->cands.n + (int) nread + 1;
+			w->cands.rows = w->cands.rows == NULL ?
+				palloc(sizeof(HeapTuple) * room) :
+				repalloc(w->cands.rows, sizeof(HeapTuple) * room);
+		}
+		w->cands.cut = (nread == (uint64) limit);
+		for (i = 0; i < nread; i++)
+		{
+			if (look != NULL && look[i].blocked)
+				continue;
+			w->cands.rows[w->cands.n++] = heap_copytuple(SPI_tuptable->vals[i]);
+			/* as many as asked for: the rest is for a look for more */
+			if (w->cands.n == want && i + 1 < nread)
+			{
+				nread = i + 1;
+				w->cands.cut = true;
+			}
+		}
+		if (look != NULL)
+			pfree(look);
+		MemoryContextSwitchTo(old);
+
+		/* a look for more starts right after the last row */
+		if (nread > 0)
+		{
+			ql_row_key(SPI_tuptable->vals[nread - 1], SPI_tuptable->tupdesc, &from);
+			from.id++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		if (!filter || w->cands.n > 0 || !w->cands.cut)
+			break;
+		/* only jobs of paused or full queues so far: read on */
+		limit = Max(limit, Min(limit * 8, QL_LOOK_MAX_ROWS));
 	}
+	w->cands.resume = from;
 }
 
 /*
  * ql_claim_candidate: claim the next candidate of the last look that no
- * other session holds and whose row is still current, into *job.  For a
- * batch (queue not NULL), stop at a job that cannot join it.  Caller is
+ * other session holds and whose row is still current, into *job, if its
+ * queue lets it run now: not paused, and a slot taken if the queue has a
+ * limit (limits.c).  For a batch (queue not NULL), stop at a job that
+ * cannot join it, or when its queue is paused or full.  Caller is
  * connected to SPI, in the look's transaction, with an active snapshot.
  */
 static QlCandidateResult
@@ -326,6 +421,15 @@ ql_claim_candidate(QlWorker *w, QlJob *job, const char *queue)
 			/* the next round runs it */
 			ql_release_claim(id);
 			return QL_CANDIDATE_OTHER_BATCH;
+		}
+		/* paused or full since the look, or with no slot left? */
+		if (ql_limits_admit(ql_catalog(false), job->queue, id) != QL_ADMIT)
+		{
+			ql_release_claim(id);
+			if (queue != NULL)
+				return QL_CANDIDATE_OTHER_BATCH;	/* the batch ends */
+			w->cands.next++;
+			continue;
 		}
 		w->cands.next++;
 		return QL_CANDIDATE_CLAIMED;
@@ -445,14 +549,32 @@ ql_look_reserved(QlWorker *w, const QlClaimKey *after, int limit, int njobs)
 }
 
 /*
+ * ql_claim_begin: read the claim frontier for the next claim without a
+ * batch, before its transaction takes its snapshot.  A commit that writes
+ * jobs, or unblocks a queue, lowers the frontier after it is visible: one
+ * that the look's snapshot, or its reading of the paused and limited
+ * queues (limits.c), does not see lowers it after this read, and the
+ * look's advance, checked against the generation read here, fails.  Read
+ * inside the transaction, a REPEATABLE READ snapshot (taken at its start)
+ * could miss a commit whose lowering came before the read.
+ */
+void
+ql_claim_begin(QlWorker *w)
+{
+	ql_frontier_get(w->database, &w->look_from, &w->look_gen);
+}
+
+/*
  * ql_claim: claim the first ready job at or after a place in the claim
  * order.  Returns false if there is none, or, for a batch of a queue, if
  * the next one cannot join it.  Caller is connected to SPI, in a
  * transaction with an active snapshot.
  *
  * Without a batch, the look starts at the claim frontier of the database
- * (moving it forward), or every qlater.poll_interval at the start of the
- * order, in case jobs were written other than through qlater's functions;
+ * as ql_claim_begin read it (moving it forward), or, in one worker of the
+ * database every qlater.poll_interval, at the start of the order, in case
+ * jobs were written other than through qlater's functions (moving the
+ * frontier back to the first it finds);
  * if it finds every job claimed, it looks on from the reservation (above).
  * A batch takes the candidates of its last look first, and then looks on
  * from there.  Either way the look skips the index entries of jobs done,
@@ -472,17 +594,27 @@ ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 	QlClaimKey	start;
 	QlClaimKey	skipped = ql_key_min;
 	uint64		gen = 0;
+	bool		from_start = false;
 
 	if (batch_queue == NULL)
 	{
 		TimestampTz now = GetCurrentTimestamp();
+		uint64		last = pg_atomic_read_u64(&w->database->looked_from_start);
 
-		ql_frontier_get(w->database, &start, &gen);
-		w->look_gen = gen;
-		if (now - w->last_look_from_start >= (int64) ql_poll_interval * 1000)
+		start = w->look_from;
+		gen = w->look_gen;
+
+		/*
+		 * One worker of the database looks from the start every
+		 * poll_interval: with jobs of paused or full queues before the
+		 * frontier, each such look reads them all.
+		 */
+		if (now - (TimestampTz) last >= (int64) ql_poll_interval * 1000 &&
+			pg_atomic_compare_exchange_u64(&w->database->looked_from_start,
+										   &last, (uint64) now))
 		{
+			from_start = true;
 			start = ql_key_min;
-			w->last_look_from_start = now;
 		}
 	}
 	else
@@ -503,9 +635,14 @@ ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 
 				if (w->cands.n > 0)
 					ql_row_key(w->cands.rows[0], w->cands.desc, &first);
-				ql_next_frontier(w, &start, w->cands.n > 0 ? &first : NULL, &next);
+				ql_next_frontier(w, &start, w->cands.n > 0 ? &first : NULL,
+								 w->cands.resume.priority, &next);
 				if (ql_key_cmp(&next, &start) > 0)
 					ql_frontier_advance(w->database, &next, gen);
+				/* jobs the frontier had passed: every worker finds them now */
+				if (from_start && w->cands.n > 0 &&
+					ql_key_cmp(&first, &w->look_from) < 0)
+					ql_frontier_lower(w->database, &first);
 			}
 			looks++;
 		}
@@ -548,15 +685,23 @@ ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size)
 /*
  * ql_first_due: when the first job for the in-server workers is due, ready
  * or not (one running in another worker counts), DT_NOEND if there is
- * none.  Caller is connected to SPI.
+ * none.  Jobs of paused queues and of queues limited to 0 do not count:
+ * what lets them run wakes a worker of the database, or makes it wanted
+ * (limits.c).  Caller is connected to SPI.
  */
 TimestampTz
 ql_first_due(QlWorker *w)
 {
 	bool		isnull;
 	Datum		d;
+	Datum		blocked = ql_limits_blocked_queues(ql_catalog(false));
+	int			rc;
 
-	if (SPI_execute_plan(w->plans.first_due, NULL, NULL, true, 1) != SPI_OK_SELECT)
+	if (blocked == (Datum) 0)
+		rc = SPI_execute_plan(w->plans.first_due, NULL, NULL, true, 1);
+	else
+		rc = SPI_execute_plan(w->plans.first_due_but, &blocked, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the first job due");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
@@ -593,5 +738,6 @@ ql_next_wakeup_ms(QlWorker *w)
 				ms = (long) wait;
 		}
 	}
-	return ms;
+	/* a job left for want of a slot: no release wakes the worker for it */
+	return ql_limits_room_wanted(ms);
 }

@@ -48,6 +48,7 @@
 #include "catalog.h"
 #include "consumer.h"
 #include "job.h"
+#include "limits.h"
 #include "qlater.h"
 #include "queue.h"
 #include "shmem.h"
@@ -336,12 +337,15 @@ ql_check_row_type(TupleDesc row, TupleDesc result)
  * ql_claim_external: try to claim one job for an external consumer; on
  * success fill *out, its row copied into the caller's memory.  In session
  * mode the claim is a session lock; in lease mode a transaction lock guards
- * the row while its lease is written.  Caller is connected to SPI and acts
- * as the owner; result is the row type of qlater_lock.
+ * the row while its lease is written.  A job of a queue with a limit
+ * (max_running not -1) takes a slot too; without one (*slot says why) the
+ * claim is given back.  Caller is connected to SPI and acts as the owner;
+ * result is the row type of qlater_lock.
  */
 static bool
 ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
-				  TupleDesc result, QlClaimed *out)
+				  TupleDesc result, const char *queue, int32 max_running,
+				  QlSlotResult *slot, QlClaimed *out)
 {
 	LOCKTAG		tag;
 	Datum		values[2];
@@ -355,6 +359,23 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 		return false;			/* ours already */
 	if (!ql_try_claim(id, lease == NULL))
 		return false;
+
+	/* at most max_running jobs of the queue at once: limits.c */
+	if (max_running >= 0)
+	{
+		TimestampTz until = 0;
+
+		if (lease != NULL)
+			until = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															TimestampTzGetDatum(GetCurrentTransactionStartTimestamp()),
+															IntervalPGetDatum(lease)));
+		*slot = ql_slot_take(queue, max_running, id, until);
+		if (*slot != QL_SLOT_TAKEN)
+		{
+			LockRelease(&tag, ExclusiveLock, lease == NULL);
+			return false;
+		}
+	}
 
 	/*
 	 * Read the job again, or lease it, under a fresh snapshot: it may have
@@ -389,6 +410,8 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 		elog(ERROR, "could not claim job %lld", (long long) id);
 	if (SPI_processed == 0)
 	{
+		if (max_running >= 0)
+			ql_slot_release(id);
 		LockRelease(&tag, ExclusiveLock, lease == NULL);
 		return false;
 	}
@@ -442,6 +465,9 @@ qlater_lock(PG_FUNCTION_ARGS)
 	int			limit;
 	int			round;
 	int			i;
+	const QlQueue *q;
+	int32		max_running;
+	QlSlotResult slot = QL_SLOT_TAKEN;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -464,6 +490,9 @@ qlater_lock(PG_FUNCTION_ARGS)
 
 	claimed = palloc(sizeof(QlClaimed) * max_jobs);
 	limit = max_jobs * 2 + 16;
+	/* the queue's limit, as cached (a paused queue has no candidates) */
+	q = ql_queue_get(c, queue);
+	max_running = q != NULL ? q->max_running : -1;
 	ql_become_owner(c, &save);
 	ql_spi_connect();
 	for (round = 0; round < 3 && nclaimed < max_jobs; round++)
@@ -494,10 +523,16 @@ qlater_lock(PG_FUNCTION_ARGS)
 		for (k = 0; k < n && nclaimed < max_jobs; k++)
 		{
 			if (ql_claim_external(c, DatumGetInt64(cand[k]), lease,
-								  rsinfo->setDesc, &claimed[nclaimed]))
+								  rsinfo->setDesc, queue, max_running, &slot,
+								  &claimed[nclaimed]))
 				nclaimed++;
+			else if (slot != QL_SLOT_TAKEN)
+				break;
 		}
-		if (n < limit)
+		/* no slot left: fewer jobs, or an error if none was claimed */
+		if (slot == QL_SLOT_NO_ROOM && nclaimed == 0)
+			ql_slot_no_room_error();
+		if (n < limit || slot != QL_SLOT_TAKEN)
 			break;
 		/* every candidate was claimed by others: look further */
 		limit *= 8;
@@ -634,6 +669,8 @@ ql_finish_job(QlFinish *f)
 	ql_finish_leave(f);
 	if (f->token == NULL)
 		ql_release_claim_at_commit(f->id);
+	/* its slot, if its queue has a limit: with the claim, or the lease */
+	ql_slot_release_at_commit(f->id);
 }
 
 /* ql_token_arg: the optional token argument n, or NULL */
@@ -738,7 +775,12 @@ qlater_unlock(PG_FUNCTION_ARGS)
 	}
 	ql_finish_leave(&f);
 	if (token == NULL)
+	{
 		ql_release_claim(id);
+		ql_slot_release(id);
+	}
+	else
+		ql_slot_release_at_commit(id);
 	PG_RETURN_VOID();
 }
 
@@ -763,6 +805,7 @@ qlater_extend(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not extend the lease of job %lld", (long long) id);
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	ql_finish_leave(&f);
+	ql_slot_extend(id, until);
 	PG_RETURN_TIMESTAMPTZ(until);
 }
 

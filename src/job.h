@@ -66,15 +66,17 @@ typedef enum QlJobAtt
 
 /*
  * What a look reads of a job row (QL_ROW_COLUMNS, in this order): its place
- * in the claim order and its row version.  A claim reads the rest from the
- * version itself.
+ * in the claim order, its row version, and its queue (a look leaves out
+ * the jobs of paused and full queues: limits.c).  A claim reads the rest
+ * from the version itself.
  */
-#define QL_ROW_COLUMNS "id, priority, run_at, ctid, xmin"
+#define QL_ROW_COLUMNS "id, priority, run_at, ctid, xmin, queue"
 #define QL_ROW_ID		1
 #define QL_ROW_PRIORITY 2
 #define QL_ROW_RUN_AT	3
 #define QL_ROW_CTID		4
 #define QL_ROW_XMIN		5
+#define QL_ROW_QUEUE	6
 
 /* statements on the job table, prepared once per catalog generation */
 typedef struct QlPlans
@@ -90,6 +92,7 @@ typedef struct QlPlans
 	SPIPlanPtr	fail;
 	SPIPlanPtr	next;
 	SPIPlanPtr	first_due;
+	SPIPlanPtr	first_due_but;	/* ... of queues other than $1 */
 	SPIPlanPtr	settle_read;
 	SPIPlanPtr	settle;
 } QlPlans;
@@ -122,9 +125,9 @@ typedef struct QlWorker
 	QlCandidates cands;
 	HTAB	   *call_plans;		/* handler call plans (run.c) */
 	TimeoutId	timeout_id;		/* a job's timeout */
-	TimestampTz last_look_from_start;	/* claim.c */
-	uint64		look_gen;		/* claim.c: the frontier generation its
-								 * last look from the frontier read */
+	QlClaimKey	look_from;		/* claim.c: the frontier as read before the
+								 * transaction of its last look from it */
+	uint64		look_gen;		/* and the frontier's generation then */
 	int			batch_expect;	/* jobs its last batch that ended at its
 								 * batch_size or batch_delay ran: what its
 								 * next one reserves (claim.c) */
@@ -138,6 +141,7 @@ extern void ql_worker_settings(void);
 extern void ql_handler_settings(void);
 
 /* claim.c */
+extern void ql_claim_begin(QlWorker *w);
 extern bool ql_claim(QlWorker *w, QlJob *job, const char *batch_queue, int batch_size);
 extern bool ql_fetch(QlWorker *w, int64 id, QlJob *job);
 extern void ql_queue_settings(QlWorker *w, QlJob *job);

@@ -118,6 +118,7 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 	Oid			t_prio[2] = {INT4OID, INT4OID};
 	Oid			t_id[1] = {INT8OID};
 	Oid			t_text[1] = {TEXTOID};
+	Oid			t_texts[1] = {TEXTARRAYOID};
 	Oid			t_fail[5] = {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	Oid			t_settle[6] = {INT8OID, INT4OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID};
 	int			i;
@@ -134,6 +135,7 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 		SPI_freeplan(w->plans.fail);
 		SPI_freeplan(w->plans.next);
 		SPI_freeplan(w->plans.first_due);
+		SPI_freeplan(w->plans.first_due_but);
 		SPI_freeplan(w->plans.settle_read);
 		SPI_freeplan(w->plans.settle);
 	}
@@ -166,6 +168,10 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 	w->plans.first_due = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
 										  "WHERE NOT dead AND NOT external", s),
 								 0, NULL);
+	w->plans.first_due_but = ql_prepare(psprintf("SELECT min(run_at) FROM %s.qlater_job "
+											  "WHERE NOT dead AND NOT external "
+											  "AND queue <> ALL ($1)", s),
+									 1, t_texts);
 	w->plans.settle_read = ql_prepare(psprintf("SELECT attempts, max_attempts, crashes, timeout "
 											"FROM %s.qlater_job WHERE id = $1 AND NOT dead "
 											"FOR UPDATE", s),
@@ -183,5 +189,5 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 	}
 	w->plans.generation = c->generation;
 	/* a new job table: the frontier means nothing in it */
-	ql_frontier_lower(w->database, &ql_key_min);
+	ql_frontier_table(w->database, c->job_relid);
 }

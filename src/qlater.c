@@ -39,6 +39,7 @@
 
 #include "api.h"
 #include "launcher.h"
+#include "limits.h"
 #include "schedule.h"
 #include "qlater.h"
 #include "shmem.h"
@@ -48,6 +49,7 @@ PG_MODULE_MAGIC;
 int			ql_max_workers = 4;
 int			ql_poll_interval = 5000;
 int			ql_max_crashes = 3;
+int			ql_max_limited_jobs = 1024;
 
 /* backend-local requests carried out at commit */
 static int	pending_wakeups = 0;
@@ -121,6 +123,15 @@ _PG_init(void)
 							"max_worker_processes must leave room for them and the launcher.",
 							&ql_max_workers,
 							4, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("qlater.max_limited_jobs",
+							"Maximum number of jobs of queues with a max_running that run or are claimed at once, over all databases.",
+							"Each takes a slot in shared memory while it runs; a claim beyond them waits (workers) "
+							"or fails (consumers).",
+							&ql_max_limited_jobs,
+							1024, 1, 1000000,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 

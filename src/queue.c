@@ -87,6 +87,7 @@ typedef enum QlQueueStmt
 	QL_Q_GRANT,
 	QL_Q_REVOKE,
 	QL_Q_HAS_GRANT,
+	QL_Q_RESTRICTED,			/* the queues paused or limited */
 	QL_NUM_Q_STMTS
 } QlQueueStmt;
 
@@ -177,6 +178,11 @@ static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 		"AND grantee OPERATOR(pg_catalog.=) $2 AND privilege OPERATOR(pg_catalog.=) $3",
 		3, {TEXTOID, NAMEOID, TEXTOID}
 	},
+	[QL_Q_RESTRICTED] = {
+		"SELECT name, " QL_QUEUE_COLUMNS " FROM %1$s.qlater_queue "
+		"WHERE paused OR max_running IS NOT NULL",
+		0, {InvalidOid}
+	},
 };
 
 static QlStmtSet q_stmts = {q_stmt_defs, QL_NUM_Q_STMTS, NULL, 0};
@@ -211,6 +217,13 @@ static uint32 queue_cache_catalog = 0;	/* catalog generation */
 static uint64 queue_cache_gen = 0;	/* the database's queue generation */
 static Oid	queue_relid = InvalidOid;
 static Oid	grant_relid = InvalidOid;
+
+/* the queues paused or limited (ql_queues_restricted), read with the cache */
+static QlQueue *restricted = NULL;	/* in TopMemoryContext */
+static int	nrestricted = 0;
+static bool restricted_valid = false;
+static uint64 restricted_version = 0;	/* bumped at each read */
+static uint64 restricted_read = 0;	/* the version of the last read done */
 
 static void
 ql_queue_cache_inval(Datum arg, Oid relid)
@@ -252,6 +265,7 @@ ql_queue_cache(const QlCatalog *c)
 		grant_relid = get_relname_relid("qlater_queue_grant", c->schema_oid);
 		queue_cache_catalog = c->generation;
 		queue_cache_gen = gen;
+		restricted_valid = false;
 		/* valid from before the reads: an invalidation meanwhile is kept */
 		queue_cache_valid = true;
 	}
@@ -272,24 +286,34 @@ ql_queue_changed(const QlCatalog *c)
 	queue_cache_valid = false;
 }
 
-/* ql_read_queue: fill q from the first row of a QL_Q_GET or QL_Q_LOCK */
+/*
+ * ql_read_queue_at: fill q from row i of the last SPI result, whose
+ * QL_QUEUE_COLUMNS begin at column first
+ */
 static void
-ql_read_queue(const char *name, QlQueue *q)
+ql_read_queue_at(const char *name, QlQueue *q, uint64 i, int first)
 {
-	HeapTuple	row = SPI_tuptable->vals[0];
+	HeapTuple	row = SPI_tuptable->vals[i];
 	TupleDesc	desc = SPI_tuptable->tupdesc;
 	bool		isnull;
 
 	memset(q, 0, sizeof(*q));
 	strlcpy(q->name, name, NAMEDATALEN);
-	strlcpy(q->owner, NameStr(*DatumGetName(SPI_getbinval(row, desc, 1, &isnull))),
+	strlcpy(q->owner, NameStr(*DatumGetName(SPI_getbinval(row, desc, first, &isnull))),
 			NAMEDATALEN);
-	q->external = DatumGetBool(SPI_getbinval(row, desc, 2, &isnull));
-	q->paused = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
-	q->max_running = DatumGetInt32(SPI_getbinval(row, desc, 4, &isnull));
-	q->min_priority = DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull));
-	q->batch_size = DatumGetInt32(SPI_getbinval(row, desc, 6, &isnull));
-	q->batch_delay = DatumGetInt64(SPI_getbinval(row, desc, 7, &isnull));
+	q->external = DatumGetBool(SPI_getbinval(row, desc, first + 1, &isnull));
+	q->paused = DatumGetBool(SPI_getbinval(row, desc, first + 2, &isnull));
+	q->max_running = DatumGetInt32(SPI_getbinval(row, desc, first + 3, &isnull));
+	q->min_priority = DatumGetInt32(SPI_getbinval(row, desc, first + 4, &isnull));
+	q->batch_size = DatumGetInt32(SPI_getbinval(row, desc, first + 5, &isnull));
+	q->batch_delay = DatumGetInt64(SPI_getbinval(row, desc, first + 6, &isnull));
+}
+
+/* ql_read_queue: fill q from the first row of a QL_Q_GET or QL_Q_LOCK */
+static void
+ql_read_queue(const char *name, QlQueue *q)
+{
+	ql_read_queue_at(name, q, 0, 1);
 }
 
 /* ql_spi_connect_owner: act as the tables' owner and connect to SPI */
@@ -408,6 +432,65 @@ ql_queue_get(const QlCatalog *c, const char *name)
 	QlQueueEntry *e = ql_queue_entry(c, name);
 
 	return e != NULL && e->exists ? &e->q : NULL;
+}
+
+/*
+ * ql_queues_restricted: the queues that are paused or have a max_running,
+ * as this backend last read them, in an array of *n; *version changes
+ * whenever they are read again.  They are read again with the cache of
+ * queue rows, once anything it holds may be stale (above): after the
+ * commit of a pause, resume or limit, from the moment the database's
+ * queue generation has moved.  With none, it costs a look at that
+ * generation.  The array is valid until the next call.
+ */
+const QlQueue *
+ql_queues_restricted(const QlCatalog *c, int *n, uint64 *version)
+{
+	(void) ql_queue_cache(c);
+	/* an error in the middle of a read leaves them to be read again */
+	if (!restricted_valid || restricted_read != restricted_version)
+	{
+		QlUserSave	save;
+		QlQueue    *rows;
+		int			nrows = 0;
+		uint64		i;
+
+		/* valid from before the read: an invalidation meanwhile is kept */
+		restricted_valid = true;
+		restricted_version++;
+		ql_spi_connect_owner(c, &save);
+
+		/*
+		 * Under the latest snapshot, whatever the isolation level: taken
+		 * after the generation was read, it sees every change the
+		 * generation's move announced (limits.c relies on that).
+		 */
+		if (ql_stmt_exec_latest(&q_stmts, c, QL_Q_RESTRICTED, NULL, NULL, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the paused and limited queues");
+		rows = MemoryContextAlloc(TopMemoryContext,
+								  sizeof(QlQueue) * (SPI_processed + 1));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			char	   *name = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																 SPI_tuptable->tupdesc,
+																 1, &isnull));
+
+			/* a name no job can name (names are checked) is left out */
+			if (strlen(name) >= NAMEDATALEN)
+				continue;
+			ql_read_queue_at(name, &rows[nrows++], i, 2);
+		}
+		ql_spi_finish_owner(&save);
+		if (restricted != NULL)
+			pfree(restricted);
+		restricted = rows;
+		nrestricted = nrows;
+		restricted_read = restricted_version;
+	}
+	*n = nrestricted;
+	*version = restricted_version;
+	return restricted;
 }
 
 /* ql_queue_is_external: whether jobs of this queue are for applications */

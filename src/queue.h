@@ -32,6 +32,8 @@ typedef enum QlQueuePriv
 
 extern const QlQueue *ql_queue_get(const QlCatalog *c, const char *name);
 extern bool ql_queue_is_external(const QlCatalog *c, const char *queue);
+extern const QlQueue *ql_queues_restricted(const QlCatalog *c, int *n,
+										   uint64 *version);
 extern bool ql_queue_privilege(const QlCatalog *c, const QlQueue *q,
 							   Oid roleid, QlQueuePriv priv);
 extern const QlQueue *ql_queue_check_put(const QlCatalog *c, const char *queue,

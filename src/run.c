@@ -44,6 +44,7 @@
 #include "handlers.h"
 #include "inflight.h"
 #include "job.h"
+#include "limits.h"
 #include "qlater.h"
 #include "shmem.h"
 #include "xact.h"
@@ -610,6 +611,8 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 
 	MemoryContextReset(w->job_cxt);
 
+	/* the claim frontier, before the transaction's snapshot (claim.c) */
+	ql_claim_begin(w);
 	ql_xact_begin();
 	ql_reset_session();
 	c = ql_catalog(true);
@@ -651,9 +654,11 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 
 	/*
 	 * Release the claims, now that the jobs' transaction has ended, and any
-	 * session-level advisory lock a handler left behind.
+	 * session-level advisory lock a handler left behind; then the slots of
+	 * jobs of limited queues (this worker looks again next itself).
 	 */
 	LockReleaseSession(USER_LOCKMETHOD);
+	ql_limits_release_mine(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return QL_JOB_RAN;
 }

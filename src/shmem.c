@@ -13,6 +13,7 @@
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
+#include "limits.h"
 #include "qlater.h"
 #include "shmem.h"
 
@@ -41,6 +42,7 @@ ql_shmem_request(void)
 #endif
 	RequestAddinShmemSpace(ql_shmem_size());
 	RequestNamedLWLockTranche("qlater", 1);
+	ql_limits_shmem_request();
 }
 
 /*
@@ -73,6 +75,7 @@ ql_shmem_startup(void)
 			pg_atomic_init_u32(&ql_shared->dbs[i].wanted, 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].next_due, 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].queues_gen, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].looked_from_start, 0);
 		}
 		for (i = 0; i < ql_max_workers; i++)
 		{
@@ -87,6 +90,8 @@ ql_shmem_startup(void)
 			pg_atomic_init_u64(&ql_shared->slots[i].ending_job, 0);
 		}
 	}
+	/* the running jobs of queues with a limit (limits.c) */
+	ql_limits_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -173,7 +178,11 @@ ql_find_database_ext(Oid dboid, bool create, bool evict_absent)
 		free_entry->starved_logged = false;
 		pg_atomic_write_u32(&free_entry->wanted, 0);
 		pg_atomic_write_u64(&free_entry->next_due, 0);
+		pg_atomic_write_u64(&free_entry->looked_from_start, 0);
 		ql_frontier_lower(free_entry, &ql_key_min);
+		SpinLockAcquire(&free_entry->frontier_mutex);
+		free_entry->frontier_relid = InvalidOid;
+		SpinLockRelease(&free_entry->frontier_mutex);
 		return free_entry;
 	}
 	return NULL;
@@ -311,6 +320,26 @@ ql_frontier_lower(QlDatabase *db, const QlClaimKey *key)
 	if (ql_key_cmp(key, &db->frontier) < 0)
 		db->frontier = *key;
 	db->frontier_gen++;
+	SpinLockRelease(&db->frontier_mutex);
+}
+
+/*
+ * ql_frontier_table: the claim frontier is a place in the job table relid:
+ * if it was one in another table (the extension dropped and created
+ * again), or in none yet, it goes back to the start.  A worker's statements
+ * prepared anew on the same table (after any change of its relcache entry,
+ * a VACUUM or ANALYZE included) leave it where it is.
+ */
+void
+ql_frontier_table(QlDatabase *db, Oid relid)
+{
+	SpinLockAcquire(&db->frontier_mutex);
+	if (db->frontier_relid != relid)
+	{
+		db->frontier = ql_key_min;
+		db->frontier_gen++;
+		db->frontier_relid = relid;
+	}
 	SpinLockRelease(&db->frontier_mutex);
 }
 

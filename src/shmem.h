@@ -43,13 +43,23 @@ typedef struct QlDatabase
 	TimestampTz dropping_since;	/* DROP DATABASE began; 0 if not */
 
 	/*
-	 * The claim frontier: no ready job lies before it in the claim order, so
-	 * the workers look from there (job.c).  Under frontier_mutex; gen is
-	 * bumped by every commit that writes jobs.
+	 * The claim frontier: no ready job lies before it in the claim order,
+	 * but jobs of paused or full queues (limits.c), so the workers look from
+	 * there (claim.c).  Under frontier_mutex; gen is bumped by every commit
+	 * that writes jobs, and whenever the frontier moves back.  A place in
+	 * the job table frontier_relid.
 	 */
 	slock_t		frontier_mutex;
 	uint64		frontier_gen;
 	QlClaimKey	frontier;
+	Oid			frontier_relid;
+
+	/*
+	 * When a worker of the database last looked from the start of the claim
+	 * order (TimestampTz): one look every qlater.poll_interval, whatever the
+	 * number of workers (claim.c).
+	 */
+	pg_atomic_uint64 looked_from_start;
 
 	/*
 	 * The reservation: where the batches under way expect to end, so that
@@ -214,5 +224,6 @@ extern int	ql_key_cmp(const QlClaimKey *a, const QlClaimKey *b);
 extern void ql_frontier_get(QlDatabase *db, QlClaimKey *key, uint64 *gen);
 extern void ql_frontier_advance(QlDatabase *db, const QlClaimKey *key, uint64 gen);
 extern void ql_frontier_lower(QlDatabase *db, const QlClaimKey *key);
+extern void ql_frontier_table(QlDatabase *db, Oid relid);
 
 #endif							/* QLATER_SHMEM_H */

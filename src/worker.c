@@ -37,6 +37,7 @@
 #include "inflight.h"
 #include "job.h"
 #include "launcher.h"
+#include "limits.h"
 #include "qlater.h"
 #include "schedule.h"
 #include "shmem.h"
@@ -308,6 +309,7 @@ ql_worker_recover(void)
 
 	/* claims of jobs that did not end: another worker may take them */
 	LockReleaseSession(USER_LOCKMETHOD);
+	ql_limits_release_mine(true);
 	ql_inflight_clear();
 	pg_atomic_write_u64(&my_slot->job_id, 0);
 	pg_atomic_write_u64(&my_slot->overrun_job, 0);
