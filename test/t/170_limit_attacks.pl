@@ -1,0 +1,277 @@
+# 170_limit_attacks.pl: attacks on pause and concurrency limits of queues
+# (limits.c, claim.c, consumer.c), as a hostile tenant and as a DBA.
+#
+# Each break found is a TODO block that fails on the code it was found on
+# (the integrator removes the TODO with the fix); the attacks that held are
+# plain tests.
+#
+# Breaks (TODO):
+# - a lease claimed inside a savepoint that is rolled back keeps its slot
+#   until the lease's end: no job runs, yet the queue counts as full;
+# - leases that ran out still take room in the table of slots (only a claim
+#   of their own queue while it looks full removes them): one tenant's
+#   lapsed leases refuse every limited queue of every database, for ever;
+# - one tenant takes every slot of the cluster-wide table with its own
+#   queue's leases (max_running as large as it likes, lease as long as it
+#   likes): another role's limited queue in another database waits;
+# - qlater_cancel of a leased job frees no slot (the DBA cannot free the
+#   table short of a restart).
+#
+# qlater.poll_interval is 10 minutes: whatever ran was woken, not polled.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+my $started = time;
+my $node = PostgreSQL::Test::Cluster->new('limit_attacks');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 2\n"
+	  . "max_worker_processes = 12\n"
+	  . "qlater.poll_interval = '10min'\n"
+	  . "qlater.max_limited_jobs = 6\n");
+$node->start;
+
+sub su
+{
+	my ($sql, $db) = @_;
+	return $node->safe_psql($db // 'postgres', $sql);
+}
+
+sub as
+{
+	my ($role, $sql, $db) = @_;
+	return $node->safe_psql($db // 'postgres', $sql, extra_params => [ '-U', $role ]);
+}
+
+sub try_as
+{
+	my ($role, $sql, $db) = @_;
+	my ($ret, $out, $err) =
+	  $node->psql($db // 'postgres', $sql, extra_params => [ '-U', $role ]);
+	return ($ret, $out, $err);
+}
+
+# wait_for(sql, db, secs): whether sql returns 't' within secs seconds
+sub wait_for
+{
+	my ($sql, $db, $secs) = @_;
+	my $until = time + $secs;
+	while (time < $until)
+	{
+		return 1 if su($sql, $db) eq 't';
+		sleep(0.1);
+	}
+	return 0;
+}
+
+su(q{
+CREATE ROLE alice LOGIN;
+CREATE ROLE bob LOGIN;
+CREATE EXTENSION qlater;
+CREATE TABLE runs (db text, q text, k int);
+GRANT ALL ON runs TO PUBLIC;
+CREATE FUNCTION job(q text, k int) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO public.runs VALUES (current_database(), q, k) $$;
+GRANT EXECUTE ON FUNCTION job(text, int) TO PUBLIC;
+CREATE DATABASE other;
+});
+su(q{
+CREATE EXTENSION qlater;
+CREATE TABLE runs (db text, q text, k int);
+GRANT ALL ON runs TO PUBLIC;
+CREATE FUNCTION job(q text, k int) RETURNS void LANGUAGE sql
+  AS $$ INSERT INTO public.runs VALUES (current_database(), q, k) $$;
+GRANT EXECUTE ON FUNCTION job(text, int) TO PUBLIC;
+SELECT qlater_register('job(text,int)');
+}, 'other');
+
+# --- held: a consumer's pause, limit and exhaustion --------------------
+
+as('alice', q{
+SELECT qlater_create_queue('aext', external => true);
+SELECT qlater_alter_queue('aext', max_running => 1);
+SELECT qlater_enqueue('X', '{}', queue => 'aext', priority => 10);
+SELECT qlater_enqueue('X', '{}', queue => 'aext', priority => 10);
+});
+is( as('alice', q{
+SELECT count(*) FROM qlater_lock('aext', 5, lease => '1 hour') x;
+}),
+	'1',
+	'a consumer asking for 5 jobs of a queue limited to 1 gets 1');
+is(as('alice', q{SELECT count(*) FROM qlater_lock('aext', 5) x}),
+	'0', 'and a second consumer gets none while the lease holds');
+as('alice', q{
+SELECT qlater_unlock(id, claim_token) FROM qlater_jobs
+ WHERE queue = 'aext' AND claim_token IS NOT NULL;
+});
+as('alice', q{SELECT qlater_pause_queue('aext')});
+is(as('alice', q{SELECT count(*) FROM qlater_lock('aext', 5) x}),
+	'0', 'a paused queue gives a consumer nothing');
+as('alice', q{SELECT qlater_resume_queue('aext')});
+
+# a consumer session terminated frees its session-mode slot
+{
+	my $s = $node->background_psql('postgres', on_error_stop => 0,
+		extra_params => [ '-U', 'alice' ]);
+	my $pid = $s->query_safe(q{
+SELECT pg_backend_pid() FROM qlater_lock('aext', 1) x});
+	is(as('alice', q{SELECT count(*) FROM qlater_lock('aext', 1) x}),
+		'0', 'a session-mode claim holds the one slot');
+	su("SELECT pg_terminate_backend($pid)");
+	$s->quit;
+	ok( wait_for(q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+	                 WHERE application_name = '' AND usename = 'alice' AND state IS NOT NULL
+	                   AND backend_type = 'client backend' AND pid <> pg_backend_pid())}, 'postgres', 10),
+		'the consumer is gone');
+	my $got = as('alice', q{
+BEGIN;
+SELECT count(*) FROM qlater_lock('aext', 1) x;
+ROLLBACK;});
+	is($got, '1', 'its slot came back with pg_terminate_backend');
+}
+
+# --- break: a lease claimed in a savepoint rolled back keeps its slot -----
+#
+# The lease's row write is undone by ROLLBACK TO SAVEPOINT, but its slot is
+# remembered in xact_leases and released only if the top transaction aborts:
+# it counts until lease_until.  A job that sorts before the lost one finds
+# the queue full though nothing runs.
+as('alice', q{
+SELECT qlater_create_queue('sp', external => true);
+SELECT qlater_alter_queue('sp', max_running => 1);
+SELECT qlater_enqueue('X', '{}', queue => 'sp', priority => 10);
+});
+as('alice', q{
+BEGIN;
+SAVEPOINT s;
+SELECT count(*) FROM qlater_lock('sp', 1, lease => '1 hour') x;
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT qlater_enqueue('X', '{}', queue => 'sp', priority => 5);
+});
+is( as('alice', q{SELECT count(*) FROM qlater_jobs WHERE queue = 'sp' AND lease_until IS NULL}),
+	'2', 'savepoint: both jobs of sp are unclaimed');
+TODO:
+{
+	local $TODO = 'a lease slot taken in a rolled back savepoint is kept';
+	is(as('alice', q{SELECT count(*) FROM qlater_lock('sp', 1) x}),
+		'1', 'savepoint: a consumer of sp gets a job (nothing runs)');
+}
+as('alice', q{
+SELECT qlater_unlock(id) FROM qlater_jobs WHERE queue = 'sp' AND locked_by IS NOT NULL;
+});
+
+# --- held: exhausting the table is an error with a hint for a consumer ----
+
+as('alice', q{
+SELECT qlater_create_queue('big', external => true);
+SELECT qlater_alter_queue('big', max_running => 100);
+SELECT qlater_enqueue('X', '{}', queue => 'big') FROM generate_series(1, 8);
+});
+# (6 slots, or 5 while the savepoint's lease above still holds one)
+like( as('alice', q{SELECT count(*) FROM qlater_lock('big', 8, lease => '1 second') x}),
+	qr/^[56]$/, 'a consumer gets as many jobs as the table has slots left');
+{
+	my ($ret, $out, $err) = try_as('alice', q{SELECT count(*) FROM qlater_lock('big', 1) x});
+	like($err, qr/too many jobs of queues with a limit are running.*HINT/s,
+		'the table full: an error with a hint');
+}
+
+# --- break: lapsed leases keep their room in the table ------------------
+#
+# ql_take counts hash_get_num_entries(limit_slots) against
+# qlater.max_limited_jobs: the lapsed leases of 'big' count until a claim
+# of 'big' itself finds it full.  Bob's queue, in another database, is
+# refused although no lease holds any more.
+sleep(1.5);
+as('bob', q{
+SELECT qlater_create_queue('bext', external => true);
+SELECT qlater_alter_queue('bext', max_running => 1);
+SELECT qlater_enqueue('X', '{}', queue => 'bext');
+}, 'other');
+TODO:
+{
+	local $TODO = 'lapsed leases still take room in the table of slots';
+	my ($ret, $out, $err) =
+	  try_as('bob', q{SELECT count(*) FROM qlater_lock('bext', 1) x}, 'other');
+	is($out, '1', "lapsed leases: another role's consumer in another database gets its job")
+	  or diag($err);
+}
+# and a worker of another database waits for them too
+as('bob', q{
+SELECT qlater_create_queue('bq');
+SELECT qlater_alter_queue('bq', max_running => 1);
+SELECT qlater_enqueue('job', '["bq", 1]', queue => 'bq');
+}, 'other');
+TODO:
+{
+	local $TODO = 'lapsed leases still take room in the table of slots';
+	ok(wait_for(q{SELECT count(*) = 1 FROM runs WHERE q = 'bq'}, 'other', 8),
+		"lapsed leases: another database's limited in-server job runs");
+}
+# nothing sweeps them but a claim of 'big' while it looks full (never, with
+# max_running 100: a claim of one of its jobs frees that job's own lapsed
+# slot and takes it again); a restart does
+$node->restart;
+ok(wait_for(q{SELECT count(*) = 1 FROM runs WHERE q = 'bq'}, 'other', 30),
+	"after a restart the other database's job runs");
+
+# --- break: one tenant takes every slot of the cluster --------------------
+#
+# No bound per role or per database: alice's own queue, max_running as high
+# as she likes, leases as long as she likes, holds the whole table; every
+# limited queue of every database waits (workers log and retry each second).
+as('alice', q{
+SELECT qlater_alter_queue('big', max_running => 1000000);
+SELECT count(*) FROM qlater_lock('big', 6, lease => '100 years') x;
+});
+as('bob', q{SELECT qlater_enqueue('job', '["bq", 2]', queue => 'bq')}, 'other');
+TODO:
+{
+	local $TODO = 'one tenant may hold the whole cluster-wide table of slots';
+	ok(wait_for(q{SELECT count(*) = 2 FROM runs WHERE q = 'bq'}, 'other', 8),
+		"one tenant's leases: another role's limited job in another database runs");
+}
+# --- break: a cancelled leased job keeps its slot until the lease's end ---
+#
+# qlater_cancel deletes the job but frees no slot: the DBA cancelling the
+# tenant's jobs does not free the table (100 years); only a restart does.
+su(q{SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = 'big'});
+is(su(q{SELECT count(*) FROM qlater_jobs WHERE queue = 'big'}), '0',
+	'cancel: the leased jobs are gone');
+TODO:
+{
+	local $TODO = 'qlater_cancel of a leased job frees no slot';
+	ok(wait_for(q{SELECT count(*) = 2 FROM runs WHERE q = 'bq'}, 'other', 8),
+		'cancel: after the leased jobs are cancelled the other job runs');
+}
+$node->restart;
+ok(wait_for(q{SELECT count(*) = 2 FROM runs WHERE q = 'bq'}, 'other', 30),
+	'a restart clears the slots and the job runs');
+
+# --- held: workers keep the limit, and a raised limit runs at once ------
+
+su(q{
+SELECT qlater_register('job(text,int)');
+SELECT qlater_create_queue('w');
+SELECT qlater_alter_queue('w', max_running => 0);
+SELECT qlater_enqueue('job', jsonb_build_array('w', g), queue => 'w') FROM generate_series(1, 5) g;
+SELECT qlater_enqueue('job', '["fence", 1]');
+});
+ok(wait_for(q{SELECT count(*) = 1 FROM runs WHERE q = 'fence'}, 'postgres', 20),
+	'max_running 0: the fence behind ran');
+is(su(q{SELECT count(*) FROM runs WHERE q = 'w'}), '0', 'no job of w ran');
+su(q{SELECT qlater_alter_queue('w', max_running => 2)});
+ok(wait_for(q{SELECT count(*) = 5 FROM runs WHERE q = 'w'}, 'postgres', 20),
+	'a raised limit runs the waiting jobs without the poll');
+
+$node->stop;
+my $log = slurp_file($node->logfile);
+unlike($log, qr/terminated by signal/, 'no server process crashed');
+note(sprintf('run time %.1f s', time - $started));
+done_testing();
