@@ -18,7 +18,9 @@
 #   table short of a restart);
 # - a consumer in a REPEATABLE READ transaction whose snapshot is older than
 #   a pause claims from the paused queue;
-# - a rolled back qlater_extend keeps the slot counting until the new end.
+# - a rolled back qlater_extend keeps the slot counting until the new end;
+# - a qlater_complete rolled back to a savepoint frees the slot at commit,
+#   and the limit is passed (2 jobs of a queue limited to 1 leased).
 #
 # qlater.poll_interval is 10 minutes: whatever ran was woken, not polled.
 use strict;
@@ -338,6 +340,36 @@ ROLLBACK;});
 		local $TODO = 'a rolled back qlater_extend keeps the slot for the new lease';
 		is(as('alice', q{BEGIN; SELECT count(*) FROM qlater_lock('ex', 1) x; ROLLBACK;}),
 			'1', 'extend rolled back: the lease ran out, another job of ex is claimed');
+	}
+}
+
+# --- break: a completion rolled back to a savepoint still frees the slot --
+#
+# qlater_complete (and qlater_fail) queue the slot's release for the top
+# transaction's commit; ROLLBACK TO SAVEPOINT undoes the completion but not
+# the release: the job is still leased (running), and a second job of the
+# queue limited to 1 is claimed beside it.
+as('alice', q{
+SELECT qlater_create_queue('sv', external => true);
+SELECT qlater_alter_queue('sv', max_running => 1);
+SELECT qlater_enqueue('X', '{}', queue => 'sv') FROM generate_series(1, 2);
+});
+{
+	my ($id, $token) = split /\|/,
+	  as('alice', q{SELECT id, claim_token FROM qlater_lock('sv', 1, lease => '1 hour')});
+	as('alice', qq{
+BEGIN;
+SAVEPOINT s;
+SELECT qlater_complete($id, '$token');
+ROLLBACK TO SAVEPOINT s;
+COMMIT;});
+	is(as('alice', qq{SELECT count(*) FROM qlater_jobs WHERE id = $id AND lease_until > now()}),
+		'1', 'savepoint complete: the job is still leased');
+	TODO:
+	{
+		local $TODO = 'a completion rolled back to a savepoint frees the slot at commit';
+		is(as('alice', q{SELECT count(*) FROM qlater_lock('sv', 1, lease => '1 hour') x}),
+			'0', 'savepoint complete: no second job of a queue limited to 1 is claimed');
 	}
 }
 
