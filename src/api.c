@@ -42,6 +42,7 @@
 #include "catalog.h"
 #include "consumer.h"
 #include "handlers.h"
+#include "limits.h"
 #include "qlater.h"
 #include "queue.h"
 #include "shmem.h"
@@ -1825,6 +1826,8 @@ qlater_cancel(PG_FUNCTION_ARGS)
 										   c->schema_quoted),
 								  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not cancel job");
+		/* the job is gone: its slot of a limited queue (a lease's) too */
+		ql_slot_release_at_commit(id);
 	}
 	SPI_finish();
 	ql_restore_user(&save);

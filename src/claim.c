@@ -423,7 +423,7 @@ ql_claim_candidate(QlWorker *w, QlJob *job, const char *queue)
 			return QL_CANDIDATE_OTHER_BATCH;
 		}
 		/* paused or full since the look, or with no slot left? */
-		if (ql_limits_admit(ql_catalog(false), job->queue, id) != QL_ADMIT)
+		if (ql_limits_admit(ql_catalog(false), job->queue, job->role, id) != QL_ADMIT)
 		{
 			ql_release_claim(id);
 			if (queue != NULL)

@@ -487,6 +487,16 @@ qlater_lock(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	/* the caller's right, under the latest snapshot (also checked below) */
 	ql_queue_check_consume(c, queue);
+	/*
+	 * A pause holds from its commit on, whatever this transaction's
+	 * snapshot (the candidates' read checks it under that snapshot too)
+	 */
+	{
+		const QlQueue *q = ql_queue_get(c, queue);
+
+		if (q != NULL && q->paused)
+			return (Datum) 0;
+	}
 
 	claimed = palloc(sizeof(QlClaimed) * max_jobs);
 	limit = max_jobs * 2 + 16;

@@ -68,6 +68,7 @@
 #include "storage/shmem.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/acl.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -104,6 +105,7 @@ typedef struct QlSlot
 {
 	QlSlotKey	key;			/* hash key */
 	QlLimitQueue *queue;
+	Oid			roleid;			/* the role the job runs or is claimed as */
 	pid_t		pid;			/* the holder; 0 for a lease */
 	TimestampTz lease_until;	/* a lease's end; 0 for a holder */
 } QlSlot;
@@ -146,11 +148,12 @@ static bool exit_registered = false;
 
 /*
  * Lease slots taken by this transaction (released if it aborts: the lease
- * was not written), and slots to release when it commits; job ids, in
- * TopMemoryContext.
+ * was not written), slots to release when it commits, and lease renewals
+ * to apply then: QlSlotChange entries, in TopMemoryContext.
  */
 static List *xact_leases = NIL;
 static List *commit_releases = NIL;
+static List *commit_extends = NIL;	/* lease renewals (QlSlotChange) */
 static bool xact_callback_registered = false;
 
 /*
@@ -299,14 +302,59 @@ ql_live_slots(QlLimitQueue *lq, int32 max_running, QlDatabase *db,
 }
 
 /*
+ * ql_sweep_lapsed: remove every lease slot that has run out, of every
+ * queue (a queue that never looks full never sweeps its own), so that
+ * they take no room in the table.  Caller holds limits->lock exclusively.
+ */
+static void
+ql_sweep_lapsed(QlDatabase *db, bool *lowered)
+{
+	HASH_SEQ_STATUS seq;
+	QlSlot	   *s;
+	TimestampTz now = GetCurrentTimestamp();
+
+	hash_seq_init(&seq, limit_slots);
+	while ((s = hash_seq_search(&seq)) != NULL)
+	{
+		/* the slot's queue may be another database's: no frontier then */
+		if (s->pid == 0 && s->lease_until <= now &&
+			ql_remove_slot(s, s->key.dboid == MyDatabaseId ? db : NULL))
+			*lowered = true;
+	}
+}
+
+/*
+ * ql_role_slots: how many slots a role holds, over every database (leases
+ * run out left out).  Caller holds limits->lock.
+ */
+static int
+ql_role_slots(Oid roleid)
+{
+	HASH_SEQ_STATUS seq;
+	QlSlot	   *s;
+	TimestampTz now = GetCurrentTimestamp();
+	int			n = 0;
+
+	hash_seq_init(&seq, limit_slots);
+	while ((s = hash_seq_search(&seq)) != NULL)
+	{
+		if (s->roleid == roleid && (s->pid != 0 || s->lease_until > now))
+			n++;
+	}
+	return n;
+}
+
+/*
  * ql_take: take a slot for a job of a queue that runs at most max_running
- * jobs at once, held by pid (0: by a lease until lease_until).  The job's
- * own earlier slot (a lease that ran out, the job claimed again) is freed
- * first.  Sets *lowered if the claim frontier moved back on the way.
+ * jobs at once, held by pid (0: by a lease until lease_until), for a job
+ * of roleid.  The job's own earlier slot (a lease that ran out, the job
+ * claimed again) is freed first.  A role holds at most half the table
+ * (QL_SLOT_NO_ROOM past it), so that no tenant's leases take every slot of
+ * the cluster; roleid InvalidOid: no bound (admins).  Sets *lowered if the claim frontier moved back on the way.
  */
 static QlSlotResult
 ql_take(const char *queue, int32 max_running, int64 job_id, pid_t pid,
-		TimestampTz lease_until, QlDatabase *db, bool *lowered)
+		TimestampTz lease_until, Oid roleid, QlDatabase *db, bool *lowered)
 {
 	QlSlotKey	skey;
 	QlLimitKey	qkey;
@@ -332,6 +380,10 @@ ql_take(const char *queue, int32 max_running, int64 job_id, pid_t pid,
 		return QL_SLOT_FULL;
 	}
 	if (hash_get_num_entries(limit_slots) >= ql_max_limited_jobs)
+		ql_sweep_lapsed(db, lowered);
+	if (hash_get_num_entries(limit_slots) >= ql_max_limited_jobs ||
+		(OidIsValid(roleid) &&
+		 ql_role_slots(roleid) >= Max(ql_max_limited_jobs / 2, 1)))
 	{
 		LWLockRelease(limits->lock);
 		return QL_SLOT_NO_ROOM;
@@ -357,6 +409,7 @@ ql_take(const char *queue, int32 max_running, int64 job_id, pid_t pid,
 		return QL_SLOT_NO_ROOM;
 	}
 	s->queue = lq;
+	s->roleid = roleid;
 	s->pid = pid;
 	s->lease_until = lease_until;
 	lq->nslots++;
@@ -645,8 +698,10 @@ ql_limits_filter(QlLookRow *rows, int n)
  * transaction.
  */
 QlAdmit
-ql_limits_admit(const QlCatalog *c, const char *queue, int64 job_id)
+ql_limits_admit(const QlCatalog *c, const char *queue, const char *role,
+				int64 job_id)
 {
+	Oid			roleid;
 	QlRestricted *r;
 	QlSlotResult result;
 	bool		lowered = false;
@@ -658,8 +713,11 @@ ql_limits_admit(const QlCatalog *c, const char *queue, int64 job_id)
 	if (r->max_running < 0)
 		return QL_ADMIT;
 	ql_my_slots_reserve();
-	result = ql_take(queue, r->max_running, job_id, MyProcPid, 0, ql_database(),
-					 &lowered);
+	roleid = get_role_oid(role, true);
+	if (OidIsValid(roleid) && ql_role_is_admin(roleid))
+		roleid = InvalidOid;
+	result = ql_take(queue, r->max_running, job_id, MyProcPid, 0,
+					 roleid, ql_database(), &lowered);
 	if (lowered)
 		ql_after_lowered();
 	switch (result)
@@ -729,22 +787,82 @@ ql_limits_room_wanted(long ms)
 	return Min(ms, QL_NO_ROOM_RETRY_MS);
 }
 
-/* ql_limits_xact_callback: releases of slots at commit, leases at abort */
+/*
+ * What this transaction does to slots at its end, each with the nest level
+ * of the (sub)transaction that asked: a subtransaction rolled back takes
+ * back what it asked (the row writes it undid), one committed hands it to
+ * its parent.
+ */
+typedef struct QlSlotChange
+{
+	int64		job_id;
+	TimestampTz lease_until;	/* commit_extends: the new end */
+	int			nest_level;
+} QlSlotChange;
+
+/* ql_release_list: release the slots of a list of QlSlotChange now */
+static void
+ql_release_list(List *list)
+{
+	QlDatabase *db = ql_database();
+	bool		lowered = false;
+	ListCell   *lc;
+
+	foreach(lc, list)
+	{
+		int64		job_id = ((QlSlotChange *) lfirst(lc))->job_id;
+
+		if (ql_release(job_id, db))
+			lowered = true;
+		ql_forget_mine(job_id);
+	}
+	if (lowered)
+		ql_after_lowered();
+}
+
+/* ql_extend_list: move the ends of the lease slots of a list */
+static void
+ql_extend_list(List *list)
+{
+	ListCell   *lc;
+
+	LWLockAcquire(limits->lock, LW_EXCLUSIVE);
+	foreach(lc, list)
+	{
+		QlSlotChange *c = (QlSlotChange *) lfirst(lc);
+		QlSlotKey	key;
+		QlSlot	   *s;
+
+		ql_slot_key(&key, c->job_id);
+		s = hash_search(limit_slots, &key, HASH_FIND, NULL);
+		if (s != NULL && s->pid == 0)
+			s->lease_until = c->lease_until;
+	}
+	LWLockRelease(limits->lock);
+}
+
+/*
+ * ql_limits_xact_callback: releases of slots and lease renewals at commit,
+ * leases taken released at abort
+ */
 static void
 ql_limits_xact_callback(XactEvent event, void *arg)
 {
-	List	   *release = NIL;
-	ListCell   *lc;
-
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			release = commit_releases;
+			if (limits != NULL)
+			{
+				ql_release_list(commit_releases);
+				if (commit_extends != NIL)
+					ql_extend_list(commit_extends);
+			}
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			/* the leases were not written: the jobs are claimable again */
-			release = xact_leases;
+			if (limits != NULL)
+				ql_release_list(xact_leases);
 			break;
 		case XACT_EVENT_PREPARE:
 			/* COMMIT PREPARED runs no callback: the leases run out instead */
@@ -752,42 +870,99 @@ ql_limits_xact_callback(XactEvent event, void *arg)
 		default:
 			return;
 	}
-	if (release != NIL && limits != NULL)
-	{
-		QlDatabase *db = ql_database();
-		bool		lowered = false;
-
-		foreach(lc, release)
-		{
-			int64		job_id = *(int64 *) lfirst(lc);
-
-			if (ql_release(job_id, db))
-				lowered = true;
-			ql_forget_mine(job_id);
-		}
-		if (lowered)
-			ql_after_lowered();
-	}
 	list_free_deep(commit_releases);
 	commit_releases = NIL;
 	list_free_deep(xact_leases);
 	xact_leases = NIL;
+	list_free_deep(commit_extends);
+	commit_extends = NIL;
 }
 
-/* ql_remember: add a job id to one of the lists of this transaction */
+/* ql_sub_split: the entries of a list a subtransaction of level asked */
 static List *
-ql_remember(List *list, int64 job_id)
+ql_sub_split(List **list, int level)
+{
+	List	   *mine = NIL;
+	ListCell   *lc;
+
+	foreach(lc, *list)
+	{
+		QlSlotChange *c = (QlSlotChange *) lfirst(lc);
+
+		if (c->nest_level >= level)
+		{
+			mine = lappend(mine, c);
+			*list = foreach_delete_current(*list, lc);
+		}
+	}
+	return mine;
+}
+
+/* ql_sub_lift: hand a committed subtransaction's entries to its parent */
+static void
+ql_sub_lift(List *list, int level)
+{
+	ListCell   *lc;
+
+	foreach(lc, list)
+	{
+		QlSlotChange *c = (QlSlotChange *) lfirst(lc);
+
+		if (c->nest_level >= level)
+			c->nest_level = level - 1;
+	}
+}
+
+/*
+ * ql_limits_subxact_callback: a subtransaction rolled back undid the rows
+ * of what it asked: its leases are released now, its releases and renewals
+ * at commit forgotten; one committed hands them to its parent.
+ */
+static void
+ql_limits_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		List	   *leases = ql_sub_split(&xact_leases, level);
+		List	   *releases = ql_sub_split(&commit_releases, level);
+		List	   *extends = ql_sub_split(&commit_extends, level);
+
+		MemoryContextSwitchTo(old);
+		if (limits != NULL)
+			ql_release_list(leases);
+		list_free_deep(leases);
+		list_free_deep(releases);
+		list_free_deep(extends);
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		ql_sub_lift(xact_leases, level);
+		ql_sub_lift(commit_releases, level);
+		ql_sub_lift(commit_extends, level);
+	}
+}
+
+/* ql_remember: add a change to one of the lists of this transaction */
+static List *
+ql_remember(List *list, int64 job_id, TimestampTz lease_until)
 {
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-	int64	   *p = palloc_object(int64);
+	QlSlotChange *c = palloc_object(QlSlotChange);
 
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(ql_limits_xact_callback, NULL);
+		RegisterSubXactCallback(ql_limits_subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
-	*p = job_id;
-	list = lappend(list, p);
+	c->job_id = job_id;
+	c->lease_until = lease_until;
+	c->nest_level = GetCurrentTransactionNestLevel();
+	list = lappend(list, c);
 	MemoryContextSwitchTo(old);
 	return list;
 }
@@ -813,14 +988,17 @@ ql_slot_take(const char *queue, int32 max_running, int64 job_id,
 				 errdetail("Queue \"%s\" has a max_running, which is kept in shared memory.", queue)));
 	if (lease_until == 0)
 		ql_my_slots_reserve();
+	/* the consumer's role (the caller's, not the tables' owner it acts as) */
 	result = ql_take(queue, max_running, job_id, lease_until == 0 ? MyProcPid : 0,
-					 lease_until, ql_database(), &lowered);
+					 lease_until,
+					 ql_role_is_admin(GetOuterUserId()) ? InvalidOid : GetOuterUserId(),
+					 ql_database(), &lowered);
 	if (result == QL_SLOT_TAKEN)
 	{
 		if (lease_until == 0)
 			my_slots[nmy_slots++] = job_id;
 		else
-			xact_leases = ql_remember(xact_leases, job_id);
+			xact_leases = ql_remember(xact_leases, job_id, 0);
 	}
 	if (lowered)
 		ql_after_lowered();
@@ -852,24 +1030,19 @@ ql_slot_release_at_commit(int64 job_id)
 {
 	if (limits == NULL || pg_atomic_read_u32(&limits->nslots) == 0)
 		return;
-	commit_releases = ql_remember(commit_releases, job_id);
+	commit_releases = ql_remember(commit_releases, job_id, 0);
 }
 
-/* ql_slot_extend: a lease renewed: its slot counts until the new end */
+/*
+ * ql_slot_extend: a lease renewed: its slot counts until the new end once
+ * the renewal commits (rolled back, the lease ends when it did)
+ */
 void
 ql_slot_extend(int64 job_id, TimestampTz lease_until)
 {
-	QlSlotKey	key;
-	QlSlot	   *s;
-
 	if (limits == NULL || pg_atomic_read_u32(&limits->nslots) == 0)
 		return;
-	ql_slot_key(&key, job_id);
-	LWLockAcquire(limits->lock, LW_EXCLUSIVE);
-	s = hash_search(limit_slots, &key, HASH_FIND, NULL);
-	if (s != NULL && s->pid == 0)
-		s->lease_until = lease_until;
-	LWLockRelease(limits->lock);
+	commit_extends = ql_remember(commit_extends, job_id, lease_until);
 }
 
 /* ql_slot_no_room_error: a consumer's claim found the table of slots full */
@@ -879,7 +1052,7 @@ ql_slot_no_room_error(void)
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("too many jobs of queues with a limit are running"),
-			 errdetail("At most qlater.max_limited_jobs (%d) jobs of queues with a max_running run or are claimed at once.",
+			 errdetail("At most qlater.max_limited_jobs (%d) jobs of queues with a max_running run or are claimed at once, half of them at most by one role (but admins).",
 					   ql_max_limited_jobs),
 			 errhint("Raise qlater.max_limited_jobs (it takes effect at server start), or finish claimed jobs first.")));
 }

@@ -57,7 +57,7 @@ extern void ql_limits_shmem_startup(void);
 extern bool ql_limits_look_begin(const QlCatalog *c);
 extern void ql_limits_filter(QlLookRow *rows, int n);
 extern QlAdmit ql_limits_admit(const QlCatalog *c, const char *queue,
-							   int64 job_id);
+							   const char *role, int64 job_id);
 extern void ql_limits_release_mine(bool wake);
 extern long ql_limits_room_wanted(long ms);
 extern Datum ql_limits_blocked_queues(const QlCatalog *c);
