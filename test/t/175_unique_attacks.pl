@@ -10,7 +10,12 @@
 #       computes in SQL (hashtextextended), so a role tells whether another
 #       role is enqueueing a key it guesses, in a queue it cannot read;
 #   U2. a key with a C1 control character (U+0080..U+009F, e.g. U+0085 NEL)
-#       is taken, though a key is "text without control characters".
+#       is taken, though a key is "text without control characters";
+#   U3. a job under a lease whose consumer completes it in a transaction
+#       that commits after the lease ran out: an enqueue of its key in
+#       between returns it (no job of the key is left: the work is lost),
+#       or with replace fails with "could not replace the jobs of keys"
+#       (XX000), having waited for the consumer.
 # No server process may end on a signal, and no claim may outlive the
 # enqueuing transaction.
 use strict;
@@ -345,7 +350,26 @@ SELECT qlater_enqueue('note(text)', '["v2"]', queue => 'ext2', key => 'l:2', rep
 			'U3: a job of key l:2 waits');
 	}
 	$r->quit;
+
 	$c->quit;
+}
+
+# a keyed enqueue of a new key is not prepared either; SERIALIZABLE works
+{
+	my $s = session('alice');
+	$s->query(q{BEGIN});
+	$s->query(q{SELECT qlater_enqueue('note(text)', '["p"]', queue => 'held', key => 'p:new')});
+	$s->query(q{PREPARE TRANSACTION 'p2'});
+	is(su(q{SELECT count(*) FROM pg_prepared_xacts}), '0', 'held: a keyed enqueue of a new key is not prepared');
+	$s->query(q{ROLLBACK});
+	$s->quit;
+	my ($ret, $out, $err) = try_as('alice', q{BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT qlater_enqueue('note(text)', '["p"]', queue => 'held', key => 'p:ser');
+SELECT qlater_enqueue('note(text)', '["q"]', queue => 'held', key => 'p:ser', replace => true);
+COMMIT;});
+	is($ret, 0, 'held: keyed enqueues in a serializable transaction');
+	is(su(q{SELECT string_agg(args->>0, ',') FROM qlater_job WHERE key = 'p:ser'}), 'q',
+		'held: one job, replaced, in a serializable transaction');
 }
 
 # ---------------------------------------------------------------------
