@@ -24,6 +24,7 @@
 #include "storage/proc.h"
 #include "storage/sinvaladt.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -100,6 +101,21 @@ ql_check_max_attempts(int32 max_attempts)
 }
 
 /*
+ * ql_control_char: whether the text at p starts with a control character:
+ * C0 or DEL, or in a UTF-8 database a C1 one (U+0080 to U+009F)
+ */
+static bool
+ql_control_char(const char *p)
+{
+	unsigned char b = (unsigned char) *p;
+
+	if (b < 0x20 || b == 0x7f)
+		return true;
+	return b == 0xc2 && GetDatabaseEncoding() == PG_UTF8 &&
+		(unsigned char) p[1] >= 0x80 && (unsigned char) p[1] <= 0x9f;
+}
+
+/*
  * ql_check_queue_name: raise an error for an empty or overlong queue name,
  * or one with control characters (which would reach the server log as they
  * are, in messages that name the queue)
@@ -116,7 +132,7 @@ ql_check_queue_name(const char *queue)
 				 errhint("A queue name has 1 to %d bytes.", NAMEDATALEN - 1)));
 	for (p = queue; *p; p++)
 	{
-		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+		if (ql_control_char(p))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid queue name"),
@@ -795,7 +811,7 @@ static const QlStmtDef key_stmt_defs[QL_KEY_NUM_STMTS] = {
 	[QL_KEY_REREAD] = {
 		"SELECT id, key, handler, priority, run_at, external FROM %1$s.qlater_job "
 		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND key IS NOT NULL AND NOT dead "
-		"AND NOT " QL_KEY_LEASED " ORDER BY id DESC",
+		"AND NOT " QL_KEY_LEASED " ORDER BY id DESC FOR UPDATE",
 		1, {INT8ARRAYOID}
 	},
 	[QL_KEY_DROP] = {
@@ -878,7 +894,7 @@ ql_check_key(const char *key)
 				 errhint("Use a shorter name for the work, or a hash of it.")));
 	for (p = key; *p; p++)
 	{
-		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+		if (ql_control_char(p))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("job key contains a control character"),
@@ -892,7 +908,12 @@ ql_check_key(const char *key)
 static uint64
 ql_key_hash(const char *queue, const char *role, const char *key)
 {
-	uint64		h = QL_KEY_HASH_SEED;
+	/*
+	 * Seeded by a secret drawn at server start: the locks show in pg_locks,
+	 * and with a seed every role knows (hashtextextended computes the same)
+	 * any role could tell whether another enqueues a key it guesses.
+	 */
+	uint64		h = ql_shared != NULL ? ql_shared->key_seed : QL_KEY_HASH_SEED;
 
 	h = hash_bytes_extended((const unsigned char *) queue, strlen(queue), h);
 	h = hash_bytes_extended((const unsigned char *) role, strlen(role), h);
@@ -1299,7 +1320,10 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 
 	/*
 	 * Read them again under a fresh snapshot: a claim may follow a session
-	 * that finished the job since the lookup.  The newest that still waits
+	 * that finished the job since the lookup.  The rows are locked: a
+	 * consumer's completion made under a lease that has run out since, not
+	 * yet committed, holds no claim but the row, and is waited for (its job
+	 * is then gone, and a new one is made).  The newest that still waits
 	 * keeps its key; others lose it (they went back to waiting without a
 	 * write: see above).
 	 */

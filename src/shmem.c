@@ -66,6 +66,8 @@ ql_shmem_startup(void)
 		memset(ql_shared, 0, ql_shmem_size());
 		ql_shared->lock = &(GetNamedLWLockTranche("qlater"))->lock;
 		ql_shared->nslots = ql_max_workers;
+		if (!pg_strong_random(&ql_shared->key_seed, sizeof(ql_shared->key_seed)))
+			elog(FATAL, "could not generate a random seed for qlater");
 		pg_atomic_init_u32(&ql_shared->notify_next, 0);
 		pg_atomic_init_u32(&ql_shared->unserved, 0);
 		for (i = 0; i < QL_MAX_DATABASES; i++)

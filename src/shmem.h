@@ -205,6 +205,8 @@ typedef struct QlShared
 								 * free slot or idle worker could give
 								 * (launcher.c): a worker going idle
 								 * wakes the launcher */
+	uint64		key_seed;		/* of the hash of job keys' locks (api.c),
+								 * drawn at start, secret */
 	int			nslots;
 	QlWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } QlShared;
