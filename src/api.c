@@ -845,30 +845,9 @@ static QlStmtSet key_stmts = {key_stmt_defs, QL_KEY_NUM_STMTS, NULL, 0};
 static int
 ql_key_exec(const QlCatalog *c, QlKeyStmt s, Datum *values)
 {
-	QlStmtSet  *set = &key_stmts;
-
-	if (set->plans == NULL)
-		set->plans = MemoryContextAllocZero(TopMemoryContext,
-											sizeof(SPIPlanPtr) * set->n);
-	if (set->generation != c->generation)
-	{
-		int			i;
-
-		for (i = 0; i < set->n; i++)
-		{
-			if (set->plans[i] != NULL)
-				SPI_freeplan(set->plans[i]);
-			set->plans[i] = NULL;
-		}
-		set->generation = c->generation;
-	}
-	if (set->plans[s] == NULL)
-		set->plans[s] = ql_prepare_kept(psprintf(set->defs[s].sql, c->schema_quoted),
-										set->defs[s].nargs, (Oid *) set->defs[s].types,
-										CURSOR_OPT_GENERIC_PLAN);
 	/* read-write: the command counter moves on, our own writes are seen */
-	return SPI_execute_snapshot(set->plans[s], values, NULL, GetLatestSnapshot(),
-								InvalidSnapshot, false, true, 0);
+	return SPI_execute_snapshot(ql_stmt_plan(&key_stmts, c, s), values, NULL,
+								GetLatestSnapshot(), InvalidSnapshot, false, true, 0);
 }
 
 /*

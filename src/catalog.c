@@ -237,8 +237,6 @@ ql_prepare_kept(const char *query, int nargs, Oid *types, int cursor_options)
  * search_path (ql_become_owner sets pg_catalog; other callers too), so
  * every name in them is schema-qualified or in pg_catalog.
  */
-static SPIPlanPtr ql_stmt_plan(QlStmtSet *set, const QlCatalog *c, int s);
-
 int
 ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
 			 const char *nulls, bool read_only, long count)
@@ -262,7 +260,7 @@ ql_stmt_exec_latest(QlStmtSet *set, const QlCatalog *c, int s, Datum *values,
 }
 
 /* ql_stmt_plan: statement s of a set, prepared if needed */
-static SPIPlanPtr
+SPIPlanPtr
 ql_stmt_plan(QlStmtSet *set, const QlCatalog *c, int s)
 {
 	if (set->plans == NULL)

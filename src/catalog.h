@@ -55,6 +55,7 @@ typedef struct QlStmtSet
 	uint32		generation;
 } QlStmtSet;
 
+extern SPIPlanPtr ql_stmt_plan(QlStmtSet *set, const QlCatalog *c, int s);
 extern int	ql_stmt_exec(QlStmtSet *set, const QlCatalog *c, int s,
 						 Datum *values, const char *nulls, bool read_only,
 						 long count);
