@@ -17,9 +17,9 @@
 
 require "pg"
 require "json"
+require_relative "qlater/version"
 
 module QLater
-  VERSION = "0.1.0"
 
   # The queue `later` uses when neither the call nor the class names one.
   DEFAULT_QUEUE = "ruby"
