@@ -12,7 +12,7 @@
 # Both versions are installed into a private copy of the PostgreSQL
 # installation that pg_config (on PATH) names, made in this test's own
 # temporary folder: the installation the other tests use is not touched.
-# The source of 0.1 is git tag v0.1 (QL_OLD_SRC: see test/run).
+# The source of 0.1 is test/upgrade/qlater-0.1.tar.gz (tag v0.1's commit).
 use strict;
 use warnings;
 use Cwd qw(abs_path);
@@ -24,38 +24,25 @@ use Test::More;
 
 my $old_version = '0.1';
 my $new_version = '0.2';
-# the commit of release 0.1 (tagged v0.1; test/run names it the same way)
-my $old_commit = '137764326ca7ffd8d018d3a5cef488ed0b6a6139';
 
 ### where the source of 0.1 comes from
-# test/run takes it from git (its commit) and passes it in QL_OLD_SRC: the
-# tree the suite runs in is a copy without .git.  Run by hand ("make
-# installcheck" in a git checkout), the test takes it from git itself.
+# test/upgrade/qlater-0.1.tar.gz: what release 0.1 builds from (git archive
+# of its commit: Makefile, qlater.control, src/, its install script), kept
+# in the tree so that the test needs no git history (a shallow clone has
+# none).  QL_OLD_SRC names another source tree to start from.
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $old_src = $ENV{QL_OLD_SRC};
 my $tree = $ENV{TESTDIR} || abs_path('.');
 if (!defined $old_src || $old_src eq '')
 {
-	if (system("git -C '$tree' rev-parse --git-dir >/dev/null 2>&1") == 0)
-	{
-		$old_src = "$tmp/v$old_version-src";
-		make_path($old_src);
-		system("git -C '$tree' archive $old_commit | tar -x -C '$old_src'") == 0
-		  or die "release $old_version ($old_commit) is not in $tree (a shallow clone?)";
-	}
-	else
-	{
-		$old_src = 'none';
-	}
-}
-if ($old_src eq 'none')
-{
-	plan skip_all =>
-	  "no git history: the source of release $old_version (git tag v$old_version) is not at hand";
+	my $tarball = "$tree/test/upgrade/qlater-$old_version.tar.gz";
+	-f $tarball or die "the source of release $old_version is not at $tarball";
+	system("tar -xzf '$tarball' -C '$tmp'") == 0
+	  or die "could not unpack $tarball";
+	$old_src = "$tmp/qlater-$old_version";
 }
 -f "$old_src/qlater.control"
-  or die "the source of release $old_version is not in $old_src (QL_OLD_SRC): "
-  . "test/run takes it from git, commit $old_commit";
+  or die "the source of release $old_version is not in $old_src";
 
 ### a private copy of the PostgreSQL installation
 # PostgreSQL finds its share and lib folders relative to its binaries, so a
