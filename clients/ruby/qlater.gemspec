@@ -16,7 +16,11 @@ Gem::Specification.new do |spec|
   spec.license = "PostgreSQL"
   spec.homepage = "https://github.com/qlater/qlater"
   spec.required_ruby_version = ">= 2.7"
-  spec.files = Dir["lib/**/*.rb"] + ["README.md", "LICENSE"]
+  spec.files = Dir["lib/**/*.rb"] + ["exe/qlater-worker", "README.md", "LICENSE"]
+  spec.bindir = "exe"
+  spec.executables = ["qlater-worker"]
   spec.require_paths = ["lib"]
-  spec.add_runtime_dependency "pg", ">= 1.1"
+  spec.add_runtime_dependency "pg", "~> 1.1"
+  # ActiveRecord, ActiveJob (the adapter) and Rails (the executor) are used
+  # when the application loads them: no dependency on them here.
 end

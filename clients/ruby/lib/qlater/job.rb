@@ -18,10 +18,14 @@ module QLater
           claim_token: row["claim_token"])
     end
 
-    # Re-creates the object and calls the method.  Only classes that include
-    # QLater::ProcessLater, and only their own public methods, are run.
+    # Runs the job: an ActiveJob job through ActiveJob::Base.execute, a
+    # ProcessLater call by re-creating the object and calling the method.
+    # Only classes that include QLater::ProcessLater (and only their own
+    # public methods) or ActiveJob classes are run.
     def perform
       klass = self.class.resolve(handler)
+      return perform_active_job(klass) if self.class.active_job_class?(klass)
+
       call = Codec.load_call(args)
       unless ProcessLater.callable?(klass, call[:method])
         raise UnsafeJob, "#{handler}##{call[:method]} is not a public method of #{handler} a job may call"
@@ -34,7 +38,7 @@ module QLater
     CLASS_NAME = /\A(?:::)?[A-Z]\w*(?:::[A-Z]\w*)*\z/.freeze
 
     # The class a handler name names, if it is a class that includes
-    # QLater::ProcessLater; UnsafeJob otherwise.
+    # QLater::ProcessLater or an ActiveJob class; UnsafeJob otherwise.
     def self.resolve(name)
       raise UnsafeJob, "handler #{name.inspect} is not a Ruby class name" unless CLASS_NAME.match?(name)
 
@@ -43,10 +47,29 @@ module QLater
       rescue NameError
         raise UnsafeJob, "handler #{name} is not defined in this worker"
       end
-      unless klass.is_a?(Class) && klass.include?(ProcessLater)
-        raise UnsafeJob, "handler #{name} is not a class that includes QLater::ProcessLater"
+      unless klass.is_a?(Class) && (klass.include?(ProcessLater) || active_job_class?(klass))
+        raise UnsafeJob, "handler #{name} is not a class that includes QLater::ProcessLater or an ActiveJob class"
       end
 
+      klass
+    end
+
+    def self.active_job_class?(klass)
+      defined?(::ActiveJob::Base) && klass < ::ActiveJob::Base ? true : false
+    end
+
+    private
+
+    # The row's args are the job's serialized form; its job_class must be
+    # the handler, so that a row cannot make ActiveJob load another class.
+    def perform_active_job(klass)
+      unless args.is_a?(Hash) && args["job_class"] == handler
+        raise UnsafeJob, "job #{id}: args are not an ActiveJob job of class #{handler}"
+      end
+
+      data = args.merge("provider_job_id" => id)
+      data["executions"] = data["executions"].to_i
+      ::ActiveJob::Base.execute(data)
       klass
     end
   end
