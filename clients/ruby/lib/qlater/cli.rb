@@ -39,6 +39,10 @@ module QLater
     rescue ConfigError, OptionParser::ParseError => e
       @err.puts "qlater-worker: #{e.message}"
       2
+    rescue PG::Error => e
+      # what no retry can fix: a queue the role may not consume, not external
+      @err.puts "qlater-worker: #{e.message.strip}"
+      1
     end
 
     private
