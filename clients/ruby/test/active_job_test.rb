@@ -185,6 +185,22 @@ class ActiveJobTest < QLaterTest::Case
     assert_equal (0...30).map { |i| format("%02d", i) }, rows, "every job exactly once"
   end
 
+  def test_an_idle_worker_on_the_pool_is_woken_by_notify
+    w = aj_worker(threads: 2, poll_interval: 60)
+    runner = Thread.new { w.run }
+    sleep 0.5 # listening and waiting
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    RecordJob.perform_later(queue, "wake")
+    wait_until(timeout: 10, message: "the notified worker") { rows == ["wake"] }
+    elapsed = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+    assert_operator elapsed, :<, 5, "woken by NOTIFY, not by the 60 s poll"
+    w.stop
+    assert_equal 1, runner.value[:completed]
+  ensure
+    w&.stop
+    runner&.join
+  end
+
   def make_ready_aj!
     conn.exec_params("UPDATE qlater_job SET run_at = now() WHERE queue = $1", [@aj_queue])
   end

@@ -40,6 +40,11 @@ module QLater
       conn
     end
 
+    # Where the listener connects: the same parameters.
+    def listen_connections
+      self
+    end
+
     # Runs the block with this thread's Link; +state+ is the thread's own
     # Hash (keeps its connection between cycles).
     def with_link(state)
@@ -170,10 +175,12 @@ module QLater
 
     def release(_state); end
 
-    # A new plain connection with the pool's parameters (the listener).
-    def connect
+    # Plain connections with the pool's parameters (for the listener: a
+    # session of its own, outside the pool).  Read here, on the calling
+    # thread, with the connection it may hold already.
+    def listen_connections
       params = pool.with_connection { |ar| ar.raw_connection.conninfo_hash }
-      PG.connect(params.reject { |_, v| v.nil? || v.to_s.empty? })
+      Connections.new(params.reject { |_, v| v.nil? || v.to_s.empty? })
     end
 
     def executor_wrap(&block)

@@ -215,7 +215,7 @@ module QLater
 
     # The Connections the waker opens its LISTEN session with.
     def listen_connections
-      @listen == :jobs ? @connections : Connections.new(@listen)
+      @listen == :jobs ? @connections.listen_connections : Connections.new(@listen)
     end
 
     def claim(conn)
