@@ -661,7 +661,7 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 	else
 	{
 		QlHandler  *h;
-		Oid			proc = ql_resolve_handler(name, &h);
+		Oid			proc = ql_resolve_handler(name, &h, true, spec->queue);
 		AclResult	aclresult;
 
 		/* copy what we need of h: the next lookup may reload the registry */

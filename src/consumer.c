@@ -25,6 +25,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
@@ -59,8 +60,12 @@ PG_FUNCTION_INFO_V1(qlater_fail);
 PG_FUNCTION_INFO_V1(qlater_unlock);
 PG_FUNCTION_INFO_V1(qlater_extend);
 PG_FUNCTION_INFO_V1(qlater_listen);
+PG_FUNCTION_INFO_V1(qlater_complete_many);
+PG_FUNCTION_INFO_V1(qlater_unlock_many);
 
 #define QL_MAX_LOCK_JOBS	1000
+/* at most this many jobs finished by one qlater_complete_many or _unlock_many */
+#define QL_MAX_MANY_JOBS	QL_MAX_LOCK_JOBS
 
 /*
  * The statements of this module.  Each is prepared on its first use in a
@@ -85,6 +90,9 @@ typedef enum QlConsumerStmt
 	QL_STMT_FAIL,
 	QL_STMT_UNLEASE,
 	QL_STMT_EXTEND,
+	QL_STMT_FINISH_MANY,		/* lock jobs' rows: QL_FINISH_ROW, id */
+	QL_STMT_COMPLETE_MANY,		/* delete jobs' rows: QL_FINISH_ROW, id */
+	QL_STMT_UNLEASE_MANY,
 	QL_NUM_STMTS
 } QlConsumerStmt;
 
@@ -107,14 +115,16 @@ typedef enum QlConsumerStmt
 	"AND g.privilege OPERATOR(pg_catalog.=) 'consume') THEN 2 ELSE 1 END"
 
 /*
- * What ql_finish_begin checks of job j: its claim token, attempts,
+ * What ql_finish_check checks of job j: its claim token, attempts,
  * max_attempts, queue, whether role $2 may consume that queue, and the end
- * of its lease.
+ * of its lease.  The statements on several jobs add the id (column
+ * QL_FINISH_ROW_ID).
  */
 #define QL_FINISH_ROW \
 	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
 	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
 	"WHERE q.name OPERATOR(pg_catalog.=) j.queue), j.lease_until"
+#define QL_FINISH_ROW_ID	7
 
 /* a job that may be claimed now */
 #define QL_CLAIMABLE \
@@ -193,6 +203,22 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING lease_until",
 		2, {INT8OID, INTERVALOID}
+	},
+	/* the rows are locked in the order of the index (ids ascending) */
+	[QL_STMT_FINISH_MANY] = {
+		"SELECT " QL_FINISH_ROW ", j.id FROM %1$s.qlater_job j "
+		"WHERE j.id OPERATOR(pg_catalog.=) ANY ($1) FOR UPDATE",
+		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_COMPLETE_MANY] = {
+		"DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) ANY ($1) "
+		"RETURNING " QL_FINISH_ROW ", j.id",
+		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_UNLEASE_MANY] = {
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+		"WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+		1, {INT8ARRAYOID}
 	},
 };
 
@@ -584,50 +610,42 @@ ql_check_finish_right(const QlCatalog *c, int64 id, const char *queue, Oid rolei
 }
 
 /*
- * ql_finish_begin: the start of complete, fail, unlock and extend: act as
- * the owner, connect to SPI, run statement s on the job's row (it locks or
- * deletes the row and returns QL_FINISH_ROW) and check that the caller may
- * finish the job: it consumes the job's queue, and holds the session claim
- * or presents the lease's token.  An error here undoes what s did, with the
- * (sub)transaction.  Fills *f; undo with ql_finish_leave.
+ * ql_job_missing_error: raise the error for a job to finish that is not
+ * there
  */
 static void
-ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
-				QlConsumerStmt s, int expected)
+ql_job_missing_error(int64 id)
 {
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
-	Datum		values[3];
-	HeapTuple	row;
-	TupleDesc	desc;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("job %lld does not exist", (long long) id),
+			 errhint("It may have been completed or cancelled already.")));
+}
+
+/*
+ * ql_finish_check: raise an error unless role roleid may finish job id,
+ * whose row (QL_FINISH_ROW, as a statement locked or deleted it) is row:
+ * it consumes the job's queue, and holds the session claim (token NULL)
+ * or presents the token of a lease that has not run out.  Sets *attempts
+ * and *max_attempts from the row.  Caller is connected to SPI; an error
+ * undoes what the statement did, with the (sub)transaction.
+ */
+static void
+ql_finish_check(const QlCatalog *c, int64 id, const pg_uuid_t *token,
+				Oid roleid, HeapTuple row, TupleDesc desc, int32 *attempts,
+				int32 *max_attempts)
+{
 	Datum		d;
 	Datum		until;
 	bool		token_null;
 	bool		until_null;
 	bool		isnull;
 
-	f->id = id;
-	f->token = token;
-	ql_become_owner(c, &f->save);
-	ql_spi_connect();
-
-	values[0] = Int64GetDatum(id);
-	values[1] = ql_name_datum(me);
-	values[2] = BoolGetDatum(admin);
-	if (ql_exec(c, s, values, false, 1) != expected)
-		elog(ERROR, "could not read job");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("job %lld does not exist", (long long) id),
-				 errhint("It may have been completed or cancelled already.")));
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	d = SPI_getbinval(row, desc, 1, &token_null);
-	f->attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	*attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	*max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
 	until = SPI_getbinval(row, desc, 6, &until_null);
-	ql_check_finish_right(c, id, SPI_getvalue(row, desc, 4), f->save.userid);
+	ql_check_finish_right(c, id, SPI_getvalue(row, desc, 4), roleid);
 
 	if (token == NULL)
 	{
@@ -658,6 +676,37 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 				 errmsg("lease of job %lld has run out", (long long) id),
 				 errhint("Renew long leases with qlater_extend() before they run out; "
 						 "the job may be claimed again.")));
+}
+
+/*
+ * ql_finish_begin: the start of complete, fail, unlock and extend: act as
+ * the owner, connect to SPI, run statement s on the job's row (it locks or
+ * deletes the row and returns QL_FINISH_ROW) and check it (ql_finish_check).
+ * An error here undoes what s did, with the (sub)transaction.  Fills *f;
+ * undo with ql_finish_leave.
+ */
+static void
+ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
+				QlConsumerStmt s, int expected)
+{
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+	Datum		values[3];
+
+	f->id = id;
+	f->token = token;
+	ql_become_owner(c, &f->save);
+	ql_spi_connect();
+
+	values[0] = Int64GetDatum(id);
+	values[1] = ql_name_datum(me);
+	values[2] = BoolGetDatum(admin);
+	if (ql_exec(c, s, values, false, 1) != expected)
+		elog(ERROR, "could not read job");
+	if (SPI_processed == 0)
+		ql_job_missing_error(id);
+	ql_finish_check(c, id, token, f->save.userid, SPI_tuptable->vals[0],
+					SPI_tuptable->tupdesc, &f->attempts, &f->max_attempts);
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
@@ -817,6 +866,285 @@ qlater_extend(PG_FUNCTION_ARGS)
 	ql_finish_leave(&f);
 	ql_slot_extend(id, until);
 	PG_RETURN_TIMESTAMPTZ(until);
+}
+
+/*
+ * The jobs of qlater_complete_many and qlater_unlock_many: ids, and their
+ * tokens (NULL in session mode); byid, the indexes of ids in ascending id
+ * order.
+ */
+typedef struct QlMany
+{
+	int			n;
+	ArrayType  *idarray;
+	int64	   *ids;
+	pg_uuid_t **tokens;
+	int		   *byid;
+} QlMany;
+
+/* a row the statement returned: its job's id, and where it is */
+typedef struct QlManyRow
+{
+	int64		id;
+	int			row;
+} QlManyRow;
+
+static int
+ql_many_row_cmp(const void *a, const void *b)
+{
+	int64		x = ((const QlManyRow *) a)->id;
+	int64		y = ((const QlManyRow *) b)->id;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* ql_many_too_many: raise the error for an array of too many jobs */
+static void
+ql_many_too_many(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("too many jobs in %s", what),
+			 errdetail("At most %d jobs are finished or given back in one call.",
+					   QL_MAX_MANY_JOBS),
+			 errhint("Split the jobs over several calls.")));
+}
+
+/*
+ * ql_many_array: argument n of the call, an array of at most
+ * QL_MAX_MANY_JOBS elements of type elemtype (its size elemlen), one
+ * dimension, no nulls; its elements in *elems, their number returned.  A
+ * larger array is refused before it is detoasted.
+ */
+static int
+ql_many_array(FunctionCallInfo fcinfo, int n, const char *what, Oid elemtype,
+			  int elemlen, char elemalign, ArrayType **array, Datum **elems)
+{
+	ArrayType  *a;
+	bool	   *nulls;
+	int			nelems;
+	int			i;
+
+	if (toast_raw_datum_size(PG_GETARG_DATUM(n)) >
+		ARR_OVERHEAD_WITHNULLS(1, QL_MAX_MANY_JOBS) + (Size) QL_MAX_MANY_JOBS * elemlen)
+		ql_many_too_many(what);
+	a = PG_GETARG_ARRAYTYPE_P(n);
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", what)));
+	if (ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a)) > QL_MAX_MANY_JOBS)
+		ql_many_too_many(what);
+	deconstruct_array(a, elemtype, elemlen, elemtype == INT8OID ? FLOAT8PASSBYVAL : false,
+					  elemalign, elems, &nulls, &nelems);
+	for (i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", what)));
+	}
+	*array = a;
+	return nelems;
+}
+
+/*
+ * ql_many_args: the arguments (ids bigint[], tokens uuid[]) of
+ * qlater_complete_many and qlater_unlock_many, checked: ids not null, each
+ * job once, tokens NULL or one for each id.
+ */
+static void
+ql_many_args(FunctionCallInfo fcinfo, QlMany *m)
+{
+	Datum	   *ids;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("ids must not be null")));
+	m->n = ql_many_array(fcinfo, 0, "ids", INT8OID, sizeof(int64),
+						 TYPALIGN_DOUBLE, &m->idarray, &ids);
+	m->ids = palloc(sizeof(int64) * Max(m->n, 1));
+	for (i = 0; i < m->n; i++)
+		m->ids[i] = DatumGetInt64(ids[i]);
+	m->tokens = NULL;
+	if (!PG_ARGISNULL(1))
+	{
+		ArrayType  *a;
+		Datum	   *tokens;
+		int			ntokens;
+
+		ntokens = ql_many_array(fcinfo, 1, "tokens", UUIDOID, UUID_LEN,
+								TYPALIGN_CHAR, &a, &tokens);
+		if (ntokens != m->n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("ids and tokens must have the same number of elements"),
+					 errdetail("There are %d ids and %d tokens.", m->n, ntokens),
+					 errhint("Pass the lease token of each job at its index, or no tokens for session claims.")));
+		m->tokens = palloc(sizeof(pg_uuid_t *) * Max(m->n, 1));
+		for (i = 0; i < m->n; i++)
+			m->tokens[i] = DatumGetUUIDP(tokens[i]);
+	}
+
+	/* each job once: sorted by id, neighbours differ */
+	{
+		QlManyRow  *sorted = palloc(sizeof(QlManyRow) * Max(m->n, 1));
+
+		for (i = 0; i < m->n; i++)
+		{
+			sorted[i].id = m->ids[i];
+			sorted[i].row = i;
+		}
+		qsort(sorted, m->n, sizeof(QlManyRow), ql_many_row_cmp);
+		for (i = 1; i < m->n; i++)
+		{
+			if (sorted[i].id == sorted[i - 1].id)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("job %lld appears more than once in ids",
+								(long long) sorted[i].id)));
+		}
+		pfree(sorted);
+	}
+}
+
+/*
+ * ql_many_begin: the start of qlater_complete_many and
+ * qlater_unlock_many: act as the owner, connect to SPI, run statement s
+ * on the rows of all the jobs at once (it locks or deletes them and
+ * returns QL_FINISH_ROW and the id), and check each job as ql_finish_begin
+ * does, in the order of ids: the first job that may not be finished, or
+ * that is not there, raises the error of qlater_complete for it.  An error
+ * undoes what s did, with the (sub)transaction.  Undo with SPI_finish and
+ * ql_restore_user.
+ */
+static void
+ql_many_begin(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
+			  int expected, QlUserSave *save)
+{
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+	Datum		values[3];
+	QlManyRow  *rows;
+	int			nrows;
+	int			i;
+	int32		attempts;
+	int32		max_attempts;
+	TupleDesc	desc;
+
+	ql_become_owner(c, save);
+	ql_spi_connect();
+	values[0] = PointerGetDatum(m->idarray);
+	values[1] = ql_name_datum(me);
+	values[2] = BoolGetDatum(admin);
+	if (ql_exec(c, s, values, false, 0) != expected)
+		elog(ERROR, "could not read jobs");
+	if (SPI_processed > (uint64) m->n)
+		elog(ERROR, "read %llu jobs for %d ids",
+			 (unsigned long long) SPI_processed, m->n);
+	nrows = (int) SPI_processed;
+	desc = SPI_tuptable->tupdesc;
+	rows = palloc(sizeof(QlManyRow) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+
+		rows[i].id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], desc,
+												 QL_FINISH_ROW_ID, &isnull));
+		rows[i].row = i;
+	}
+	qsort(rows, nrows, sizeof(QlManyRow), ql_many_row_cmp);
+	for (i = 0; i < m->n; i++)
+	{
+		QlManyRow	key;
+		QlManyRow  *found;
+
+		key.id = m->ids[i];
+		found = bsearch(&key, rows, nrows, sizeof(QlManyRow), ql_many_row_cmp);
+		if (found == NULL)
+			ql_job_missing_error(m->ids[i]);
+		ql_finish_check(c, m->ids[i], m->tokens ? m->tokens[i] : NULL,
+						save->userid, SPI_tuptable->vals[found->row], desc,
+						&attempts, &max_attempts);
+	}
+}
+
+/*
+ * qlater_complete_many(ids bigint[], tokens uuid[]) returns integer
+ *
+ * Completes several claimed jobs in one statement, all or none: session
+ * claims when tokens is NULL, else tokens[i] is the lease token of
+ * ids[i].  Each job is checked as qlater_complete checks it, and the
+ * claims and slots are released when the transaction commits, as
+ * qlater_complete does.  Returns the number of jobs completed.
+ */
+Datum
+qlater_complete_many(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	QlMany		m;
+	QlUserSave	save;
+	int			i;
+
+	ql_many_args(fcinfo, &m);
+	if (m.n == 0)
+		PG_RETURN_INT32(0);
+	/* the rows are checked as they are deleted: an error undoes the delete */
+	ql_many_begin(&m, c, QL_STMT_COMPLETE_MANY, SPI_OK_DELETE_RETURNING, &save);
+	SPI_finish();
+	ql_restore_user(&save);
+	for (i = 0; i < m.n; i++)
+	{
+		if (m.tokens == NULL)
+			ql_release_claim_at_commit(m.ids[i]);
+		ql_slot_release_at_commit(m.ids[i]);
+	}
+	PG_RETURN_INT32(m.n);
+}
+
+/*
+ * qlater_unlock_many(ids bigint[], tokens uuid[]) returns integer
+ *
+ * Gives back several claims at once, all or none, as qlater_unlock gives
+ * back one: session claims now, leases (and their slots) when the
+ * transaction commits.  Returns the number of claims given back.
+ */
+Datum
+qlater_unlock_many(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	QlMany		m;
+	QlUserSave	save;
+	int			i;
+
+	ql_many_args(fcinfo, &m);
+	if (m.n == 0)
+		PG_RETURN_INT32(0);
+	ql_many_begin(&m, c, QL_STMT_FINISH_MANY, SPI_OK_SELECT, &save);
+	if (m.tokens != NULL)
+	{
+		Datum		values[1];
+
+		values[0] = PointerGetDatum(m.idarray);
+		if (ql_exec(c, QL_STMT_UNLEASE_MANY, values, false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != (uint64) m.n)
+			elog(ERROR, "could not unlock %d jobs", m.n);
+	}
+	SPI_finish();
+	ql_restore_user(&save);
+	for (i = 0; i < m.n; i++)
+	{
+		if (m.tokens == NULL)
+		{
+			ql_release_claim(m.ids[i]);
+			ql_slot_release(m.ids[i]);
+		}
+		else
+			ql_slot_release_at_commit(m.ids[i]);
+	}
+	PG_RETURN_INT32(m.n);
 }
 
 /* ql_listener_exit: forget this session's listener entries */
