@@ -116,6 +116,33 @@ module QLater
         result
       end
 
+      # Inside a transaction: yields each item in a savepoint of its own; an
+      # exception (or a transaction left aborted) rolls back that item's work
+      # and is passed to on_error (still inside the transaction, kept);
+      # stops early when stop.call is true.  One round trip per item: the
+      # release of one savepoint and the next one's start go together, and
+      # the last savepoint ends with the transaction.
+      def each_isolated(items, stop:, on_error:)
+        name = "qlater_each"
+        @raw.exec("SAVEPOINT #{name}")
+        items.each_with_index do |item, i|
+          break if stop.call
+
+          begin
+            yield item
+            if @raw.transaction_status == PG::PQTRANS_INERROR
+              raise Error, "the job left its transaction aborted (an SQL error rescued without a savepoint?)"
+            end
+          rescue Exception => e # rubocop:disable Lint/RescueException
+            raise if @raw.status != PG::CONNECTION_OK
+
+            @raw.exec("ROLLBACK TO SAVEPOINT #{name}")
+            on_error.call(item, e)
+          end
+          @raw.exec("RELEASE SAVEPOINT #{name}; SAVEPOINT #{name}") if i < items.size - 1
+        end
+      end
+
       def in_transaction?
         @raw.transaction_status != PG::PQTRANS_IDLE
       end
@@ -221,6 +248,24 @@ module QLater
         raise Error, "ActiveRecord::Rollback raised outside a transaction block" if rolled_back
 
         result
+      end
+
+      # Inside a transaction: yields each item in a savepoint of its own,
+      # ActiveRecord's (so that the records of a rolled-back item get no
+      # after_commit); an exception rolls that item back and is passed to
+      # on_error; stops early when stop.call is true.
+      def each_isolated(items, stop:, on_error:)
+        items.each do |item|
+          break if stop.call
+
+          begin
+            atomic { yield item }
+          rescue Exception => e # rubocop:disable Lint/RescueException
+            raise if !@ar.active? || @ar.raw_connection.status != PG::CONNECTION_OK
+
+            on_error.call(item, e)
+          end
+        end
       end
 
       def in_transaction?

@@ -264,20 +264,16 @@ module QLater
     def run_batch(link, state)
       outcomes = []
       link.atomic do
-        state[:held].each do |job|
-          break if @stopping
+        on_error = lambda do |job, error|
+          raise error if connection_error?(error)
 
-          started = now
-          begin
-            link.atomic { perform(link, job) }
-            outcomes << [job, started, nil]
-          rescue Exception => e # rubocop:disable Lint/RescueException
-            raise if connection_error?(e)
-
-            record_failure(link.raw, job, e)
-            outcomes << [job, started, e]
-            stop if e.is_a?(SystemExit) || e.is_a?(SignalException)
-          end
+          record_failure(link.raw, job, error)
+          outcomes.last[2] = error
+          stop if error.is_a?(SystemExit) || error.is_a?(SignalException)
+        end
+        link.each_isolated(state[:held], stop: -> { @stopping }, on_error: on_error) do |job|
+          outcomes << [job, now, nil]
+          perform(link, job)
         end
         done = outcomes.reject { |_, _, e| e }.map(&:first)
         complete(link.raw, done) unless done.empty?
