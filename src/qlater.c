@@ -60,13 +60,29 @@ static bool pending_launcher_wake = false;
 static bool pending_extension_change = false;
 static bool pending_queues_changed = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
-static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
+static List *pending_releases = NIL;	/* QlPendingRelease, in
+										 * TopMemoryContext */
+
+/*
+ * A claim to release at commit, asked by a (sub)transaction of nest_level:
+ * a subtransaction rolled back takes its releases with it, as it takes the
+ * finish that asked for them (and as limits.c takes the slots' releases),
+ * so that a job whose completion was rolled back to a savepoint stays
+ * claimed, with its slot.
+ */
+typedef struct QlPendingRelease
+{
+	int64		job_id;
+	int			nest_level;
+} QlPendingRelease;
 
 static object_access_hook_type prev_object_access_hook = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility_hook = NULL;
 
 void		_PG_init(void);
 static void ql_xact_callback(XactEvent event, void *arg);
+static void ql_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg);
 static void ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 							   bool readOnlyTree, ProcessUtilityContext context,
 							   ParamListInfo params, QueryEnvironment *queryEnv,
@@ -113,6 +129,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	RegisterXactCallback(ql_xact_callback, NULL);
+	RegisterSubXactCallback(ql_subxact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -417,7 +434,51 @@ ql_cancel_running_at_commit(int64 job_id)
 void
 ql_release_claim_at_commit(int64 job_id)
 {
-	pending_releases = ql_remember_job(pending_releases, job_id);
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	QlPendingRelease *r = palloc_object(QlPendingRelease);
+
+	r->job_id = job_id;
+	r->nest_level = GetCurrentTransactionNestLevel();
+	pending_releases = lappend(pending_releases, r);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * ql_subxact_callback: a subtransaction rolled back forgets the claims it
+ * asked to release; one committed hands them to its parent.
+ */
+static void
+ql_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (pending_releases == NIL)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_releases)
+		{
+			QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+			if (r->nest_level >= level)
+			{
+				pending_releases = foreach_delete_current(pending_releases, lc);
+				pfree(r);
+			}
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_releases)
+		{
+			QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+			if (r->nest_level >= level)
+				r->nest_level = level - 1;
+		}
+	}
 }
 
 /*
@@ -569,7 +630,8 @@ ql_signal_cancels(List *job_ids)
  * so its jobs would wait for the poll, the claim frontier would stay past
  * them until a worker looks from the start, and a consumer's claim would
  * outlive the job it finished.  (The request is kept even if the savepoint
- * that made it was rolled back: such a PREPARE is refused too.)
+ * that made it was rolled back: such a PREPARE is refused too; but for
+ * the releases of claims, which follow their subtransaction.)
  */
 static void
 ql_xact_callback(XactEvent event, void *arg)
@@ -596,7 +658,7 @@ ql_xact_callback(XactEvent event, void *arg)
 				ListCell   *lc;
 
 				foreach(lc, pending_releases)
-					ql_release_claim(*(int64 *) lfirst(lc));
+					ql_release_claim(((QlPendingRelease *) lfirst(lc))->job_id);
 			}
 			if (ql_shared != NULL)
 			{

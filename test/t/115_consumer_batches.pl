@@ -243,6 +243,22 @@ is($other->query_safe(q{SELECT count(*) FROM qlater_lock('lim', 5)}),
 	'2', 'limited: the lease slots are released at COMMIT');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM qlater_jobs WHERE queue = 'lim'}),
 	'3', 'limited: three jobs completed, three left');
+
+### 6. a completion rolled back to a savepoint keeps its claims and slots
+is($other->query_safe(q{SELECT qlater_unlock_many(ARRAY(SELECT id FROM qlater_jobs WHERE queue = 'lim' AND locked_by = pg_backend_pid()))}),
+	'2', 'rolled back: another session gives its claims back');
+$s->query_safe('BEGIN');
+is($s->query_safe(q{CREATE TEMP TABLE r AS SELECT id FROM qlater_lock('lim', 5); SELECT count(*) FROM r}),
+	'2', 'rolled back: two claimed');
+$s->query_safe(q{SAVEPOINT e; SELECT qlater_complete_many(ARRAY(SELECT id FROM r)); ROLLBACK TO SAVEPOINT e});
+$s->query_safe('COMMIT');
+is($s->query_safe(q{SELECT count(*) FROM qlater_jobs WHERE locked_by = pg_backend_pid()}),
+	'2', 'rolled back: a completion rolled back to a savepoint leaves the claims held after COMMIT');
+is($other->query_safe(q{SELECT count(*) FROM qlater_lock('lim', 5)}),
+	'0', 'rolled back: and their slots');
+is($s->query_safe(q{SELECT qlater_complete_many(ARRAY(SELECT id FROM r))}),
+	'2', 'rolled back: the holder completes them later');
+is(advisory_locks(), '0', 'rolled back: no claim is left');
 $other->quit;
 $s->quit;
 
