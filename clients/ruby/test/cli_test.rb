@@ -69,7 +69,9 @@ class CLITest < QLaterTest::Case
   def test_it_runs_jobs_logs_a_line_each_names_itself_and_stops_on_sigterm
     conn.transaction { 5.times { |i| RecordKey.new("k#{i}").later } }
     Boom.new("b").later(:call)
-    output, status = with_worker("--queues", queue, "--threads", "2", "--require", File.join(SUPPORT, "jobs.rb")) do
+    # (PGAPPNAME, which the TAP harness sets, would name the sessions)
+    output, status = with_worker("--queues", queue, "--threads", "2", "--require", File.join(SUPPORT, "jobs.rb"),
+                                 env: { "PGAPPNAME" => nil }) do
       wait_until(timeout: 60, message: "the jobs") { done_count == 5 && jobs.all? { |j| j["attempts"] == "1" } }
       names = conn.exec("SELECT DISTINCT application_name FROM pg_stat_activity " \
                         "WHERE application_name LIKE 'qlater%' AND backend_type = 'client backend'").column_values(0)
