@@ -250,10 +250,10 @@ module QLater
         raise if connection_error?(e) || link.in_transaction?
 
         record_failure(link.raw, job, e)
-        state[:held].delete(job)
+        state[:held].shift # jobs run in claim order: this one is the first held
         failed(job, e, started)
       else
-        state[:held].delete(job)
+        state[:held].shift
         done(job, started)
       end
     end
@@ -278,8 +278,8 @@ module QLater
         done = outcomes.reject { |_, _, e| e }.map(&:first)
         complete(link.raw, done) unless done.empty?
       end
+      state[:held].shift(outcomes.size) # run in claim order, from the first
       outcomes.each do |job, started, error|
-        state[:held].delete(job)
         error ? failed(job, error, started) : done(job, started)
       end
     end
@@ -337,13 +337,16 @@ module QLater
       stop
     end
 
+    # Gives back the claims of jobs not run, all in one statement, and
+    # empties the list.
     def give_back(conn, jobs)
-      jobs.dup.each do |job|
-        conn.exec_params("SELECT qlater_unlock($1, $2::uuid)", [job.id, job.claim_token])
-        jobs.delete(job)
+      conn.exec_params("SELECT qlater_unlock_many($1::bigint[], $2::uuid[])",
+                       [array_literal(jobs.map(&:id)), @lease ? array_literal(jobs.map(&:claim_token)) : nil])
+      jobs.each do |job|
         count(:unlocked)
         log_job(:info, job, nil, "given back")
       end
+      jobs.clear
     end
 
     def count(what)
