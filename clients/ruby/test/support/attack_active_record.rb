@@ -1,0 +1,51 @@
+# frozen_string_literal: true
+
+# ActiveRecord / ActiveModel classes of the attack tests.
+require_relative "active_record_setup"
+require_relative "attack_jobs"
+
+# A model whose after_commit has an effect outside the database (an email,
+# a webhook, a push to another queue): recorded here, in the process.
+class AttackNotifiedRecord < ActiveRecord::Base
+  self.table_name = "rb_aj"
+
+  class << self
+    def notified
+      @notified ||= []
+    end
+  end
+
+  after_commit { self.class.notified << key }
+end
+
+# Saves a record (whose after_commit notifies), then fails.
+class AttackNotifyThenFailJob < ApplicationJob
+  def perform(queue, key)
+    AttackNotifiedRecord.create!(queue: queue, key: key)
+    raise "fails after the save"
+  end
+end
+
+# Saves a record and succeeds (the control case).
+class AttackNotifyJob < ApplicationJob
+  def perform(queue, key)
+    AttackNotifiedRecord.create!(queue: queue, key: key)
+  end
+end
+
+# A service object written the common Rails way: a form/service object with
+# ActiveModel::Model (attributes, validations) that runs later.  Its only
+# intended job method is #call.
+class AttackSignupService
+  include ActiveModel::Model
+  include QLater::ProcessLater
+
+  attr_accessor :email
+
+  def initializer_arguments = [{ "email" => email }]
+
+  def call
+    QLater.connection.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)",
+                                  [QLater.current_job.queue, "signup #{email}"])
+  end
+end
