@@ -97,3 +97,57 @@ class AttackActiveRecordTest < QLaterTest::Case
                                    "(a pooled connection of this process holds it)"
   end
 end
+
+class AttackActiveRecordTest
+  # A job that gives its connection back to the pool mid-job: the
+  # connection, with the job's session claim and its open transaction, is
+  # in the pool's available list; the next thread to check one out gets it
+  # (the pool hands out the last one checked in).  ActiveRecord's
+  # connection monitor, held by the job's transaction block, then blocks
+  # that thread until the job commits (a Thread.new in the job that waits
+  # for it deadlocks).  README: "a session claim never goes back to the
+  # pool while held".
+  def test_a_connection_released_mid_job_does_not_carry_the_claim_to_another_thread
+    AttackReleaseConnectionJob.perform_later(queue)
+    QLater::Worker.new(queues: [@aj_queue]).work_off
+    row = RbAj.find_by(queue: queue, key: "released")
+    skip "the job failed: #{aj_jobs.first&.fetch('last_error')}" unless row
+    assert_equal "false", row.info, "the job's connection, holding its claim, was available in the pool"
+  end
+
+  # Rows another role writes into a queue the worker consumes: none of
+  # them may run anything but a ProcessLater call or the ActiveJob class
+  # named both as handler and as job_class.
+  def test_forged_rows_are_refused
+    call = ->(m, margs = []) { JSON.generate("qlater" => 1, "args" => [], "kwargs" => {}, "method" => m, "method_args" => margs, "method_kwargs" => {}) }
+    rows = [
+      ["Kernel", call.("system", ["true"])],
+      ["::File", call.("call")],
+      ["Object", call.("instance_eval", ["1"])],
+      ["ActiveJob::Base", JSON.generate("job_class" => "ActiveJob::Base", "arguments" => [])],
+      ["ApplicationJob", JSON.generate("job_class" => "ApplicationJob", "arguments" => [])],
+      ["RecordJob", JSON.generate("job_class" => "AttackNotAJob", "arguments" => [queue, "forged"])],
+      ["AttackNotAJob", JSON.generate("job_class" => "AttackNotAJob", "arguments" => [])],
+      ["RecordKey", call.("send", [{ "_qlater_sym" => "system" }, "true"])],
+      ["RecordKey", call.("instance_eval", ["raise 'ran'"])],
+      ["RecordKey", call.("initialize", ["x"])],
+      ["RecordKey", call.("later")],
+      ["RecordKey", "[1, 2]"],
+      ["NotAJob", call.("call")],
+      ["Attack Spaces", call.("call")],
+      ["recordkey", call.("call")]
+    ]
+    rows.each do |handler, args|
+      conn.exec_params("SELECT qlater_enqueue($1, $2::jsonb, queue => $3, max_attempts => 1)", [handler, args, queue])
+    end
+    assert_equal rows.size, worker.work_off
+    left = jobs
+    assert_equal rows.size, left.size
+    left.each do |j|
+      assert_equal "dead", j["state"], j["handler"]
+      msg = JSON.parse(j["last_error"])["message"]
+      assert_match(/\A(QLater::UnsafeJob|NotImplementedError)/, msg, "#{j['handler']} #{j['args']}")
+    end
+    assert_empty RbAj.where(queue: queue).pluck(:key)
+  end
+end

@@ -49,3 +49,21 @@ class AttackSignupService
                                   [QLater.current_job.queue, "signup #{email}"])
   end
 end
+
+# Careless job code: hands its connection back to the pool mid-job (as a
+# library that "cleans up connections" does), then lets another thread
+# use the pool (a Thread.new in the job, or another worker thread).
+class AttackReleaseConnectionJob < ApplicationJob
+  def perform(queue)
+    pool = ActiveRecord::Base.connection_pool
+    mine = QLater.connection # the worker's PG::Connection, holding the claim
+    pool.release_connection
+    available = pool.connections.any? { |c| c.instance_variable_get(:@connection).equal?(mine) && !c.in_use? }
+    RbAj.create!(queue: queue, key: "released", info: available.to_s)
+  end
+end
+
+# A class that is an ActiveJob class for Ruby, but not the handler.
+class AttackNotAJob
+  def self.execute(*) = raise("AttackNotAJob must never run")
+end
