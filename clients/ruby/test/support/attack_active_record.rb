@@ -67,3 +67,32 @@ end
 class AttackNotAJob
   def self.execute(*) = raise("AttackNotAJob must never run")
 end
+
+# Exits the process from a job (SystemExit).
+class AttackExitJob < ApplicationJob
+  def perform(queue)
+    RbAj.create!(queue: queue, key: "before exit")
+    exit 3
+  end
+end
+
+# Rescues an SQL error without a savepoint: the transaction is aborted.
+class AttackAbortedJob < ApplicationJob
+  def perform(queue)
+    RbAj.create!(queue: queue, key: "aborted")
+    begin
+      RbAj.connection.execute("SELECT 1/0")
+    rescue ActiveRecord::StatementInvalid
+      nil
+    end
+  end
+end
+
+# A job that COMMITs and ROLLBACKs the worker's transaction through raw SQL.
+class AttackRawRollbackJob < ApplicationJob
+  def perform(queue)
+    RbAj.create!(queue: queue, key: "rolled back by raw SQL")
+    RbAj.connection.execute("ROLLBACK")
+    RbAj.create!(queue: queue, key: "after raw rollback")
+  end
+end
