@@ -84,7 +84,7 @@ class AttackActiveRecordTest < QLaterTest::Case
   # connection goes back to the pool still holding the session claim (the
   # worker's error path only discards a connection it has a Link for).
   def test_an_unreadable_row_leaves_no_claim_on_a_pooled_connection
-    deep = "#{'[' * 150}#{']' * 150}"
+    deep = "#{'[' * 1000}#{']' * 1000}"
     id = Integer(value("SELECT qlater_enqueue('RecordJob', $1::jsonb, queue => $2)",
                        %({"job_class": "RecordJob", "arguments": [#{deep}]}), @aj_queue))
     w = QLater::Worker.new(queues: [@aj_queue], poll_interval: 0.1)

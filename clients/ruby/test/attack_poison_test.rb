@@ -72,12 +72,12 @@ class AttackPoisonTest < QLaterTest::Case
   end
 
   # A row written by another program (any role with 'enqueue' on the
-  # queue) with args nested deeper than Ruby's JSON.parse allows (100):
+  # queue) with args nested deeper than the worker reads (500; JSON.parse allows 100 by default):
   # Job.from_row raises inside the claim, the session is dropped, the job
   # is claimed again at once, forever, and, being first in the queue's
   # order, keeps every other job of the queue from running.
   def test_a_row_nested_too_deep_for_json_parse_does_not_block_the_queue
-    deep = "#{'[' * 150}#{']' * 150}"
+    deep = "#{'[' * 1000}#{']' * 1000}"
     poison = enqueue_raw("AttackRecord",
                          %({"qlater": 1, "args": [#{deep}], "kwargs": {}, "method": "call", "method_args": [], "method_kwargs": {}}),
                          priority: 0)

@@ -147,6 +147,13 @@ module QLater
         @raw.transaction_status != PG::PQTRANS_IDLE
       end
 
+      # Is the session gone?  Decided from the connection, not from the
+      # class of an exception: a job's own PG::ConnectionBad (another
+      # database) is a failure of the job.
+      def lost?
+        @raw.finished? || @raw.status != PG::CONNECTION_OK
+      end
+
       def close
         @raw.close unless @raw.finished?
       rescue PG::Error
@@ -261,7 +268,7 @@ module QLater
           begin
             atomic { yield item }
           rescue Exception => e # rubocop:disable Lint/RescueException
-            raise if !@ar.active? || @ar.raw_connection.status != PG::CONNECTION_OK
+            raise if lost?
 
             on_error.call(item, e)
           end
@@ -270,6 +277,11 @@ module QLater
 
       def in_transaction?
         @ar.transaction_open?
+      end
+
+      def lost?
+        raw = @ar.instance_variable_get(:@connection) # without materializing anything
+        raw.nil? || raw.finished? || raw.status != PG::CONNECTION_OK
       end
 
       def close

@@ -4,25 +4,38 @@ module QLater
   # A job claimed by a worker (a row of qlater_lock).  args is the parsed
   # JSON; claim_token is set in lease mode only.
   Job = Struct.new(:id, :queue, :handler, :args, :priority, :run_at, :attempts,
-                   :max_attempts, :role, :claim_token, keyword_init: true) do
+                   :max_attempts, :role, :claim_token, :unreadable, keyword_init: true) do
+    # A job of a qlater_lock row.  Args that cannot be read (JSON nested
+    # deeper than MAX_NESTING) make a job whose perform raises UnsafeJob:
+    # it fails like any other, and holds up nothing.
     def self.from_row(row)
+      args, unreadable = begin
+        [JSON.parse(row["args"], max_nesting: MAX_NESTING), nil]
+      rescue JSON::JSONError, SystemStackError => e
+        [nil, "#{e.class}: #{e.message[0, 200]}"]
+      end
       new(id: Integer(row["id"]),
           queue: row["queue"],
           handler: row["handler"],
-          args: JSON.parse(row["args"]),
+          args: args,
           priority: row["priority"]&.to_i,
           run_at: row["run_at"],
           attempts: row["attempts"].to_i,
           max_attempts: row["max_attempts"]&.to_i,
           role: row["role"],
-          claim_token: row["claim_token"])
+          claim_token: row["claim_token"],
+          unreadable: unreadable)
     end
+
+    MAX_NESTING = 500
 
     # Runs the job: an ActiveJob job through ActiveJob::Base.execute, a
     # ProcessLater call by re-creating the object and calling the method.
     # Only classes that include QLater::ProcessLater (and only their own
     # public methods) or ActiveJob classes are run.
     def perform
+      raise UnsafeJob, "job #{id}: args cannot be read (#{unreadable})" if unreadable
+
       klass = self.class.resolve(handler)
       return perform_active_job(klass) if self.class.active_job_class?(klass)
 

@@ -247,7 +247,7 @@ module QLater
           complete(link.raw, [job])
         end
       rescue Exception => e # rubocop:disable Lint/RescueException -- a job's exception fails the job, whatever it is
-        raise if connection_error?(e) || link.in_transaction?
+        raise if link.lost? || link.in_transaction?
 
         record_failure(link.raw, job, e)
         state[:held].shift # jobs run in claim order: this one is the first held
@@ -265,7 +265,7 @@ module QLater
       outcomes = []
       link.atomic do
         on_error = lambda do |job, error|
-          raise error if connection_error?(error)
+          raise error if link.lost?
 
           record_failure(link.raw, job, error)
           outcomes.last[2] = error
@@ -294,11 +294,6 @@ module QLater
       end
     end
 
-    # A lost connection (ActiveRecord wraps PG's errors: their cause).
-    def connection_error?(error)
-      [error, error&.cause].any? { |e| e.is_a?(PG::ConnectionBad) || e.is_a?(PG::UnableToSend) }
-    end
-
     def complete(conn, jobs)
       if jobs.size == 1
         conn.exec_params("SELECT qlater_complete($1, $2::uuid)", [jobs[0].id, jobs[0].claim_token])
@@ -313,12 +308,33 @@ module QLater
       "{#{values.join(',')}}"
     end
 
+    # Records a failed attempt: "Class: message" and 50 lines of backtrace,
+    # as valid UTF-8 without NUL, whatever the exception makes of them.
     def record_failure(conn, job, error)
-      text = "#{error.class}: #{error.message}"
-      trace = error.backtrace
-      text += "\n#{trace.first(50).join("\n")}" if trace && !trace.empty?
-      text = text.scrub.delete("\0")
-      conn.exec_params("SELECT qlater_fail($1, $2, NULL, $3::uuid)", [job.id, text, job.claim_token])
+      text = error_summary(error)
+      trace = begin
+        error.backtrace
+      rescue Exception # rubocop:disable Lint/RescueException
+        nil
+      end
+      text += "\n#{trace.first(50).join("\n")}" if trace.is_a?(Array) && !trace.empty?
+      conn.exec_params("SELECT qlater_fail($1, $2, NULL, $3::uuid)", [job.id, clean_text(text), job.claim_token])
+    end
+
+    # "Class: message" of an exception, even one whose message raises.
+    def error_summary(error)
+      message = begin
+        error.message.to_s
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        "(its message raised #{e.class})"
+      end
+      clean_text("#{error.class}: #{message}")
+    end
+
+    def clean_text(text)
+      text = text.dup.force_encoding(Encoding::UTF_8)
+      text = text.scrub unless text.valid_encoding?
+      text.delete("\0")
     end
 
     def done(job, started)
@@ -330,7 +346,7 @@ module QLater
       count(:failed)
       last = job.attempts + 1 >= job.max_attempts.to_i
       log_job(:warn, job, started, last ? "dead" : "failed",
-              "attempt=#{job.attempts + 1}/#{job.max_attempts} error=#{"#{error.class}: #{error.message}".inspect}")
+              "attempt=#{job.attempts + 1}/#{job.max_attempts} error=#{error_summary(error).inspect}")
       return unless error.is_a?(SystemExit) || error.is_a?(SignalException)
 
       log(:warn, "job #{job.id} raised #{error.class}: stopping the worker")
