@@ -181,6 +181,42 @@ module QLater
     def initialize(klass = QLater.active_record_class, set_application_name: true)
       @klass = klass
       @set_application_name = set_application_name
+      JobTransactions.install
+    end
+
+    # A job's transaction is opened joinable: false, so that the job's own
+    # transaction blocks are savepoints of their own, as when the code runs
+    # outside a job.  ActiveRecord runs the after_commit callbacks of a
+    # transaction nested in a non-joinable one when that nested transaction
+    # ends (so do transactional tests): inside a job, before the job's
+    # COMMIT, even for records the job's failure then rolls back.  Marked
+    # job transactions make their nested ones pass their records up
+    # instead, to the job's transaction, whose real COMMIT runs them.
+    module JobTransactions
+      def self.install
+        manager = ::ActiveRecord::ConnectionAdapters::TransactionManager
+        return if manager <= self
+
+        unless manager.private_method_defined?(:initialize) && manager.method_defined?(:begin_transaction)
+          raise Error, "this ActiveRecord's transactions are not the ones qlater knows (6.1)"
+        end
+
+        manager.prepend(self)
+      end
+
+      # Marks the transaction just begun as a job's.
+      def self.mark(transaction)
+        transaction.instance_variable_set(:@qlater_job, true)
+      end
+
+      def begin_transaction(*args, **kwargs)
+        transaction = super
+        if @stack[0...-1].any? { |t| t.instance_variable_get(:@qlater_job) } &&
+           transaction.instance_variable_defined?(:@run_commit_callbacks)
+          transaction.instance_variable_set(:@run_commit_callbacks, false)
+        end
+        transaction
+      end
     end
 
     attr_reader :klass
@@ -246,7 +282,9 @@ module QLater
       # code runs outside a transaction.
       def atomic
         rolled_back = nil
+        top = !@ar.transaction_open?
         result = @ar.transaction(requires_new: true, joinable: false) do
+          JobTransactions.mark(@ar.current_transaction) if top
           yield
         rescue ::ActiveRecord::Rollback => e
           rolled_back = e
