@@ -14,7 +14,10 @@ module QLater
   # first job goes into it (QLater::ActiveJob.declare_queues, or the SQL
   # qlater_create_queue('aj_default', external => true) in a migration);
   # the adapter checks once per queue and process and raises
-  # QLater::Error, saying how, otherwise.
+  # QLater::Error, saying how, otherwise.  It must also belong to the
+  # connection's role (or a role it is a member of): a queue of that name
+  # another role made first would let that role read the application's
+  # jobs and feed it jobs of its own.
   module ActiveJob
     DEFAULT_PREFIX = "aj_"
 
@@ -45,6 +48,7 @@ module QLater
           case queue_kind(connection, queue)
           when nil then connection.exec_params("SELECT qlater_create_queue($1, external => true)", [queue])
           when :in_server then raise Error, in_server_message(queue, name)
+          when :foreign then raise Error, foreign_message(connection, queue, name)
           end
           queue
         end
@@ -58,6 +62,7 @@ module QLater
         case queue_kind(connection, queue)
         when :external then @known_lock.synchronize { @known[queue] = true }
         when :in_server then raise Error, in_server_message(queue, active_job_queue)
+        when :foreign then raise Error, foreign_message(connection, queue, active_job_queue)
         else
           raise Error, "qlater queue \"#{queue}\" of ActiveJob queue \"#{active_job_queue}\" does not exist; " \
                        "declare it once: QLater::ActiveJob.declare_queues(#{active_job_queue.to_s.inspect}) " \
@@ -71,11 +76,22 @@ module QLater
 
       private
 
+      # nil (no such queue), :in_server, :foreign (another role's) or :external.
       def queue_kind(connection, queue)
-        row = QLater.query(connection, "SELECT external FROM qlater_queues WHERE name = $1", [queue]).first
+        row = QLater.query(connection, "SELECT external, pg_has_role(owner, 'USAGE') AS ours " \
+                                       "FROM qlater_queues WHERE name = $1", [queue]).first
         return nil unless row
+        return :in_server unless row["external"] == "t"
 
-        row["external"] == "t" ? :external : :in_server
+        row["ours"] == "t" ? :external : :foreign
+      end
+
+      def foreign_message(connection, queue, active_job_queue)
+        owner = QLater.query(connection, "SELECT owner FROM qlater_queues WHERE name = $1", [queue]).getvalue(0, 0)
+        "qlater queue \"#{queue}\" of ActiveJob queue \"#{active_job_queue}\" is owned by role \"#{owner}\", " \
+          "not by this connection's role or a role it is a member of: its owner would see and feed " \
+          "the application's jobs; have it dropped or handed over " \
+          "(qlater_alter_queue('#{queue}', owner => ...)), or set QLater::ActiveJob.queue_prefix"
       end
 
       def in_server_message(queue, active_job_queue)

@@ -182,6 +182,46 @@ module QLater
       @klass = klass
       @set_application_name = set_application_name
       JobTransactions.install
+      PinnedConnections.install
+    end
+
+    # A connection that holds a worker's claims is pinned to its thread:
+    # release_connection (also called by clear_active_connections!, as the
+    # Rails executor and some job code do) and checkin leave it alone, so
+    # that it never goes back to the pool, or to another thread, with the
+    # claims and the job's open transaction.
+    module PinnedConnections
+      def self.install
+        pool = ::ActiveRecord::ConnectionAdapters::ConnectionPool
+        return if pool <= self
+
+        unless pool.method_defined?(:release_connection) && pool.method_defined?(:checkin) &&
+               pool.private_method_defined?(:connection_cache_key)
+          raise Error, "this ActiveRecord's connection pool is not the one qlater knows (6.1)"
+        end
+
+        pool.prepend(self)
+      end
+
+      def self.pin(conn, pinned)
+        conn.instance_variable_set(:@qlater_pinned, pinned)
+      end
+
+      def self.pinned?(conn)
+        conn&.instance_variable_get(:@qlater_pinned) ? true : false
+      end
+
+      def release_connection(owner_thread = Thread.current)
+        return if PinnedConnections.pinned?(@thread_cached_conns[connection_cache_key(owner_thread)])
+
+        super
+      end
+
+      def checkin(conn)
+        return if PinnedConnections.pinned?(conn)
+
+        super
+      end
     end
 
     # A job's transaction is opened joinable: false, so that the job's own
@@ -230,8 +270,13 @@ module QLater
     def with_link(_state, &block)
       executor_wrap do
         pool.with_connection do |ar|
-          Connections.name_session(ar.raw_connection) if @set_application_name
-          block.call(Link.new(ar))
+          PinnedConnections.pin(ar, true)
+          begin
+            Connections.name_session(ar.raw_connection) if @set_application_name
+            block.call(Link.new(ar))
+          ensure
+            PinnedConnections.pin(ar, false)
+          end
         end
       end
     end
