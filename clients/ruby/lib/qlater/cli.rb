@@ -156,9 +156,17 @@ module QLater
                Connections.new(worker_options[:connect]).connect
              end
       conn.exec("SELECT 1")
+      check_lease(conn, worker_options[:lease]) if worker_options[:lease]
       conn.close unless QLater.active_record?
     rescue PG::Error => e
       raise ConfigError, "cannot connect: #{e.message.strip}"
+    end
+
+    def check_lease(conn, lease)
+      positive = conn.exec_params("SELECT $1::interval > interval '0'", [lease]).getvalue(0, 0)
+      raise ConfigError, "--lease must be positive, not #{lease.inspect}" unless [true, "t"].include?(positive)
+    rescue PG::DataException => e
+      raise ConfigError, "--lease #{lease.inspect} is not an interval (#{e.message.lines.first.strip})"
     end
   end
 end

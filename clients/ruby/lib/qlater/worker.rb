@@ -84,6 +84,7 @@ module QLater
       @stopping = false
       previous = trap_signals
       @waker = Waker.new(self, listen_connections, @queues, @poll_interval) if @listen
+      @heartbeat = Heartbeat.new(self, @connections.listen_connections, @lease) if @lease
       log(:info, "worker started: queues #{@queues.join(',')}, #{@threads} thread(s), " \
                  "#{@lease ? "lease #{@lease}" : 'session claims'}, commit per #{@commit}")
       join(spawn_threads(:run))
@@ -92,6 +93,8 @@ module QLater
     ensure
       @waker&.stop
       @waker = nil
+      @heartbeat&.stop
+      @heartbeat = nil
       restore_signals(previous) if previous
     end
 
@@ -101,8 +104,12 @@ module QLater
     def work_off
       @stopping = false
       before = @counts[:completed] + @counts[:failed]
+      @heartbeat = Heartbeat.new(self, @connections.listen_connections, @lease) if @lease
       join(spawn_threads(:drain))
       @counts[:completed] + @counts[:failed] - before
+    ensure
+      @heartbeat&.stop
+      @heartbeat = nil
     end
 
     # Asks the worker to stop (safe from any thread and from a trap).
@@ -145,8 +152,10 @@ module QLater
     # Errors of qlater_lock no retry can fix: the role may not consume the
     # queue, the queue is not external, qlater is not installed.  The worker
     # stops and raises them.
+    # (PG::DataException: an argument PostgreSQL refuses, such as a lease
+    # that is no interval.)
     FATAL_CLAIM_ERRORS = [PG::InsufficientPrivilege, PG::ObjectNotInPrerequisiteState,
-                          PG::UndefinedFunction, PG::InvalidParameterValue, PG::UndefinedObject].freeze
+                          PG::UndefinedFunction, PG::DataException, PG::UndefinedObject].freeze
 
     def thread_main(mode)
       state = {}
@@ -186,6 +195,7 @@ module QLater
 
       state[:phase] = :run
       state[:held] = jobs.dup
+      @heartbeat&.add(jobs)
       @commit == :batch ? run_batch(link, state) : jobs.each { |job| run_one(link, job, state) }
       give_back(link.raw, state[:held]) unless state[:held].empty?
       jobs.size
@@ -202,6 +212,7 @@ module QLater
       raise
     ensure
       state.delete(:held)
+      @heartbeat&.remove(jobs) if jobs
     end
 
     def default_connect
@@ -398,6 +409,71 @@ module QLater
 
     def log(level, message)
       @logger&.public_send(level, "qlater: #{message}")
+    end
+
+    # Lease mode: renews the leases of the jobs the worker holds
+    # (qlater_extend) every third of the lease, from a connection of its
+    # own, so that a job longer than its lease keeps it; only a worker that
+    # stopped renewing (dead, hung, cut off) loses its jobs to others.
+    class Heartbeat
+      def initialize(worker, connections, lease)
+        @worker = worker
+        @connections = connections
+        @lease = lease
+        @held = {}
+        @mutex = Mutex.new
+        @stop = false
+        @thread = Thread.new { beat_loop }
+        @thread.name = "qlater-heartbeat"
+        @thread.report_on_exception = false
+      end
+
+      def add(jobs)
+        @mutex.synchronize { jobs.each { |job| @held[job.id] = job } }
+      end
+
+      def remove(jobs)
+        @mutex.synchronize { jobs.each { |job| @held.delete(job.id) } }
+      end
+
+      def stop
+        @stop = true
+        @thread.join
+      end
+
+      private
+
+      def beat_loop
+        conn = nil
+        interval = nil
+        until @stop
+          begin
+            conn ||= @connections.connect
+            interval ||= [Float(conn.exec_params("SELECT extract(epoch FROM $1::interval)", [@lease])
+                                    .getvalue(0, 0)) / 3, 0.1].max
+            @mutex.synchronize { @held.values }.each { |job| extend_lease(conn, job) }
+          rescue StandardError => e
+            @worker.log(:warn, "lease renewal: #{e.class}: #{e.message.lines.first&.strip}")
+            conn&.close unless conn.nil? || conn.finished?
+            conn = nil
+          end
+          deadline = now + (interval || 1.0)
+          sleep([deadline - now, 0.1].min) while !@stop && now < deadline
+        end
+      ensure
+        conn&.close unless conn.nil? || conn.finished?
+      end
+
+      # A job finished meanwhile, or whose lease ran out already, is left.
+      def extend_lease(conn, job)
+        conn.exec_params("SELECT qlater_extend($1, $2::uuid, $3::interval)", [job.id, job.claim_token, @lease])
+      rescue PG::UndefinedObject, PG::ObjectNotInPrerequisiteState
+        nil
+      end
+
+      def now
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      end
     end
 
     # Wakes the worker's idle threads when a NOTIFY for one of its queues
