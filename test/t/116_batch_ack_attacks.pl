@@ -1,0 +1,157 @@
+# 116_batch_ack_attacks.pl: a hostile review of the batch acknowledgements
+# of 0.3 (qlater_complete_many, qlater_unlock_many, a claim's release at
+# commit following its subtransaction), as tenants (alice, mallory) and as
+# a DBA.
+#
+# Breaks (plain tests that fail on the code they were found on):
+#   A1. qlater_complete_many and qlater_unlock_many lock (delete, or
+#       SELECT ... FOR UPDATE) the rows of every id they are given before
+#       they check any: a role that may consume nothing of the victim's
+#       puts the victim's job id first and one of its own jobs' ids, whose
+#       row it keeps locked from a second session, last.  The call then
+#       waits for that second session while holding the victim's row: the
+#       victim's consumer cannot complete its job (it waits, lock_timeout
+#       ends it), a lease-mode qlater_lock of the queue waits (it "never
+#       waits on other consumers"), and the in-server workers leave the
+#       victim's in-server job alone (a row being changed), for as long as
+#       the attacker likes.  qlater_complete of one id checked as soon as
+#       the row is locked, so it never held a row it may not touch while
+#       waiting.
+# No server process may end on a signal, and no assertion may fail.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $node = PostgreSQL::Test::Cluster->new('batch_ack_attacks');
+$node->init;
+$node->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 2\n"
+	  . "max_worker_processes = 16\n"
+	  . "max_prepared_transactions = 2\n");
+$node->start;
+
+sub su
+{
+	my ($sql) = @_;
+	return $node->safe_psql('postgres', $sql);
+}
+
+sub as
+{
+	my ($role, $sql) = @_;
+	return $node->safe_psql('postgres', $sql, extra_params => [ '-U', $role ]);
+}
+
+# ($ret, $out, $err) of a statement run as a role
+sub try_as
+{
+	my ($role, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', $sql, extra_params => [ '-U', $role ]);
+	return ($ret, $out, $err);
+}
+
+sub advisory_locks
+{
+	return su(q{SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 29036});
+}
+
+# wait up to $secs for a query to return 't'
+sub wait_for
+{
+	my ($sql, $secs) = @_;
+	my $end = time + $secs;
+	while (time < $end)
+	{
+		return 1 if su($sql) eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+su(q{
+CREATE EXTENSION qlater;
+CREATE ROLE alice LOGIN;
+CREATE ROLE mallory LOGIN;
+CREATE TABLE marks (n int, at timestamptz DEFAULT clock_timestamp());
+GRANT SELECT, INSERT ON marks TO PUBLIC;
+CREATE FUNCTION public.mark(n int) RETURNS void LANGUAGE sql
+    AS $$ INSERT INTO public.marks (n) VALUES (n) $$;
+GRANT EXECUTE ON FUNCTION public.mark(int) TO PUBLIC;
+SELECT qlater_register('public.mark(int)');
+});
+as('alice', q{SELECT qlater_create_queue('aq', external => true)});
+as('mallory', q{SELECT qlater_create_queue('mq', external => true)});
+
+### A1. complete_many / unlock_many hold rows they may not touch while they wait
+{
+	my $va = as('alice', q{SELECT qlater_enqueue('AliceJob', '[1]', queue => 'aq')});
+	my $va2 = as('alice', q{SELECT qlater_enqueue('AliceJob', '[2]', queue => 'aq')});
+	# an in-server job of alice's, due in a few seconds
+	my $vi = as('alice', q{SELECT qlater_enqueue('mark', '[7]', run_at => now() + interval '3 seconds')});
+	my ($m1, $m2) = split /\n/, as('mallory',
+		q{SELECT qlater_enqueue('M', '[1]', queue => 'mq') UNION ALL SELECT qlater_enqueue('M', '[2]', queue => 'mq')});
+	ok($va < $m1 && $vi < $m1, 'A1: the victim\'s jobs have smaller ids than the attacker\'s');
+
+	# mallory's second session keeps the row of her own job m2 locked
+	my $b = $node->background_psql('postgres', extra_params => [ '-U', 'mallory' ]);
+	$b->query_safe('BEGIN');
+	is($b->query_safe(q{SELECT count(*) FROM qlater_lock('mq', 2)}), '2', 'A1: mallory claims her own jobs');
+	$b->query_safe("SELECT qlater_complete($m2)");
+
+	# her first session asks to complete alice's jobs and then m2: it waits for m2
+	my $a = $node->background_psql('postgres', on_error_stop => 0,
+		extra_params => [ '-U', 'mallory' ]);
+	$a->query_until(qr/go/, "\\echo go\nSELECT qlater_complete_many(ARRAY[$va, $vi, $m2]);\n");
+	ok( wait_for(
+			q{SELECT count(*) > 0 FROM pg_stat_activity
+			  WHERE usename = 'mallory' AND wait_event_type = 'Lock' AND query LIKE '%complete_many%'}, 30),
+		'A1: the attacker\'s complete_many waits for her other session');
+
+	# alice, who consumes aq, completes her job: she must not wait for mallory
+	my ($ret, $out, $err) = try_as('alice', qq{SET lock_timeout = '3s';
+		SELECT count(qlater_complete(id)) FROM qlater_lock('aq', 1)});
+	is($err, '', 'A1: the victim completes her own job while the attacker waits (no lock timeout)');
+	# in lease mode a claim never waits on other consumers
+	($ret, $out, $err) = try_as('alice', qq{SET lock_timeout = '3s';
+		SELECT count(*) FROM qlater_lock('aq', 5, lease => '1 minute')});
+	is($err, '', 'A1: a lease-mode qlater_lock of the victim\'s queue does not wait for the attacker');
+	# the in-server job comes due and runs
+	ok(wait_for(q{SELECT count(*) > 0 FROM marks WHERE n = 7}, 12),
+		'A1: the victim\'s in-server job runs while the attacker waits');
+
+	# the second session ends: the attacker gets her error, nothing was done
+	$b->query_safe('ROLLBACK');
+	$a->query('SELECT 1');
+	like($a->{stderr}, qr/permission denied for job $va/, 'A1: the attacker gets permission denied in the end');
+	$a->{stderr} = '';
+
+	# the same with qlater_unlock_many (SELECT ... FOR UPDATE of every id)
+	$b->query_safe('BEGIN');
+	$b->query_safe(q{SELECT count(*) FROM qlater_lock('mq', 2)});
+	$b->query_safe("SELECT qlater_fail($m2, 'x')");
+	$a->query_until(qr/go2/, "\\echo go2\nSELECT qlater_unlock_many(ARRAY[$va2, $m2]);\n");
+	ok( wait_for(
+			q{SELECT count(*) > 0 FROM pg_stat_activity
+			  WHERE usename = 'mallory' AND wait_event_type = 'Lock' AND query LIKE '%unlock_many%'}, 30),
+		'A1: the attacker\'s unlock_many waits for her other session');
+	($ret, $out, $err) = try_as('alice', qq{SET lock_timeout = '3s';
+		SELECT count(qlater_complete(id)) FROM qlater_lock('aq', 5)});
+	is($err, '', 'A1: the victim completes her job while the attacker\'s unlock_many waits');
+	$b->query_safe('ROLLBACK');
+	$a->query('SELECT 1');
+	like($a->{stderr}, qr/permission denied for job|does not exist/, 'A1: the attacker gets an error in the end');
+	$a->quit;
+	$b->quit;
+	su(q{SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue IN ('aq', 'mq')});
+	su(q{DELETE FROM marks});
+}
+
+$node->stop;
+my $log = slurp_file($node->logfile);
+unlike($log, qr/terminated by signal/, 'no server process was terminated by a signal');
+unlike($log, qr/TRAP:|you don't own a lock/, 'no assertion failed, no lock released twice');
+done_testing();
