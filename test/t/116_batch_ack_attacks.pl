@@ -17,6 +17,17 @@
 #       the attacker likes.  qlater_complete of one id checked as soon as
 #       the row is locked, so it never held a row it may not touch while
 #       waiting.
+#   A2. a lease taken in the current transaction passes for a session
+#       claim: its claim is a transaction-level advisory lock, and the
+#       session-mode check (tokens NULL) asks only LockHeldByMe.
+#       qlater_unlock_many(ids) without tokens then "releases" a session
+#       lock that is not there (WARNING: you don't own a lock of type
+#       ExclusiveLock), leaves the lease on the row, and frees the lease's
+#       slot at once: after COMMIT the leased job still counts as running
+#       and another consumer claims one more job of a queue with
+#       max_running 1 (two running).  qlater_unlock(id) without token does
+#       the same; qlater_complete_many(ids) without tokens of such a job
+#       gives the same WARNING at commit.
 # No server process may end on a signal, and no assertion may fail.
 use strict;
 use warnings;
@@ -148,6 +159,31 @@ as('mallory', q{SELECT qlater_create_queue('mq', external => true)});
 	$b->quit;
 	su(q{SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue IN ('aq', 'mq')});
 	su(q{DELETE FROM marks});
+}
+
+### A2. a lease taken in this transaction passes for a session claim
+as('alice', q{SELECT qlater_create_queue('lim', external => true);
+	SELECT qlater_alter_queue('lim', max_running => 1);
+	SELECT count(qlater_enqueue('L', jsonb_build_array(g), queue => 'lim')) FROM generate_series(1, 3) g});
+{
+	my $s = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'alice' ]);
+	$s->query_safe('BEGIN');
+	my $j1 = $s->query_safe(q{SELECT id FROM qlater_lock('lim', 1, lease => '5 minutes')});
+	ok($j1 ne '', 'A2: a lease of the limited queue is taken');
+	# no tokens: a session-mode give-back of a job this session holds no
+	# session claim of
+	$s->query("SELECT qlater_unlock_many(ARRAY[$j1])");
+	like($s->{stderr}, qr/not claimed by this session/,
+		'A2: unlock_many without tokens of a job leased in this transaction is refused');
+	$s->{stderr} = '';
+	$s->query('COMMIT');
+	my $other = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+	$other->query_safe(q{SELECT count(*) FROM qlater_lock('lim', 5)});
+	is(su(q{SELECT count(*) FROM qlater_jobs WHERE queue = 'lim' AND state = 'running'}),
+		'1', 'A2: a queue with max_running 1 has at most one job running (claimed or leased)');
+	$other->quit;
+	$s->quit;
+	su(q{SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = 'lim'});
 }
 
 $node->stop;
