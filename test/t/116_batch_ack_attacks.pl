@@ -28,6 +28,15 @@
 #       max_running 1 (two running).  qlater_unlock(id) without token does
 #       the same; qlater_complete_many(ids) without tokens of such a job
 #       gives the same WARNING at commit.
+#   A3. a job failed (qlater_fail) and then completed (qlater_complete_many)
+#       in one transaction under a session claim asks the release of its
+#       claim twice: the COMMIT warns "you don't own a lock of type
+#       ExclusiveLock" to the client (the list of releases is not a set).
+#   A4. DROP EXTENSION qlater and CREATE EXTENSION qlater while a consumer
+#       holds session claims: job ids start over, and the claim (an
+#       advisory lock on the id) now holds the new job of that id: no
+#       consumer claims it, and the old session completes it with
+#       qlater_complete_many (or qlater_complete) without ever claiming it.
 # No server process may end on a signal, and no assertion may fail.
 use strict;
 use warnings;
@@ -259,6 +268,52 @@ as('alice', q{SELECT qlater_create_queue('lim', external => true);
 	$s->quit;
 	unlike(substr(slurp_file($node->logfile), $log_from), qr/you don't own a lock/,
 		'H: no claim was released twice');
+}
+
+### P. probes: fail then complete_many in one transaction; PREPARE;
+### the extension dropped and created again under held claims
+{
+	my $log_from = -s $node->logfile;
+	my $s = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'alice' ]);
+	as('alice', q{SELECT count(qlater_enqueue('P', jsonb_build_array(g), queue => 'aq')) FROM generate_series(1, 2) g});
+	my ($p1, $p2) = split /\n/, $s->query_safe(q{SELECT id FROM qlater_lock('aq', 2) ORDER BY id});
+	$s->query_safe('BEGIN');
+	$s->query_safe("SELECT qlater_fail($p1, 'x')");
+	is($s->query_safe("SELECT qlater_complete_many(ARRAY[$p1])"), '1',
+		'P: complete_many of a job failed in the same transaction');
+	$s->query('COMMIT');
+	is($s->{stderr}, '', 'P: its COMMIT says nothing');
+	$s->{stderr} = '';
+	is(advisory_locks(), '1', 'P: its claim is released');
+	unlike(substr(slurp_file($node->logfile), $log_from), qr/you don't own a lock/,
+		'P: a job failed then completed in one transaction has its claim released once');
+
+	# session claims cannot be prepared
+	$s->query_safe('BEGIN');
+	$s->query_safe("SELECT qlater_complete_many(ARRAY[$p2])");
+	$s->query(q{PREPARE TRANSACTION 'p'});
+	like($s->{stderr}, qr/cannot PREPARE/, 'P: PREPARE after a session-mode complete_many is refused');
+	$s->{stderr} = '';
+	is(advisory_locks(), '1', 'P: the claim is still held');
+
+	# the DBA drops the extension and creates it again: job ids start over,
+	# and the session still holds the advisory lock of its old job
+	su(q{DROP EXTENSION qlater; CREATE EXTENSION qlater});
+	as('alice', q{SELECT qlater_create_queue('aq', external => true)});
+	as('alice', qq{SELECT count(qlater_enqueue('New', jsonb_build_array(g), queue => 'aq')) FROM generate_series(1, $p2) g});
+	is(su(qq{SELECT count(*) FROM qlater_jobs WHERE id = $p2}), '1',
+		"P: a new job has id $p2 again");
+	my $o = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+	is($o->query_safe(q{SELECT count(*) FROM qlater_lock('aq', 1000)}), $p2,
+		'P: a consumer claims every new job (none is held by a claim of the dropped extension)');
+	$o->query_safe(q{SELECT qlater_unlock_many(ARRAY(SELECT id FROM qlater_jobs WHERE locked_by = pg_backend_pid()))});
+	$s->query("SELECT qlater_complete_many(ARRAY[$p2])");
+	like($s->{stderr}, qr/not claimed by this session/,
+		'P: a session that claimed a job of the dropped extension cannot complete the new job of its id');
+	$s->{stderr} = '';
+	$o->quit;
+	$s->quit;
+	su(q{SELECT qlater_cancel(id) FROM qlater_jobs});
 }
 
 $node->stop;
