@@ -61,6 +61,14 @@ class CLITest < QLaterTest::Case
     assert_equal 2, status.exitstatus
     assert_match(/cannot connect: .*no_such_database_here/, err)
 
+    Dir.mktmpdir do |dir|
+      broken = File.join(dir, "broken.rb")
+      File.write(broken, "raise ArgumentError, 'the app cannot start'\n")
+      _, err, status = run_worker("--queues", "x", "--require", broken)
+      assert_equal 2, status.exitstatus
+      assert_match(/loading .*broken\.rb raised ArgumentError: the app cannot start\n    .*broken\.rb:1/, err)
+    end
+
     out, _, status = run_worker("--version")
     assert status.success?
     assert_equal "qlater-worker #{QLater::VERSION}\n", out

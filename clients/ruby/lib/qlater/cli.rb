@@ -108,7 +108,12 @@ module QLater
         path = File.expand_path(file)
         raise ConfigError, "cannot load #{file}: no such file" unless File.exist?(path) || File.exist?("#{path}.rb")
 
-        require path
+        begin
+          require path
+        rescue ScriptError, StandardError => e
+          trace = (e.backtrace || []).first(15).map { |l| "\n    #{l}" }.join
+          raise ConfigError, "loading #{file} raised #{e.class}: #{e.message}#{trace}"
+        end
       end
       # a Rails app loads its code lazily: the job classes must be there
       ::Rails.application.eager_load! if defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
