@@ -90,6 +90,7 @@ typedef enum QlConsumerStmt
 	QL_STMT_FAIL,
 	QL_STMT_UNLEASE,
 	QL_STMT_EXTEND,
+	QL_STMT_PEEK_MANY,			/* read jobs' rows: QL_FINISH_ROW, id */
 	QL_STMT_FINISH_MANY,		/* lock jobs' rows: QL_FINISH_ROW, id */
 	QL_STMT_COMPLETE_MANY,		/* delete jobs' rows: QL_FINISH_ROW, id */
 	QL_STMT_UNLEASE_MANY,
@@ -203,6 +204,11 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING lease_until",
 		2, {INT8OID, INTERVALOID}
+	},
+	[QL_STMT_PEEK_MANY] = {
+		"SELECT " QL_FINISH_ROW ", j.id FROM %1$s.qlater_job j "
+		"WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)",
+		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
 	},
 	/* the rows are locked in the order of the index (ids ascending) */
 	[QL_STMT_FINISH_MANY] = {
@@ -651,12 +657,19 @@ ql_finish_check(const QlCatalog *c, int64 id, const pg_uuid_t *token,
 	{
 		LOCKTAG		tag;
 
+		/*
+		 * A session claim leaves no token on the row.  A lease does, and its
+		 * claiming transaction holds the job's lock too (for the
+		 * transaction only): that is no session claim.
+		 */
 		ql_set_job_locktag(&tag, id);
-		if (!LockHeldByMe(&tag, ExclusiveLock))
+		if (!token_null || !LockHeldByMe(&tag, ExclusiveLock))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("job %lld is not claimed by this session", (long long) id),
-					 errhint("Claim jobs with qlater_lock(); in lease mode, pass the claim token.")));
+					 token_null ?
+					 errhint("Claim jobs with qlater_lock(); in lease mode, pass the claim token.") :
+					 errhint("It is claimed with a lease: pass its claim token.")));
 	}
 	else if (token_null || memcmp(DatumGetUUIDP(d), token, sizeof(pg_uuid_t)) != 0)
 		ereport(ERROR,
@@ -1011,21 +1024,17 @@ ql_many_args(FunctionCallInfo fcinfo, QlMany *m)
 }
 
 /*
- * ql_many_begin: the start of qlater_complete_many and
- * qlater_unlock_many: act as the owner, connect to SPI, run statement s
- * on the rows of all the jobs at once (it locks or deletes them and
- * returns QL_FINISH_ROW and the id), and check each job as ql_finish_begin
- * does, in the order of ids: the first job that may not be finished, or
- * that is not there, raises the error of qlater_complete for it.  An error
- * undoes what s did, with the (sub)transaction.  Undo with SPI_finish and
- * ql_restore_user.
+ * ql_many_run_check: run statement s on the rows of all the jobs of m at
+ * once (it reads, locks or deletes them and returns QL_FINISH_ROW and the
+ * id) and check each job as ql_finish_begin does, in the order of ids: the
+ * first job that may not be finished, or that is not there, raises the
+ * error of qlater_complete for it.  Caller is connected to SPI and acts as
+ * the owner (save: the caller's identity).
  */
 static void
-ql_many_begin(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
-			  int expected, QlUserSave *save)
+ql_many_run_check(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
+				  int expected, const QlUserSave *save, const char *me, bool admin)
 {
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
 	Datum		values[3];
 	QlManyRow  *rows;
 	int			nrows;
@@ -1034,8 +1043,6 @@ ql_many_begin(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
 	int32		max_attempts;
 	TupleDesc	desc;
 
-	ql_become_owner(c, save);
-	ql_spi_connect();
 	values[0] = PointerGetDatum(m->idarray);
 	values[1] = ql_name_datum(me);
 	values[2] = BoolGetDatum(admin);
@@ -1069,6 +1076,32 @@ ql_many_begin(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
 						save->userid, SPI_tuptable->vals[found->row], desc,
 						&attempts, &max_attempts);
 	}
+	pfree(rows);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * ql_many_begin: the start of qlater_complete_many and
+ * qlater_unlock_many: act as the owner, connect to SPI, check every job
+ * on its row as it is now, without a lock (QL_STMT_PEEK_MANY), then run
+ * statement s, which locks or deletes the rows, and check them again as
+ * they are then.  Checking first matters: s waits for rows that other
+ * sessions lock, and must not hold rows of jobs the caller may not finish
+ * (another role's) while it waits, which would stall them for as long as
+ * the caller likes.  An error undoes what s did, with the
+ * (sub)transaction.  Undo with SPI_finish and ql_restore_user.
+ */
+static void
+ql_many_begin(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
+			  int expected, QlUserSave *save)
+{
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+
+	ql_become_owner(c, save);
+	ql_spi_connect();
+	ql_many_run_check(m, c, QL_STMT_PEEK_MANY, SPI_OK_SELECT, save, me, admin);
+	ql_many_run_check(m, c, s, expected, save, me, admin);
 }
 
 /*

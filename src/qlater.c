@@ -434,8 +434,21 @@ ql_cancel_running_at_commit(int64 job_id)
 void
 ql_release_claim_at_commit(int64 job_id)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-	QlPendingRelease *r = palloc_object(QlPendingRelease);
+	MemoryContext old;
+	QlPendingRelease *r;
+	ListCell   *lc;
+
+	/*
+	 * Asked already (a job failed, then completed, in one transaction): once
+	 * is enough, and the request made at the outer level stands
+	 */
+	foreach(lc, pending_releases)
+	{
+		if (((QlPendingRelease *) lfirst(lc))->job_id == job_id)
+			return;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	r = palloc_object(QlPendingRelease);
 
 	r->job_id = job_id;
 	r->nest_level = GetCurrentTransactionNestLevel();
