@@ -183,8 +183,9 @@ SELECT qlater_revoke_queue('ruby', 'ql_stranger', 'enqueue');
 SELECT qlater_alter_queue('ruby', external => false);
 RESET ROLE;
 
--- a lease's token finishes its job only while the lease holds, and never
--- once another consumer has claimed the job since
+-- a lease's token finishes its job only while the lease holds; a lease
+-- that ran out counts as a failed attempt, recorded by the next claim that
+-- meets the job, which voids the token
 SET ROLE ql_app_owner;
 SELECT qlater_create_queue('leased', external => true);
 SELECT qlater_grant_queue('leased', 'ql_app_worker');
@@ -196,14 +197,22 @@ RESET ROLE;
 SET ROLE ql_app_worker;
 SELECT claim_token AS token FROM qlater_lock('leased', 1, lease => '10 ms') \gset
 SELECT pg_sleep(0.1);
--- a session-mode claim after the lease ran out voids the token at once
--- (the lease's claim held a transaction lock: this session may claim)
-SELECT id = :job7 AS claimed, claim_token IS NULL AS no_token,
-       lease_until IS NULL AS no_lease FROM qlater_lock('leased');
+-- a session-mode claim after the lease ran out counts it and hands out
+-- nothing (the lease's claim held a transaction lock: this session may
+-- claim)
+SELECT count(*) FROM qlater_lock('leased');
 SELECT qlater_complete(:job7, :'token');
 SELECT qlater_fail(:job7, 'Error: late', NULL, :'token');
 SELECT qlater_unlock(:job7, :'token');
-SELECT state, attempts, claim_token IS NULL AS no_token FROM qlater_jobs WHERE id = :job7;
+SELECT state, attempts, last_error->>'message' AS error,
+       run_at - (last_error->>'at')::timestamptz AS backoff,
+       claim_token IS NULL AS no_token, lease_until IS NULL AS no_lease
+  FROM qlater_jobs WHERE id = :job7;
+-- after its backoff, claimed again
+RESET ROLE;
+UPDATE qlater_job SET run_at = now() WHERE id = :job7;
+SET ROLE ql_app_worker;
+SELECT id = :job7 AS claimed, attempts FROM qlater_lock('leased');
 SELECT qlater_complete(:job7);
 SELECT count(*) FROM qlater_jobs WHERE id = :job7;
 -- a lease that ran out, claimed by no one since: the token finishes nothing
@@ -218,7 +227,14 @@ SELECT qlater_fail(:job8, 'Error: late', NULL, :'token');
 SELECT qlater_extend(:job8, :'token', '5 minutes');
 SELECT qlater_unlock(:job8, :'token');
 SELECT state, attempts FROM qlater_jobs WHERE id = :job8;
--- claimed again by a lease: the old token does not match
+-- the next claim, a lease, counts the lapse; the old token does not match
+SELECT count(*) FROM qlater_lock('leased', 1, lease => '5 minutes');
+SELECT qlater_complete(:job8, :'token');
+SELECT state, attempts, claim_token IS NULL AS no_token FROM qlater_jobs WHERE id = :job8;
+-- after its backoff, leased again
+RESET ROLE;
+UPDATE qlater_job SET run_at = now() WHERE id = :job8;
+SET ROLE ql_app_worker;
 SELECT claim_token AS token2 FROM qlater_lock('leased', 1, lease => '5 minutes') \gset
 SELECT qlater_complete(:job8, :'token');
 SELECT qlater_complete(:job8, :'token2');
@@ -349,6 +365,12 @@ SELECT pg_sleep(0.1);
 SELECT qlater_complete_many(:'lids'::bigint[], :'ltoks'::uuid[]);
 SELECT qlater_unlock_many(:'lids'::bigint[], :'ltoks'::uuid[]);
 SELECT count(*) FROM qlater_jobs WHERE queue = 'many';
+-- the next claim counts the lapse; after the backoff the job is claimed
+SELECT count(*) FROM qlater_lock('many', 10);
+SELECT state, attempts FROM qlater_jobs WHERE queue = 'many';
+RESET ROLE;
+UPDATE qlater_job SET run_at = now() WHERE queue = 'many';
+SET ROLE ql_app_worker;
 SELECT qlater_complete_many(ARRAY(SELECT id FROM qlater_lock('many', 10)));
 SELECT count(*) FROM qlater_jobs WHERE queue = 'many';
 RESET ROLE;

@@ -10,10 +10,11 @@
  * that completed or failed the job commits.  Lease mode, for connection
  * poolers that break session state: the claim is a token and a lease time
  * recorded on the job; any session presenting the token may finish it
- * while the lease holds, and a lease that runs out makes the job claimable
- * again.  Whoever claims it then voids the old token (a session-mode claim
- * clears it from the row, a lease writes a new one): at no time can two
- * consumers finish the same job.
+ * while the lease holds.  A lease that runs out counts as a failed attempt
+ * of the job, recorded by the next claim that meets it (ql_lease_lapsed):
+ * the token is voided with it, so that at no time can two consumers finish
+ * the same job, and a job that always outlasts its lease ends dead after
+ * max_attempts, as one that always fails does.
  *
  * Wake-up: a session calls qlater_listen(queue) to LISTEN on a channel of
  * its own ("qlater_<pid>_<random>") and to be recorded in shared memory as a
@@ -83,7 +84,7 @@ typedef enum QlConsumerStmt
 {
 	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
-	QL_STMT_TAKE_OVER,			/* void the lapsed lease of a job just claimed */
+	QL_STMT_LAPSE,				/* count the lapsed lease of a job just claimed */
 	QL_STMT_LEASE,				/* lease a job just claimed */
 	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
 	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
@@ -136,7 +137,8 @@ typedef enum QlConsumerStmt
  * A job just claimed, as the row qlater_jobs shows it to the claimer:
  * 'running', and held by this session (a lease's claim holds a transaction
  * lock until the claiming transaction ends).  Columns 1, 5 and 6 are id,
- * priority and run_at, 16 the claim token.
+ * priority and run_at, 7 and 8 attempts and max_attempts, 16 the claim
+ * token.
  */
 #define QL_CLAIMED_ROW \
 	"id, queue, handler, args, priority, run_at, attempts, max_attempts, " \
@@ -160,22 +162,28 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		1, {INT8OID}
 	},
 	/*
-	 * The row is locked first without waiting: a row locked by the holder
-	 * of the lapsed lease, finishing it, is that holder's still.
+	 * A failed attempt, as QL_STMT_FAIL records it, of the job as it was
+	 * read: still with the lapsed token $6 and attempts $7.  The row is
+	 * locked first without waiting: a row locked by the holder of the
+	 * lapsed lease, finishing it, is that holder's still.
 	 */
-	[QL_STMT_TAKE_OVER] = {
-		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+	[QL_STMT_LAPSE] = {
+		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
+		"dead = $5, claim_token = NULL, lease_until = NULL "
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
-		" AND EXISTS (SELECT FROM %1$s.qlater_job l "
+		" AND claim_token OPERATOR(pg_catalog.=) $6 "
+		"AND attempts OPERATOR(pg_catalog.=) $7 "
+		"AND EXISTS (SELECT FROM %1$s.qlater_job l "
 		"WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED) "
-		"RETURNING " QL_CLAIMED_ROW,
-		1, {INT8OID}
+		"RETURNING queue, role, key",
+		7, {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID, UUIDOID, INT4OID}
 	},
+	/* a job whose lease lapsed is not leased: its lapse is counted first */
 	[QL_STMT_LEASE] = {
 		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
 		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
-		" RETURNING " QL_CLAIMED_ROW,
+		" AND claim_token IS NULL RETURNING " QL_CLAIMED_ROW,
 		2, {INT8OID, INTERVALOID}
 	},
 	[QL_STMT_FINISH] = {
@@ -366,13 +374,64 @@ ql_check_row_type(TupleDesc row, TupleDesc result)
 }
 
 /*
+ * ql_lease_lapsed: the job id, just claimed, is claimable but still has
+ * the token of a lease (row, of QL_CLAIMED_ROW): that lease ran out before
+ * its holder finished the job.  Count it as a failed attempt, as
+ * qlater_fail does: attempts + 1, last_error, the backoff or dead after
+ * max_attempts, the token voided, the key settled.  Nothing is written if
+ * the holder has locked the row (it is finishing the job: its finish
+ * decides) or the row changed since it was read.  The claim is released
+ * when this transaction ends (at commit before the key's lock, so that an
+ * enqueue of the key never takes the job for a running one; at an abort,
+ * which undoes the count, too); the caller holds it as a session lock.
+ * Caller is connected to SPI and acts as the owner.
+ */
+static void
+ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	pg_uuid_t	token;
+	int32		attempts;
+	int32		max_attempts;
+	bool		dead;
+	bool		isnull;
+	Datum		values[7];
+
+	attempts = DatumGetInt32(SPI_getbinval(row, desc, 7, &isnull));
+	max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
+	memcpy(&token, DatumGetUUIDP(SPI_getbinval(row, desc, 16, &isnull)),
+		   sizeof(pg_uuid_t));
+	dead = attempts + 1 >= max_attempts;
+	values[0] = Int64GetDatum(id);
+	values[1] = Int32GetDatum(attempts + 1);
+	values[2] = JsonbPGetDatum(ql_error_json_fields(NULL,
+													psprintf("lease of job %lld ran out before its consumer finished it",
+															 (long long) id),
+													NULL,
+													"Renew long leases with qlater_extend() before they run out.",
+													NULL, attempts + 1, now));
+	values[3] = TimestampTzGetDatum(dead ? now : ql_retry_time(attempts + 1, now));
+	values[4] = BoolGetDatum(dead);
+	values[5] = UUIDPGetDatum(&token);
+	values[6] = Int32GetDatum(attempts);
+	ql_release_claim_at_end(id);
+	if (ql_exec(c, QL_STMT_LAPSE, values, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not record the lapsed lease of job %lld", (long long) id);
+	/* waiting again: its key, if another job has it now, is that one's */
+	if (!dead)
+		ql_key_settle_returned(c, id);
+}
+
+/*
  * ql_claim_external: try to claim one job for an external consumer; on
  * success fill *out, its row copied into the caller's memory.  In session
  * mode the claim is a session lock; in lease mode a transaction lock guards
  * the row while its lease is written.  A job of a queue with a limit
  * (max_running not -1) takes a slot too; without one (*slot says why) the
- * claim is given back.  Caller is connected to SPI and acts as the owner;
- * result is the row type of qlater_lock.
+ * claim is given back.  A job whose lease lapsed is not claimed: its lapse
+ * is counted (ql_lease_lapsed), its slot given back at once.  Caller is
+ * connected to SPI and acts as the owner; result is the row type of
+ * qlater_lock.
  */
 static bool
 ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
@@ -381,10 +440,9 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 {
 	LOCKTAG		tag;
 	Datum		values[2];
-	HeapTuple	row;
-	TupleDesc	desc;
+	HeapTuple	row = NULL;
+	TupleDesc	desc = NULL;
 	bool		isnull;
-	bool		ok;
 
 	ql_set_job_locktag(&tag, id);
 	if (LockHeldByMe(&tag, ExclusiveLock))
@@ -410,45 +468,63 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 	}
 
 	/*
-	 * Read the job again, or lease it, under a fresh snapshot: it may have
+	 * Lease the job, or read it again, under a fresh snapshot: it may have
 	 * been finished by the session whose claim we just followed.
 	 */
 	values[0] = Int64GetDatum(id);
-	if (lease == NULL)
-	{
-		ok = ql_exec(c, QL_STMT_CLAIM, values, false, 1) == SPI_OK_SELECT;
-
-		/*
-		 * A claimable job that still has a token had a lease that ran out.
-		 * Void the token, so that its holder can no longer finish the job
-		 * this session now holds.  Only then does a session-mode claim
-		 * write to the job.
-		 */
-		if (ok && SPI_processed > 0)
-		{
-			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-								 16, &isnull);
-			if (!isnull)
-				ok = ql_exec(c, QL_STMT_TAKE_OVER, values, false, 0) ==
-					SPI_OK_UPDATE_RETURNING;
-		}
-	}
-	else
+	if (lease != NULL)
 	{
 		values[1] = IntervalPGetDatum(lease);
-		ok = ql_exec(c, QL_STMT_LEASE, values, false, 0) == SPI_OK_UPDATE_RETURNING;
+		if (ql_exec(c, QL_STMT_LEASE, values, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim job %lld", (long long) id);
+		if (SPI_processed > 0)
+		{
+			row = SPI_tuptable->vals[0];
+			desc = SPI_tuptable->tupdesc;
+		}
 	}
-	if (!ok)
-		elog(ERROR, "could not claim job %lld", (long long) id);
-	if (SPI_processed == 0)
+	if (row == NULL)
+	{
+		/* session mode, or a lease not written: gone, or its lease lapsed */
+		if (ql_exec(c, QL_STMT_CLAIM, values, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not claim job %lld", (long long) id);
+		if (SPI_processed > 0)
+		{
+			HeapTuple	r = SPI_tuptable->vals[0];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+
+			(void) SPI_getbinval(r, d, 16, &isnull);
+			if (!isnull)
+			{
+				/*
+				 * A claimable job that still has a token had a lease that
+				 * ran out: counted, not claimed.  The claim is held, as a
+				 * session lock, until this transaction ends.
+				 */
+				if (lease != NULL)
+				{
+					(void) ql_try_claim(id, true);
+					LockRelease(&tag, ExclusiveLock, false);
+				}
+				ql_lease_lapsed(c, id, r, d);
+				if (max_running >= 0)
+					ql_slot_release(id);
+				return false;
+			}
+			if (lease == NULL)
+			{
+				row = r;
+				desc = d;
+			}
+		}
+	}
+	if (row == NULL)
 	{
 		if (max_running >= 0)
 			ql_slot_release(id);
 		LockRelease(&tag, ExclusiveLock, lease == NULL);
 		return false;
 	}
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	ql_check_row_type(desc, result);
 	out->id = id;
 	out->priority = DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull));
@@ -814,16 +890,8 @@ qlater_fail(PG_FUNCTION_ARGS)
 	if (ql_exec(c, QL_STMT_FAIL, values, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the failure of job %lld", (long long) id);
 	/* waiting again: its key, if another job has it now, is that one's */
-	if (!dead && SPI_processed > 0)
-	{
-		HeapTuple	row = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *key = SPI_getvalue(row, desc, 3);
-
-		if (key != NULL)
-			ql_key_settle(c, id, SPI_getvalue(row, desc, 1),
-						  SPI_getvalue(row, desc, 2), key);
-	}
+	if (!dead)
+		ql_key_settle_returned(c, id);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }

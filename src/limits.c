@@ -1007,16 +1007,30 @@ ql_slot_take(const char *queue, int32 max_running, int64 job_id,
 
 /*
  * ql_slot_release: free the slot of a job now (a session-mode claim given
- * back, or a claim that found its job gone), if it has one
+ * back, or a claim that found its job gone or its lease lapsed), if it has
+ * one.  A lease's slot taken by this transaction is no longer released at
+ * its abort: by then the slot may be another session's claim of the job.
  */
 void
 ql_slot_release(int64 job_id)
 {
+	ListCell   *lc;
+
 	if (limits == NULL || pg_atomic_read_u32(&limits->nslots) == 0)
 		return;
 	if (ql_release(job_id, ql_database()))
 		ql_after_lowered();
 	ql_forget_mine(job_id);
+	foreach(lc, xact_leases)
+	{
+		QlSlotChange *c = (QlSlotChange *) lfirst(lc);
+
+		if (c->job_id == job_id)
+		{
+			xact_leases = foreach_delete_current(xact_leases, lc);
+			pfree(c);
+		}
+	}
 }
 
 /*

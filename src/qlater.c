@@ -68,12 +68,16 @@ static List *pending_releases = NIL;	/* QlPendingRelease, in
  * a subtransaction rolled back takes its releases with it, as it takes the
  * finish that asked for them (and as limits.c takes the slots' releases),
  * so that a job whose completion was rolled back to a savepoint stays
- * claimed, with its slot.
+ * claimed, with its slot.  A claim taken only to write to its job
+ * (ql_release_claim_at_end) is released by an abort too, a
+ * subtransaction's included.
  */
 typedef struct QlPendingRelease
 {
 	int64		job_id;
 	int			nest_level;
+	bool		at_abort;		/* released at an abort too
+								 * (ql_release_claim_at_end) */
 } QlPendingRelease;
 
 static object_access_hook_type prev_object_access_hook = NULL;
@@ -427,6 +431,20 @@ ql_cancel_running_at_commit(int64 job_id)
 	pending_cancels = ql_remember_job(pending_cancels, job_id);
 }
 
+/* ql_remember_release: a claim to release at commit (and at abort) */
+static void
+ql_remember_release(int64 job_id, bool at_abort)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	QlPendingRelease *r = palloc_object(QlPendingRelease);
+
+	r->job_id = job_id;
+	r->nest_level = GetCurrentTransactionNestLevel();
+	r->at_abort = at_abort;
+	pending_releases = lappend(pending_releases, r);
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * ql_release_claim_at_commit: release this session's claim of a job once
  * the transaction that finished it has committed; an abort keeps it.
@@ -434,8 +452,6 @@ ql_cancel_running_at_commit(int64 job_id)
 void
 ql_release_claim_at_commit(int64 job_id)
 {
-	MemoryContext old;
-	QlPendingRelease *r;
 	ListCell   *lc;
 
 	/*
@@ -447,18 +463,27 @@ ql_release_claim_at_commit(int64 job_id)
 		if (((QlPendingRelease *) lfirst(lc))->job_id == job_id)
 			return;
 	}
-	old = MemoryContextSwitchTo(TopMemoryContext);
-	r = palloc_object(QlPendingRelease);
+	ql_remember_release(job_id, false);
+}
 
-	r->job_id = job_id;
-	r->nest_level = GetCurrentTransactionNestLevel();
-	pending_releases = lappend(pending_releases, r);
-	MemoryContextSwitchTo(old);
+/*
+ * ql_release_claim_at_end: release this session's claim of a job when the
+ * transaction ends, whether it commits (then as ql_release_claim_at_commit
+ * does: before the transaction's locks, a key's among them) or aborts; a
+ * subtransaction rolled back releases it then.  For a claim taken only to
+ * write to the job, never handed out: a consumer that rolls back must not
+ * keep it.
+ */
+void
+ql_release_claim_at_end(int64 job_id)
+{
+	ql_remember_release(job_id, true);
 }
 
 /*
  * ql_subxact_callback: a subtransaction rolled back forgets the claims it
- * asked to release; one committed hands them to its parent.
+ * asked to release at commit, and releases those it asked to release at
+ * its end; one committed hands them to its parent.
  */
 static void
 ql_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -477,6 +502,8 @@ ql_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 			if (r->nest_level >= level)
 			{
+				if (r->at_abort)
+					ql_release_claim(r->job_id);
 				pending_releases = foreach_delete_current(pending_releases, lc);
 				pfree(r);
 			}
@@ -696,6 +723,18 @@ ql_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
+			if (event != XACT_EVENT_COMMIT)
+			{
+				ListCell   *lc;
+
+				foreach(lc, pending_releases)
+				{
+					QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+					if (r->at_abort)
+						ql_release_claim(r->job_id);
+				}
+			}
 			pending_wakeups = 0;
 			pending_future = 0;
 			pending_lower = false;
