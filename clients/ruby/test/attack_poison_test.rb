@@ -78,10 +78,10 @@ class AttackPoisonTest < QLaterTest::Case
   # order, keeps every other job of the queue from running.
   def test_a_row_nested_too_deep_for_json_parse_does_not_block_the_queue
     deep = "#{'[' * 1000}#{']' * 1000}"
-    poison = enqueue_raw("AttackRecord",
+    poison = enqueue_raw("RecordKey",
                          %({"qlater": 1, "args": [#{deep}], "kwargs": {}, "method": "call", "method_args": [], "method_kwargs": {}}),
                          priority: 0)
-    AttackRecord.new("neighbour").later
+    RecordKey.new("neighbour").later
     run_for(2)
     assert_equal ["neighbour"], done_keys, "the queue's other job ran"
     row = job(poison)

@@ -71,16 +71,3 @@ class AttackBadMessage
     raise AttackBadMessageError
   end
 end
-
-# A plain job that writes a row (the neighbour of a poison job).
-class AttackRecord
-  include QLater::ProcessLater
-
-  def initialize(key) = (@key = key)
-  def initializer_arguments = [@key]
-
-  def call
-    QLater.connection.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)",
-                                  [QLater.current_job.queue, @key])
-  end
-end
