@@ -51,3 +51,21 @@ class Attack2LeaseTest < QLaterTest::Case
     assert_empty jobs
   end
 end
+
+class Attack2LeaseTest
+  # Stop mid-batch (batch commit, lease mode): the jobs run commit
+  # together, the others are given back at once (no lease left to run out).
+  def test_stop_mid_batch_commit_gives_back_the_rest
+    5.times { |i| RecordKey.new("b#{i}", sleep: 0.3).later }
+    w = lease_worker(lease: 30, batch: 10, commit: :batch, poll_interval: 0.1)
+    runner = Thread.new { w.run }
+    wait_until(message: "the batch runs") { jobs.any? { |j| j["state"] == "running" } }
+    sleep 0.4
+    w.stop
+    counts = runner.value
+    assert_equal done_count, counts[:completed]
+    assert_equal 5, counts[:completed] + counts[:unlocked], counts.inspect
+    assert(jobs.none? { |j| j["state"] == "running" }, jobs.map { |j| j["state"] }.inspect)
+    assert(jobs.all? { |j| j["attempts"] == "0" })
+  end
+end
