@@ -76,10 +76,19 @@ module QLater
 
       private
 
+      # Is queue q's owner the current role or a role it is a member of?
+      # Membership itself, walked through pg_auth_members: a superuser
+      # "has" every role (pg_has_role), but a queue another role made is
+      # not the application's for that.
+      OURS = "(q.owner = current_user OR q.owner IN (WITH RECURSIVE m(id) AS (" \
+             "SELECT oid FROM pg_roles WHERE rolname = current_user UNION " \
+             "SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.id) " \
+             "SELECT r.rolname FROM pg_roles r JOIN m ON r.oid = m.id))"
+
       # nil (no such queue), :in_server, :foreign (another role's) or :external.
       def queue_kind(connection, queue)
-        row = QLater.query(connection, "SELECT external, pg_has_role(owner, 'USAGE') AS ours " \
-                                       "FROM qlater_queues WHERE name = $1", [queue]).first
+        row = QLater.query(connection, "SELECT external, #{OURS} AS ours FROM qlater_queues q WHERE name = $1",
+                           [queue]).first
         return nil unless row
         return :in_server unless row["external"] == "t"
 

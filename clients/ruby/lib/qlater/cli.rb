@@ -168,8 +168,8 @@ module QLater
     end
 
     def check_lease(conn, lease)
-      positive = conn.exec_params("SELECT $1::interval > interval '0'", [lease]).getvalue(0, 0)
-      raise ConfigError, "--lease must be positive, not #{lease.inspect}" unless [true, "t"].include?(positive)
+      long = conn.exec_params("SELECT $1::interval >= interval '1 second'", [lease]).getvalue(0, 0)
+      raise ConfigError, "--lease must be at least 1 second, not #{lease.inspect}" unless [true, "t"].include?(long)
     rescue PG::DataException => e
       raise ConfigError, "--lease #{lease.inspect} is not an interval (#{e.message.lines.first.strip})"
     end

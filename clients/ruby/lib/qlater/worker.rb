@@ -247,22 +247,33 @@ module QLater
     end
 
     # Per-job commit: the job and qlater_complete in one transaction; a
-    # failure rolls it back and is recorded on its own.
+    # failure rolls it back and is recorded on its own.  An exception that
+    # comes after the COMMIT (an after_commit callback) leaves the job done.
+    # A claim that is no longer ours (a lease that ran out: the server counts
+    # it as a failed attempt at the next claim) is logged as lost.
     def run_one(link, job, state)
       return if @stopping
 
       started = now
+      reached = false
       begin
         link.atomic do
           perform(link, job)
           complete(link.raw, [job])
+          reached = true
         end
       rescue Exception => e # rubocop:disable Lint/RescueException -- a job's exception fails the job, whatever it is
         raise if link.lost? || link.in_transaction?
 
-        record_failure(link.raw, job, e)
         state[:held].shift # jobs run in claim order: this one is the first held
-        failed(job, e, started)
+        if reached && still_there(link.raw, [job]).empty?
+          done(job, started)
+          log(:error, "job #{job.id}: after its commit: #{error_summary(e)}")
+        elsif lost_claim { record_failure(link.raw, job, e) }
+          lost(job, started)
+        else
+          failed(job, e, started)
+        end
       else
         state[:held].shift
         done(job, started)
@@ -271,28 +282,71 @@ module QLater
 
     # Batch commit: every job of the claim in one transaction, each in its
     # own savepoint; the failures are recorded in it, the successes
-    # completed with one qlater_complete_many, and all commit together.
+    # completed with one qlater_complete_many, and all commit together.  If
+    # that transaction does not commit (its COMMIT or its completion fails:
+    # a deferred constraint, a lease that ran out), the claim's jobs run
+    # again one by one, so that the one at fault fails alone.
     def run_batch(link, state)
       outcomes = []
-      link.atomic do
-        on_error = lambda do |job, error|
-          raise error if link.lost?
+      reached = false
+      begin
+        link.atomic do
+          on_error = lambda do |job, error|
+            raise error if link.lost?
 
-          record_failure(link.raw, job, error)
-          outcomes.last[2] = error
-          stop if error.is_a?(SystemExit) || error.is_a?(SignalException)
+            record_failure(link.raw, job, error)
+            outcomes.last[2] = error
+            stop if error.is_a?(SystemExit) || error.is_a?(SignalException)
+          end
+          link.each_isolated(state[:held], stop: -> { @stopping }, on_error: on_error) do |job|
+            outcomes << [job, now, nil]
+            perform(link, job)
+          end
+          done = outcomes.reject { |_, _, e| e }.map(&:first)
+          complete(link.raw, done) unless done.empty?
+          reached = true
         end
-        link.each_isolated(state[:held], stop: -> { @stopping }, on_error: on_error) do |job|
-          outcomes << [job, now, nil]
-          perform(link, job)
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        raise if link.lost? || link.in_transaction?
+
+        done = outcomes.reject { |_, _, err| err }.map(&:first)
+        unless reached && still_there(link.raw, done).empty?
+          log(:warn, "batch of #{outcomes.size} job(s) not committed (#{error_summary(e)}): running them one by one")
+          state[:held].dup.each { |job| run_one(link, job, state) }
+          return
         end
-        done = outcomes.reject { |_, _, e| e }.map(&:first)
-        complete(link.raw, done) unless done.empty?
+        log(:error, "jobs #{done.map(&:id).join(',')}: after their commit: #{error_summary(e)}")
       end
       state[:held].shift(outcomes.size) # run in claim order, from the first
       outcomes.each do |job, started, error|
         error ? failed(job, error, started) : done(job, started)
       end
+    end
+
+    # The jobs of the list still there (not completed), as seen now.
+    def still_there(conn, jobs)
+      return [] if jobs.empty?
+
+      QLater.query(conn, "SELECT id FROM qlater_jobs WHERE id = ANY($1::bigint[])",
+                   [array_literal(jobs.map(&:id))]).column_values(0).map(&:to_i)
+    end
+
+    # Runs the block; true if it raised because the claim is no longer this
+    # worker's (in lease mode: the lease ran out, or the job was claimed
+    # again), false if it ran.
+    def lost_claim
+      yield
+      false
+    rescue PG::ObjectNotInPrerequisiteState
+      raise unless @lease
+
+      true
+    end
+
+    def lost(job, started)
+      count(:lost)
+      log_job(:warn, job, started, "lost", "(its lease ran out: it counts as a failed attempt, " \
+                                          "and runs again after its backoff)")
     end
 
     # Runs the job with QLater.connection and QLater.current_job set.
@@ -332,14 +386,16 @@ module QLater
       conn.exec_params("SELECT qlater_fail($1, $2, NULL, $3::uuid)", [job.id, clean_text(text), job.claim_token])
     end
 
-    # "Class: message" of an exception, even one whose message raises.
+    # "Class: message" of an exception, even one whose class name or
+    # message raises.
     def error_summary(error)
+      klass = Module.instance_method(:name).bind_call(error.class) || "(an anonymous exception class)"
       message = begin
         error.message.to_s
       rescue Exception => e # rubocop:disable Lint/RescueException
-        "(its message raised #{e.class})"
+        "(its message raised #{Module.instance_method(:name).bind_call(e.class)})"
       end
-      clean_text("#{error.class}: #{message}")
+      clean_text("#{klass}: #{message}")
     end
 
     def clean_text(text)
@@ -416,6 +472,12 @@ module QLater
     # own, so that a job longer than its lease keeps it; only a worker that
     # stopped renewing (dead, hung, cut off) loses its jobs to others.
     class Heartbeat
+      # The shortest lease: the worker renews every third of it, and a beat
+      # takes a round trip per job held.
+      MIN_LEASE = 1.0
+
+      # Raises ArgumentError for a lease that is no interval or shorter
+      # than MIN_LEASE seconds (before any job is claimed).
       def initialize(worker, connections, lease)
         @worker = worker
         @connections = connections
@@ -423,6 +485,19 @@ module QLater
         @held = {}
         @mutex = Mutex.new
         @stop = false
+        @conn = connections.connect
+        seconds = begin
+          Float(@conn.exec_params("SELECT extract(epoch FROM $1::interval)", [lease]).getvalue(0, 0))
+        rescue PG::DataException => e
+          @conn.close
+          raise ArgumentError, "lease: #{lease.inspect} is not an interval (#{e.message.lines.first.strip})"
+        end
+        if seconds < MIN_LEASE
+          @conn.close
+          raise ArgumentError, "lease: at least #{MIN_LEASE.to_i} second, not #{lease.inspect} " \
+                               "(the worker renews it every third of it)"
+        end
+        @interval = seconds / 3
         @thread = Thread.new { beat_loop }
         @thread.name = "qlater-heartbeat"
         @thread.report_on_exception = false
@@ -444,20 +519,17 @@ module QLater
       private
 
       def beat_loop
-        conn = nil
-        interval = nil
+        conn = @conn
         until @stop
           begin
             conn ||= @connections.connect
-            interval ||= [Float(conn.exec_params("SELECT extract(epoch FROM $1::interval)", [@lease])
-                                    .getvalue(0, 0)) / 3, 0.1].max
             @mutex.synchronize { @held.values }.each { |job| extend_lease(conn, job) }
           rescue StandardError => e
             @worker.log(:warn, "lease renewal: #{e.class}: #{e.message.lines.first&.strip}")
             conn&.close unless conn.nil? || conn.finished?
             conn = nil
           end
-          deadline = now + (interval || 1.0)
+          deadline = now + @interval
           sleep([deadline - now, 0.1].min) while !@stop && now < deadline
         end
       ensure
