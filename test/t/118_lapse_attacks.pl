@@ -66,16 +66,19 @@ sub lease
 	  as('alice', "SELECT id || '|' || claim_token FROM qlater_lock('$queue', 1, lease => '$len')");
 }
 
+# attempts, state, and "token" while the row keeps a lease's token (a
+# lapse not counted yet shows as pending with a token)
 sub attempts
 {
 	my ($id) = @_;
-	return su("SELECT coalesce((SELECT attempts || ' ' || state FROM qlater_jobs WHERE id = $id), 'gone')");
+	return su("SELECT coalesce((SELECT attempts || ' ' || state || CASE WHEN claim_token IS NULL THEN '' ELSE ' token' END FROM qlater_jobs WHERE id = $id), 'gone')");
 }
 
 su(q{
 CREATE EXTENSION qlater;
 CREATE ROLE alice LOGIN;
 CREATE ROLE mallory LOGIN;
+GRANT CREATE ON SCHEMA public TO PUBLIC;
 });
 as('alice', q{
 SELECT qlater_create_queue('app', external => true);
@@ -161,6 +164,145 @@ su(q{SELECT qlater_alter_queue('lim', max_running => 1)});
 		'many lapses: the lapses get counted (the queue is not stuck)');
 	is(advisory_locks(), '0', 'many lapses: no claim is left behind');
 	su("DELETE FROM qlater_job WHERE queue = 'bulk'");
+}
+
+### 4. holds: a tenant that may not consume the queue counts nothing
+### (qlater_lock is refused before any claim), not even from a SECURITY
+### DEFINER function of its own or under a role it may SET
+{
+	my $x = enqueue('app');
+	lease('app');
+	sleep(2);
+	my ($ret, $out, $err) = try_as('mallory', q{SELECT count(*) FROM qlater_lock('app', 1)});
+	like($err, qr/permission denied/, 'tenant: qlater_lock of another role\'s queue is refused');
+	as('mallory', q{CREATE FUNCTION m_lock() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+		AS $$ SELECT count(*) FROM qlater_lock('app', 1) $$});
+	($ret, $out, $err) = try_as('alice', q{SELECT m_lock()});
+	like($err, qr/permission denied/, 'tenant: a SECURITY DEFINER function of mallory\'s called by alice is refused');
+	is(attempts($x), '0 pending token', 'tenant: the lapse is not counted');
+	is(advisory_locks(), '0', 'tenant: no claim is left behind');
+	# a trigger of alice's own table: counts, as a direct call does
+	as('alice', q{
+		CREATE TABLE t_tr (n int);
+		CREATE FUNCTION t_tr_f() RETURNS trigger LANGUAGE plpgsql AS
+		$$ BEGIN PERFORM count(*) FROM qlater_lock('app', 1); RETURN NEW; END $$;
+		CREATE TRIGGER t_tr AFTER INSERT ON t_tr FOR EACH ROW EXECUTE FUNCTION t_tr_f();
+		INSERT INTO t_tr VALUES (1);
+	});
+	is(attempts($x), '1 pending', 'trigger: qlater_lock in a trigger counts the lapse once');
+	is(advisory_locks(), '0', 'trigger: no claim is left behind');
+	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
+}
+
+### 5. holds: a lapse counted in a savepoint rolled back is undone with
+### its claim; counted again after it, once; PREPARE refused while a lapse
+### is pending, allowed once the savepoint that counted it is rolled back
+{
+	my $x = enqueue('app');
+	lease('app');
+	sleep(2);
+	my $s = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'alice' ]);
+	$s->query_safe('BEGIN');
+	$s->query_safe('SAVEPOINT a');
+	$s->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1)});
+	$s->query_safe('ROLLBACK TO SAVEPOINT a');
+	is(advisory_locks(), '0', 'savepoint: the claim of a lapse rolled back is released at once');
+	$s->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1)});
+	is(advisory_locks(), '1', 'savepoint: counted again, its claim held until the end');
+	$s->query_safe('COMMIT');
+	is(attempts($x), '1 pending', 'savepoint: counted once');
+	is(advisory_locks(), '0', 'savepoint: no claim is left behind');
+
+	su("UPDATE qlater_job SET run_at = now() WHERE id = $x");
+	lease('app');
+	sleep(2);
+	$s->query_safe('BEGIN');
+	$s->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1)});
+	my $r = $s->query(q{PREPARE TRANSACTION 'lapse1'});
+	like($s->{stderr}, qr/cannot PREPARE/, 'prepare: a transaction that counted a lapse is not prepared');
+	$s->query('ROLLBACK');
+	is(attempts($x), '1 pending token', 'prepare: the count is undone');
+	is(advisory_locks(), '0', 'prepare: no claim is left behind');
+	$s->{stderr} = '';
+	$s->query_safe('BEGIN');
+	$s->query_safe('SAVEPOINT a');
+	$s->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1)});
+	$s->query_safe('ROLLBACK TO SAVEPOINT a');
+	$s->query_safe(q{PREPARE TRANSACTION 'lapse2'});
+	is(advisory_locks(), '0', 'prepare: after the savepoint rolled back, prepared with no claim');
+	su(q{COMMIT PREPARED 'lapse2'});
+	is(attempts($x), '1 pending token', 'prepare: nothing counted');
+	$s->quit;
+	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
+}
+
+### 6. holds: a paused queue counts nothing; counted once it is resumed
+{
+	my $x = enqueue('app');
+	lease('app');
+	sleep(2);
+	as('alice', q{SELECT qlater_pause_queue('app')});
+	is(as('alice', q{SELECT count(*) FROM qlater_lock('app', 1)}), '0', 'paused: nothing handed out');
+	is(attempts($x), '0 pending token', 'paused: the lapse is not counted while paused');
+	as('alice', q{SELECT qlater_resume_queue('app')});
+	as('alice', q{SELECT count(*) FROM qlater_lock('app', 1)});
+	is(attempts($x), '1 pending', 'paused: counted once resumed');
+	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
+}
+
+### 7. a consumer in REPEATABLE READ whose snapshot predates another
+### consumer's count of the lapse
+{
+	my $x = enqueue('app');
+	lease('app');
+	my $y = enqueue('app');
+	my $z = enqueue('app');
+	sleep(2);
+	my $b = $node->background_psql('postgres', on_error_stop => 0, extra_params => [ '-U', 'alice' ]);
+	$b->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+	$b->query_safe('SELECT count(*) FROM qlater_jobs');
+	is(as('alice', q{SELECT id FROM qlater_lock('app', 1, lease => '5 minutes')}), $y,
+		'repeatable read: another consumer counts the lapse and gets the next job');
+	my $got = $b->query(q{SELECT id FROM qlater_lock('app', 1, lease => '5 minutes')});
+	# noted, not a break: the count of another consumer committed after this
+	# snapshot makes the call fail with a serialization failure (40001, to
+	# retry), as a lease taken by another consumer after it does
+	like($b->{stderr}, qr/^$|could not serialize access/,
+		'repeatable read: no error, or a serialization failure to retry');
+	$b->query('ROLLBACK');
+	$b->quit;
+	is(attempts($x), '1 pending', 'repeatable read: counted once');
+	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
+}
+
+### 8. a session-mode consumer in a READ ONLY transaction meets a lapse
+{
+	my $x = enqueue('app');
+	lease('app');
+	my $y = enqueue('app');
+	sleep(2);
+	my ($ret, $out, $err) = try_as('alice',
+		q{BEGIN READ ONLY; SELECT id FROM qlater_lock('app', 1); COMMIT;});
+	# noted, not a break: the count needs a write; without a lapse a
+	# session-mode claim in a READ ONLY transaction works
+	like($err, qr/^$|read-only transaction/, 'read only: no error, or the read-only error');
+	is(attempts($x), '0 pending token', 'read only: nothing counted');
+	is(advisory_locks(), '0', 'read only: no claim is left behind');
+	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
+}
+
+### 9. holds: a tenant's own advisory locks cannot push the job ids of a
+### CREATE EXTENSION (SQL's advisory locks are of spaces 1 and 2, never
+### qlater's 29036)
+{
+	my $m = $node->background_psql('postgres', extra_params => [ '-U', 'mallory' ]);
+	$m->query_safe(q{SELECT pg_advisory_lock(9223372036854775000)});
+	$m->query_safe(q{SELECT pg_advisory_lock(2147483647, 2147483647)});
+	$m->query_safe(q{SELECT pg_advisory_lock(-1)});
+	su(q{DROP EXTENSION qlater CASCADE; CREATE EXTENSION qlater});
+	as('alice', q{SELECT qlater_create_queue('app', external => true)});
+	ok(enqueue('app') < 1000000, 'sequence: the tenant\'s advisory locks do not move the job ids');
+	$m->quit;
 }
 
 $node->stop;
