@@ -2,8 +2,28 @@
 # (0.3: a lease that ran out is a failed attempt of its job, recorded by
 # the next qlater_lock that meets it), as tenants and as a DBA.
 #
-# Breaks (plain tests that fail on the code they were found on): see the
-# section headers marked "BREAK".
+# Breaks (plain tests that fail on the code they were found on):
+#   L1. a renewal (qlater_extend) made while the lease held and committed
+#       after it ran out keeps the job but loses its slot: the claim that
+#       met the lapse freed the slot (ql_take drops a job's earlier slot,
+#       the lapse path releases it though the holder's row lock kept the
+#       count from being written), and the renewal's commit moves only a
+#       slot that is there.  A queue with max_running 1 then leases a
+#       second job beside the renewed one, and a third after it.
+#   L2. the claim taken to count a lapse, held until the transaction ends,
+#       passes for a session claim: in that transaction qlater_complete or
+#       qlater_complete_many without token finishes the job that was never
+#       handed out (waiting out its backoff, or dead: gone), and
+#       qlater_unlock releases the claim at once, which the end of the
+#       transaction releases again (WARNING: you don't own a lock).
+#   L3. the claims taken to count lapses are held until the transaction
+#       ends with no bound: one qlater_lock(q, 1000) holds one for every
+#       lapsed lease among up to 147,168 candidates; 3,000 of them fill a
+#       small lock table (max_locks_per_transaction 32, max_connections
+#       20): "out of shared memory", the counts undone, and every later
+#       call fails the same way (the queue is stuck).
+# What holds is in the sections marked "holds"; repeatable read and read
+# only are noted.
 # No server process may end on a signal, and no assertion may fail.
 use strict;
 use warnings;
@@ -140,6 +160,16 @@ su(q{SELECT qlater_alter_queue('lim', max_running => 1)});
 	like($err, qr/not claimed by this session/,
 		'counted lapse: qlater_complete of the job counted (never handed out) is refused');
 	is(attempts($x), '1 pending', 'counted lapse: the job is still there, counted once');
+
+	# the same with qlater_complete_many, of a job the lapse made dead
+	my $d = enqueue('app', 'max_attempts => 1');
+	lease('app');
+	sleep(2);
+	($ret, $out, $err) = try_as('alice',
+		"BEGIN; SELECT count(*) FROM qlater_lock('app', 1); SELECT qlater_complete_many('{$d}'); COMMIT;");
+	like($err, qr/not claimed by this session/,
+		'counted lapse: qlater_complete_many of the job counted dead is refused');
+	is(attempts($d), '1 dead', 'counted lapse: the dead job stays for inspection');
 
 	my $z = enqueue('app');
 	lease('app');
@@ -301,6 +331,32 @@ su(q{SELECT qlater_alter_queue('lim', max_running => 1)});
 	like($err, qr/^$|read-only transaction/, 'read only: no error, or the read-only error');
 	is(attempts($x), '0 pending token', 'read only: nothing counted');
 	is(advisory_locks(), '0', 'read only: no claim is left behind');
+	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
+}
+
+### 10. holds: two consumers in READ COMMITTED meet one lapse at once: the
+### first counts it (its claim held until its commit), the second passes
+### over it, and after the first commits finds it waiting out its backoff
+{
+	my $x = enqueue('app');
+	lease('app');
+	sleep(2);
+	my $s1 = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+	my $s2 = $node->background_psql('postgres', extra_params => [ '-U', 'alice' ]);
+	$s1->query_safe('BEGIN');
+	$s2->query_safe('BEGIN');
+	is($s1->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1, lease => '5 minutes')}), '0',
+		'concurrent: the first consumer counts the lapse');
+	is($s2->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1)}), '0',
+		'concurrent: the second passes over the job (claimed)');
+	$s1->query_safe('COMMIT');
+	is($s2->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1)}), '0',
+		'concurrent: after the commit the second finds nothing');
+	$s2->query_safe('COMMIT');
+	is(attempts($x), '1 pending', 'concurrent: counted once');
+	is(advisory_locks(), '0', 'concurrent: no claim is left behind');
+	$s1->quit;
+	$s2->quit;
 	su("SELECT qlater_cancel(id) FROM qlater_job WHERE queue = 'app'");
 }
 
