@@ -65,6 +65,18 @@ PG_FUNCTION_INFO_V1(qlater_complete_many);
 PG_FUNCTION_INFO_V1(qlater_unlock_many);
 
 #define QL_MAX_LOCK_JOBS	1000
+
+/*
+ * Lapsed leases one qlater_lock counts at most: each holds its claim, a
+ * lock, to the end of the transaction; the next call counts more.
+ */
+#define QL_MAX_LAPSES_PER_CALL	64
+
+/*
+ * The provisional end of a slot left to a lease's holder that has the
+ * job's row locked (ql_slot_leave_to_holder): its commit settles it.
+ */
+#define QL_HOLDER_SLOT_MARGIN	(60 * USECS_PER_SEC)
 /* at most this many jobs finished by one qlater_complete_many or _unlock_many */
 #define QL_MAX_MANY_JOBS	QL_MAX_LOCK_JOBS
 
@@ -384,9 +396,10 @@ ql_check_row_type(TupleDesc row, TupleDesc result)
  * when this transaction ends (at commit before the key's lock, so that an
  * enqueue of the key never takes the job for a running one; at an abort,
  * which undoes the count, too); the caller holds it as a session lock.
- * Caller is connected to SPI and acts as the owner.
+ * Returns whether the lapse was written.  Caller is connected to SPI and
+ * acts as the owner.
  */
-static void
+static bool
 ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 {
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
@@ -417,9 +430,12 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 	ql_release_claim_at_end(id);
 	if (ql_exec(c, QL_STMT_LAPSE, values, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the lapsed lease of job %lld", (long long) id);
+	if (SPI_processed == 0)
+		return false;
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
+	return true;
 }
 
 /*
@@ -436,7 +452,7 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 static bool
 ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 				  TupleDesc result, const char *queue, int32 max_running,
-				  QlSlotResult *slot, QlClaimed *out)
+				  QlSlotResult *slot, int *lapses_left, QlClaimed *out)
 {
 	LOCKTAG		tag;
 	Datum		values[2];
@@ -494,21 +510,40 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 			TupleDesc	d = SPI_tuptable->tupdesc;
 
 			(void) SPI_getbinval(r, d, 16, &isnull);
+			if (!isnull && *lapses_left <= 0)
+			{
+				/*
+				 * Enough lapses counted by this call (each holds its claim
+				 * to the transaction's end): this one waits for the next
+				 */
+				if (max_running >= 0)
+					ql_slot_release(id);
+				LockRelease(&tag, ExclusiveLock, lease == NULL);
+				return false;
+			}
 			if (!isnull)
 			{
 				/*
 				 * A claimable job that still has a token had a lease that
 				 * ran out: counted, not claimed.  The claim is held, as a
-				 * session lock, until this transaction ends.
+				 * session lock, until this transaction ends.  If the
+				 * holder has the row locked, finishing or renewing, nothing
+				 * is counted and the slot is the holder's.
 				 */
 				if (lease != NULL)
 				{
 					(void) ql_try_claim(id, true);
 					LockRelease(&tag, ExclusiveLock, false);
 				}
-				ql_lease_lapsed(c, id, r, d);
-				if (max_running >= 0)
-					ql_slot_release(id);
+				(*lapses_left)--;
+				if (ql_lease_lapsed(c, id, r, d))
+				{
+					if (max_running >= 0)
+						ql_slot_release(id);
+				}
+				else if (max_running >= 0)
+					ql_slot_leave_to_holder(id, GetCurrentTimestamp() +
+											QL_HOLDER_SLOT_MARGIN);
 				return false;
 			}
 			if (lease == NULL)
@@ -576,6 +611,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	const QlQueue *q;
 	int32		max_running;
 	QlSlotResult slot = QL_SLOT_TAKEN;
+	int			lapses_left = QL_MAX_LAPSES_PER_CALL;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -642,7 +678,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 		{
 			if (ql_claim_external(c, DatumGetInt64(cand[k]), lease,
 								  rsinfo->setDesc, queue, max_running, &slot,
-								  &claimed[nclaimed]))
+								  &lapses_left, &claimed[nclaimed]))
 				nclaimed++;
 			else if (slot != QL_SLOT_TAKEN)
 				break;
@@ -739,7 +775,8 @@ ql_finish_check(const QlCatalog *c, int64 id, const pg_uuid_t *token,
 		 * transaction only): that is no session claim.
 		 */
 		ql_set_job_locktag(&tag, id);
-		if (!token_null || !LockHeldByMe(&tag, ExclusiveLock))
+		if (!token_null || !LockHeldByMe(&tag, ExclusiveLock) ||
+			ql_claim_held_to_end(id))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("job %lld is not claimed by this session", (long long) id),

@@ -481,6 +481,26 @@ ql_release_claim_at_end(int64 job_id)
 }
 
 /*
+ * ql_claim_held_to_end: is this session's claim of the job one taken only
+ * to write to it (ql_release_claim_at_end), never handed out?  Such a claim
+ * is no consumer's: it must not finish the job.
+ */
+bool
+ql_claim_held_to_end(int64 job_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_releases)
+	{
+		QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+		if (r->job_id == job_id && r->at_abort)
+			return true;
+	}
+	return false;
+}
+
+/*
  * ql_subxact_callback: a subtransaction rolled back forgets the claims it
  * asked to release at commit, and releases those it asked to release at
  * its end; one committed hands them to its parent.

@@ -49,6 +49,7 @@ extern void ql_wake_launcher_at_commit(void);
 extern void ql_cancel_running_at_commit(int64 job_id);
 extern void ql_release_claim_at_commit(int64 job_id);
 extern void ql_release_claim_at_end(int64 job_id);
+extern bool ql_claim_held_to_end(int64 job_id);
 extern void ql_queues_changed_at_commit(void);
 extern void ql_require_preload(void);
 
