@@ -29,13 +29,25 @@ PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
-# pg_regress runs twice: the tests of REGRESS_NOLOAD against a server that
-# does not preload qlater (test/noload.conf), the others against one that
-# does (test/qlater.conf).  Both sets are in REGRESS, so that
-# "make installcheck REGRESS='...'" picks tests of either.
+# pg_regress, as PGXS's installcheck does, runs against the server you run
+# (libpq's PGHOST, PGPORT, PGUSER; the role must be a superuser), which must
+# preload qlater (shared_preload_libraries = 'qlater', max_prepared_transactions
+# > 0: see test/qlater.conf); it makes and drops a database contrib_regression.
+# With TEMP_INSTANCE=1 (test/run does so) it starts servers of its own
+# instead, twice: the tests of REGRESS_NOLOAD against one that does not
+# preload qlater (test/noload.conf), the others against one that does
+# (test/qlater.conf); PostgreSQL refuses to start a server as root, so run
+# it as another user.  Both sets are in REGRESS, so that
+# "make installcheck REGRESS='...'" picks tests of either.  The TAP tests
+# start servers of their own either way (as root they are left out, saying
+# so).
 REGRESS = setup api args security consumer queues cron schedule unique twophase noload
 REGRESS_NOLOAD = noload
+ifdef TEMP_INSTANCE
 REGRESS_OPTS = --temp-config=test/qlater.conf --temp-instance=./tmp_check
+else
+REGRESS_OPTS =
+endif
 NOLOAD_OPTS = --temp-config=test/noload.conf --temp-instance=./output_noload/tmp_check \
 	--outputdir=output_noload
 EXTRA_CLEAN = output_noload
@@ -60,13 +72,18 @@ installcheck: submake
 ifdef REGRESS
 	@status=0; \
 	$(if $(REGRESS_PRELOADED),$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS_PRELOADED) || status=1;) \
-	$(if $(REGRESS_NOT_PRELOADED),$(pg_regress_installcheck) \
+	$(if $(and $(TEMP_INSTANCE),$(REGRESS_NOT_PRELOADED)),$(pg_regress_installcheck) \
 		$(filter --dbname=%,$(REGRESS_OPTS)) $(NOLOAD_OPTS) $(REGRESS_NOT_PRELOADED) || \
 		{ status=1; cat output_noload/regression.diffs 2>/dev/null; };) \
+	$(if $(TEMP_INSTANCE),,$(if $(REGRESS_NOT_PRELOADED),echo "not run against your server: $(REGRESS_NOT_PRELOADED) (needs one without the preload; TEMP_INSTANCE=1 starts one)";)) \
 	exit $$status
 endif
 ifdef TAP_TESTS
+ifeq ($(shell id -u),0)
+	@echo "TAP tests not run: they start servers of their own, which PostgreSQL refuses to run as root (run make installcheck as another user, or bash test/run)"
+else
 	$(prove_installcheck)
+endif
 endif
 
 # every object depends on every header (PGXS tracks no header dependencies)

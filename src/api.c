@@ -661,7 +661,7 @@ ql_job_spec(FunctionCallInfo fcinfo, const QlCatalog *c, QlJobSpec *spec)
 	else
 	{
 		QlHandler  *h;
-		Oid			proc = ql_resolve_handler(name, &h);
+		Oid			proc = ql_resolve_handler(name, &h, true, spec->queue);
 		AclResult	aclresult;
 
 		/* copy what we need of h: the next lookup may reload the registry */
@@ -1491,6 +1491,29 @@ ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
 	}
 }
 
+/*
+ * ql_key_settle_returned: the statement just run put job id back to
+ * waiting and returned its queue, role and key as the first three columns
+ * of its row (no row: the job was not there): if it has a key, settle it
+ * (ql_key_settle).  Caller as for ql_key_settle.
+ */
+void
+ql_key_settle_returned(const QlCatalog *c, int64 id)
+{
+	HeapTuple	row;
+	TupleDesc	desc;
+	char	   *key;
+
+	if (SPI_processed == 0)
+		return;
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	key = SPI_getvalue(row, desc, 3);
+	if (key != NULL)
+		ql_key_settle(c, id, SPI_getvalue(row, desc, 1),
+					  SPI_getvalue(row, desc, 2), key);
+}
+
 /* ql_check_replace: replace needs a key to replace the job of */
 static void
 ql_check_replace(bool replace, bool keyed, const char *keys)
@@ -1767,16 +1790,7 @@ qlater_retry(PG_FUNCTION_ARGS)
 								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not retry job");
 		/* back to waiting: its key, if another job has it now, is that one's */
-		if (SPI_processed > 0)
-		{
-			HeapTuple	row = SPI_tuptable->vals[0];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			char	   *key = SPI_getvalue(row, desc, 3);
-
-			if (key != NULL)
-				ql_key_settle(c, id, SPI_getvalue(row, desc, 1),
-							  SPI_getvalue(row, desc, 2), key);
-		}
+		ql_key_settle_returned(c, id);
 		ql_lower_frontier_at_commit(&ql_key_min);
 		ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	}

@@ -52,6 +52,7 @@ extern void ql_lock_job_role(void);
 extern void ql_lock_role(Oid roleid);
 extern void ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
 						  const char *role, const char *key);
+extern void ql_key_settle_returned(const QlCatalog *c, int64 id);
 extern bool ql_enqueue_holds(int64 job_id);
 extern int64 ql_insert_job(const QlCatalog *c, const char *queue,
 						   const char *signature, Jsonb *args, int32 priority,

@@ -10,10 +10,11 @@
  * that completed or failed the job commits.  Lease mode, for connection
  * poolers that break session state: the claim is a token and a lease time
  * recorded on the job; any session presenting the token may finish it
- * while the lease holds, and a lease that runs out makes the job claimable
- * again.  Whoever claims it then voids the old token (a session-mode claim
- * clears it from the row, a lease writes a new one): at no time can two
- * consumers finish the same job.
+ * while the lease holds.  A lease that runs out counts as a failed attempt
+ * of the job, recorded by the next claim that meets it (ql_lease_lapsed):
+ * the token is voided with it, so that at no time can two consumers finish
+ * the same job, and a job that always outlasts its lease ends dead after
+ * max_attempts, as one that always fails does.
  *
  * Wake-up: a session calls qlater_listen(queue) to LISTEN on a channel of
  * its own ("qlater_<pid>_<random>") and to be recorded in shared memory as a
@@ -25,6 +26,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
@@ -59,8 +61,24 @@ PG_FUNCTION_INFO_V1(qlater_fail);
 PG_FUNCTION_INFO_V1(qlater_unlock);
 PG_FUNCTION_INFO_V1(qlater_extend);
 PG_FUNCTION_INFO_V1(qlater_listen);
+PG_FUNCTION_INFO_V1(qlater_complete_many);
+PG_FUNCTION_INFO_V1(qlater_unlock_many);
 
 #define QL_MAX_LOCK_JOBS	1000
+
+/*
+ * Lapsed leases one qlater_lock counts at most: each holds its claim, a
+ * lock, to the end of the transaction; the next call counts more.
+ */
+#define QL_MAX_LAPSES_PER_CALL	64
+
+/*
+ * The provisional end of a slot left to a lease's holder that has the
+ * job's row locked (ql_slot_leave_to_holder): its commit settles it.
+ */
+#define QL_HOLDER_SLOT_MARGIN	(60 * USECS_PER_SEC)
+/* at most this many jobs finished by one qlater_complete_many or _unlock_many */
+#define QL_MAX_MANY_JOBS	QL_MAX_LOCK_JOBS
 
 /*
  * The statements of this module.  Each is prepared on its first use in a
@@ -78,13 +96,17 @@ typedef enum QlConsumerStmt
 {
 	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
 	QL_STMT_CLAIM,				/* re-read a job just claimed */
-	QL_STMT_TAKE_OVER,			/* void the lapsed lease of a job just claimed */
+	QL_STMT_LAPSE,				/* count the lapsed lease of a job just claimed */
 	QL_STMT_LEASE,				/* lease a job just claimed */
 	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
 	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
 	QL_STMT_FAIL,
 	QL_STMT_UNLEASE,
 	QL_STMT_EXTEND,
+	QL_STMT_PEEK_MANY,			/* read jobs' rows: QL_FINISH_ROW, id */
+	QL_STMT_FINISH_MANY,		/* lock jobs' rows: QL_FINISH_ROW, id */
+	QL_STMT_COMPLETE_MANY,		/* delete jobs' rows: QL_FINISH_ROW, id */
+	QL_STMT_UNLEASE_MANY,
 	QL_NUM_STMTS
 } QlConsumerStmt;
 
@@ -107,14 +129,16 @@ typedef enum QlConsumerStmt
 	"AND g.privilege OPERATOR(pg_catalog.=) 'consume') THEN 2 ELSE 1 END"
 
 /*
- * What ql_finish_begin checks of job j: its claim token, attempts,
+ * What ql_finish_check checks of job j: its claim token, attempts,
  * max_attempts, queue, whether role $2 may consume that queue, and the end
- * of its lease.
+ * of its lease.  The statements on several jobs add the id (column
+ * QL_FINISH_ROW_ID).
  */
 #define QL_FINISH_ROW \
 	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
 	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
 	"WHERE q.name OPERATOR(pg_catalog.=) j.queue), j.lease_until"
+#define QL_FINISH_ROW_ID	7
 
 /* a job that may be claimed now */
 #define QL_CLAIMABLE \
@@ -125,7 +149,8 @@ typedef enum QlConsumerStmt
  * A job just claimed, as the row qlater_jobs shows it to the claimer:
  * 'running', and held by this session (a lease's claim holds a transaction
  * lock until the claiming transaction ends).  Columns 1, 5 and 6 are id,
- * priority and run_at, 16 the claim token.
+ * priority and run_at, 7 and 8 attempts and max_attempts, 16 the claim
+ * token.
  */
 #define QL_CLAIMED_ROW \
 	"id, queue, handler, args, priority, run_at, attempts, max_attempts, " \
@@ -149,22 +174,28 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		1, {INT8OID}
 	},
 	/*
-	 * The row is locked first without waiting: a row locked by the holder
-	 * of the lapsed lease, finishing it, is that holder's still.
+	 * A failed attempt, as QL_STMT_FAIL records it, of the job as it was
+	 * read: still with the lapsed token $6 and attempts $7.  The row is
+	 * locked first without waiting: a row locked by the holder of the
+	 * lapsed lease, finishing it, is that holder's still.
 	 */
-	[QL_STMT_TAKE_OVER] = {
-		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+	[QL_STMT_LAPSE] = {
+		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
+		"dead = $5, claim_token = NULL, lease_until = NULL "
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
-		" AND EXISTS (SELECT FROM %1$s.qlater_job l "
+		" AND claim_token OPERATOR(pg_catalog.=) $6 "
+		"AND attempts OPERATOR(pg_catalog.=) $7 "
+		"AND EXISTS (SELECT FROM %1$s.qlater_job l "
 		"WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED) "
-		"RETURNING " QL_CLAIMED_ROW,
-		1, {INT8OID}
+		"RETURNING queue, role, key",
+		7, {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID, UUIDOID, INT4OID}
 	},
+	/* a job whose lease lapsed is not leased: its lapse is counted first */
 	[QL_STMT_LEASE] = {
 		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
 		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
-		" RETURNING " QL_CLAIMED_ROW,
+		" AND claim_token IS NULL RETURNING " QL_CLAIMED_ROW,
 		2, {INT8OID, INTERVALOID}
 	},
 	[QL_STMT_FINISH] = {
@@ -193,6 +224,27 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING lease_until",
 		2, {INT8OID, INTERVALOID}
+	},
+	[QL_STMT_PEEK_MANY] = {
+		"SELECT " QL_FINISH_ROW ", j.id FROM %1$s.qlater_job j "
+		"WHERE j.id OPERATOR(pg_catalog.=) ANY ($1)",
+		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
+	},
+	/* the rows are locked in the order of the index (ids ascending) */
+	[QL_STMT_FINISH_MANY] = {
+		"SELECT " QL_FINISH_ROW ", j.id FROM %1$s.qlater_job j "
+		"WHERE j.id OPERATOR(pg_catalog.=) ANY ($1) FOR UPDATE",
+		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_COMPLETE_MANY] = {
+		"DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) ANY ($1) "
+		"RETURNING " QL_FINISH_ROW ", j.id",
+		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
+	},
+	[QL_STMT_UNLEASE_MANY] = {
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
+		"WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+		1, {INT8ARRAYOID}
 	},
 };
 
@@ -334,25 +386,79 @@ ql_check_row_type(TupleDesc row, TupleDesc result)
 }
 
 /*
+ * ql_lease_lapsed: the job id, just claimed, is claimable but still has
+ * the token of a lease (row, of QL_CLAIMED_ROW): that lease ran out before
+ * its holder finished the job.  Count it as a failed attempt, as
+ * qlater_fail does: attempts + 1, last_error, the backoff or dead after
+ * max_attempts, the token voided, the key settled.  Nothing is written if
+ * the holder has locked the row (it is finishing the job: its finish
+ * decides) or the row changed since it was read.  The claim is released
+ * when this transaction ends (at commit before the key's lock, so that an
+ * enqueue of the key never takes the job for a running one; at an abort,
+ * which undoes the count, too); the caller holds it as a session lock.
+ * Returns whether the lapse was written.  Caller is connected to SPI and
+ * acts as the owner.
+ */
+static bool
+ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	pg_uuid_t	token;
+	int32		attempts;
+	int32		max_attempts;
+	bool		dead;
+	bool		isnull;
+	Datum		values[7];
+
+	attempts = DatumGetInt32(SPI_getbinval(row, desc, 7, &isnull));
+	max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
+	memcpy(&token, DatumGetUUIDP(SPI_getbinval(row, desc, 16, &isnull)),
+		   sizeof(pg_uuid_t));
+	dead = attempts + 1 >= max_attempts;
+	values[0] = Int64GetDatum(id);
+	values[1] = Int32GetDatum(attempts + 1);
+	values[2] = JsonbPGetDatum(ql_error_json_fields(NULL,
+													psprintf("lease of job %lld ran out before its consumer finished it",
+															 (long long) id),
+													NULL,
+													"Renew long leases with qlater_extend() before they run out.",
+													NULL, attempts + 1, now));
+	values[3] = TimestampTzGetDatum(dead ? now : ql_retry_time(attempts + 1, now));
+	values[4] = BoolGetDatum(dead);
+	values[5] = UUIDPGetDatum(&token);
+	values[6] = Int32GetDatum(attempts);
+	ql_release_claim_at_end(id);
+	if (ql_exec(c, QL_STMT_LAPSE, values, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not record the lapsed lease of job %lld", (long long) id);
+	if (SPI_processed == 0)
+		return false;
+	/* waiting again: its key, if another job has it now, is that one's */
+	if (!dead)
+		ql_key_settle_returned(c, id);
+	return true;
+}
+
+/*
  * ql_claim_external: try to claim one job for an external consumer; on
  * success fill *out, its row copied into the caller's memory.  In session
  * mode the claim is a session lock; in lease mode a transaction lock guards
  * the row while its lease is written.  A job of a queue with a limit
  * (max_running not -1) takes a slot too; without one (*slot says why) the
- * claim is given back.  Caller is connected to SPI and acts as the owner;
- * result is the row type of qlater_lock.
+ * claim is given back.  A job whose lease lapsed is not claimed: its lapse
+ * is counted (ql_lease_lapsed), its slot given back at once.  Caller is
+ * connected to SPI and acts as the owner; result is the row type of
+ * qlater_lock.
  */
 static bool
 ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 				  TupleDesc result, const char *queue, int32 max_running,
-				  QlSlotResult *slot, QlClaimed *out)
+				  QlSlotResult *slot, int *lapses_left, QlClaimed *out)
 {
 	LOCKTAG		tag;
 	Datum		values[2];
-	HeapTuple	row;
-	TupleDesc	desc;
+	HeapTuple	row = NULL;
+	TupleDesc	desc = NULL;
 	bool		isnull;
-	bool		ok;
 
 	ql_set_job_locktag(&tag, id);
 	if (LockHeldByMe(&tag, ExclusiveLock))
@@ -378,45 +484,82 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 	}
 
 	/*
-	 * Read the job again, or lease it, under a fresh snapshot: it may have
+	 * Lease the job, or read it again, under a fresh snapshot: it may have
 	 * been finished by the session whose claim we just followed.
 	 */
 	values[0] = Int64GetDatum(id);
-	if (lease == NULL)
-	{
-		ok = ql_exec(c, QL_STMT_CLAIM, values, false, 1) == SPI_OK_SELECT;
-
-		/*
-		 * A claimable job that still has a token had a lease that ran out.
-		 * Void the token, so that its holder can no longer finish the job
-		 * this session now holds.  Only then does a session-mode claim
-		 * write to the job.
-		 */
-		if (ok && SPI_processed > 0)
-		{
-			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-								 16, &isnull);
-			if (!isnull)
-				ok = ql_exec(c, QL_STMT_TAKE_OVER, values, false, 0) ==
-					SPI_OK_UPDATE_RETURNING;
-		}
-	}
-	else
+	if (lease != NULL)
 	{
 		values[1] = IntervalPGetDatum(lease);
-		ok = ql_exec(c, QL_STMT_LEASE, values, false, 0) == SPI_OK_UPDATE_RETURNING;
+		if (ql_exec(c, QL_STMT_LEASE, values, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim job %lld", (long long) id);
+		if (SPI_processed > 0)
+		{
+			row = SPI_tuptable->vals[0];
+			desc = SPI_tuptable->tupdesc;
+		}
 	}
-	if (!ok)
-		elog(ERROR, "could not claim job %lld", (long long) id);
-	if (SPI_processed == 0)
+	if (row == NULL)
+	{
+		/* session mode, or a lease not written: gone, or its lease lapsed */
+		if (ql_exec(c, QL_STMT_CLAIM, values, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not claim job %lld", (long long) id);
+		if (SPI_processed > 0)
+		{
+			HeapTuple	r = SPI_tuptable->vals[0];
+			TupleDesc	d = SPI_tuptable->tupdesc;
+
+			(void) SPI_getbinval(r, d, 16, &isnull);
+			if (!isnull && *lapses_left <= 0)
+			{
+				/*
+				 * Enough lapses counted by this call (each holds its claim
+				 * to the transaction's end): this one waits for the next
+				 */
+				if (max_running >= 0)
+					ql_slot_release(id);
+				LockRelease(&tag, ExclusiveLock, lease == NULL);
+				return false;
+			}
+			if (!isnull)
+			{
+				/*
+				 * A claimable job that still has a token had a lease that
+				 * ran out: counted, not claimed.  The claim is held, as a
+				 * session lock, until this transaction ends.  If the
+				 * holder has the row locked, finishing or renewing, nothing
+				 * is counted and the slot is the holder's.
+				 */
+				if (lease != NULL)
+				{
+					(void) ql_try_claim(id, true);
+					LockRelease(&tag, ExclusiveLock, false);
+				}
+				(*lapses_left)--;
+				if (ql_lease_lapsed(c, id, r, d))
+				{
+					if (max_running >= 0)
+						ql_slot_release(id);
+				}
+				else if (max_running >= 0)
+					ql_slot_leave_to_holder(id, GetCurrentTimestamp() +
+											QL_HOLDER_SLOT_MARGIN);
+				return false;
+			}
+			if (lease == NULL)
+			{
+				row = r;
+				desc = d;
+			}
+		}
+	}
+	if (row == NULL)
 	{
 		if (max_running >= 0)
 			ql_slot_release(id);
 		LockRelease(&tag, ExclusiveLock, lease == NULL);
 		return false;
 	}
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	ql_check_row_type(desc, result);
 	out->id = id;
 	out->priority = DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull));
@@ -468,6 +611,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	const QlQueue *q;
 	int32		max_running;
 	QlSlotResult slot = QL_SLOT_TAKEN;
+	int			lapses_left = QL_MAX_LAPSES_PER_CALL;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -534,7 +678,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 		{
 			if (ql_claim_external(c, DatumGetInt64(cand[k]), lease,
 								  rsinfo->setDesc, queue, max_running, &slot,
-								  &claimed[nclaimed]))
+								  &lapses_left, &claimed[nclaimed]))
 				nclaimed++;
 			else if (slot != QL_SLOT_TAKEN)
 				break;
@@ -584,61 +728,61 @@ ql_check_finish_right(const QlCatalog *c, int64 id, const char *queue, Oid rolei
 }
 
 /*
- * ql_finish_begin: the start of complete, fail, unlock and extend: act as
- * the owner, connect to SPI, run statement s on the job's row (it locks or
- * deletes the row and returns QL_FINISH_ROW) and check that the caller may
- * finish the job: it consumes the job's queue, and holds the session claim
- * or presents the lease's token.  An error here undoes what s did, with the
- * (sub)transaction.  Fills *f; undo with ql_finish_leave.
+ * ql_job_missing_error: raise the error for a job to finish that is not
+ * there
  */
 static void
-ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
-				QlConsumerStmt s, int expected)
+ql_job_missing_error(int64 id)
 {
-	char	   *me = ql_current_user_name();
-	bool		admin = ql_is_admin();
-	Datum		values[3];
-	HeapTuple	row;
-	TupleDesc	desc;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("job %lld does not exist", (long long) id),
+			 errhint("It may have been completed or cancelled already.")));
+}
+
+/*
+ * ql_finish_check: raise an error unless role roleid may finish job id,
+ * whose row (QL_FINISH_ROW, as a statement locked or deleted it) is row:
+ * it consumes the job's queue, and holds the session claim (token NULL)
+ * or presents the token of a lease that has not run out.  Sets *attempts
+ * and *max_attempts from the row.  Caller is connected to SPI; an error
+ * undoes what the statement did, with the (sub)transaction.
+ */
+static void
+ql_finish_check(const QlCatalog *c, int64 id, const pg_uuid_t *token,
+				Oid roleid, HeapTuple row, TupleDesc desc, int32 *attempts,
+				int32 *max_attempts)
+{
 	Datum		d;
 	Datum		until;
 	bool		token_null;
 	bool		until_null;
 	bool		isnull;
 
-	f->id = id;
-	f->token = token;
-	ql_become_owner(c, &f->save);
-	ql_spi_connect();
-
-	values[0] = Int64GetDatum(id);
-	values[1] = ql_name_datum(me);
-	values[2] = BoolGetDatum(admin);
-	if (ql_exec(c, s, values, false, 1) != expected)
-		elog(ERROR, "could not read job");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("job %lld does not exist", (long long) id),
-				 errhint("It may have been completed or cancelled already.")));
-	row = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	d = SPI_getbinval(row, desc, 1, &token_null);
-	f->attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-	f->max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+	*attempts = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	*max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
 	until = SPI_getbinval(row, desc, 6, &until_null);
-	ql_check_finish_right(c, id, SPI_getvalue(row, desc, 4), f->save.userid);
+	ql_check_finish_right(c, id, SPI_getvalue(row, desc, 4), roleid);
 
 	if (token == NULL)
 	{
 		LOCKTAG		tag;
 
+		/*
+		 * A session claim leaves no token on the row.  A lease does, and its
+		 * claiming transaction holds the job's lock too (for the
+		 * transaction only): that is no session claim.
+		 */
 		ql_set_job_locktag(&tag, id);
-		if (!LockHeldByMe(&tag, ExclusiveLock))
+		if (!token_null || !LockHeldByMe(&tag, ExclusiveLock) ||
+			ql_claim_held_to_end(id))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("job %lld is not claimed by this session", (long long) id),
-					 errhint("Claim jobs with qlater_lock(); in lease mode, pass the claim token.")));
+					 token_null ?
+					 errhint("Claim jobs with qlater_lock(); in lease mode, pass the claim token.") :
+					 errhint("It is claimed with a lease: pass its claim token.")));
 	}
 	else if (token_null || memcmp(DatumGetUUIDP(d), token, sizeof(pg_uuid_t)) != 0)
 		ereport(ERROR,
@@ -658,6 +802,37 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 				 errmsg("lease of job %lld has run out", (long long) id),
 				 errhint("Renew long leases with qlater_extend() before they run out; "
 						 "the job may be claimed again.")));
+}
+
+/*
+ * ql_finish_begin: the start of complete, fail, unlock and extend: act as
+ * the owner, connect to SPI, run statement s on the job's row (it locks or
+ * deletes the row and returns QL_FINISH_ROW) and check it (ql_finish_check).
+ * An error here undoes what s did, with the (sub)transaction.  Fills *f;
+ * undo with ql_finish_leave.
+ */
+static void
+ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
+				QlConsumerStmt s, int expected)
+{
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+	Datum		values[3];
+
+	f->id = id;
+	f->token = token;
+	ql_become_owner(c, &f->save);
+	ql_spi_connect();
+
+	values[0] = Int64GetDatum(id);
+	values[1] = ql_name_datum(me);
+	values[2] = BoolGetDatum(admin);
+	if (ql_exec(c, s, values, false, 1) != expected)
+		elog(ERROR, "could not read job");
+	if (SPI_processed == 0)
+		ql_job_missing_error(id);
+	ql_finish_check(c, id, token, f->save.userid, SPI_tuptable->vals[0],
+					SPI_tuptable->tupdesc, &f->attempts, &f->max_attempts);
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
@@ -752,16 +927,8 @@ qlater_fail(PG_FUNCTION_ARGS)
 	if (ql_exec(c, QL_STMT_FAIL, values, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the failure of job %lld", (long long) id);
 	/* waiting again: its key, if another job has it now, is that one's */
-	if (!dead && SPI_processed > 0)
-	{
-		HeapTuple	row = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *key = SPI_getvalue(row, desc, 3);
-
-		if (key != NULL)
-			ql_key_settle(c, id, SPI_getvalue(row, desc, 1),
-						  SPI_getvalue(row, desc, 2), key);
-	}
+	if (!dead)
+		ql_key_settle_returned(c, id);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -817,6 +984,305 @@ qlater_extend(PG_FUNCTION_ARGS)
 	ql_finish_leave(&f);
 	ql_slot_extend(id, until);
 	PG_RETURN_TIMESTAMPTZ(until);
+}
+
+/*
+ * The jobs of qlater_complete_many and qlater_unlock_many: ids, and their
+ * tokens (NULL in session mode); byid, the indexes of ids in ascending id
+ * order.
+ */
+typedef struct QlMany
+{
+	int			n;
+	ArrayType  *idarray;
+	int64	   *ids;
+	pg_uuid_t **tokens;
+	int		   *byid;
+} QlMany;
+
+/* a row the statement returned: its job's id, and where it is */
+typedef struct QlManyRow
+{
+	int64		id;
+	int			row;
+} QlManyRow;
+
+static int
+ql_many_row_cmp(const void *a, const void *b)
+{
+	int64		x = ((const QlManyRow *) a)->id;
+	int64		y = ((const QlManyRow *) b)->id;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* ql_many_too_many: raise the error for an array of too many jobs */
+static void
+ql_many_too_many(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("too many jobs in %s", what),
+			 errdetail("At most %d jobs are finished or given back in one call.",
+					   QL_MAX_MANY_JOBS),
+			 errhint("Split the jobs over several calls.")));
+}
+
+/*
+ * ql_many_array: argument n of the call, an array of at most
+ * QL_MAX_MANY_JOBS elements of type elemtype (its size elemlen), one
+ * dimension, no nulls; its elements in *elems, their number returned.  A
+ * larger array is refused before it is detoasted.
+ */
+static int
+ql_many_array(FunctionCallInfo fcinfo, int n, const char *what, Oid elemtype,
+			  int elemlen, char elemalign, ArrayType **array, Datum **elems)
+{
+	ArrayType  *a;
+	bool	   *nulls;
+	int			nelems;
+	int			i;
+
+	if (toast_raw_datum_size(PG_GETARG_DATUM(n)) >
+		ARR_OVERHEAD_WITHNULLS(1, QL_MAX_MANY_JOBS) + (Size) QL_MAX_MANY_JOBS * elemlen)
+		ql_many_too_many(what);
+	a = PG_GETARG_ARRAYTYPE_P(n);
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", what)));
+	if (ArrayGetNItems(ARR_NDIM(a), ARR_DIMS(a)) > QL_MAX_MANY_JOBS)
+		ql_many_too_many(what);
+	deconstruct_array(a, elemtype, elemlen, elemtype == INT8OID ? FLOAT8PASSBYVAL : false,
+					  elemalign, elems, &nulls, &nelems);
+	for (i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", what)));
+	}
+	*array = a;
+	return nelems;
+}
+
+/*
+ * ql_many_args: the arguments (ids bigint[], tokens uuid[]) of
+ * qlater_complete_many and qlater_unlock_many, checked: ids not null, each
+ * job once, tokens NULL or one for each id.
+ */
+static void
+ql_many_args(FunctionCallInfo fcinfo, QlMany *m)
+{
+	Datum	   *ids;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("ids must not be null")));
+	m->n = ql_many_array(fcinfo, 0, "ids", INT8OID, sizeof(int64),
+						 TYPALIGN_DOUBLE, &m->idarray, &ids);
+	m->ids = palloc(sizeof(int64) * Max(m->n, 1));
+	for (i = 0; i < m->n; i++)
+		m->ids[i] = DatumGetInt64(ids[i]);
+	m->tokens = NULL;
+	if (!PG_ARGISNULL(1))
+	{
+		ArrayType  *a;
+		Datum	   *tokens;
+		int			ntokens;
+
+		ntokens = ql_many_array(fcinfo, 1, "tokens", UUIDOID, UUID_LEN,
+								TYPALIGN_CHAR, &a, &tokens);
+		if (ntokens != m->n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("ids and tokens must have the same number of elements"),
+					 errdetail("There are %d ids and %d tokens.", m->n, ntokens),
+					 errhint("Pass the lease token of each job at its index, or no tokens for session claims.")));
+		m->tokens = palloc(sizeof(pg_uuid_t *) * Max(m->n, 1));
+		for (i = 0; i < m->n; i++)
+			m->tokens[i] = DatumGetUUIDP(tokens[i]);
+	}
+
+	/* each job once: sorted by id, neighbours differ */
+	{
+		QlManyRow  *sorted = palloc(sizeof(QlManyRow) * Max(m->n, 1));
+
+		for (i = 0; i < m->n; i++)
+		{
+			sorted[i].id = m->ids[i];
+			sorted[i].row = i;
+		}
+		qsort(sorted, m->n, sizeof(QlManyRow), ql_many_row_cmp);
+		for (i = 1; i < m->n; i++)
+		{
+			if (sorted[i].id == sorted[i - 1].id)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("job %lld appears more than once in ids",
+								(long long) sorted[i].id)));
+		}
+		pfree(sorted);
+	}
+}
+
+/*
+ * ql_many_run_check: run statement s on the rows of all the jobs of m at
+ * once (it reads, locks or deletes them and returns QL_FINISH_ROW and the
+ * id) and check each job as ql_finish_begin does, in the order of ids: the
+ * first job that may not be finished, or that is not there, raises the
+ * error of qlater_complete for it.  Caller is connected to SPI and acts as
+ * the owner (save: the caller's identity).
+ */
+static void
+ql_many_run_check(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
+				  int expected, const QlUserSave *save, const char *me, bool admin)
+{
+	Datum		values[3];
+	QlManyRow  *rows;
+	int			nrows;
+	int			i;
+	int32		attempts;
+	int32		max_attempts;
+	TupleDesc	desc;
+
+	values[0] = PointerGetDatum(m->idarray);
+	values[1] = ql_name_datum(me);
+	values[2] = BoolGetDatum(admin);
+	if (ql_exec(c, s, values, false, 0) != expected)
+		elog(ERROR, "could not read jobs");
+	if (SPI_processed > (uint64) m->n)
+		elog(ERROR, "read %llu jobs for %d ids",
+			 (unsigned long long) SPI_processed, m->n);
+	nrows = (int) SPI_processed;
+	desc = SPI_tuptable->tupdesc;
+	rows = palloc(sizeof(QlManyRow) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+
+		rows[i].id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], desc,
+												 QL_FINISH_ROW_ID, &isnull));
+		rows[i].row = i;
+	}
+	qsort(rows, nrows, sizeof(QlManyRow), ql_many_row_cmp);
+	for (i = 0; i < m->n; i++)
+	{
+		QlManyRow	key;
+		QlManyRow  *found;
+
+		key.id = m->ids[i];
+		found = bsearch(&key, rows, nrows, sizeof(QlManyRow), ql_many_row_cmp);
+		if (found == NULL)
+			ql_job_missing_error(m->ids[i]);
+		ql_finish_check(c, m->ids[i], m->tokens ? m->tokens[i] : NULL,
+						save->userid, SPI_tuptable->vals[found->row], desc,
+						&attempts, &max_attempts);
+	}
+	pfree(rows);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * ql_many_begin: the start of qlater_complete_many and
+ * qlater_unlock_many: act as the owner, connect to SPI, check every job
+ * on its row as it is now, without a lock (QL_STMT_PEEK_MANY), then run
+ * statement s, which locks or deletes the rows, and check them again as
+ * they are then.  Checking first matters: s waits for rows that other
+ * sessions lock, and must not hold rows of jobs the caller may not finish
+ * (another role's) while it waits, which would stall them for as long as
+ * the caller likes.  An error undoes what s did, with the
+ * (sub)transaction.  Undo with SPI_finish and ql_restore_user.
+ */
+static void
+ql_many_begin(const QlMany *m, const QlCatalog *c, QlConsumerStmt s,
+			  int expected, QlUserSave *save)
+{
+	char	   *me = ql_current_user_name();
+	bool		admin = ql_is_admin();
+
+	ql_become_owner(c, save);
+	ql_spi_connect();
+	ql_many_run_check(m, c, QL_STMT_PEEK_MANY, SPI_OK_SELECT, save, me, admin);
+	ql_many_run_check(m, c, s, expected, save, me, admin);
+}
+
+/*
+ * qlater_complete_many(ids bigint[], tokens uuid[]) returns integer
+ *
+ * Completes several claimed jobs in one statement, all or none: session
+ * claims when tokens is NULL, else tokens[i] is the lease token of
+ * ids[i].  Each job is checked as qlater_complete checks it, and the
+ * claims and slots are released when the transaction commits, as
+ * qlater_complete does.  Returns the number of jobs completed.
+ */
+Datum
+qlater_complete_many(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	QlMany		m;
+	QlUserSave	save;
+	int			i;
+
+	ql_many_args(fcinfo, &m);
+	if (m.n == 0)
+		PG_RETURN_INT32(0);
+	/* the rows are checked as they are deleted: an error undoes the delete */
+	ql_many_begin(&m, c, QL_STMT_COMPLETE_MANY, SPI_OK_DELETE_RETURNING, &save);
+	SPI_finish();
+	ql_restore_user(&save);
+	for (i = 0; i < m.n; i++)
+	{
+		if (m.tokens == NULL)
+			ql_release_claim_at_commit(m.ids[i]);
+		ql_slot_release_at_commit(m.ids[i]);
+	}
+	PG_RETURN_INT32(m.n);
+}
+
+/*
+ * qlater_unlock_many(ids bigint[], tokens uuid[]) returns integer
+ *
+ * Gives back several claims at once, all or none, as qlater_unlock gives
+ * back one: session claims now, leases (and their slots) when the
+ * transaction commits.  Returns the number of claims given back.
+ */
+Datum
+qlater_unlock_many(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	QlMany		m;
+	QlUserSave	save;
+	int			i;
+
+	ql_many_args(fcinfo, &m);
+	if (m.n == 0)
+		PG_RETURN_INT32(0);
+	ql_many_begin(&m, c, QL_STMT_FINISH_MANY, SPI_OK_SELECT, &save);
+	if (m.tokens != NULL)
+	{
+		Datum		values[1];
+
+		values[0] = PointerGetDatum(m.idarray);
+		if (ql_exec(c, QL_STMT_UNLEASE_MANY, values, false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != (uint64) m.n)
+			elog(ERROR, "could not unlock %d jobs", m.n);
+	}
+	SPI_finish();
+	ql_restore_user(&save);
+	for (i = 0; i < m.n; i++)
+	{
+		if (m.tokens == NULL)
+		{
+			ql_release_claim(m.ids[i]);
+			ql_slot_release(m.ids[i]);
+		}
+		else
+			ql_slot_release_at_commit(m.ids[i]);
+	}
+	PG_RETURN_INT32(m.n);
 }
 
 /* ql_listener_exit: forget this session's listener entries */

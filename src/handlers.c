@@ -189,14 +189,37 @@ ql_handler_lookup(Oid proc)
 }
 
 /*
+ * ql_not_found_hint: the hint of the error for a handler name that names
+ * no function: plain (the default), or for an enqueue into an in-server
+ * queue, which may have meant an external one.  For errhint's place in an
+ * ereport.
+ */
+static int
+ql_not_found_hint(bool enqueue, const char *queue, const char *plain)
+{
+	if (!enqueue)
+		return errhint("%s", plain);
+	if (queue != NULL)
+		return errhint("Queue \"%s\" is an in-server queue, whose jobs call registered SQL functions. "
+					   "Jobs for application code go into an external queue, created with qlater_create_queue(name, external => true).",
+					   queue);
+	return errhint("%s Jobs for application code go into an external queue, created with qlater_create_queue(name, external => true) and named with queue => name.",
+				   plain);
+}
+
+/*
  * ql_resolve_handler: the registered handler that name denotes under the
  * caller's search_path: "name", "schema.name" or a signature
  * "name(text,int)".  Only registered handlers are candidates, so an
  * unregistered overload makes nothing ambiguous.  Raises an error if there
- * is no such handler or more than one.
+ * is no such handler or more than one.  An enqueue (enqueue true) into an
+ * in-server queue (queue, NULL if none was named) that names no function
+ * at all may have meant an application's job: the error's hint says where
+ * those go.
  */
 Oid
-ql_resolve_handler(const char *name, QlHandler **handler)
+ql_resolve_handler(const char *name, QlHandler **handler, bool enqueue,
+				   const char *queue)
 {
 	Oid			result = InvalidOid;
 	QlHandler  *h;
@@ -208,7 +231,8 @@ ql_resolve_handler(const char *name, QlHandler **handler)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("function %s does not exist", name),
-					 errhint("Check the name and argument types, and the search_path.")));
+					 ql_not_found_hint(enqueue, queue,
+									   "Check the name and argument types, and the search_path.")));
 		h = ql_handler_lookup(result);
 	}
 	else
@@ -227,7 +251,8 @@ ql_resolve_handler(const char *name, QlHandler **handler)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
 					 errmsg("function \"%s\" does not exist", name),
-					 errhint("Check the name and the search_path.")));
+					 ql_not_found_hint(enqueue, queue,
+									   "Check the name and the search_path.")));
 		for (; clist != NULL; clist = clist->next)
 		{
 			if (ql_handler_lookup(clist->oid) == NULL)

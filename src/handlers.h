@@ -22,7 +22,8 @@ typedef struct QlHandler
 } QlHandler;
 
 extern QlHandler *ql_handler_lookup(Oid proc);
-extern Oid	ql_resolve_handler(const char *name, QlHandler **handler);
+extern Oid	ql_resolve_handler(const char *name, QlHandler **handler,
+							   bool enqueue, const char *queue);
 extern void ql_handlers_changed(void);
 extern Oid	ql_proc_owner(Oid proc);
 

@@ -1007,16 +1007,72 @@ ql_slot_take(const char *queue, int32 max_running, int64 job_id,
 
 /*
  * ql_slot_release: free the slot of a job now (a session-mode claim given
- * back, or a claim that found its job gone), if it has one
+ * back, or a claim that found its job gone or its lease lapsed), if it has
+ * one.  A lease's slot taken by this transaction is no longer released at
+ * its abort: by then the slot may be another session's claim of the job.
  */
 void
 ql_slot_release(int64 job_id)
 {
+	ListCell   *lc;
+
 	if (limits == NULL || pg_atomic_read_u32(&limits->nslots) == 0)
 		return;
 	if (ql_release(job_id, ql_database()))
 		ql_after_lowered();
 	ql_forget_mine(job_id);
+	foreach(lc, xact_leases)
+	{
+		QlSlotChange *c = (QlSlotChange *) lfirst(lc);
+
+		if (c->job_id == job_id)
+		{
+			xact_leases = foreach_delete_current(xact_leases, lc);
+			pfree(c);
+		}
+	}
+}
+
+/*
+ * ql_slot_leave_to_holder: this session took the slot of a job whose lease
+ * had run out, to count the lapse, but the lease's holder has its row
+ * locked (it is finishing or renewing the lease): the slot is the
+ * holder's, as a lease slot, and is not this session's to free.  Its end
+ * is set until, provisional: the holder's commit frees it (a finish) or
+ * moves its end (a renewal), and if the holder rolls back, the next claim
+ * that meets the job takes the slot over again.
+ */
+void
+ql_slot_leave_to_holder(int64 job_id, TimestampTz until)
+{
+	QlSlotKey	key;
+	QlSlot	   *s;
+	ListCell   *lc;
+
+	if (limits == NULL || pg_atomic_read_u32(&limits->nslots) == 0)
+		return;
+	ql_slot_key(&key, job_id);
+	LWLockAcquire(limits->lock, LW_EXCLUSIVE);
+	s = hash_search(limit_slots, &key, HASH_FIND, NULL);
+	if (s != NULL)
+	{
+		if (s->pid != 0)
+			s->queue->nleases++;
+		s->pid = 0;
+		s->lease_until = until;
+	}
+	LWLockRelease(limits->lock);
+	ql_forget_mine(job_id);
+	foreach(lc, xact_leases)
+	{
+		QlSlotChange *c = (QlSlotChange *) lfirst(lc);
+
+		if (c->job_id == job_id)
+		{
+			xact_leases = foreach_delete_current(xact_leases, lc);
+			pfree(c);
+		}
+	}
 }
 
 /*

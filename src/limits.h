@@ -66,6 +66,7 @@ extern Datum ql_limits_blocked_queues(const QlCatalog *c);
 extern QlSlotResult ql_slot_take(const char *queue, int32 max_running,
 								 int64 job_id, TimestampTz lease_until);
 extern void ql_slot_release(int64 job_id);
+extern void ql_slot_leave_to_holder(int64 job_id, TimestampTz until);
 extern void ql_slot_release_at_commit(int64 job_id);
 extern void ql_slot_extend(int64 job_id, TimestampTz lease_until);
 extern void ql_slot_no_room_error(void);

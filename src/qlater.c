@@ -60,13 +60,33 @@ static bool pending_launcher_wake = false;
 static bool pending_extension_change = false;
 static bool pending_queues_changed = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
-static List *pending_releases = NIL;	/* job ids, in TopMemoryContext */
+static List *pending_releases = NIL;	/* QlPendingRelease, in
+										 * TopMemoryContext */
+
+/*
+ * A claim to release at commit, asked by a (sub)transaction of nest_level:
+ * a subtransaction rolled back takes its releases with it, as it takes the
+ * finish that asked for them (and as limits.c takes the slots' releases),
+ * so that a job whose completion was rolled back to a savepoint stays
+ * claimed, with its slot.  A claim taken only to write to its job
+ * (ql_release_claim_at_end) is released by an abort too, a
+ * subtransaction's included.
+ */
+typedef struct QlPendingRelease
+{
+	int64		job_id;
+	int			nest_level;
+	bool		at_abort;		/* released at an abort too
+								 * (ql_release_claim_at_end) */
+} QlPendingRelease;
 
 static object_access_hook_type prev_object_access_hook = NULL;
 static ProcessUtility_hook_type prev_ProcessUtility_hook = NULL;
 
 void		_PG_init(void);
 static void ql_xact_callback(XactEvent event, void *arg);
+static void ql_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								SubTransactionId parentSubid, void *arg);
 static void ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 							   bool readOnlyTree, ProcessUtilityContext context,
 							   ParamListInfo params, QueryEnvironment *queryEnv,
@@ -113,6 +133,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	RegisterXactCallback(ql_xact_callback, NULL);
+	RegisterSubXactCallback(ql_subxact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
@@ -410,6 +431,20 @@ ql_cancel_running_at_commit(int64 job_id)
 	pending_cancels = ql_remember_job(pending_cancels, job_id);
 }
 
+/* ql_remember_release: a claim to release at commit (and at abort) */
+static void
+ql_remember_release(int64 job_id, bool at_abort)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	QlPendingRelease *r = palloc_object(QlPendingRelease);
+
+	r->job_id = job_id;
+	r->nest_level = GetCurrentTransactionNestLevel();
+	r->at_abort = at_abort;
+	pending_releases = lappend(pending_releases, r);
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * ql_release_claim_at_commit: release this session's claim of a job once
  * the transaction that finished it has committed; an abort keeps it.
@@ -417,7 +452,93 @@ ql_cancel_running_at_commit(int64 job_id)
 void
 ql_release_claim_at_commit(int64 job_id)
 {
-	pending_releases = ql_remember_job(pending_releases, job_id);
+	ListCell   *lc;
+
+	/*
+	 * Asked already (a job failed, then completed, in one transaction): once
+	 * is enough, and the request made at the outer level stands
+	 */
+	foreach(lc, pending_releases)
+	{
+		if (((QlPendingRelease *) lfirst(lc))->job_id == job_id)
+			return;
+	}
+	ql_remember_release(job_id, false);
+}
+
+/*
+ * ql_release_claim_at_end: release this session's claim of a job when the
+ * transaction ends, whether it commits (then as ql_release_claim_at_commit
+ * does: before the transaction's locks, a key's among them) or aborts; a
+ * subtransaction rolled back releases it then.  For a claim taken only to
+ * write to the job, never handed out: a consumer that rolls back must not
+ * keep it.
+ */
+void
+ql_release_claim_at_end(int64 job_id)
+{
+	ql_remember_release(job_id, true);
+}
+
+/*
+ * ql_claim_held_to_end: is this session's claim of the job one taken only
+ * to write to it (ql_release_claim_at_end), never handed out?  Such a claim
+ * is no consumer's: it must not finish the job.
+ */
+bool
+ql_claim_held_to_end(int64 job_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending_releases)
+	{
+		QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+		if (r->job_id == job_id && r->at_abort)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * ql_subxact_callback: a subtransaction rolled back forgets the claims it
+ * asked to release at commit, and releases those it asked to release at
+ * its end; one committed hands them to its parent.
+ */
+static void
+ql_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (pending_releases == NIL)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_releases)
+		{
+			QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+			if (r->nest_level >= level)
+			{
+				if (r->at_abort)
+					ql_release_claim(r->job_id);
+				pending_releases = foreach_delete_current(pending_releases, lc);
+				pfree(r);
+			}
+		}
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_releases)
+		{
+			QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+			if (r->nest_level >= level)
+				r->nest_level = level - 1;
+		}
+	}
 }
 
 /*
@@ -569,7 +690,8 @@ ql_signal_cancels(List *job_ids)
  * so its jobs would wait for the poll, the claim frontier would stay past
  * them until a worker looks from the start, and a consumer's claim would
  * outlive the job it finished.  (The request is kept even if the savepoint
- * that made it was rolled back: such a PREPARE is refused too.)
+ * that made it was rolled back: such a PREPARE is refused too; but for
+ * the releases of claims, which follow their subtransaction.)
  */
 static void
 ql_xact_callback(XactEvent event, void *arg)
@@ -596,7 +718,7 @@ ql_xact_callback(XactEvent event, void *arg)
 				ListCell   *lc;
 
 				foreach(lc, pending_releases)
-					ql_release_claim(*(int64 *) lfirst(lc));
+					ql_release_claim(((QlPendingRelease *) lfirst(lc))->job_id);
 			}
 			if (ql_shared != NULL)
 			{
@@ -621,6 +743,18 @@ ql_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
+			if (event != XACT_EVENT_COMMIT)
+			{
+				ListCell   *lc;
+
+				foreach(lc, pending_releases)
+				{
+					QlPendingRelease *r = (QlPendingRelease *) lfirst(lc);
+
+					if (r->at_abort)
+						ql_release_claim(r->job_id);
+				}
+			}
 			pending_wakeups = 0;
 			pending_future = 0;
 			pending_lower = false;

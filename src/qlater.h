@@ -29,7 +29,7 @@
 
 #define QLATER_EXTENSION_NAME	"qlater"
 /* the version of the extension's SQL objects this library serves */
-#define QLATER_SQL_VERSION	"0.2"
+#define QLATER_SQL_VERSION	"0.3"
 
 /* settings (qlater.c) */
 extern int	ql_max_workers;
@@ -48,6 +48,8 @@ extern void ql_lower_frontier_at_commit(const QlClaimKey *key);
 extern void ql_wake_launcher_at_commit(void);
 extern void ql_cancel_running_at_commit(int64 job_id);
 extern void ql_release_claim_at_commit(int64 job_id);
+extern void ql_release_claim_at_end(int64 job_id);
+extern bool ql_claim_held_to_end(int64 job_id);
 extern void ql_queues_changed_at_commit(void);
 extern void ql_require_preload(void);
 

@@ -399,7 +399,7 @@ qlater_schedule(PG_FUNCTION_ARGS)
 		nulls[7] = 'n';
 
 	/* the handler and its arguments, checked as qlater_enqueue does */
-	proc = ql_resolve_handler(handler, &h);
+	proc = ql_resolve_handler(handler, &h, false, NULL);
 	/* copy what we need of h: the next lookup may reload the registry */
 	handler_queue = pstrdup(h->queue);
 	priority = PG_ARGISNULL(5) ? h->priority : PG_GETARG_INT32(5);

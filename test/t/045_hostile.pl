@@ -20,7 +20,7 @@
 #  10. a handler registered with an external queue, enqueued without naming
 #      the queue, goes to that queue and never runs in-server;
 #  13. a lapsed lease's token cannot finish a job a session-mode consumer
-#      has claimed since.
+#      has counted the lapse of, and claimed since.
 # The server may crash on a broken build: every attack waits for it to come
 # back and every wait is bounded, so that later attacks still run.
 use strict;
@@ -619,8 +619,14 @@ attack(
 			extra_params => [ '-U', 'tenant' ]);
 		my $ok = eval {
 			my $b_pid = $b->query_safe('SELECT pg_backend_pid()');
+			is($b->query_safe("SELECT count(*) FROM qlater_lock('tq_lease', 1)"),
+				'0', 'lapsed lease: a session-mode consumer counts the lapse, claims nothing');
+			is(su("SELECT attempts FROM qlater_jobs WHERE id = $id"),
+				'1', 'lapsed lease: the lapse is a failed attempt');
+			# past its backoff
+			su("UPDATE qlater_job SET run_at = now() WHERE id = $id");
 			is($b->query_safe("SELECT id FROM qlater_lock('tq_lease', 1)"),
-				$id, 'lapsed lease: a session-mode consumer claims the job again');
+				$id, 'lapsed lease: the session-mode consumer claims the job again');
 			my ($ret, $out, $err) = try_as(
 				'tenant', qq{
 BEGIN;

@@ -1,4 +1,4 @@
-# 130_upgrade.pl: from release 0.1 to this tree.  A cluster runs the 0.1
+# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3).  A cluster runs the 0.1
 # library with two databases at extension version 0.1 holding every kind
 # of state (pending, future, running and dead jobs of several roles, a
 # schedule, an external queue with consumers and jobs of another role,
@@ -7,7 +7,9 @@
 # 0.1 are served without a crash, their SQL functions refuse to work until
 # ALTER EXTENSION qlater UPDATE, and no job runs; then each database is
 # updated on its own, and its jobs run, once each, as their roles, with the
-# queues, owners and grants the upgrade script gives them.
+# queues, owners and grants the upgrade script gives them; the consumers
+# finish several jobs at once (0.3's qlater_complete_many).  A database
+# made at 0.2 under the new library, holding jobs, is updated to 0.3 too.
 #
 # Both versions are installed into a private copy of the PostgreSQL
 # installation that pg_config (on PATH) names, made in this test's own
@@ -23,7 +25,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $old_version = '0.1';
-my $new_version = '0.2';
+my $new_version = '0.3';
+# the versions between, each with its upgrade script from the one before
+my @versions = ('0.1', '0.2', '0.3');
 
 ### where the source of 0.1 comes from
 # test/upgrade/qlater-0.1.tar.gz: what release 0.1 builds from (git archive
@@ -296,8 +300,11 @@ ok(make_in($tree, 'install'), 'this tree installs into the copy');
 like(slurp_file("$share/extension/qlater.control"),
 	qr/default_version = '\Q$new_version\E'/,
 	"the copy has qlater $new_version");
-ok(-f "$share/extension/qlater--$old_version--$new_version.sql",
-	'with the upgrade script');
+for my $i (1 .. $#versions)
+{
+	ok(-f "$share/extension/qlater--$versions[$i - 1]--$versions[$i].sql",
+		"with the upgrade script from $versions[$i - 1] to $versions[$i]");
+}
 
 my $log_offset = -s $node->logfile;
 # two workers: one for each database
@@ -458,11 +465,11 @@ is( $node->safe_psql(
 		'qdb1', q{
 CREATE TEMP TABLE got AS SELECT id, handler, role FROM qlater_lock('ext', 10);
 SELECT string_agg(handler || ':' || role, ',' ORDER BY handler COLLATE "C") FROM got;
-SELECT count(*) FROM (SELECT qlater_complete(id) FROM got) s;
+SELECT qlater_complete_many(ARRAY(SELECT id FROM got));
 },
 		extra_params => [ '-U', 'app_worker' ]),
 	"ExportA:tenant_a,ExportB:tenant_b,ExportB2:tenant_b\n3",
-	'qdb1: the consumer claims and completes the app jobs of both roles, and the new one');
+	'qdb1: the consumer claims and completes the app jobs of both roles, and the new one, in one call');
 is($node->safe_psql('qdb1', "SELECT count(*) FROM qlater_jobs WHERE queue = 'ext'"),
 	'0', 'qdb1: the completed app jobs are gone');
 
@@ -553,6 +560,61 @@ is($node->safe_psql('qdb2', 'SELECT count(*) FROM qlater_queue_grant'),
 	'0', 'qdb2: no grants');
 is($node->safe_psql('qdb1', q{SELECT extversion FROM pg_extension WHERE extname = 'qlater'}),
 	$new_version, 'qdb1 is untouched by it');
+
+### qdb3: made at 0.2 under the new library, its jobs written as 0.2's
+### API wrote them, updated to 0.3
+$node->safe_psql('postgres', 'CREATE DATABASE qdb3');
+$node->safe_psql(
+	'qdb3', q{
+CREATE EXTENSION qlater VERSION '0.2';
+CREATE TABLE hits (label text, cu text, at timestamptz DEFAULT clock_timestamp());
+GRANT SELECT, INSERT ON hits TO PUBLIC;
+CREATE FUNCTION hit(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+INSERT INTO qlater_handler (handler, queue, priority, max_attempts, registered_by)
+VALUES ('public.hit(text)', 'default', 100, 25, CURRENT_USER);
+INSERT INTO qlater_queue (name, external, owner) VALUES ('ext', true, 'tenant_a');
+INSERT INTO qlater_queue_grant (queue, grantee, privilege) VALUES ('ext', 'app_worker', 'consume');
+INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role, external)
+VALUES ('ext', 'Export3', '[1]', 100, now(), 25, 'tenant_a', true),
+       ('ext', 'Export3', '[2]', 100, now(), 25, 'tenant_a', true),
+       ('default', 'public.hit(text)', '["q3-far"]', 100, '2100-01-01 00:00+00', 25, CURRENT_USER, false);
+});
+is($node->safe_psql('qdb3', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	'0.2', 'qdb3 is at 0.2');
+($ret, $stdout, $stderr) = $node->psql('qdb3', q{SELECT * FROM qlater_lock('ext', 10)},
+	extra_params => [ '-U', 'app_worker' ]);
+like($stderr, qr/must be updated to version \Q$new_version\E/,
+	'qdb3: at 0.2 its functions refuse to work');
+my $jobs3 = $node->safe_psql('qdb3', $jobs_q);
+$node->safe_psql('qdb3', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb3', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb3: updated from 0.2 to $new_version");
+is($node->safe_psql('qdb3', $jobs_q), $jobs3, 'qdb3: its jobs are kept');
+is( $node->safe_psql(
+		'qdb3', q{
+CREATE TEMP TABLE got AS SELECT id FROM qlater_lock('ext', 10);
+SELECT qlater_complete_many(ARRAY(SELECT id FROM got));
+SELECT count(*) FROM qlater_jobs WHERE queue = 'ext';
+},
+		extra_params => [ '-U', 'app_worker' ]),
+	"2\n0", 'qdb3: the consumer completes both jobs in one qlater_complete_many');
+is($node->safe_psql('qdb3', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
+	'q3-far:pending', 'qdb3: its future job is kept');
+is( $node->safe_psql(
+		'qdb3', q{SELECT count(*) FROM pg_proc WHERE proname IN ('qlater_complete_many', 'qlater_unlock_many')
+		  AND has_function_privilege('app_worker', oid, 'EXECUTE')}),
+	'2', 'qdb3: the new functions are there, executable by consumers');
+is( $node->safe_psql(
+		'qdb1', q{SELECT count(*) FROM pg_proc WHERE proname IN ('qlater_complete_many', 'qlater_unlock_many')
+		  AND has_function_privilege('app_worker', oid, 'EXECUTE')}),
+	'2', 'qdb1 (from 0.1): the new functions too');
+
+# a fresh CREATE EXTENSION reaches 0.3 through the upgrade scripts
+$node->safe_psql('postgres', 'CREATE DATABASE qdb4');
+is( $node->safe_psql(
+		'qdb4', q{CREATE EXTENSION qlater; SELECT extversion FROM pg_extension WHERE extname = 'qlater'}),
+	$new_version, "qdb4: CREATE EXTENSION installs $new_version");
 
 # one line for each database, however long it waited
 my $log = slurp_file($node->logfile, $log_offset);

@@ -91,7 +91,7 @@ for my $call (q{SELECT qlater_enqueue('noop', '[1]')},
 	q{SELECT qlater_enqueue_many('noop', '[[1]]')})
 {
 	my ($ret, $out, $err) = $node->psql('old', $call);
-	like($err, qr/extension "qlater" must be updated to version 0\.2/,
+	like($err, qr/extension "qlater" must be updated to version 0\.3/,
 		"at 0.1: $call");
 }
 $node->safe_psql('old', q{ALTER EXTENSION qlater UPDATE; SELECT qlater_register('noop(int)')});
@@ -99,7 +99,7 @@ is( $node->safe_psql(
 		'old', q{
 	SELECT qlater_enqueue('noop', '[1]', run_at => now() + interval '1 day', key => 'k')
 	     = qlater_enqueue('noop', '[2]', run_at => now() + interval '1 day', key => 'k')}),
-	't', 'updated to 0.2: one job per key');
+	't', 'updated: one job per key');
 $node->safe_psql('postgres', 'DROP DATABASE old');
 
 ### 1. a running job's key: a new job, and both run

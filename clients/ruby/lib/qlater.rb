@@ -13,13 +13,15 @@
 #
 #   QLater::Worker.new(queues: ["ruby"], threads: 4).run
 #
-# Plain Ruby and the pg gem; nothing else.  See clients/ruby/README.md.
+# Plain Ruby and the pg gem; ActiveRecord and ActiveJob when the application
+# has them (QLater.connection then defaults to ActiveRecord's, and
+# config.active_job.queue_adapter = :qlater works).  See clients/ruby/README.md.
 
 require "pg"
 require "json"
+require_relative "qlater/version"
 
 module QLater
-  VERSION = "0.1.0"
 
   # The queue `later` uses when neither the call nor the class names one.
   DEFAULT_QUEUE = "ruby"
@@ -34,6 +36,8 @@ module QLater
 
   @default_queue = DEFAULT_QUEUE
   @connection = nil
+  @active_record_class = nil
+  @active_record = nil
 
   class << self
     # The queue of `later` when neither the call nor the class sets one.
@@ -43,18 +47,49 @@ module QLater
     attr_accessor :logger
 
     # The connection `later` and `enqueue` write to: while a worker runs a
-    # job, the worker thread's own connection (the job's transaction);
-    # otherwise the one set with QLater.connection=.
+    # job, the worker thread's own connection (the job's transaction); else
+    # the one set with QLater.connection=; else, when ActiveRecord is
+    # loaded, the raw connection of QLater.active_record_class (inside
+    # whatever ActiveRecord transaction is open on it: a rollback of
+    # ActiveRecord::Base.transaction leaves no job).
     def connection
       Thread.current.thread_variable_get(:qlater_connection) || @connection ||
-        raise(Error, "no connection: set QLater.connection = PG.connect(...)")
+        active_record_connection ||
+        raise(Error, "no connection: set QLater.connection = PG.connect(...), or load ActiveRecord")
     end
 
     # Sets the process-wide connection (a PG::Connection).  Not thread-safe
     # in itself: a PG::Connection must not be used by two threads at once;
-    # give each thread its own with QLater.with_connection.
+    # give each thread its own with QLater.with_connection.  Leave it unset
+    # in an ActiveRecord application.
     def connection=(conn)
       @connection = conn
+    end
+
+    # The ActiveRecord class whose connection qlater uses (enqueues, and
+    # the worker's jobs): ActiveRecord::Base unless set (a Class or its
+    # name), e.g. "JobsRecord" in an application with several databases.
+    def active_record_class
+      klass = @active_record_class || "ActiveRecord::Base"
+      klass.is_a?(String) ? Object.const_get(klass) : klass
+    end
+
+    attr_writer :active_record_class
+
+    # Is ActiveRecord loaded (and not turned off with QLater.active_record = false)?
+    def active_record?
+      @active_record != false && defined?(::ActiveRecord::Base) ? true : false
+    end
+
+    attr_writer :active_record
+
+    # The PG::Connection under the ActiveRecord connection of this thread,
+    # with any transaction ActiveRecord opened lazily sent to the server
+    # (raw_connection does so), or nil without ActiveRecord.
+    def active_record_connection
+      return nil unless active_record?
+
+      active_record_class.connection.raw_connection
     end
 
     # Runs the block with +conn+ as QLater.connection in this thread only.
@@ -127,7 +162,16 @@ module QLater
         sql << ", #{name} => $#{params.size}::#{type}"
       end
       sql << ")"
-      Integer(conn.exec_params(sql, params).getvalue(0, 0))
+      Integer(query(conn, sql, params).getvalue(0, 0))
+    end
+
+    # Runs a statement of qlater's own and returns its result with every
+    # value as text, whatever type map the connection decodes results with
+    # (ActiveRecord's decodes integers, booleans, ...).
+    def query(conn, sql, params = [])
+      result = conn.exec_params(sql, params)
+      result.type_map = PG::TypeMapAllStrings.new
+      result
     end
 
     # A Time (or anything with iso8601, or a string PostgreSQL reads) as a
@@ -149,4 +193,18 @@ end
 require_relative "qlater/codec"
 require_relative "qlater/process_later"
 require_relative "qlater/job"
+require_relative "qlater/connections"
 require_relative "qlater/worker"
+
+# ActiveJob's adapter, once ActiveJob::Base is loaded (now or later: its
+# load hook), so that config.active_job.queue_adapter = :qlater finds it
+if defined?(::ActiveJob::Base)
+  require_relative "qlater/active_job"
+else
+  begin
+    require "active_support/lazy_load_hooks"
+    ActiveSupport.on_load(:active_job) { require "qlater/active_job" }
+  rescue LoadError
+    nil # no ActiveSupport, no ActiveJob
+  end
+end

@@ -25,6 +25,26 @@ class WorkerTest < QLaterTest::Case
     assert_empty done_keys
   end
 
+  def test_batch_commit_runs_a_claim_in_one_transaction_and_a_failure_rolls_back_alone
+    conn.transaction do
+      RecordTxid.new("a").later
+      Boom.new("boom").later
+      RecordTxid.new("b").later
+      SwallowSqlError.new("aborted").later
+      RecordTxid.new("c").later
+    end
+    w = worker(batch: 10, commit: :batch)
+    assert_equal 5, w.work_off
+    assert_equal({ completed: 3, failed: 2 }, w.counts.slice(:completed, :failed))
+    assert_equal %w[a b c], done_keys, "the failed jobs' writes are rolled back, the others kept"
+    assert_equal 1, Integer(value("SELECT count(DISTINCT info) FROM rb_done WHERE queue = $1", queue)),
+                 "one transaction"
+    left = jobs
+    assert_equal %w[Boom SwallowSqlError], left.map { |j| j["handler"] }
+    assert(left.all? { |j| j["attempts"] == "1" }, "each failure recorded")
+    assert_match(/left its transaction aborted/, JSON.parse(left[1]["last_error"])["message"])
+  end
+
   def test_four_threads_run_2000_jobs_each_exactly_once
     conn.transaction do
       2000.times { |i| RecordKey.new(format("%04d", i)).later }

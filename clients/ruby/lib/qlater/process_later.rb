@@ -32,17 +32,25 @@ module QLater
     end
 
     # May a job call +name+ on instances of +klass+?  Only public methods
-    # the class (or a module or superclass of it other than Object's own
-    # ancestors and ProcessLater) defines: a job's arguments come from the
-    # database, and methods such as instance_eval or send must never be
-    # reachable from there.
+    # written in Ruby by the class (or a module or superclass of it other
+    # than Object's own ancestors and ProcessLater): a job's arguments come
+    # from the database, and methods such as instance_eval or send must
+    # never be reachable from there, not under another name either (an
+    # alias keeps its original name: ActiveModel aliases send as
+    # read_attribute_for_validation) nor through a method implemented in C.
     def self.callable?(klass, name)
       name = name.to_sym
       return false if name == :initialize
       return false unless klass.public_method_defined?(name)
 
-      owner = klass.instance_method(name).owner
-      !(Object.ancestors.include?(owner) || owner == ProcessLater)
+      method = klass.instance_method(name)
+      owner = method.owner
+      return false if Object.ancestors.include?(owner) || owner == ProcessLater
+      return false if method.source_location.nil? # C: send, eval, system, ... under any name
+
+      original = method.original_name
+      !(original == :initialize || BasicObject.method_defined?(original) || Object.method_defined?(original) ||
+        Object.private_method_defined?(original))
     end
 
     module ClassMethods

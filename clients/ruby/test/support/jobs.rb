@@ -88,3 +88,31 @@ class Nested
     end
   end
 end
+
+# Rescues an SQL error without a savepoint: the transaction is left aborted.
+class SwallowSqlError
+  include QLater::ProcessLater
+
+  def initialize(key) = (@key = key)
+  def initializer_arguments = [@key]
+
+  def call
+    QLater.connection.exec("SELECT 1/0")
+  rescue PG::DivisionByZero
+    nil
+  end
+end
+
+# Records the id of its top-level transaction (txid_current() is the
+# top-level one, savepoints or not).
+class RecordTxid
+  include QLater::ProcessLater
+
+  def initialize(key) = (@key = key)
+  def initializer_arguments = [@key]
+
+  def call
+    QLater.connection.exec_params("INSERT INTO rb_done (queue, key, info) VALUES ($1, $2, txid_current()::text)",
+                                  [QLater.current_job.queue, @key])
+  end
+end

@@ -1,0 +1,26 @@
+# frozen_string_literal: true
+
+require_relative "lib/qlater/version"
+
+Gem::Specification.new do |spec|
+  spec.name = "qlater"
+  spec.version = QLater::VERSION
+  spec.summary = "Ruby client of qlater, durable background jobs inside PostgreSQL"
+  spec.description = <<~TEXT
+    Enqueue jobs in your own transaction and run them later, in PostgreSQL's
+    own workers or in your application's: call a service object now (.call)
+    or later (.later(:call)), with no wrapper class. Needs the qlater
+    PostgreSQL extension.
+  TEXT
+  spec.authors = ["The qlater developers"]
+  spec.license = "PostgreSQL"
+  spec.homepage = "https://github.com/qlater/qlater"
+  spec.required_ruby_version = ">= 2.7"
+  spec.files = Dir["lib/**/*.rb"] + ["exe/qlater-worker", "README.md", "LICENSE"]
+  spec.bindir = "exe"
+  spec.executables = ["qlater-worker"]
+  spec.require_paths = ["lib"]
+  spec.add_runtime_dependency "pg", "~> 1.1"
+  # ActiveRecord, ActiveJob (the adapter) and Rails (the executor) are used
+  # when the application loads them: no dependency on them here.
+end

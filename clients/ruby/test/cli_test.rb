@@ -1,0 +1,195 @@
+# frozen_string_literal: true
+
+require "test_helper"
+require "open3"
+require "rbconfig"
+require "tmpdir"
+require_relative "support/active_record_setup"
+
+# qlater-worker, the command: the executable of the installed gem (or of
+# exe/ with QLATER_TEST_SOURCE=1).
+class CLITest < QLaterTest::Case
+  SUPPORT = File.join(QLaterTest::ROOT, "test", "support")
+
+  def command(*args)
+    [RbConfig.ruby, ENV.fetch("QLATER_TEST_WORKER"), *args]
+  end
+
+  # Runs qlater-worker to its end: [stdout, stderr, status].
+  def run_worker(*args, chdir: Dir.pwd)
+    Timeout.timeout(60) { Open3.capture3(*command(*args), chdir: chdir) }
+  end
+
+  # Starts qlater-worker; yields [pid, stdout reader]; SIGTERMs it at the end
+  # and returns [output, status].
+  def with_worker(*args, chdir: Dir.pwd, env: {})
+    out_r, out_w = IO.pipe
+    pid = Process.spawn(env, *command(*args), chdir: chdir, out: out_w, err: out_w)
+    out_w.close
+    output = +""
+    reader = Thread.new { output << out_r.read }
+    yield pid, output
+    Process.kill(:TERM, pid)
+    _, status = Timeout.timeout(60) { Process.wait2(pid) }
+    reader.join
+    [output, status]
+  ensure
+    if pid && status.nil?
+      Process.kill(:KILL, pid) rescue nil # rubocop:disable Style/RescueModifier
+      Process.wait(pid) rescue nil # rubocop:disable Style/RescueModifier
+    end
+  end
+
+  def test_configuration_errors_exit_non_zero_with_a_clear_message
+    _, err, status = run_worker
+    assert_equal 2, status.exitstatus
+    assert_match(/qlater-worker: --queues is required/, err)
+
+    _, err, status = run_worker("--queues", "x", "--frobnicate")
+    assert_equal 2, status.exitstatus
+    assert_match(/invalid option: --frobnicate/, err)
+
+    _, err, status = run_worker("--queues", "x", "--threads", "0")
+    assert_equal 2, status.exitstatus
+    assert_match(/--threads must be at least 1/, err)
+
+    _, err, status = run_worker("--queues", "x", "--require", "/nonexistent/jobs.rb")
+    assert_equal 2, status.exitstatus
+    assert_match(%r{cannot load /nonexistent/jobs\.rb}, err)
+
+    _, err, status = run_worker("--queues", "x", "--database-url", "postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}")
+    assert_equal 2, status.exitstatus
+    assert_match(/cannot connect: .*no_such_database_here/, err)
+
+    Dir.mktmpdir do |dir|
+      broken = File.join(dir, "broken.rb")
+      File.write(broken, "raise ArgumentError, 'the app cannot start'\n")
+      _, err, status = run_worker("--queues", "x", "--require", broken)
+      assert_equal 2, status.exitstatus
+      assert_match(/loading .*broken\.rb raised ArgumentError: the app cannot start\n    .*broken\.rb:1/, err)
+    end
+
+    out, _, status = run_worker("--version")
+    assert status.success?
+    assert_equal "qlater-worker #{QLater::VERSION}\n", out
+  end
+
+  def test_it_runs_jobs_logs_a_line_each_names_itself_and_stops_on_sigterm
+    conn.transaction { 5.times { |i| RecordKey.new("k#{i}").later } }
+    Boom.new("b").later(:call)
+    # (PGAPPNAME, which the TAP harness sets, would name the sessions)
+    output, status = with_worker("--queues", queue, "--threads", "2", "--require", File.join(SUPPORT, "jobs.rb"),
+                                 env: { "PGAPPNAME" => nil }) do
+      wait_until(timeout: 60, message: "the jobs") { done_count == 5 && jobs.all? { |j| j["attempts"] == "1" } }
+      names = conn.exec("SELECT DISTINCT application_name FROM pg_stat_activity " \
+                        "WHERE application_name LIKE 'qlater%' AND backend_type = 'client backend'").column_values(0)
+      assert_equal ["qlater-worker"], names
+    end
+    assert_equal 0, status.exitstatus, output
+    done = output.lines.grep(/job=\d+ class=RecordKey queue=#{queue} duration=[\d.]+ms outcome=done$/)
+    assert_equal 5, done.size, output
+    assert_match(/job=\d+ class=Boom queue=#{queue} duration=[\d.]+ms outcome=failed attempt=1\/25 error="RuntimeError: boom b"/, output)
+    assert_match(/worker stopped/, output)
+  end
+
+  def test_sigterm_gives_back_claimed_jobs_and_exits_zero
+    conn.transaction { 10.times { |i| RecordKey.new(format("%02d", i), sleep: 0.5).later } }
+    output, status = with_worker("--queues", queue, "--batch", "10", "--require", File.join(SUPPORT, "jobs.rb")) do
+      wait_until(timeout: 30, message: "the first job") { jobs.count { |j| j["state"] == "running" } == 10 }
+    end
+    assert_equal 0, status.exitstatus, output
+    left = jobs
+    assert_equal 10 - done_count, left.size
+    assert_operator left.size, :>=, 1
+    assert(left.all? { |j| j["state"] == "pending" && j["attempts"] == "0" }, "given back untouched")
+    assert_equal left.size, output.lines.grep(/outcome=given back/).size, output
+  end
+
+  def test_in_a_rails_apps_root_it_loads_the_app
+    skip "Debian's ruby-railties is not installed" unless rails_available?
+
+    conn.exec("SELECT qlater_create_queue('aj_default', external => true) " \
+              "WHERE NOT EXISTS (SELECT FROM qlater_queues WHERE name = 'aj_default')")
+    Dir.mktmpdir("qlater-rails") do |app|
+      write_rails_app(app)
+      env = { "RAILS_ENV" => "development" }
+      enqueue = "RailsRecordJob.perform_later(#{queue.inspect}, 'from rails'); " \
+                "ActiveRecord::Base.transaction { RailsRecordJob.perform_later(#{queue.inspect}, 'no'); " \
+                "raise ActiveRecord::Rollback }"
+      _, err, status = Timeout.timeout(60) do
+        Open3.capture3(env, RbConfig.ruby, "-e", "require './config/environment'; #{enqueue}", chdir: app)
+      end
+      assert status.success?, err
+      output, status = with_worker("--queues", "aj_default", chdir: app, env: env) do
+        wait_until(timeout: 60, message: "the Rails job") do
+          value("SELECT count(*) FROM rb_aj WHERE queue = $1", queue) == "1"
+        end
+      end
+      assert_equal 0, status.exitstatus, output
+      assert_equal "executor true", value("SELECT info FROM rb_aj WHERE queue = $1 AND key = 'from rails'", queue)
+      assert_match(/job=\d+ class=RailsRecordJob queue=aj_default duration=[\d.]+ms outcome=done/, output)
+    end
+  ensure
+    conn.exec("SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = 'aj_default'")
+  end
+
+  def rails_available?
+    system(RbConfig.ruby, "-e", "require 'rails'", out: File::NULL, err: File::NULL)
+  end
+
+  def write_rails_app(app)
+    files = {
+      "config/application.rb" => <<~RUBY,
+        require "rails"
+        require "active_record/railtie"
+        require "active_job/railtie"
+        require "qlater"
+
+        module QlaterTestApp
+          class Application < Rails::Application
+            config.load_defaults 6.1
+            config.eager_load = false
+            config.secret_key_base = "#{'x' * 64}"
+            config.logger = Logger.new(nil)
+            config.active_job.queue_adapter = :qlater
+          end
+        end
+      RUBY
+      "config/environment.rb" => <<~RUBY,
+        require_relative "application"
+        Rails.application.initialize!
+      RUBY
+      "config/database.yml" => <<~YAML,
+        development:
+          adapter: postgresql
+          host: <%= ENV["PGHOST"] %>
+          port: <%= ENV["PGPORT"] %>
+          database: <%= ENV["PGDATABASE"] %>
+          username: <%= ENV["PGUSER"] %>
+          pool: 5
+      YAML
+      "app/models/application_record.rb" => <<~RUBY,
+        class ApplicationRecord < ActiveRecord::Base
+          self.abstract_class = true
+        end
+      RUBY
+      "app/models/rb_aj.rb" => <<~RUBY,
+        class RbAj < ApplicationRecord
+          self.table_name = "rb_aj"
+        end
+      RUBY
+      "app/jobs/rails_record_job.rb" => <<~RUBY
+        class RailsRecordJob < ActiveJob::Base
+          def perform(queue, key)
+            RbAj.create!(queue: queue, key: key,
+                         info: "executor \#{Rails.application.executor.active?}")
+          end
+        end
+      RUBY
+    }
+    files.each do |path, text|
+      FileUtils.mkdir_p(File.join(app, File.dirname(path)))
+      File.write(File.join(app, path), text)
+    end
+  end
+end
