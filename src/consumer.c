@@ -130,14 +130,14 @@ typedef enum QlConsumerStmt
 
 /*
  * What ql_finish_check checks of job j: its claim token, attempts,
- * max_attempts, queue, whether role $2 may consume that queue, and the end
- * of its lease.  The statements on several jobs add the id (column
- * QL_FINISH_ROW_ID).
+ * max_attempts, queue and the end of its lease.  (Column 5 is unused: the
+ * right to consume the queue is checked on the queue cache, under the
+ * latest snapshot, by ql_check_finish_right.)  The statements on several
+ * jobs add the id (column QL_FINISH_ROW_ID).
  */
 #define QL_FINISH_ROW \
 	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
-	"(SELECT " QL_ACCESS " FROM %1$s.qlater_queue q " \
-	"WHERE q.name OPERATOR(pg_catalog.=) j.queue), j.lease_until"
+	"NULL::pg_catalog.int4, j.lease_until"
 #define QL_FINISH_ROW_ID	7
 
 /* a job that may be claimed now */
