@@ -129,7 +129,11 @@ $node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @db
 
 ### a crash-restart in the middle of a drain
 $node->safe_psql($_, 'TRUNCATE done') for @dbs;
+# (and after them, 100 naps of 20 ms per database: some worker is in a
+# job for a while, however fast the machine drains the quick ones)
 $node->safe_psql($_, "SELECT count(*) FROM qlater_enqueue_many('work', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 1500) g))")
+  for @dbs;
+$node->safe_psql($_, "SELECT count(*) FROM qlater_enqueue_many('nap', (SELECT jsonb_agg(jsonb_build_array(0.02)) FROM generate_series(1, 100)))")
   for @dbs;
 ok( $node->poll_query_until(
 		'd1', 'SELECT count(*) > 0 FROM done'),
@@ -139,7 +143,7 @@ $before += $node->safe_psql($_, 'SELECT count(*) FROM done') for @dbs;
 my $crash_offset = -s $node->logfile;
 # workers come and go: kill one that runs a job
 my $killed = 0;
-for (1 .. 50)
+for (1 .. 500)
 {
 	my $pid = $node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND query LIKE 'qlater job %' LIMIT 1");
