@@ -95,9 +95,9 @@ PG_FUNCTION_INFO_V1(qlater_unlock_many);
 typedef enum QlConsumerStmt
 {
 	QL_STMT_CANDIDATES,			/* QL_ACCESS, and ready jobs in claim order */
-	QL_STMT_CLAIM,				/* re-read a job just claimed */
+	QL_STMT_CLAIM,				/* re-read jobs just claimed */
 	QL_STMT_LAPSE,				/* count the lapsed lease of a job just claimed */
-	QL_STMT_LEASE,				/* lease a job just claimed */
+	QL_STMT_LEASE,				/* lease jobs just claimed */
 	QL_STMT_FINISH,				/* lock a job's row: QL_FINISH_ROW */
 	QL_STMT_COMPLETE,			/* delete a job's row: QL_FINISH_ROW */
 	QL_STMT_FAIL,
@@ -170,8 +170,8 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	},
 	[QL_STMT_CLAIM] = {
 		"SELECT " QL_CLAIMED_ROW " FROM %1$s.qlater_job "
-		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE,
-		1, {INT8OID}
+		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND " QL_CLAIMABLE,
+		1, {INT8ARRAYOID}
 	},
 	/*
 	 * A failed attempt, as QL_STMT_FAIL records it, of the job as it was
@@ -194,9 +194,9 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	[QL_STMT_LEASE] = {
 		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
 		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
-		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
+		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND " QL_CLAIMABLE
 		" AND claim_token IS NULL RETURNING " QL_CLAIMED_ROW,
-		2, {INT8OID, INTERVALOID}
+		2, {INT8ARRAYOID, INTERVALOID}
 	},
 	[QL_STMT_FINISH] = {
 		"SELECT " QL_FINISH_ROW " FROM %1$s.qlater_job j "
@@ -439,26 +439,18 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 }
 
 /*
- * ql_claim_external: try to claim one job for an external consumer; on
- * success fill *out, its row copied into the caller's memory.  In session
- * mode the claim is a session lock; in lease mode a transaction lock guards
- * the row while its lease is written.  A job of a queue with a limit
- * (max_running not -1) takes a slot too; without one (*slot says why) the
- * claim is given back.  A job whose lease lapsed is not claimed: its lapse
- * is counted (ql_lease_lapsed), its slot given back at once.  Caller is
- * connected to SPI and acts as the owner; result is the row type of
- * qlater_lock.
+ * ql_claim_take: take the claim of job id for an external consumer, without
+ * waiting: in session mode a session lock, in lease mode a transaction lock
+ * that guards the row while its lease is written.  A job of a queue with a
+ * limit (max_running not -1) takes a slot too; without one (*slot says why)
+ * the claim is given back.  The job's row is read afterwards, for several
+ * jobs at once (ql_claim_read).
  */
 static bool
-ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
-				  TupleDesc result, const char *queue, int32 max_running,
-				  QlSlotResult *slot, int *lapses_left, QlClaimed *out)
+ql_claim_take(int64 id, Interval *lease, const char *queue, int32 max_running,
+			  QlSlotResult *slot)
 {
 	LOCKTAG		tag;
-	Datum		values[2];
-	HeapTuple	row = NULL;
-	TupleDesc	desc = NULL;
-	bool		isnull;
 
 	ql_set_job_locktag(&tag, id);
 	if (LockHeldByMe(&tag, ExclusiveLock))
@@ -482,90 +474,178 @@ ql_claim_external(const QlCatalog *c, int64 id, Interval *lease,
 			return false;
 		}
 	}
+	return true;
+}
 
-	/*
-	 * Lease the job, or read it again, under a fresh snapshot: it may have
-	 * been finished by the session whose claim we just followed.
-	 */
-	values[0] = Int64GetDatum(id);
+/* ql_claim_give_back: undo ql_claim_take */
+static void
+ql_claim_give_back(int64 id, bool session, int32 max_running)
+{
+	LOCKTAG		tag;
+
+	if (max_running >= 0)
+		ql_slot_release(id);
+	ql_set_job_locktag(&tag, id);
+	LockRelease(&tag, ExclusiveLock, session);
+}
+
+/*
+ * ql_claim_rows: run statement s (QL_STMT_CLAIM or QL_STMT_LEASE) on the n
+ * jobs ids, and set rows[i] to a copy of the row of ids[i] it returned
+ * (NULL if none), in the caller's memory; *desc to their descriptor.
+ */
+static void
+ql_claim_rows(const QlCatalog *c, QlConsumerStmt s, const int64 *ids, int n,
+			  Interval *lease, HeapTuple *rows, TupleDesc *desc)
+{
+	Datum		values[2];
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	uint64		r;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		elems[i] = Int64GetDatum(ids[i]);
+		rows[i] = NULL;
+	}
+	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = lease != NULL ? IntervalPGetDatum(lease) : (Datum) 0;
+	if (ql_exec(c, s, values, false, 0) !=
+		(s == QL_STMT_LEASE ? SPI_OK_UPDATE_RETURNING : SPI_OK_SELECT))
+		elog(ERROR, "could not claim jobs");
+	if (*desc == NULL)
+		*desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[r];
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(row, SPI_tuptable->tupdesc, 1, &isnull));
+
+		/* few ids: the claims of one qlater_lock */
+		for (i = 0; i < n; i++)
+			if (ids[i] == id)
+				rows[i] = SPI_copytuple(row);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	pfree(elems);
+}
+
+/*
+ * ql_claim_read: read (or, in lease mode, lease) the n jobs ids whose
+ * claims ql_claim_take took, all at once, under a snapshot taken after the
+ * last claim: a job may have been finished by the session whose claim we
+ * just followed.  Each claimed job fills out[] (its row copied into the
+ * caller's memory); each other gives its claim back.  A job whose lease
+ * lapsed is not claimed: its lapse is counted (ql_lease_lapsed, at most
+ * *lapses_left), its slot given back at once.  Caller is connected to SPI
+ * and acts as the owner; result is the row type of qlater_lock.  Returns
+ * the number of jobs claimed.
+ */
+static int
+ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
+			  TupleDesc result, int32 max_running, int *lapses_left,
+			  QlClaimed *out)
+{
+	HeapTuple  *leased = palloc(sizeof(HeapTuple) * n);
+	HeapTuple  *reread = palloc(sizeof(HeapTuple) * n);
+	int64	   *unleased = palloc(sizeof(int64) * n);
+	TupleDesc	desc = NULL;
+	int			nunleased = 0;
+	int			nclaimed = 0;
+	int			i;
+	int			u = 0;
+
+	/* lease mode: lease them; those not leased are read, as in session mode */
 	if (lease != NULL)
 	{
-		values[1] = IntervalPGetDatum(lease);
-		if (ql_exec(c, QL_STMT_LEASE, values, false, 0) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not claim job %lld", (long long) id);
-		if (SPI_processed > 0)
-		{
-			row = SPI_tuptable->vals[0];
-			desc = SPI_tuptable->tupdesc;
-		}
+		ql_claim_rows(c, QL_STMT_LEASE, ids, n, lease, leased, &desc);
+		for (i = 0; i < n; i++)
+			if (leased[i] == NULL)
+				unleased[nunleased++] = ids[i];
 	}
-	if (row == NULL)
+	else
 	{
-		/* session mode, or a lease not written: gone, or its lease lapsed */
-		if (ql_exec(c, QL_STMT_CLAIM, values, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not claim job %lld", (long long) id);
-		if (SPI_processed > 0)
-		{
-			HeapTuple	r = SPI_tuptable->vals[0];
-			TupleDesc	d = SPI_tuptable->tupdesc;
+		for (i = 0; i < n; i++)
+			leased[i] = NULL;
+		memcpy(unleased, ids, sizeof(int64) * n);
+		nunleased = n;
+	}
+	if (nunleased > 0)
+		ql_claim_rows(c, QL_STMT_CLAIM, unleased, nunleased, NULL, reread, &desc);
+	if (desc != NULL)
+		ql_check_row_type(desc, result);
 
-			(void) SPI_getbinval(r, d, 16, &isnull);
-			if (!isnull && *lapses_left <= 0)
+	for (i = 0; i < n; i++)
+	{
+		int64		id = ids[i];
+		HeapTuple	row = leased[i];
+		HeapTuple	r;
+		bool		isnull;
+
+		if (row == NULL)
+		{
+			/* read, in the order of ids: session mode, or a lease not written */
+			r = reread[u++];
+			if (r != NULL)
 			{
-				/*
-				 * Enough lapses counted by this call (each holds its claim
-				 * to the transaction's end): this one waits for the next
-				 */
-				if (max_running >= 0)
-					ql_slot_release(id);
-				LockRelease(&tag, ExclusiveLock, lease == NULL);
-				return false;
-			}
-			if (!isnull)
-			{
-				/*
-				 * A claimable job that still has a token had a lease that
-				 * ran out: counted, not claimed.  The claim is held, as a
-				 * session lock, until this transaction ends.  If the
-				 * holder has the row locked, finishing or renewing, nothing
-				 * is counted and the slot is the holder's.
-				 */
-				if (lease != NULL)
+				(void) SPI_getbinval(r, desc, 16, &isnull);
+				if (!isnull && *lapses_left <= 0)
 				{
-					(void) ql_try_claim(id, true);
-					LockRelease(&tag, ExclusiveLock, false);
+					/*
+					 * Enough lapses counted by this call (each holds its
+					 * claim to the transaction's end): this one waits for
+					 * the next
+					 */
+					ql_claim_give_back(id, lease == NULL, max_running);
+					continue;
 				}
-				(*lapses_left)--;
-				if (ql_lease_lapsed(c, id, r, d))
+				if (!isnull)
 				{
-					if (max_running >= 0)
-						ql_slot_release(id);
+					/*
+					 * A claimable job that still has a token had a lease
+					 * that ran out: counted, not claimed.  The claim is
+					 * held, as a session lock, until this transaction ends.
+					 * If the holder has the row locked, finishing or
+					 * renewing, nothing is counted and the slot is the
+					 * holder's.
+					 */
+					if (lease != NULL)
+					{
+						LOCKTAG		tag;
+
+						(void) ql_try_claim(id, true);
+						ql_set_job_locktag(&tag, id);
+						LockRelease(&tag, ExclusiveLock, false);
+					}
+					(*lapses_left)--;
+					if (ql_lease_lapsed(c, id, r, desc))
+					{
+						if (max_running >= 0)
+							ql_slot_release(id);
+					}
+					else if (max_running >= 0)
+						ql_slot_leave_to_holder(id, GetCurrentTimestamp() +
+												QL_HOLDER_SLOT_MARGIN);
+					continue;
 				}
-				else if (max_running >= 0)
-					ql_slot_leave_to_holder(id, GetCurrentTimestamp() +
-											QL_HOLDER_SLOT_MARGIN);
-				return false;
-			}
-			if (lease == NULL)
-			{
-				row = r;
-				desc = d;
+				if (lease == NULL)
+					row = r;
 			}
 		}
+		if (row == NULL)
+		{
+			/* gone, or claimed by a lease since the candidates were read */
+			ql_claim_give_back(id, lease == NULL, max_running);
+			continue;
+		}
+		out[nclaimed].id = id;
+		out[nclaimed].priority = DatumGetInt32(heap_getattr(row, 5, desc, &isnull));
+		out[nclaimed].run_at = DatumGetTimestampTz(heap_getattr(row, 6, desc, &isnull));
+		out[nclaimed].row = row;
+		nclaimed++;
 	}
-	if (row == NULL)
-	{
-		if (max_running >= 0)
-			ql_slot_release(id);
-		LockRelease(&tag, ExclusiveLock, lease == NULL);
-		return false;
-	}
-	ql_check_row_type(desc, result);
-	out->id = id;
-	out->priority = DatumGetInt32(SPI_getbinval(row, desc, 5, &isnull));
-	out->run_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &isnull));
-	out->row = SPI_copytuple(row);
-	return true;
+	return nclaimed;
 }
 
 /* ql_claimed_cmp: qsort order of claimed jobs: (priority, run_at, id) */
@@ -604,6 +684,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	bool		admin = ql_is_admin();
 	QlUserSave	save;
 	QlClaimed  *claimed;
+	int64	   *taken;
 	int			nclaimed = 0;
 	int			limit;
 	int			round;
@@ -643,6 +724,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	}
 
 	claimed = palloc(sizeof(QlClaimed) * max_jobs);
+	taken = palloc(sizeof(int64) * max_jobs);
 	limit = max_jobs * 2 + 16;
 	/* the queue's limit, as cached (a paused queue has no candidates) */
 	q = ql_queue_get(c, queue);
@@ -674,14 +756,30 @@ qlater_lock(PG_FUNCTION_ARGS)
 		SPI_freetuptable(SPI_tuptable);
 		deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 						  TYPALIGN_DOUBLE, &cand, NULL, &n);
-		for (k = 0; k < n && nclaimed < max_jobs; k++)
+		k = 0;
+		while (k < n && nclaimed < max_jobs && slot == QL_SLOT_TAKEN)
 		{
-			if (ql_claim_external(c, DatumGetInt64(cand[k]), lease,
-								  rsinfo->setDesc, queue, max_running, &slot,
-								  &lapses_left, &claimed[nclaimed]))
-				nclaimed++;
-			else if (slot != QL_SLOT_TAKEN)
+			int			ntaken = 0;
+			int			got;
+
+			/* claims first, then one read of their rows */
+			while (k < n && nclaimed + ntaken < max_jobs)
+			{
+				if (ql_claim_take(DatumGetInt64(cand[k]), lease, queue,
+								  max_running, &slot))
+					taken[ntaken++] = DatumGetInt64(cand[k]);
+				else if (slot != QL_SLOT_TAKEN)
+					break;
+				k++;
+			}
+			if (ntaken == 0)
 				break;
+			got = ql_claim_read(c, taken, ntaken, lease, rsinfo->setDesc,
+								max_running, &lapses_left, &claimed[nclaimed]);
+			nclaimed += got;
+			/* jobs gone or lapsed gave their slots back: candidate k again */
+			if (got < ntaken)
+				slot = QL_SLOT_TAKEN;
 		}
 		/* no slot left: fewer jobs, or an error if none was claimed */
 		if (slot == QL_SLOT_NO_ROOM && nclaimed == 0)
