@@ -5,26 +5,25 @@ module QLater
   # JSON; claim_token is set in lease mode only.
   Job = Struct.new(:id, :queue, :handler, :args, :priority, :run_at, :attempts,
                    :max_attempts, :role, :claim_token, :unreadable, keyword_init: true) do
-    # A job of a qlater_lock row.  Args that cannot be read (JSON nested
-    # deeper than MAX_NESTING) make a job whose perform raises UnsafeJob:
-    # it fails like any other, and holds up nothing.
+    # A job of a qlater_lock row (a Hash of column names to text).
     def self.from_row(row)
+      from_values(row.values_at(*self::COLUMNS))
+    end
+
+    # A job of the text values of a qlater_lock row's COLUMNS, in their
+    # order.  Args that cannot be read (JSON nested deeper than
+    # MAX_NESTING) make a job whose perform raises UnsafeJob: it fails like
+    # any other, and holds up nothing.
+    def self.from_values(values)
+      id, queue, handler, text, priority, run_at, attempts, max_attempts, role, token = values
       args, unreadable = begin
-        [JSON.parse(row["args"], max_nesting: MAX_NESTING), nil]
+        [JSON.parse(text, max_nesting: MAX_NESTING), nil]
       rescue JSON::JSONError, SystemStackError => e
         [nil, "#{e.class}: #{e.message[0, 200]}"]
       end
-      new(id: Integer(row["id"]),
-          queue: row["queue"],
-          handler: row["handler"],
-          args: args,
-          priority: row["priority"]&.to_i,
-          run_at: row["run_at"],
-          attempts: row["attempts"].to_i,
-          max_attempts: row["max_attempts"]&.to_i,
-          role: row["role"],
-          claim_token: row["claim_token"],
-          unreadable: unreadable)
+      new(id: Integer(id), queue: queue, handler: handler, args: args, priority: priority&.to_i,
+          run_at: run_at, attempts: attempts.to_i, max_attempts: max_attempts&.to_i, role: role,
+          claim_token: token, unreadable: unreadable)
     end
 
     MAX_NESTING = 500
@@ -86,4 +85,8 @@ module QLater
       klass
     end
   end
+
+  # The columns of qlater_lock a worker reads, in the order Job.from_values
+  # takes them.
+  Job::COLUMNS = %w[id queue handler args priority run_at attempts max_attempts role claim_token].freeze
 end

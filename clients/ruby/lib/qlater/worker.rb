@@ -229,14 +229,18 @@ module QLater
       @listen == :jobs ? @connections.listen_connections : Connections.new(@listen)
     end
 
+    # Claims up to @batch jobs of the first queue that has some; reads only
+    # the columns a Job keeps, row by row as arrays (no Hash per row).
     def claim(conn)
+      columns = Job::COLUMNS.join(", ")
       @queues.each do |queue|
         rows = if @lease
-                 QLater.query(conn, "SELECT * FROM qlater_lock($1, $2, $3::interval)", [queue, @batch, @lease])
+                 QLater.query(conn, "SELECT #{columns} FROM qlater_lock($1, $2, $3::interval)",
+                              [queue, @batch, @lease])
                else
-                 QLater.query(conn, "SELECT * FROM qlater_lock($1, $2)", [queue, @batch])
+                 QLater.query(conn, "SELECT #{columns} FROM qlater_lock($1, $2)", [queue, @batch])
                end
-        return rows.map { |row| Job.from_row(row) } if rows.ntuples.positive?
+        return rows.values.map { |values| Job.from_values(values) } if rows.ntuples.positive?
       end
       []
     end
