@@ -14,6 +14,7 @@ OBJS = \
 	src/cron.o \
 	src/failure.o \
 	src/handlers.o \
+	src/history.o \
 	src/inflight.o \
 	src/launcher.o \
 	src/limits.o \

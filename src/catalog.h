@@ -44,7 +44,7 @@ typedef struct QlStmtDef
 {
 	const char *sql;
 	int			nargs;
-	Oid			types[8];
+	Oid			types[10];
 } QlStmtDef;
 
 typedef struct QlStmtSet

@@ -49,6 +49,7 @@
 #include "api.h"
 #include "catalog.h"
 #include "consumer.h"
+#include "history.h"
 #include "job.h"
 #include "limits.h"
 #include "qlater.h"
@@ -130,14 +131,14 @@ typedef enum QlConsumerStmt
 
 /*
  * What ql_finish_check checks of job j: its claim token, attempts,
- * max_attempts, queue and the end of its lease.  (Column 5 is unused: the
- * right to consume the queue is checked on the queue cache, under the
- * latest snapshot, by ql_check_finish_right.)  The statements on several
- * jobs add the id (column QL_FINISH_ROW_ID).
+ * max_attempts, queue and the end of its lease; and column 5, its run_at
+ * (the history's).  (The right to consume the queue is checked on the
+ * queue cache, under the latest snapshot, by ql_check_finish_right.)  The
+ * statements on several jobs add the id (column QL_FINISH_ROW_ID).
  */
 #define QL_FINISH_ROW \
 	"j.claim_token, j.attempts, j.max_attempts, j.queue, " \
-	"NULL::pg_catalog.int4, j.lease_until"
+	"j.run_at, j.lease_until"
 #define QL_FINISH_ROW_ID	7
 
 /* a job that may be claimed now */
@@ -267,6 +268,7 @@ typedef struct QlFinish
 	QlUserSave	save;
 	int32		attempts;
 	int32		max_attempts;
+	TimestampTz run_at;
 } QlFinish;
 
 /*
@@ -435,6 +437,8 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
+	ql_history_record(c, id, dead ? "dead" : "timeout", 0, 0,
+					  DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &isnull)));
 	return true;
 }
 
@@ -916,6 +920,7 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	char	   *me = ql_current_user_name();
 	bool		admin = ql_is_admin();
 	Datum		values[3];
+	bool		isnull;
 
 	f->id = id;
 	f->token = token;
@@ -931,6 +936,8 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 		ql_job_missing_error(id);
 	ql_finish_check(c, id, token, f->save.userid, SPI_tuptable->vals[0],
 					SPI_tuptable->tupdesc, &f->attempts, &f->max_attempts);
+	f->run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 5, &isnull));
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
@@ -983,7 +990,11 @@ qlater_complete(PG_FUNCTION_ARGS)
 	pg_uuid_t  *token = ql_token_arg(fcinfo, 1);
 	QlFinish	f;
 
-	/* the row is checked as it is deleted: an error undoes the delete */
+	/*
+	 * The outcome is recorded from the row, then the row is checked as it
+	 * is deleted: an error undoes both
+	 */
+	ql_history_record(c, id, "done", 0, 1, 0);
 	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_DELETE_RETURNING);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
@@ -1027,6 +1038,7 @@ qlater_fail(PG_FUNCTION_ARGS)
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
+	ql_history_record(c, id, dead ? "dead" : "failed", 0, 0, f.run_at);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -1327,7 +1339,11 @@ qlater_complete_many(PG_FUNCTION_ARGS)
 	ql_many_args(fcinfo, &m);
 	if (m.n == 0)
 		PG_RETURN_INT32(0);
-	/* the rows are checked as they are deleted: an error undoes the delete */
+	/*
+	 * The outcomes are recorded from the rows, then the rows are checked as
+	 * they are deleted: an error undoes both
+	 */
+	ql_history_record_many(c, PG_GETARG_DATUM(0), "done", 0, 1);
 	ql_many_begin(&m, c, QL_STMT_COMPLETE_MANY, SPI_OK_DELETE_RETURNING, &save);
 	SPI_finish();
 	ql_restore_user(&save);

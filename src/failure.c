@@ -28,6 +28,7 @@
 
 #include "api.h"
 #include "catalog.h"
+#include "history.h"
 #include "job.h"
 #include "qlater.h"
 #include "shmem.h"
@@ -147,13 +148,16 @@ ql_failed_key(int64 job_id, const char *queue, const char *role, int keycol,
 /*
  * ql_record_failure: count the failed attempt and reschedule the job, or
  * make it dead: in a transaction of its own, or, for a job of a batch, in
- * the batch's transaction.
+ * the batch's transaction; with its outcome in the history (timed_out: the
+ * attempt ran out of its timeout).
  */
 void
-ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool permanent, bool in_batch)
+ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool timed_out,
+				  bool permanent, bool in_batch)
 {
 	int32		attempts = job->attempts + 1;
 	bool		dead = permanent || attempts >= job->max_attempts;
+	bool		updated;
 	TimestampTz now;
 	Datum		values[5];
 
@@ -174,6 +178,7 @@ ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool permanent, boo
 	values[4] = BoolGetDatum(dead);
 	if (SPI_execute_plan(w->plans.fail, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not record the failure of job %lld", (long long) job->id);
+	updated = SPI_processed > 0;
 	if (!dead)
 	{
 		QlClaimKey	key = {job->priority, DatumGetTimestampTz(values[3]), job->id};
@@ -181,6 +186,10 @@ ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool permanent, boo
 		ql_lower_frontier_at_commit(&key);
 		ql_failed_key(job->id, job->queue, job->role, 1, true);
 	}
+	if (updated)
+		ql_history_record(ql_catalog(false), job->id,
+						  dead ? "dead" : timed_out ? "timeout" : "failed",
+						  job->started_at, 0, job->run_at);
 	if (!in_batch)
 		ql_xact_commit();
 	else
@@ -229,6 +238,7 @@ ql_settle_ended(QlWorker *w, int64 job_id, QlEndKind kind)
 			Datum		timeout = SPI_getbinval(row, desc, 4, &isnull);
 			TimestampTz now = GetCurrentTimestamp();
 			bool		dead;
+			bool		updated;
 			Jsonb	   *error;
 			Datum		values[6];
 
@@ -259,12 +269,18 @@ ql_settle_ended(QlWorker *w, int64 job_id, QlEndKind kind)
 			values[5] = BoolGetDatum(dead);
 			if (SPI_execute_plan(w->plans.settle, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "could not record the end of job %lld", (long long) job_id);
+			updated = SPI_processed > 0;
 			/* the process that held its claim is gone */
-			if (!dead && SPI_processed > 0)
+			if (!dead && updated)
 				ql_failed_key(job_id,
 							  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
 							  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
 							  3, false);
+			if (updated)
+				ql_history_record(c, job_id,
+								  dead ? "dead" : kind == QL_END_CRASH ? "crashed" :
+								  kind == QL_END_TIMEOUT ? "timeout" : "failed",
+								  0, 0, DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull)));
 			ql_lower_frontier_at_commit(&ql_key_min);
 		}
 	}

@@ -48,6 +48,7 @@ typedef struct QlJob
 	int32		priority;		/* with run_at and id: its place in the */
 	TimestampTz run_at;			/* claim order */
 	ItemPointerData tid;		/* the row version the claim read */
+	TimestampTz started_at;		/* when its attempt began */
 } QlJob;
 
 /* the columns of qlater_job a claim reads */
@@ -166,7 +167,7 @@ extern Jsonb *ql_error_json_fields(const char *sqlstate, const char *message,
 								   const char *context, int attempt,
 								   TimestampTz at);
 extern TimestampTz ql_retry_time(int32 attempts, TimestampTz now);
-extern void ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata,
+extern void ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool timed_out,
 							  bool permanent, bool in_batch);
 extern void ql_settle_ended(QlWorker *w, int64 job_id, QlEndKind kind);
 

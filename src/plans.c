@@ -172,7 +172,7 @@ ql_prepare_plans(QlWorker *w, const QlCatalog *c)
 											  "WHERE NOT dead AND NOT external "
 											  "AND queue <> ALL ($1)", s),
 									 1, t_texts);
-	w->plans.settle_read = ql_prepare(psprintf("SELECT attempts, max_attempts, crashes, timeout "
+	w->plans.settle_read = ql_prepare(psprintf("SELECT attempts, max_attempts, crashes, timeout, run_at "
 											"FROM %s.qlater_job WHERE id = $1 AND NOT dead "
 											"FOR UPDATE", s),
 								   1, t_id);

@@ -88,13 +88,16 @@ typedef enum QlQueueStmt
 	QL_Q_REVOKE,
 	QL_Q_HAS_GRANT,
 	QL_Q_RESTRICTED,			/* the queues paused or limited */
+	QL_Q_MAX_KEEP,				/* the longest keep_history */
 	QL_NUM_Q_STMTS
 } QlQueueStmt;
 
 #define QL_QUEUE_COLUMNS \
 	"owner, external, paused, COALESCE(max_running, -1), min_priority, " \
 	"batch_size, (extract(epoch FROM batch_delay) " \
-	"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8"
+	"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8, " \
+	"(extract(epoch FROM keep_history) " \
+	"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8, history_args"
 
 static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 	[QL_Q_GET] = {
@@ -126,9 +129,12 @@ static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 		"max_running = CASE WHEN $5 IS NULL THEN max_running "
 		"WHEN $5 OPERATOR(pg_catalog.<) 0 THEN NULL ELSE $5 END, "
 		"min_priority = COALESCE($6, min_priority), "
-		"owner = COALESCE($7, owner) "
+		"owner = COALESCE($7, owner), "
+		"keep_history = COALESCE($8, keep_history), "
+		"history_args = COALESCE($9, history_args) "
 		"WHERE name OPERATOR(pg_catalog.=) $1",
-		7, {TEXTOID, BOOLOID, INT4OID, INTERVALOID, INT4OID, INT4OID, NAMEOID}
+		9, {TEXTOID, BOOLOID, INT4OID, INTERVALOID, INT4OID, INT4OID, NAMEOID,
+		INTERVALOID, BOOLOID}
 	},
 	[QL_Q_PAUSE] = {
 		"UPDATE %1$s.qlater_queue SET paused = $2 "
@@ -183,6 +189,13 @@ static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 		"WHERE paused OR max_running IS NOT NULL",
 		0, {InvalidOid}
 	},
+	/* a queue without a row keeps the column's default, one day */
+	[QL_Q_MAX_KEEP] = {
+		"SELECT (extract(epoch FROM COALESCE(pg_catalog.max(keep_history), "
+		"'1 day'::pg_catalog.interval)) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8 "
+		"FROM %1$s.qlater_queue",
+		0, {InvalidOid}
+	},
 };
 
 static QlStmtSet q_stmts = {q_stmt_defs, QL_NUM_Q_STMTS, NULL, 0};
@@ -225,6 +238,10 @@ static bool restricted_valid = false;
 static uint64 restricted_version = 0;	/* bumped at each read */
 static uint64 restricted_read = 0;	/* the version of the last read done */
 
+/* the longest keep_history (ql_queues_max_keep), read with the cache */
+static int64 max_keep = 0;
+static bool max_keep_valid = false;
+
 static void
 ql_queue_cache_inval(Datum arg, Oid relid)
 {
@@ -266,6 +283,7 @@ ql_queue_cache(const QlCatalog *c)
 		queue_cache_catalog = c->generation;
 		queue_cache_gen = gen;
 		restricted_valid = false;
+		max_keep_valid = false;
 		/* valid from before the reads: an invalidation meanwhile is kept */
 		queue_cache_valid = true;
 	}
@@ -307,6 +325,8 @@ ql_read_queue_at(const char *name, QlQueue *q, uint64 i, int first)
 	q->min_priority = DatumGetInt32(SPI_getbinval(row, desc, first + 4, &isnull));
 	q->batch_size = DatumGetInt32(SPI_getbinval(row, desc, first + 5, &isnull));
 	q->batch_delay = DatumGetInt64(SPI_getbinval(row, desc, first + 6, &isnull));
+	q->keep_history = DatumGetInt64(SPI_getbinval(row, desc, first + 7, &isnull));
+	q->history_args = DatumGetBool(SPI_getbinval(row, desc, first + 8, &isnull));
 }
 
 /* ql_read_queue: fill q from the first row of a QL_Q_GET or QL_Q_LOCK */
@@ -491,6 +511,30 @@ ql_queues_restricted(const QlCatalog *c, int *n, uint64 *version)
 	*n = nrestricted;
 	*version = restricted_version;
 	return restricted;
+}
+
+/*
+ * ql_queues_max_keep: the longest keep_history of the database's queues,
+ * in microseconds, as this backend last read them (again after any change
+ * to the queues).  Caller is in a transaction.
+ */
+int64
+ql_queues_max_keep(const QlCatalog *c)
+{
+	QlUserSave	save;
+	bool		isnull;
+
+	(void) ql_queue_cache(c);
+	if (max_keep_valid)
+		return max_keep;
+	ql_spi_connect_owner(c, &save);
+	if (ql_stmt_exec(&q_stmts, c, QL_Q_MAX_KEEP, NULL, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read the queues' keep_history");
+	max_keep = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	ql_spi_finish_owner(&save);
+	max_keep_valid = true;
+	return max_keep;
 }
 
 /* ql_queue_is_external: whether jobs of this queue are for applications */
@@ -838,6 +882,49 @@ ql_check_batch(FunctionCallInfo fcinfo, int n, bool external)
 }
 
 /*
+ * ql_keep_history_usecs: the length of a keep_history, months counted as
+ * 30 days and days as 24 hours (as extract(epoch) counts them)
+ */
+static int64
+ql_keep_history_usecs(const Interval *keep)
+{
+	return keep->time +
+		((int64) keep->month * DAYS_PER_MONTH + keep->day) * USECS_PER_DAY;
+}
+
+/* ql_check_keep_history: raise an error unless keep is a keep_history */
+static void
+ql_check_keep_history(const Interval *keep)
+{
+	const int64 max = (int64) (QL_MAX_KEEP_HISTORY_YEARS * DAYS_PER_YEAR) * USECS_PER_DAY;
+
+	/* bounded part by part first: their sum cannot overflow then */
+	if (keep->month < 0 || keep->day < 0 ||
+		keep->month > QL_MAX_KEEP_HISTORY_YEARS * MONTHS_PER_YEAR ||
+		keep->day > max / USECS_PER_DAY || keep->time > max || keep->time < -max ||
+		ql_keep_history_usecs(keep) < 0 || ql_keep_history_usecs(keep) > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keep_history must be between 0 and %d years",
+						QL_MAX_KEEP_HISTORY_YEARS),
+				 errhint("'0' keeps no history of the queue's jobs.")));
+}
+
+/*
+ * ql_keep_history_rounded: keep as it is stored: whole seconds, months of
+ * 30 days and days of 24 hours (a history slot's time is a duration)
+ */
+static Interval *
+ql_keep_history_rounded(const Interval *keep)
+{
+	Interval   *r = palloc0(sizeof(Interval));
+	int64		usecs = ql_keep_history_usecs(keep);
+
+	r->time = (usecs + USECS_PER_SEC - 1) / USECS_PER_SEC * USECS_PER_SEC;
+	return r;
+}
+
+/*
  * ql_lock_own_queue: lock a queue's row and raise an error unless the
  * calling role (save: as ql_spi_connect_owner saved it) owns it or is an
  * admin.  A queue's name and owner are public (qlater_queues), its jobs
@@ -985,10 +1072,12 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 	QlQueue		q;
 	bool		external;
 	uint64		moved = 0;
-	Datum		values[7];
-	char		nulls[7];
+	Datum		values[9];
+	char		nulls[9];
 	int			i;
 
+	if (!PG_ARGISNULL(7))
+		ql_check_keep_history(PG_GETARG_INTERVAL_P(7));
 	if (!PG_ARGISNULL(5))
 	{
 		int32		p = PG_GETARG_INT32(5);
@@ -1023,12 +1112,14 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 	if (external != q.external)
 		ql_check_kind_change(c, queue, external, &save);
 
-	for (i = 0; i < 7; i++)
+	for (i = 0; i < 9; i++)
 	{
 		values[i] = PG_GETARG_DATUM(i);
 		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
 	}
 	values[0] = CStringGetTextDatum(queue);
+	if (!PG_ARGISNULL(7))
+		values[7] = IntervalPGetDatum(ql_keep_history_rounded(PG_GETARG_INTERVAL_P(7)));
 	if (ql_stmt_exec(&q_stmts, c, QL_Q_ALTER, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not change queue \"%s\"", queue);
 	if (external != q.external)

@@ -21,7 +21,12 @@ typedef struct QlQueue
 	int32		min_priority;
 	int32		batch_size;
 	int64		batch_delay;	/* microseconds */
+	int64		keep_history;	/* microseconds; 0: no history */
+	bool		history_args;	/* the history keeps the jobs' args */
 } QlQueue;
+
+/* the longest keep_history */
+#define QL_MAX_KEEP_HISTORY_YEARS	10
 
 /* privileges on a queue, besides its owner's and the admins' */
 typedef enum QlQueuePriv
@@ -31,6 +36,7 @@ typedef enum QlQueuePriv
 } QlQueuePriv;
 
 extern const QlQueue *ql_queue_get(const QlCatalog *c, const char *name);
+extern int64 ql_queues_max_keep(const QlCatalog *c);
 extern bool ql_queue_is_external(const QlCatalog *c, const char *queue);
 extern const QlQueue *ql_queues_restricted(const QlCatalog *c, int *n,
 										   uint64 *version);

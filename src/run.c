@@ -42,6 +42,7 @@
 #include "args.h"
 #include "catalog.h"
 #include "handlers.h"
+#include "history.h"
 #include "inflight.h"
 #include "job.h"
 #include "limits.h"
@@ -492,8 +493,9 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 					 errmsg("job was cancelled")));
 		}
 
-		/* the job's removal commits with the handler's work */
+		/* the job's removal commits with the handler's work, and its outcome */
 		PushActiveSnapshot(GetTransactionSnapshot());
+		ql_history_record(ql_catalog(false), job->id, "done", job->started_at, 1, 0);
 		removing = true;
 		removed = ql_remove(w, job);
 		removing = false;
@@ -565,7 +567,7 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 	{
 		if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 			edata->message = MemoryContextStrdup(w->job_cxt, ql_timeout_message(job));
-		ql_record_failure(w, job, edata, permanent, in_batch);
+		ql_record_failure(w, job, edata, permanent, job_timed_out, in_batch);
 	}
 }
 
@@ -584,6 +586,7 @@ ql_run_one(QlWorker *w, QlJob *job, bool in_batch)
 	ql_inflight_set(MyDatabaseId, job->id);
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("qlater job %lld: %s", (long long) job->id, job->handler));
+	job->started_at = GetCurrentTimestamp();
 
 	ql_execute(w, job, in_batch);
 

@@ -62,6 +62,7 @@ ql_shmem_startup(void)
 	if (!found)
 	{
 		int			i;
+		int			j;
 
 		memset(ql_shared, 0, ql_shmem_size());
 		ql_shared->lock = &(GetNamedLWLockTranche("qlater"))->lock;
@@ -78,6 +79,9 @@ ql_shmem_startup(void)
 			pg_atomic_init_u64(&ql_shared->dbs[i].next_due, 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].queues_gen, 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].looked_from_start, 0);
+			for (j = 0; j < lengthof(ql_shared->dbs[i].history_expires_by); j++)
+				pg_atomic_init_u64(&ql_shared->dbs[i].history_expires_by[j], 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].history_expire_at, 0);
 		}
 		for (i = 0; i < ql_max_workers; i++)
 		{
@@ -181,6 +185,10 @@ ql_find_database_ext(Oid dboid, bool create, bool evict_absent)
 		pg_atomic_write_u32(&free_entry->wanted, 0);
 		pg_atomic_write_u64(&free_entry->next_due, 0);
 		pg_atomic_write_u64(&free_entry->looked_from_start, 0);
+		/* what another database's history held says nothing of this one's */
+		for (int j = 0; j < lengthof(free_entry->history_expires_by); j++)
+			pg_atomic_write_u64(&free_entry->history_expires_by[j], 0);
+		pg_atomic_write_u64(&free_entry->history_expire_at, 0);
 		ql_frontier_lower(free_entry, &ql_key_min);
 		SpinLockAcquire(&free_entry->frontier_mutex);
 		free_entry->frontier_relid = InvalidOid;

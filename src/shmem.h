@@ -87,6 +87,14 @@ typedef struct QlDatabase
 	 */
 	pg_atomic_uint64 queues_gen;
 
+	/*
+	 * History (history.c): until when at least each slot of qlater_outcome
+	 * holds rows (TimestampTz; 0 unknown, 1 empty), raised by every writer;
+	 * and when a worker of the database next looks for slots to empty.
+	 */
+	pg_atomic_uint64 history_expires_by[16];
+	pg_atomic_uint64 history_expire_at;
+
 	/* the launcher's own bookkeeping, under lock */
 	TimestampTz waiting_since;	/* wants a worker and has none, since */
 	TimestampTz last_served;	/* a worker last left or started here */

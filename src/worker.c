@@ -34,6 +34,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "history.h"
 #include "inflight.h"
 #include "job.h"
 #include "launcher.h"
@@ -504,6 +505,8 @@ qlater_worker_main(Datum main_arg)
 		}
 		/* enqueue due ticks of schedules; a clock read unless one is due */
 		ql_schedule_fire_due(&sleep_ms);
+		/* empty the history's expired slots, once a second */
+		ql_history_expire_due();
 		if (result == QL_JOB_RAN)
 			continue;
 		if (sleep_ms > 0 && !my_slot->stop_requested)

@@ -1,0 +1,382 @@
+/*-------------------------------------------------------------------------
+ *
+ * history.c
+ *		Every outcome of a job, recorded in the transaction of the outcome
+ *		itself, kept per queue, and expired without bloat; and
+ *		qlater_job_status.
+ *
+ * The outcomes live in qlater_outcome, partitioned by slot into a ring of
+ * QL_HISTORY_SLOTS tables.  The slot written now is the current stretch of
+ * time, each stretch a twelfth of the longest keep_history of the
+ * database's queues (QL_HISTORY_MIN_WIDTH at least): a slot is written for
+ * one stretch, and its rows have all expired a stretch or two before its
+ * turn comes again.  A worker of the database looks every second
+ * (ql_history_expire_due) for slots whose rows have all expired and empties
+ * them with TRUNCATE: no dead tuples, nothing for VACUUM.
+ *
+ * What each slot holds until at least when is noted in shared memory by
+ * every writer (QlDatabase.history_expires_by); the expiry trusts it only
+ * to decide where to look: it locks the slot's table without waiting (a
+ * reader, a dump or a writer holding it makes it try again a second
+ * later, and no job's completion ever waits in a queue behind it), then
+ * reads the latest expires_at of the table under that lock, which keeps
+ * writers out, and empties the table only if every row has expired.  So a
+ * row is never removed before its expires_at, whatever the shared memory
+ * says (after a restart it says nothing; after a restore of a dump, too
+ * little).  The view qlater_history hides expired rows meanwhile, so each
+ * queue's retention is exact to the second; only the space comes back a
+ * stretch or two later.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "history.h"
+#include "qlater.h"
+#include "queue.h"
+#include "shmem.h"
+#include "xact.h"
+
+PG_FUNCTION_INFO_V1(qlater_job_status);
+
+/* the shortest stretch a slot is written for */
+#define QL_HISTORY_MIN_WIDTH	(5 * USECS_PER_SEC)
+
+/* how often a worker looks for slots to empty */
+#define QL_HISTORY_EXPIRE_EVERY	USECS_PER_SEC
+
+/* history_expires_by of a slot known empty; 0: not known */
+#define QL_HISTORY_EMPTY		1
+
+typedef enum QlHistoryStmt
+{
+	QL_H_RECORD,				/* the outcome of one job, from its row */
+	QL_H_RECORD_MANY,			/* the same for several */
+	QL_H_LATEST,				/* the latest expires_at of a slot */
+	QL_H_JOB,					/* a job as it is now */
+	QL_H_LAST,					/* a job's last outcome */
+	QL_NUM_H_STMTS
+} QlHistoryStmt;
+
+/*
+ * The outcome of job(s) $1, read from the job's row, as its (sub)
+ * transaction leaves it: before a removal (done, cancelled, purged: the
+ * attempt is the row's attempts plus $5), or after the update that records
+ * a failure (failed, dead, timeout, crashed: the row's last_error and
+ * attempts are this attempt's already, $5 is 0, and $7 is when the attempt
+ * was due, the row's run_at before the update; NULL: the row's).  Nothing
+ * is written for a queue that keeps no history.  Returns expires_at.
+ */
+#define QL_H_RECORD_SQL(where) \
+	"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, " \
+	"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at) " \
+	"SELECT $2, j.id, j.queue, j.handler, j.role, " \
+	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END, " \
+	"j.enqueued_at, COALESCE($7, j.run_at), $3, $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
+	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
+	"THEN NULL ELSE j.last_error END, " \
+	"$4 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval) " \
+	"FROM %1$s.qlater_job j LEFT JOIN %1$s.qlater_queue q " \
+	"ON q.name OPERATOR(pg_catalog.=) j.queue " \
+	"WHERE " where " AND COALESCE(q.keep_history, '1 day'::pg_catalog.interval) " \
+	"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval " \
+	"RETURNING expires_at"
+
+static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
+	[QL_H_RECORD] = {
+		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) $1"),
+		7, {INT8OID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID}
+	},
+	[QL_H_RECORD_MANY] = {
+		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) ANY ($1)"),
+		7, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID}
+	},
+	[QL_H_LATEST] = {
+		"SELECT pg_catalog.max(expires_at) FROM %1$s.qlater_outcome "
+		"WHERE slot OPERATOR(pg_catalog.=) $1",
+		1, {INT2OID}
+	},
+	/* as qlater_jobs shows it */
+	[QL_H_JOB] = {
+		"SELECT id, state, queue, handler, role, attempts, enqueued_at, run_at, "
+		"NULL::pg_catalog.timestamptz, NULL::pg_catalog.timestamptz, last_error "
+		"FROM %1$s.qlater_jobs WHERE id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	},
+	[QL_H_LAST] = {
+		"SELECT id, outcome, queue, handler, role, attempt, enqueued_at, run_at, "
+		"started_at, finished_at, error "
+		"FROM %1$s.qlater_history WHERE id OPERATOR(pg_catalog.=) $1 "
+		"ORDER BY finished_at DESC, attempt DESC LIMIT 1",
+		1, {INT8OID}
+	},
+};
+
+static QlStmtSet h_stmts = {h_stmt_defs, QL_NUM_H_STMTS, NULL, 0};
+
+StaticAssertDecl(lengthof(((QlDatabase *) NULL)->history_expires_by) == QL_HISTORY_SLOTS,
+				 "one history bound per slot");
+
+/* when this backend last looked for slots to empty */
+static TimestampTz last_expiry_look = 0;
+
+/*
+ * ql_history_width: the stretch of time a slot is written for, in
+ * microseconds: a twelfth of the longest keep_history, so that a slot's
+ * rows have all expired 13 stretches after its own began, three before it
+ * is written again
+ */
+static int64
+ql_history_width(const QlCatalog *c)
+{
+	return Max(ql_queues_max_keep(c) / 12, QL_HISTORY_MIN_WIDTH);
+}
+
+/* ql_history_slot_at: the slot written at time t */
+static int
+ql_history_slot_at(int64 width, TimestampTz t)
+{
+	return (int) (((uint64) Max(t, 0) / (uint64) width) % QL_HISTORY_SLOTS);
+}
+
+/* ql_history_note: slot holds rows until until at least (shared memory) */
+static void
+ql_history_note(int slot, TimestampTz until)
+{
+	QlDatabase *db = ql_shared != NULL ? ql_my_database() : NULL;
+	pg_atomic_uint64 *bound;
+	uint64		old;
+
+	if (db == NULL)
+		return;
+	bound = &db->history_expires_by[slot];
+	old = pg_atomic_read_u64(bound);
+	while (old < (uint64) until &&
+		   !pg_atomic_compare_exchange_u64(bound, &old, (uint64) until))
+		;
+}
+
+/*
+ * ql_history_record_stmt: run a record statement on id (one, or an array
+ * of them) and note what it wrote
+ */
+static void
+ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
+					   const char *outcome, TimestampTz started_at,
+					   int32 attempt_added, TimestampTz due_at)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			slot = ql_history_slot_at(ql_history_width(c), now);
+	QlUserSave	save;
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	TimestampTz until = 0;
+	uint64		i;
+
+	values[0] = id;
+	values[1] = Int16GetDatum(slot);
+	values[2] = TimestampTzGetDatum(started_at);
+	if (started_at == 0)
+		nulls[2] = 'n';
+	values[3] = TimestampTzGetDatum(now);
+	values[4] = Int32GetDatum(attempt_added);
+	values[5] = CStringGetTextDatum(outcome);
+	values[6] = TimestampTzGetDatum(due_at);
+	if (due_at == 0)
+		nulls[6] = 'n';
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (ql_stmt_exec(&h_stmts, c, s, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not record the outcome of a job");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		TimestampTz t = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+
+		until = Max(until, t);
+	}
+	SPI_finish();
+	ql_restore_user(&save);
+	if (until != 0)
+		ql_history_note(slot, until);
+}
+
+/*
+ * ql_history_record: record the outcome of job id from its row, in the
+ * current (sub)transaction: before the row is removed (done, cancelled,
+ * purged; attempt_added 1 if this was an attempt, 0 if not) or after the
+ * update that recorded a failure (failed, dead, timeout, crashed;
+ * attempt_added 0; due_at: the run_at the row had before that update).
+ * started_at: when the attempt began; either 0 if not known.  Nothing is
+ * recorded for a queue that keeps no history, or a job gone.
+ */
+void
+ql_history_record(const QlCatalog *c, int64 id, const char *outcome,
+				  TimestampTz started_at, int32 attempt_added, TimestampTz due_at)
+{
+	ql_history_record_stmt(c, QL_H_RECORD, Int64GetDatum(id), outcome,
+						   started_at, attempt_added, due_at);
+}
+
+/* ql_history_record_many: the same for the jobs of an int8[] */
+void
+ql_history_record_many(const QlCatalog *c, Datum ids, const char *outcome,
+					   TimestampTz started_at, int32 attempt_added)
+{
+	ql_history_record_stmt(c, QL_H_RECORD_MANY, ids, outcome, started_at,
+						   attempt_added, 0);
+}
+
+/*
+ * ql_history_empty_slot: empty slot if all its rows have expired; false
+ * if its table is in use (try later).  Caller is in a transaction,
+ * connected to SPI (ql_xact_begin), acting as the owner.
+ */
+static bool
+ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
+{
+	char		name[NAMEDATALEN];
+	Oid			relid;
+	Datum		value = Int16GetDatum(slot);
+	Datum		latest;
+	bool		isnull;
+
+	snprintf(name, sizeof(name), "qlater_outcome_%d", slot);
+	relid = get_relname_relid(name, c->schema_oid);
+	if (!OidIsValid(relid))
+		return true;
+	/* no waiting: a waiting TRUNCATE would hold up every writer behind it */
+	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
+		return false;
+	/* every writer is out now: what the table holds is all committed */
+	if (ql_stmt_exec_latest(&h_stmts, c, QL_H_LATEST, &value, NULL, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read history slot %d", slot);
+	latest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		pg_atomic_write_u64(&db->history_expires_by[slot], QL_HISTORY_EMPTY);
+	else if (DatumGetTimestampTz(latest) < GetCurrentTimestamp())
+	{
+		if (SPI_execute(psprintf("TRUNCATE %s.%s", c->schema_quoted, name),
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not empty history slot %d", slot);
+		pg_atomic_write_u64(&db->history_expires_by[slot], QL_HISTORY_EMPTY);
+	}
+	else
+		pg_atomic_write_u64(&db->history_expires_by[slot], (uint64) DatumGetTimestampTz(latest));
+	return true;
+}
+
+/*
+ * ql_history_expire_due: in a worker, once a second (per database): empty
+ * the slots whose rows have all expired, each in a transaction of its own,
+ * leaving alone the slots written now, just before and next.  Called in the
+ * worker's loop, outside a transaction.
+ */
+void
+ql_history_expire_due(void)
+{
+	QlDatabase *db = ql_shared != NULL ? ql_my_database() : NULL;
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		due;
+	const QlCatalog *c;
+	int64		width;
+	int			current;
+	int			i;
+
+	if (db == NULL || now - last_expiry_look < QL_HISTORY_EXPIRE_EVERY)
+		return;
+	last_expiry_look = now;
+	/* one worker of the database a second */
+	due = pg_atomic_read_u64(&db->history_expire_at);
+	if ((uint64) now < due ||
+		!pg_atomic_compare_exchange_u64(&db->history_expire_at, &due,
+										(uint64) (now + QL_HISTORY_EXPIRE_EVERY)))
+		return;
+
+	for (i = 0; i < QL_HISTORY_SLOTS; i++)
+	{
+		uint64		by = pg_atomic_read_u64(&db->history_expires_by[i]);
+		QlUserSave	save;
+
+		if (by == QL_HISTORY_EMPTY || (by != 0 && by >= (uint64) now))
+			continue;
+		/* read committed: the slot's rows as committed when it is locked */
+		ql_xact_begin_at(XACT_READ_COMMITTED);
+		c = ql_catalog(true);
+		if (c == NULL || !c->current)
+		{
+			ql_xact_commit();
+			return;
+		}
+		width = ql_history_width(c);
+		current = ql_history_slot_at(width, now);
+		if (i != current && i != (current + 1) % QL_HISTORY_SLOTS &&
+			i != (current + QL_HISTORY_SLOTS - 1) % QL_HISTORY_SLOTS)
+		{
+			ql_become_owner(c, &save);
+			(void) ql_history_empty_slot(c, db, i);
+			ql_restore_user(&save);
+		}
+		ql_xact_commit();
+		pgstat_report_stat(false);
+	}
+}
+
+/*
+ * qlater_job_status(id bigint) returns record: the job as qlater_jobs shows
+ * it now (pending, running, dead), or else its last outcome in
+ * qlater_history; NULL if neither shows it to the current role.
+ */
+Datum
+qlater_job_status(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	Datum		id = PG_GETARG_DATUM(0);
+	TupleDesc	desc;
+	HeapTuple	tuple = NULL;
+	int			s;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	/* the views decide what the caller sees: read as the caller */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (s = QL_H_JOB; s <= QL_H_LAST && tuple == NULL; s++)
+	{
+		if (ql_stmt_exec(&h_stmts, c, s, &id, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read job");
+		if (SPI_processed > 0)
+		{
+			Datum		values[11];
+			bool		nulls[11];
+			int			i;
+
+			for (i = 0; i < 11; i++)
+				values[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										  i + 1, &nulls[i]);
+			tuple = heap_form_tuple(BlessTupleDesc(desc), values, nulls);
+			tuple = SPI_copytuple(tuple);
+		}
+	}
+	SPI_finish();
+	if (tuple == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
+}

@@ -1,0 +1,25 @@
+/*-------------------------------------------------------------------------
+ *
+ * history.h
+ *		The outcomes of jobs: recorded, kept per queue, expired.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QLATER_HISTORY_H
+#define QLATER_HISTORY_H
+
+#include "datatype/timestamp.h"
+
+#include "catalog.h"
+
+/* the partitions of qlater_outcome, written in turn */
+#define QL_HISTORY_SLOTS	16
+
+extern void ql_history_record(const QlCatalog *c, int64 id, const char *outcome,
+							  TimestampTz started_at, int32 attempt_added,
+							  TimestampTz due_at);
+extern void ql_history_record_many(const QlCatalog *c, Datum ids, const char *outcome,
+								   TimestampTz started_at, int32 attempt_added);
+extern void ql_history_expire_due(void);
+
+#endif							/* QLATER_HISTORY_H */
