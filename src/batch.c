@@ -16,6 +16,7 @@
 #include "utils/timestamp.h"
 
 #include "api.h"
+#include "history.h"
 #include "job.h"
 #include "shmem.h"
 #include "xact.h"
@@ -119,6 +120,8 @@ ql_run_batch(QlWorker *w, QlJob *first)
 
 	PG_TRY();
 	{
+		/* the outcomes of the jobs done, in one statement */
+		ql_history_flush();
 		ql_xact_commit();
 	}
 	PG_CATCH();

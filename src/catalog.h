@@ -44,7 +44,7 @@ typedef struct QlStmtDef
 {
 	const char *sql;
 	int			nargs;
-	Oid			types[10];
+	Oid			types[12];
 } QlStmtDef;
 
 typedef struct QlStmtSet

@@ -171,6 +171,7 @@ ql_read_row(QlWorker *w, HeapTuple row, TupleDesc desc, QlJob *job)
 		job->attempts = DatumGetInt32(ql_att(w, slot, QL_ATT_ATTEMPTS, &isnull));
 		job->max_attempts = DatumGetInt32(ql_att(w, slot, QL_ATT_MAX_ATTEMPTS, &isnull));
 		job->queue = TextDatumGetCString(ql_att(w, slot, QL_ATT_QUEUE, &isnull));
+		job->enqueued_at = DatumGetTimestampTz(ql_att(w, slot, QL_ATT_ENQUEUED_AT, &isnull));
 		job->batch_size = 1;
 		job->batch_delay = 0;
 		/* InvalidOid for text that names no function: ql_check_runnable */

@@ -38,12 +38,16 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/lmgr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
 #include "history.h"
+#include "job.h"
 #include "qlater.h"
 #include "queue.h"
 #include "shmem.h"
@@ -64,6 +68,7 @@ typedef enum QlHistoryStmt
 {
 	QL_H_RECORD,				/* the outcome of one job, from its row */
 	QL_H_RECORD_MANY,			/* the same for several */
+	QL_H_DONE,					/* jobs the workers did, from memory */
 	QL_H_LATEST,				/* the latest expires_at of a slot */
 	QL_H_JOB,					/* a job as it is now */
 	QL_H_LAST,					/* a job's last outcome */
@@ -104,6 +109,22 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) ANY ($1)"),
 		7, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
 		TIMESTAMPTZOID}
+	},
+	/* $1 the slot, then a column each: the rows of done_rows */
+	[QL_H_DONE] = {
+		"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
+		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, expires_at) "
+		"SELECT $1, d.id, d.queue, d.handler, d.role, d.args, d.enqueued_at, d.run_at, "
+		"d.started_at, d.finished_at, d.attempt, 'done', d.expires_at "
+		"FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), "
+		"pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+		"pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
+		"pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12)) "
+		"AS d(id, queue, handler, role, args, enqueued_at, run_at, started_at, "
+		"finished_at, attempt, expires_at)",
+		12, {INT2OID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NAMEARRAYOID,
+			JSONBARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID}
 	},
 	[QL_H_LATEST] = {
 		"SELECT pg_catalog.max(expires_at) FROM %1$s.qlater_outcome "
@@ -242,6 +263,184 @@ ql_history_record_many(const QlCatalog *c, Datum ids, const char *outcome,
 {
 	ql_history_record_stmt(c, QL_H_RECORD_MANY, ids, outcome, started_at,
 						   attempt_added, 0);
+}
+
+/*
+ * The jobs the in-server workers did in the current transaction, whose
+ * outcomes ql_history_flush writes before it commits, all in one
+ * statement: a job's row is gone by then (a batch removes each job in its
+ * subtransaction), so what is written comes from the claim (QlJob).  In
+ * TopTransactionContext; forgotten when the transaction ends.
+ */
+typedef struct QlDoneRow
+{
+	int64		id;
+	char	   *queue;
+	char	   *handler;
+	char	   *role;
+	Jsonb	   *args;			/* NULL: the queue keeps none */
+	TimestampTz enqueued_at;
+	TimestampTz run_at;
+	TimestampTz started_at;
+	TimestampTz finished_at;
+	int32		attempt;
+	TimestampTz expires_at;
+} QlDoneRow;
+
+static QlDoneRow *done_rows = NULL;
+static int	ndone = 0;
+static int	done_cap = 0;
+static bool done_callback_registered = false;
+
+static void
+ql_history_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_PREPARE)
+	{
+		done_rows = NULL;
+		ndone = 0;
+		done_cap = 0;
+	}
+}
+
+/*
+ * ql_history_done: job, run by this worker, is done (its removal is part
+ * of the current transaction, or of a subtransaction of it that was
+ * released): its outcome is written by ql_history_flush, unless its queue
+ * keeps no history
+ */
+void
+ql_history_done(const QlJob *job)
+{
+	const QlCatalog *c = ql_catalog(false);
+	const QlQueue *q;
+	int64		keep;
+	MemoryContext old;
+	QlDoneRow  *r;
+	bool		snapshot = !ActiveSnapshotSet();
+
+	/* the queue's settings may have to be read */
+	if (snapshot)
+		PushActiveSnapshot(GetTransactionSnapshot());
+	q = ql_queue_get(c, job->queue);
+	keep = q != NULL ? q->keep_history : USECS_PER_DAY;
+	if (snapshot)
+		PopActiveSnapshot();
+	if (keep <= 0)
+		return;
+	if (!done_callback_registered)
+	{
+		RegisterXactCallback(ql_history_xact_callback, NULL);
+		done_callback_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	if (ndone == done_cap)
+	{
+		done_cap = Max(done_cap * 2, 16);
+		done_rows = done_rows == NULL ? palloc(sizeof(QlDoneRow) * done_cap) :
+			repalloc(done_rows, sizeof(QlDoneRow) * done_cap);
+	}
+	r = &done_rows[ndone++];
+	r->id = job->id;
+	r->queue = pstrdup(job->queue);
+	r->handler = pstrdup(job->handler);
+	r->role = pstrdup(job->role);
+	r->args = q == NULL || q->history_args ?
+		(Jsonb *) PG_DETOAST_DATUM_COPY(JsonbPGetDatum(job->args)) : NULL;
+	r->enqueued_at = job->enqueued_at;
+	r->run_at = job->run_at;
+	r->started_at = job->started_at;
+	r->finished_at = GetCurrentTimestamp();
+	r->attempt = job->attempts + 1;
+	r->expires_at = r->finished_at + keep;
+	MemoryContextSwitchTo(old);
+}
+
+/* ql_history_column: an array of n values (nulls where isnull says) */
+static Datum
+ql_history_column(Datum *values, bool *isnull, int n, Oid type)
+{
+	int16		len;
+	bool		byval;
+	char		align;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(type, &len, &byval, &align);
+	return PointerGetDatum(construct_md_array(values, isnull, 1, dims, lbs,
+											  type, len, byval, align));
+}
+
+/*
+ * ql_history_flush: write the outcomes of the jobs done in the current
+ * transaction (ql_history_done), in one statement; before it commits
+ */
+void
+ql_history_flush(void)
+{
+	const QlCatalog *c;
+	Datum		values[12];
+	Datum	   *cols[11];
+	bool	   *args_null;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz until = 0;
+	QlUserSave	save;
+	int			slot;
+	int			i;
+	int			k;
+
+	if (ndone == 0)
+		return;
+	c = ql_catalog(false);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	slot = ql_history_slot_at(ql_history_width(c), now);
+	for (k = 0; k < 11; k++)
+		cols[k] = palloc(sizeof(Datum) * ndone);
+	args_null = palloc0(sizeof(bool) * ndone);
+	for (i = 0; i < ndone; i++)
+	{
+		QlDoneRow  *r = &done_rows[i];
+
+		cols[0][i] = Int64GetDatum(r->id);
+		cols[1][i] = CStringGetTextDatum(r->queue);
+		cols[2][i] = CStringGetTextDatum(r->handler);
+		cols[3][i] = DirectFunctionCall1(namein, CStringGetDatum(r->role));
+		cols[4][i] = r->args != NULL ? JsonbPGetDatum(r->args) : (Datum) 0;
+		args_null[i] = r->args == NULL;
+		cols[5][i] = TimestampTzGetDatum(r->enqueued_at);
+		cols[6][i] = TimestampTzGetDatum(r->run_at);
+		cols[7][i] = TimestampTzGetDatum(r->started_at);
+		cols[8][i] = TimestampTzGetDatum(r->finished_at);
+		cols[9][i] = Int32GetDatum(r->attempt);
+		cols[10][i] = TimestampTzGetDatum(r->expires_at);
+		until = Max(until, r->expires_at);
+	}
+	values[0] = Int16GetDatum(slot);
+	values[1] = ql_history_column(cols[0], NULL, ndone, INT8OID);
+	values[2] = ql_history_column(cols[1], NULL, ndone, TEXTOID);
+	values[3] = ql_history_column(cols[2], NULL, ndone, TEXTOID);
+	values[4] = ql_history_column(cols[3], NULL, ndone, NAMEOID);
+	values[5] = ql_history_column(cols[4], args_null, ndone, JSONBOID);
+	values[6] = ql_history_column(cols[5], NULL, ndone, TIMESTAMPTZOID);
+	values[7] = ql_history_column(cols[6], NULL, ndone, TIMESTAMPTZOID);
+	values[8] = ql_history_column(cols[7], NULL, ndone, TIMESTAMPTZOID);
+	values[9] = ql_history_column(cols[8], NULL, ndone, TIMESTAMPTZOID);
+	values[10] = ql_history_column(cols[9], NULL, ndone, INT4OID);
+	values[11] = ql_history_column(cols[10], NULL, ndone, TIMESTAMPTZOID);
+
+	/* noted first: an expiry that looks meanwhile sees the slot in use */
+	ql_history_note(slot, until);
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (ql_stmt_exec(&h_stmts, c, QL_H_DONE, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the outcomes of %d jobs", ndone);
+	SPI_finish();
+	ql_restore_user(&save);
+	PopActiveSnapshot();
+	ndone = 0;
 }
 
 /*

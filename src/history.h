@@ -12,6 +12,8 @@
 
 #include "catalog.h"
 
+struct QlJob;
+
 /* the partitions of qlater_outcome, written in turn */
 #define QL_HISTORY_SLOTS	16
 
@@ -20,6 +22,8 @@ extern void ql_history_record(const QlCatalog *c, int64 id, const char *outcome,
 							  TimestampTz due_at);
 extern void ql_history_record_many(const QlCatalog *c, Datum ids, const char *outcome,
 								   TimestampTz started_at, int32 attempt_added);
+extern void ql_history_done(const struct QlJob *job);
+extern void ql_history_flush(void);
 extern void ql_history_expire_due(void);
 
 #endif							/* QLATER_HISTORY_H */

@@ -48,6 +48,7 @@ typedef struct QlJob
 	int32		priority;		/* with run_at and id: its place in the */
 	TimestampTz run_at;			/* claim order */
 	ItemPointerData tid;		/* the row version the claim read */
+	TimestampTz enqueued_at;
 	TimestampTz started_at;		/* when its attempt began */
 } QlJob;
 
@@ -62,6 +63,7 @@ typedef enum QlJobAtt
 	QL_ATT_ATTEMPTS,
 	QL_ATT_MAX_ATTEMPTS,
 	QL_ATT_QUEUE,
+	QL_ATT_ENQUEUED_AT,
 	QL_NJOBATTS
 } QlJobAtt;
 

@@ -20,7 +20,8 @@
 #include "shmem.h"
 
 static const char *const job_att_names[QL_NJOBATTS] = {
-	"id", "handler", "args", "role", "timeout", "attempts", "max_attempts", "queue"
+	"id", "handler", "args", "role", "timeout", "attempts", "max_attempts", "queue",
+	"enqueued_at"
 };
 
 /* settings of the worker's own statements; handlers run with the database's */

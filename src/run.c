@@ -495,7 +495,6 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 
 		/* the job's removal commits with the handler's work, and its outcome */
 		PushActiveSnapshot(GetTransactionSnapshot());
-		ql_history_record(ql_catalog(false), job->id, "done", job->started_at, 1, 0);
 		removing = true;
 		removed = ql_remove(w, job);
 		removing = false;
@@ -510,9 +509,17 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 		PopActiveSnapshot();
 		SPI_finish();
 		if (in_batch)
+		{
 			ReleaseCurrentSubTransaction();
+			/* written with the batch's other outcomes before it commits */
+			ql_history_done(job);
+		}
 		else
+		{
+			ql_history_done(job);
+			ql_history_flush();
 			ql_xact_commit();
+		}
 	}
 	PG_CATCH();
 	{
