@@ -307,6 +307,330 @@ SELECT qlater_alter_queue('race', max_running => 4);
 	clear('cap');
 }
 
+### 4. holds: a lapsed lease whose holder has its row locked (completing
+### it, not committed yet) in the middle of a batch, in a queue with
+### max_running 2: not counted, its slot left to the holder; the batch
+### gets one fresh job beside it, no more; the holder's commit gives the
+### slot back.
+{
+	my $w = enqueue('cap');
+	my ($lw, $tw) = split /:/,
+	  as('alice', q{SELECT id || ':' || claim_token FROM qlater_lock('cap', 1, lease => '2 seconds')});
+	is($lw, $w, 'holder: w is leased for two seconds');
+	my @f = map { enqueue('cap') } 1 .. 3;
+	my $h = bg('alice');
+	$h->query_safe('BEGIN');
+	$h->query_safe("SELECT qlater_complete($w, '$tw')");
+	sleep(3);
+	my $s = bg('alice');
+	is($s->query_safe(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_lock('cap', 10)}),
+		$f[0], 'holder: the batch gets one fresh job beside the job being completed');
+	is(claim('alice', 'cap', 10, '5 minutes'), '', 'holder: the queue is full');
+	$h->query_safe('COMMIT');
+	is(attempts($w), 'gone', 'holder: the holder completed w, uncounted');
+	is(claim('alice', 'cap', 10, '5 minutes'), $f[1], 'holder: its commit gives the slot back');
+	$h->quit;
+	$s->quit;
+	clear('cap');
+}
+
+### 5. holds: a job cancelled (by a DBA) between the claim and the lease:
+### the DBA has locked its row (a qlater_cancel takes the job's claim
+### first, which a consumer passes over: the row lock is what makes the
+### batch's UPDATE wait), and cancels it while the UPDATE waits; at the
+### commit the job is gone, its claim and slot are given back, and the
+### candidate where the slots ran out is leased instead; never more than
+### max_running (2) leases, and the slots come back
+{
+	my ($x, $y, $z, $w) = map { enqueue('cap') } 1 .. 4;
+	my $d = $node->background_psql('postgres');
+	$d->query_safe('BEGIN');
+	$d->query_safe("SELECT id FROM qlater_job WHERE id = $y FOR UPDATE");
+	my $s = bg('alice');
+	my $spid = $s->query_safe('SELECT pg_backend_pid()');
+	$s->query_until(qr/started/,
+		"\\echo started\nSELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_lock('cap', 3, lease => '5 minutes');\n");
+	ok(wait_for_lock_wait($spid), 'cancel: the lease of the batch waits for the row of y');
+	$d->query_safe("SELECT qlater_cancel($y)");
+	$d->query_safe('COMMIT');
+	is(rows_of($s->query(q{SELECT 'end'})), "$x,$z",
+		'cancel: y gone gives its slot back, and z takes it');
+	is(claim('alice', 'cap', 3, '5 minutes'), '', 'cancel: the queue is full');
+	is(live_leases('cap'), '2', 'cancel: two leases hold');
+	my $tx = su("SELECT claim_token FROM qlater_job WHERE id = $x");
+	as('alice', "SELECT qlater_complete($x, '$tx')");
+	is(claim('alice', 'cap', 3, '5 minutes'), $w, 'cancel: a completion gives its slot to w');
+	$d->quit;
+	$s->quit;
+	clear('cap');
+}
+
+### 6. holds: statement_timeout ends a lease-mode call while its UPDATE
+### waits (for a row a DBA has locked), in a savepoint: after ROLLBACK TO
+### SAVEPOINT the session holds no claim and no slot; the same transaction
+### goes on
+{
+	my ($x, $y, $z) = map { enqueue('cap') } 1 .. 3;
+	my $d = $node->background_psql('postgres');
+	$d->query_safe('BEGIN');
+	$d->query_safe("SELECT id FROM qlater_job WHERE id = $y FOR UPDATE");
+	my $s = bg('alice');
+	my $spid = $s->query_safe('SELECT pg_backend_pid()');
+	$s->query_safe('BEGIN');
+	$s->query_safe('SAVEPOINT a');
+	$s->query_safe("SET LOCAL statement_timeout = '1s'");
+	$s->query(q{SELECT count(*) FROM qlater_lock('cap', 3, lease => '5 minutes')});
+	like($s->{stderr}, qr/statement timeout/, 'timeout: the waiting call is cancelled');
+	$s->{stderr} = '';
+	$s->query_safe('ROLLBACK TO SAVEPOINT a');
+	is(held_by($spid), '', 'timeout: no claim is left behind');
+	$d->query_safe('ROLLBACK');
+	is(claim('alice', 'cap', 3, '5 minutes'), "$x,$y",
+		'timeout: no slot is left behind: another consumer leases two jobs');
+	is($s->query_safe(q{SELECT count(*) FROM qlater_lock('cap', 3, lease => '5 minutes')}), '0',
+		'timeout: the same transaction finds the queue full');
+	$s->query_safe('COMMIT');
+	is(live_leases('cap'), '2', 'timeout: two leases hold');
+	$d->quit;
+	$s->quit;
+	clear('cap');
+}
+
+### 7. holds: a lease-mode call in a savepoint rolled back, which counted
+### a lapse and leased two jobs: the leases, their claims and slots, and
+### the count's claim go at once, while the transaction goes on; another
+### consumer counts the lapse (once) and leases the jobs
+{
+	my $w = enqueue('cap');
+	is(lease('cap', 1, '1 second'), $w, 'savepoint: w is leased for a second');
+	my ($x, $y, $z) = map { enqueue('cap') } 1 .. 3;
+	sleep(2);
+	my $s = bg('alice');
+	my $spid = $s->query_safe('SELECT pg_backend_pid()');
+	$s->query_safe('BEGIN');
+	$s->query_safe('SAVEPOINT a');
+	is($s->query_safe(q{SELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_lock('cap', 3, lease => '5 minutes')}),
+		"$x,$y", 'savepoint: the lapse of w counted, x and y leased');
+	$s->query_safe('ROLLBACK TO SAVEPOINT a');
+	is(held_by($spid), '', 'savepoint: its rollback releases every claim, the count\'s too');
+	is(claim('alice', 'cap', 3, '5 minutes'), "$x,$y",
+		'savepoint: another consumer counts the lapse and leases x and y (their slots were given back)');
+	$s->query_safe('COMMIT');
+	is(attempts($w), '1 pending', 'savepoint: the lapse is counted once');
+	is(live_leases('cap'), '2', 'savepoint: two leases hold');
+	$s->quit;
+	clear('cap');
+}
+
+### 8. holds: qlater_lock called several times in one transaction: no job
+### twice, each call the next jobs; in a queue with max_running 2 the
+### later calls get what slots are left
+{
+	my @j = map { enqueue('app') } 1 .. 5;
+	my $s = bg('alice');
+	$s->query_safe('BEGIN');
+	my @r = map { $s->query_safe("SELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_lock('app', 2$_)") }
+	  ('', '', ", lease => '5 minutes'");
+	$s->query_safe('COMMIT');
+	is(join('|', @r), "$j[0],$j[1]|$j[2],$j[3]|$j[4]", 'twice: each call gets the next jobs, none twice');
+	my @c = map { enqueue('cap') } 1 .. 4;
+	$s->query_safe('BEGIN');
+	@r = map { $s->query_safe("SELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_lock('cap', $_)") }
+	  ("1, lease => '5 minutes'", "5, lease => '5 minutes'", '5');
+	$s->query_safe('COMMIT');
+	is(join('|', @r), "$c[0]|$c[1]|", 'twice, limited: the second call gets the one slot left, the third none');
+	is(claim('alice', 'cap', 5, '5 minutes'), '', 'twice, limited: the queue is full');
+	$s->quit;
+	clear('app');
+	clear('cap');
+}
+
+### 9. holds: a paused queue hands out nothing, whatever max_jobs, from the
+### pause's commit on, also to a transaction whose snapshot predates it
+{
+	my @j = map { enqueue('app') } 1 .. 2;
+	my $s = bg('alice');
+	$s->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+	$s->query_safe('SELECT count(*) FROM qlater_jobs');
+	as('alice', q{SELECT qlater_pause_queue('app')});
+	is($s->query_safe(q{SELECT count(*) FROM qlater_lock('app', 1000)}), '0',
+		'paused: nothing, for a snapshot older than the pause');
+	$s->query_safe('COMMIT');
+	is(claim('alice', 'app', 1000, '5 minutes'), '', 'paused: nothing in lease mode');
+	as('alice', q{SELECT qlater_resume_queue('app')});
+	is(claim('alice', 'app', 1000, '5 minutes'), "$j[0],$j[1]", 'paused: resumed, the jobs are handed out');
+	$s->quit;
+	clear('app');
+}
+
+### 10. holds: max_jobs 1000 over 70 lapsed leases that sort first and
+### 1,100 fresh jobs whose priorities and run_ats interleave their ids: the
+### first 1,000 fresh jobs in (priority, run_at, id) order, 64 lapses
+### counted; the next call counts the other 6 and gets the other 100
+{
+	as('alice', q{SELECT count(*) FROM qlater_enqueue_many('Job', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 70) g), queue => 'big', priority => 0, max_attempts => 1)});
+	is(as('alice', q{SELECT count(*) FROM qlater_lock('big', 70, lease => '1 second')}), '70',
+		'max_jobs 1000: 70 jobs leased for a second');
+	as('alice', q{
+		SELECT count(*) FROM qlater_enqueue_many('Job', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 400) g), queue => 'big', priority => 50);
+		SELECT count(*) FROM qlater_enqueue_many('Job', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 400) g), queue => 'big', priority => 10);
+		SELECT count(*) FROM qlater_enqueue_many('Job', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 300) g), queue => 'big', priority => 50, run_at => now() - interval '1 hour');
+	});
+	sleep(2);
+	my $expect = su(q{SELECT string_agg(id::text, ',' ORDER BY priority, run_at, id) FROM (SELECT id, priority, run_at FROM qlater_job WHERE queue = 'big' AND claim_token IS NULL ORDER BY priority, run_at, id LIMIT 1000) s});
+	my $got = as('alice', q{SELECT string_agg(l.id::text, ',' ORDER BY l.ordinality) FROM qlater_lock('big', 1000, lease => '5 minutes') WITH ORDINALITY l});
+	is(scalar(split /,/, $got), 1000, 'max_jobs 1000: 1,000 jobs');
+	is($got, $expect, 'max_jobs 1000: the first 1,000 fresh jobs, in (priority, run_at, id) order');
+	is(su(q{SELECT count(*) FILTER (WHERE dead) || '/' || count(*) FILTER (WHERE NOT dead AND claim_token IS NOT NULL) FROM qlater_job WHERE queue = 'big' AND priority = 0}),
+		'64/6', 'max_jobs 1000: 64 lapses counted, 6 left to the next call');
+	my $expect2 = su(q{SELECT string_agg(id::text, ',' ORDER BY priority, run_at, id) FROM qlater_job WHERE queue = 'big' AND claim_token IS NULL AND NOT dead});
+	my $got2 = as('alice', q{SELECT string_agg(l.id::text, ',' ORDER BY l.ordinality) FROM qlater_lock('big', 1000) WITH ORDINALITY l});
+	is(scalar(split /,/, $got2), 100, 'max_jobs 1000, session mode: the other 100 jobs');
+	is($got2, $expect2, 'max_jobs 1000, session mode: in order');
+	is(su(q{SELECT count(*) FROM qlater_job WHERE queue = 'big' AND dead}), '70',
+		'max_jobs 1000: every lapse counted, once');
+	clear('big');
+}
+
+### 11. BUG (B2, older than 53497b9): in REPEATABLE READ a session-mode
+### claim reads the row under the transaction's snapshot: a job leased by
+### another consumer after it is claimed again (two holders at once), and
+### a job completed after it is handed out again.  Observed: both are.
+{
+	my $j = enqueue('app');
+	my $s = bg('alice');
+	$s->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+	$s->query_safe('SELECT count(*) FROM qlater_jobs');
+	is(lease('app', 1, '5 minutes'), $j, 'repeatable read: another consumer leases j after the snapshot');
+	my $out = $s->query(q{SELECT string_agg(id::text, ',') FROM qlater_lock('app', 1)});
+	$s->{stderr} = '';
+	# BUG: "$j", held by the other consumer's lease too
+	is(rows_of($out), '', 'repeatable read: a job leased by another consumer is not claimed again');
+	$s->query('ROLLBACK');
+	$s->quit;
+	clear('app');
+
+	my $k = enqueue('app');
+	$s = bg('alice');
+	$s->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+	$s->query_safe('SELECT count(*) FROM qlater_jobs');
+	is(as('alice', q{SELECT count(qlater_complete(id)) FROM qlater_lock('app', 1)}), '1',
+		'repeatable read: another consumer claims and completes k after the snapshot');
+	$out = $s->query(q{SELECT string_agg(id::text, ',') FROM qlater_lock('app', 1)});
+	$s->{stderr} = '';
+	# BUG: "$k", a job already done
+	is(rows_of($out), '', 'repeatable read: a job completed by another consumer is not handed out again');
+	$s->query('ROLLBACK');
+	$s->quit;
+	clear('app');
+}
+
+### 12. BUG (B2, older than 53497b9): in REPEATABLE READ a lease-mode claim
+### of a job leased by another consumer after the snapshot takes that
+### lease's slot (ql_take frees the job's earlier slot) and then fails
+### with a serialization failure, giving its own slot back.  Observed:
+### the queue with max_running 1 leases a second job beside the first.
+{
+	my ($j, $k) = (enqueue('one'), enqueue('one'));
+	my $s = bg('alice');
+	$s->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+	$s->query_safe('SELECT count(*) FROM qlater_jobs');
+	is(lease('one', 1, '5 minutes'), $j, 'repeatable read, lease: another consumer leases j');
+	$s->query(q{SELECT count(*) FROM qlater_lock('one', 1, lease => '5 minutes')});
+	like($s->{stderr}, qr/^$|could not serialize access/,
+		'repeatable read, lease: no error, or a serialization failure');
+	$s->{stderr} = '';
+	$s->query_safe('ROLLBACK');
+	# BUG: "$k", leased beside j
+	is(claim('alice', 'one', 1, '5 minutes'), '', 'repeatable read, lease: the queue of max_running 1 stays full');
+	is(live_leases('one'), '1', 'repeatable read, lease: one lease holds');
+	$s->quit;
+	clear('one');
+}
+
+### 13. holds: consumers at once on a queue with max_running 4: two kinds
+### (session mode and lease mode, batches of 3) that record what they got
+### and complete it, and a hostile one that leases batches in a savepoint
+### it rolls back and claims and gives back in session mode.  No job is
+### handed out twice, each is completed once, no completion fails, at no
+### time more than 4 are held (the time between a claim's return and its
+### completion lies within its slot's), and no claim or slot is left.
+{
+	su(q{
+CREATE TABLE got (id bigint, pid int, token uuid, t0 timestamptz, t1 timestamptz);
+CREATE TABLE done (id bigint PRIMARY KEY);
+CREATE TABLE bad (pid int, err text);
+GRANT ALL ON got, done, bad TO alice;
+CREATE FUNCTION take(n int, l interval) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE k int;
+BEGIN
+    INSERT INTO got (id, pid, token, t0)
+        SELECT id, pg_backend_pid(), claim_token, clock_timestamp()
+          FROM qlater_lock('race', n, lease => l);
+    GET DIAGNOSTICS k = ROW_COUNT;
+    RETURN k;
+END $$;
+CREATE FUNCTION finish() RETURNS int LANGUAGE plpgsql AS $$
+DECLARE ids bigint[]; toks uuid[]; k int;
+BEGIN
+    SELECT array_agg(id ORDER BY id), array_agg(token ORDER BY id) INTO ids, toks
+      FROM got WHERE pid = pg_backend_pid() AND t1 IS NULL;
+    IF ids IS NULL THEN RETURN 0; END IF;
+    BEGIN
+        UPDATE got SET t1 = clock_timestamp() WHERE pid = pg_backend_pid() AND t1 IS NULL;
+        INSERT INTO done SELECT unnest(ids);
+        IF toks[1] IS NULL THEN
+            k := qlater_complete_many(ids);
+        ELSE
+            k := qlater_complete_many(ids, toks);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        INSERT INTO bad VALUES (pg_backend_pid(), SQLERRM);
+        UPDATE got SET t1 = '-infinity' WHERE pid = pg_backend_pid() AND t1 IS NULL;
+        RETURN -1;
+    END;
+    RETURN k;
+END $$;
+CREATE PROCEDURE drain() LANGUAGE plpgsql AS $$
+BEGIN
+    LOOP
+        EXIT WHEN take(4, NULL) = 0;
+        COMMIT;
+        PERFORM finish();
+        COMMIT;
+    END LOOP;
+END $$;
+});
+	as('alice', q{SELECT count(*) FROM qlater_enqueue_many('Job', (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 300) g), queue => 'race')});
+	$node->pgbench(
+		'--no-vacuum --client=5 --transactions=200 -U alice',
+		0,
+		[qr{processed: 1000/1000}],
+		[qr{^$}],
+		'race: the consumers run without error',
+		{
+			'119_session@2' => "SELECT take(3, NULL);\nSELECT finish();\n",
+			'119_lease@2' => "SELECT take(3, '1 minute');\nSELECT finish();\n",
+			'119_hostile@1' => "BEGIN;\nSAVEPOINT a;\n"
+			  . "SELECT count(*) FROM qlater_lock('race', 3, lease => '1 minute');\n"
+			  . "ROLLBACK TO SAVEPOINT a;\n"
+			  . "SELECT count(qlater_unlock(id)) FROM qlater_lock('race', 2);\nCOMMIT;\n",
+		},
+		'postgres');
+	note('race: jobs handed out during the run: ' . su(q{SELECT count(*) FROM got}));
+	as('alice', 'CALL drain()');
+	is(su(q{SELECT count(*) FROM bad}), '0', 'race: no completion failed');
+	is(su(q{SELECT count(*) || '/' || count(DISTINCT id) FROM got}), '300/300', 'race: each job handed out once');
+	is(su(q{SELECT count(*) FROM done}), '300', 'race: each job completed once');
+	is(su(q{SELECT count(*) FROM qlater_job WHERE queue = 'race'}), '0', 'race: no job is left (no slot or claim stuck)');
+	my $most = su(q{SELECT coalesce(max((SELECT count(*) FROM got x WHERE x.t0 <= r.t0 AND x.t1 > r.t0)), 0) FROM got r});
+	cmp_ok($most, '<=', 4, 'race: at most 4 jobs held at once');
+	note("race: at most $most held at once");
+	ok($node->poll_query_until('postgres',
+			q{SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 29036}),
+		'race: no claim is left');
+}
+
 $node->stop;
 my $log = slurp_file($node->logfile);
 unlike($log, qr/terminated by signal/, 'no server process was terminated by a signal');
