@@ -260,6 +260,25 @@ typedef struct QlClaimed
 	HeapTuple	row;			/* as qlater_jobs shows it */
 } QlClaimed;
 
+/*
+ * The claims one qlater_lock took, in session mode, and what became of
+ * each (QL_CS_*): if the call fails, the claims it still holds and their
+ * slots are given back (ql_claims_undo); a transaction lock (lease mode)
+ * and a lease's slot go with the abort by themselves.
+ */
+#define QL_CS_HELD		0		/* taken, not read yet, or claimed */
+#define QL_CS_GONE		1		/* given back, with its slot */
+#define QL_CS_LAPSE		2		/* a lapse being counted: the claim goes at
+								 * the transaction's end, the slot is ours */
+
+typedef struct QlClaimCall
+{
+	int64	   *ids;
+	int8	   *state;
+	int			n;
+	int			cap;
+} QlClaimCall;
+
 /* what ql_finish_begin found out about the job to finish */
 typedef struct QlFinish
 {
@@ -475,6 +494,9 @@ ql_claim_take(int64 id, Interval *lease, const char *queue, int32 max_running,
 		if (*slot != QL_SLOT_TAKEN)
 		{
 			LockRelease(&tag, ExclusiveLock, lease == NULL);
+			/* leased by another consumer since it was read: the next */
+			if (*slot == QL_SLOT_BUSY)
+				*slot = QL_SLOT_TAKEN;
 			return false;
 		}
 	}
@@ -515,7 +537,16 @@ ql_claim_rows(const QlCatalog *c, QlConsumerStmt s, const int64 *ids, int n,
 	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = lease != NULL ? IntervalPGetDatum(lease) : (Datum) 0;
-	if (ql_exec(c, s, values, false, 0) !=
+
+	/*
+	 * The read sees what committed until now, whatever the isolation level:
+	 * in a repeatable read transaction, a job leased or finished by another
+	 * consumer since the snapshot must not be handed out.  (A lease is
+	 * written under the transaction's snapshot: a row changed since fails
+	 * it with a serialization error, as any UPDATE.)
+	 */
+	if ((s == QL_STMT_LEASE ? ql_exec(c, s, values, false, 0) :
+		 ql_stmt_exec_latest(&stmts, c, s, values, NULL, 0)) !=
 		(s == QL_STMT_LEASE ? SPI_OK_UPDATE_RETURNING : SPI_OK_SELECT))
 		elog(ERROR, "could not claim jobs");
 	if (*desc == NULL)
@@ -542,14 +573,15 @@ ql_claim_rows(const QlCatalog *c, QlConsumerStmt s, const int64 *ids, int n,
  * just followed.  Each claimed job fills out[] (its row copied into the
  * caller's memory); each other gives its claim back.  A job whose lease
  * lapsed is not claimed: its lapse is counted (ql_lease_lapsed, at most
- * *lapses_left), its slot given back at once.  Caller is connected to SPI
- * and acts as the owner; result is the row type of qlater_lock.  Returns
- * the number of jobs claimed.
+ * *lapses_left), its slot given back at once.  state[i] follows what
+ * becomes of ids[i] (QL_CS_*).  Caller is connected to SPI and acts as the
+ * owner; result is the row type of qlater_lock.  Returns the number of
+ * jobs claimed.
  */
 static int
-ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
-			  TupleDesc result, int32 max_running, int *lapses_left,
-			  QlClaimed *out)
+ql_claim_read(const QlCatalog *c, const int64 *ids, int8 *state, int n,
+			  Interval *lease, TupleDesc result, int32 max_running,
+			  int *lapses_left, QlClaimed *out)
 {
 	HeapTuple  *leased = palloc(sizeof(HeapTuple) * n);
 	HeapTuple  *reread = palloc(sizeof(HeapTuple) * n);
@@ -602,6 +634,7 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
 					 * the next
 					 */
 					ql_claim_give_back(id, lease == NULL, max_running);
+					state[i] = QL_CS_GONE;
 					continue;
 				}
 				if (!isnull)
@@ -623,6 +656,7 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
 						LockRelease(&tag, ExclusiveLock, false);
 					}
 					(*lapses_left)--;
+					state[i] = QL_CS_LAPSE;
 					if (ql_lease_lapsed(c, id, r, desc))
 					{
 						if (max_running >= 0)
@@ -631,6 +665,7 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
 					else if (max_running >= 0)
 						ql_slot_leave_to_holder(id, GetCurrentTimestamp() +
 												QL_HOLDER_SLOT_MARGIN);
+					state[i] = QL_CS_GONE;
 					continue;
 				}
 				if (lease == NULL)
@@ -641,6 +676,7 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
 		{
 			/* gone, or claimed by a lease since the candidates were read */
 			ql_claim_give_back(id, lease == NULL, max_running);
+			state[i] = QL_CS_GONE;
 			continue;
 		}
 		out[nclaimed].id = id;
@@ -650,6 +686,44 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int n, Interval *lease,
 		nclaimed++;
 	}
 	return nclaimed;
+}
+
+/* ql_claims_add: a claim the call took (QL_CS_HELD) */
+static void
+ql_claims_add(QlClaimCall *call, int64 id)
+{
+	if (call->n == call->cap)
+	{
+		call->cap = Max(call->cap * 2, 64);
+		call->ids = call->ids == NULL ? palloc(sizeof(int64) * call->cap) :
+			repalloc(call->ids, sizeof(int64) * call->cap);
+		call->state = call->state == NULL ? palloc(sizeof(int8) * call->cap) :
+			repalloc(call->state, sizeof(int8) * call->cap);
+	}
+	call->ids[call->n] = id;
+	call->state[call->n++] = QL_CS_HELD;
+}
+
+/*
+ * ql_claims_undo: a session-mode qlater_lock failed: give back the claims
+ * it still holds, those it had claimed too (its caller gets none), and
+ * their slots; the slot of a lapse it was counting (its claim goes with
+ * the transaction's end).  Lock and slot releases only: safe while the
+ * error is on its way.
+ */
+static void
+ql_claims_undo(QlClaimCall *call, int32 max_running)
+{
+	int			i;
+
+	for (i = 0; i < call->n; i++)
+	{
+		if (call->state[i] == QL_CS_HELD)
+			ql_claim_give_back(call->ids[i], true, max_running);
+		else if (call->state[i] == QL_CS_LAPSE && max_running >= 0)
+			ql_slot_release(call->ids[i]);
+		call->state[i] = QL_CS_GONE;
+	}
 }
 
 /* ql_claimed_cmp: qsort order of claimed jobs: (priority, run_at, id) */
@@ -688,7 +762,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	bool		admin = ql_is_admin();
 	QlUserSave	save;
 	QlClaimed  *claimed;
-	int64	   *taken;
+	QlClaimCall *call;
 	int			nclaimed = 0;
 	int			limit;
 	int			round;
@@ -728,71 +802,82 @@ qlater_lock(PG_FUNCTION_ARGS)
 	}
 
 	claimed = palloc(sizeof(QlClaimed) * max_jobs);
-	taken = palloc(sizeof(int64) * max_jobs);
+	call = palloc0(sizeof(QlClaimCall));
 	limit = max_jobs * 2 + 16;
 	/* the queue's limit, as cached (a paused queue has no candidates) */
 	q = ql_queue_get(c, queue);
 	max_running = q != NULL ? q->max_running : -1;
 	ql_become_owner(c, &save);
 	ql_spi_connect();
-	for (round = 0; round < 3 && nclaimed < max_jobs; round++)
+	PG_TRY();
 	{
-		Datum		values[4];
-		Datum		access;
-		bool		isnull;
-		ArrayType  *ids;
-		Datum	   *cand;
-		int			n;
-		int			k;
-
-		/* whether the caller may consume the queue comes with the candidates */
-		values[0] = CStringGetTextDatum(queue);
-		values[1] = ql_name_datum(me);
-		values[2] = BoolGetDatum(admin);
-		values[3] = Int32GetDatum(limit);
-		if (ql_exec(c, QL_STMT_CANDIDATES, values, false, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not look for jobs");
-		access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		ql_access_error(queue, access, isnull);
-		ids = DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												   SPI_tuptable->tupdesc, 2, &isnull));
-		SPI_freetuptable(SPI_tuptable);
-		deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
-						  TYPALIGN_DOUBLE, &cand, NULL, &n);
-		k = 0;
-		while (k < n && nclaimed < max_jobs && slot == QL_SLOT_TAKEN)
+		for (round = 0; round < 3 && nclaimed < max_jobs; round++)
 		{
-			int			ntaken = 0;
-			int			got;
+			Datum		values[4];
+			Datum		access;
+			bool		isnull;
+			ArrayType  *ids;
+			Datum	   *cand;
+			int			n;
+			int			k;
 
-			/* claims first, then one read of their rows */
-			while (k < n && nclaimed + ntaken < max_jobs)
+			/* whether the caller may consume the queue comes with the candidates */
+			values[0] = CStringGetTextDatum(queue);
+			values[1] = ql_name_datum(me);
+			values[2] = BoolGetDatum(admin);
+			values[3] = Int32GetDatum(limit);
+			if (ql_exec(c, QL_STMT_CANDIDATES, values, false, 1) != SPI_OK_SELECT ||
+				SPI_processed != 1)
+				elog(ERROR, "could not look for jobs");
+			access = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			ql_access_error(queue, access, isnull);
+			ids = DatumGetArrayTypePCopy(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 2, &isnull));
+			SPI_freetuptable(SPI_tuptable);
+			deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+							  TYPALIGN_DOUBLE, &cand, NULL, &n);
+			k = 0;
+			while (k < n && nclaimed < max_jobs && slot == QL_SLOT_TAKEN)
 			{
-				if (ql_claim_take(DatumGetInt64(cand[k]), lease, queue,
-								  max_running, &slot))
-					taken[ntaken++] = DatumGetInt64(cand[k]);
-				else if (slot != QL_SLOT_TAKEN)
+				int			first = call->n;
+				int			got;
+
+				/* claims first, then one read of their rows */
+				while (k < n && nclaimed + call->n - first < max_jobs)
+				{
+					if (ql_claim_take(DatumGetInt64(cand[k]), lease, queue,
+									  max_running, &slot))
+						ql_claims_add(call, DatumGetInt64(cand[k]));
+					else if (slot != QL_SLOT_TAKEN)
+						break;
+					k++;
+				}
+				if (call->n == first)
 					break;
-				k++;
+				got = ql_claim_read(c, &call->ids[first], &call->state[first],
+									call->n - first, lease, rsinfo->setDesc,
+									max_running, &lapses_left, &claimed[nclaimed]);
+				nclaimed += got;
+				/* jobs gone or lapsed gave their slots back: candidate k again */
+				if (got < call->n - first)
+					slot = QL_SLOT_TAKEN;
 			}
-			if (ntaken == 0)
+			/* no slot left: fewer jobs, or an error if none was claimed */
+			if (slot == QL_SLOT_NO_ROOM && nclaimed == 0)
+				ql_slot_no_room_error();
+			if (n < limit || slot != QL_SLOT_TAKEN)
 				break;
-			got = ql_claim_read(c, taken, ntaken, lease, rsinfo->setDesc,
-								max_running, &lapses_left, &claimed[nclaimed]);
-			nclaimed += got;
-			/* jobs gone or lapsed gave their slots back: candidate k again */
-			if (got < ntaken)
-				slot = QL_SLOT_TAKEN;
+			/* every candidate was claimed by others: look further */
+			limit *= 8;
 		}
-		/* no slot left: fewer jobs, or an error if none was claimed */
-		if (slot == QL_SLOT_NO_ROOM && nclaimed == 0)
-			ql_slot_no_room_error();
-		if (n < limit || slot != QL_SLOT_TAKEN)
-			break;
-		/* every candidate was claimed by others: look further */
-		limit *= 8;
 	}
+	PG_CATCH();
+	{
+		if (lease == NULL)
+			ql_claims_undo(call, max_running);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	SPI_finish();
 	ql_restore_user(&save);
 

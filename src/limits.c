@@ -348,7 +348,10 @@ ql_role_slots(Oid roleid)
  * ql_take: take a slot for a job of a queue that runs at most max_running
  * jobs at once, held by pid (0: by a lease until lease_until), for a job
  * of roleid.  The job's own earlier slot (a lease that ran out, the job
- * claimed again) is freed first.  A role holds at most half the table
+ * claimed again) is freed first; a live lease's is left alone
+ * (QL_SLOT_BUSY): a claim may follow a candidate that another consumer has
+ * leased since it was read (a lease holds no lock once its transaction
+ * ended), and finds the job leased only when it reads it.  A role holds at most half the table
  * (QL_SLOT_NO_ROOM past it), so that no tenant's leases take every slot of
  * the cluster; roleid InvalidOid: no bound (admins).  Sets *lowered if the claim frontier moved back on the way.
  */
@@ -366,6 +369,11 @@ ql_take(const char *queue, int32 max_running, int64 job_id, pid_t pid,
 	ql_limit_key(&qkey, queue);
 	LWLockAcquire(limits->lock, LW_EXCLUSIVE);
 	s = hash_search(limit_slots, &skey, HASH_FIND, NULL);
+	if (s != NULL && s->pid == 0 && s->lease_until > GetCurrentTimestamp())
+	{
+		LWLockRelease(limits->lock);
+		return QL_SLOT_BUSY;
+	}
 	if (s != NULL && ql_remove_slot(s, db))
 		*lowered = true;
 	if (max_running <= 0)
@@ -727,6 +735,7 @@ ql_limits_admit(const QlCatalog *c, const char *queue, const char *role,
 			no_room_logged = false;
 			return QL_ADMIT;
 		case QL_SLOT_FULL:
+		case QL_SLOT_BUSY:		/* leased, of a queue since turned in-server */
 			return QL_ADMIT_FULL;
 		case QL_SLOT_NO_ROOM:
 			break;

@@ -20,7 +20,8 @@ typedef enum QlSlotResult
 {
 	QL_SLOT_TAKEN,				/* a slot: the job may run */
 	QL_SLOT_FULL,				/* max_running jobs of the queue run */
-	QL_SLOT_NO_ROOM				/* the table of slots is full */
+	QL_SLOT_NO_ROOM,			/* the table of slots is full */
+	QL_SLOT_BUSY				/* the job holds a slot already: a live lease */
 } QlSlotResult;
 
 /* whether a worker may run a job it has claimed (ql_limits_admit) */
