@@ -456,7 +456,7 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
-	ql_history_record(c, id, dead ? "dead" : "timeout", 0, 0,
+	ql_history_record(c, id, "timeout", 0, 0,
 					  DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &isnull)));
 	return true;
 }

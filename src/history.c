@@ -430,8 +430,6 @@ ql_history_flush(void)
 	values[10] = ql_history_column(cols[9], NULL, ndone, INT4OID);
 	values[11] = ql_history_column(cols[10], NULL, ndone, TIMESTAMPTZOID);
 
-	/* noted first: an expiry that looks meanwhile sees the slot in use */
-	ql_history_note(slot, until);
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -440,6 +438,8 @@ ql_history_flush(void)
 	SPI_finish();
 	ql_restore_user(&save);
 	PopActiveSnapshot();
+	/* noted while the insert holds the slot: an expiry sees it after */
+	ql_history_note(slot, until);
 	ndone = 0;
 }
 
@@ -451,6 +451,9 @@ ql_history_flush(void)
 static bool
 ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
 {
+	/* what a writer notes from now on is not overwritten below */
+	uint64		by = pg_atomic_read_u64(&db->history_expires_by[slot]);
+	uint64		now_by;
 	char		name[NAMEDATALEN];
 	Oid			relid;
 	Datum		value = Int16GetDatum(slot);
@@ -469,16 +472,18 @@ ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
 		elog(ERROR, "could not read history slot %d", slot);
 	latest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
-		pg_atomic_write_u64(&db->history_expires_by[slot], QL_HISTORY_EMPTY);
+		now_by = QL_HISTORY_EMPTY;
 	else if (DatumGetTimestampTz(latest) < GetCurrentTimestamp())
 	{
 		if (SPI_execute(psprintf("TRUNCATE %s.%s", c->schema_quoted, name),
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not empty history slot %d", slot);
-		pg_atomic_write_u64(&db->history_expires_by[slot], QL_HISTORY_EMPTY);
+		now_by = QL_HISTORY_EMPTY;
 	}
 	else
-		pg_atomic_write_u64(&db->history_expires_by[slot], (uint64) DatumGetTimestampTz(latest));
+		now_by = (uint64) DatumGetTimestampTz(latest);
+	/* unless a writer noted more since: its rows may not be visible here */
+	(void) pg_atomic_compare_exchange_u64(&db->history_expires_by[slot], &by, now_by);
 	return true;
 }
 

@@ -574,7 +574,7 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 	{
 		if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 			edata->message = MemoryContextStrdup(w->job_cxt, ql_timeout_message(job));
-		ql_record_failure(w, job, edata, permanent, job_timed_out, in_batch);
+		ql_record_failure(w, job, edata, job_timed_out, permanent, in_batch);
 	}
 }
 

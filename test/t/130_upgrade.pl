@@ -1,4 +1,4 @@
-# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3).  A cluster runs the 0.1
+# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4).  A cluster runs the 0.1
 # library with two databases at extension version 0.1 holding every kind
 # of state (pending, future, running and dead jobs of several roles, a
 # schedule, an external queue with consumers and jobs of another role,
@@ -9,7 +9,8 @@
 # updated on its own, and its jobs run, once each, as their roles, with the
 # queues, owners and grants the upgrade script gives them; the consumers
 # finish several jobs at once (0.3's qlater_complete_many).  A database
-# made at 0.2 under the new library, holding jobs, is updated to 0.3 too.
+# made at 0.2 under the new library, holding jobs, is updated too, and one
+# made at 0.3: the outcomes of their jobs reach 0.4's history.
 #
 # Both versions are installed into a private copy of the PostgreSQL
 # installation that pg_config (on PATH) names, made in this test's own
@@ -25,9 +26,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $old_version = '0.1';
-my $new_version = '0.3';
+my $new_version = '0.4';
 # the versions between, each with its upgrade script from the one before
-my @versions = ('0.1', '0.2', '0.3');
+my @versions = ('0.1', '0.2', '0.3', '0.4');
 
 ### where the source of 0.1 comes from
 # test/upgrade/qlater-0.1.tar.gz: what release 0.1 builds from (git archive
@@ -562,7 +563,7 @@ is($node->safe_psql('qdb1', q{SELECT extversion FROM pg_extension WHERE extname 
 	$new_version, 'qdb1 is untouched by it');
 
 ### qdb3: made at 0.2 under the new library, its jobs written as 0.2's
-### API wrote them, updated to 0.3
+### API wrote them, updated to 0.4
 $node->safe_psql('postgres', 'CREATE DATABASE qdb3');
 $node->safe_psql(
 	'qdb3', q{
@@ -602,6 +603,43 @@ SELECT count(*) FROM qlater_jobs WHERE queue = 'ext';
 is($node->safe_psql('qdb3', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
 	'q3-far:pending', 'qdb3: its future job is kept');
 is( $node->safe_psql(
+		'qdb3', q{SELECT string_agg(args->>0 || ':' || outcome || ':' || attempt, ' ' ORDER BY args->>0)
+		  FROM qlater_history WHERE queue = 'ext'}),
+	'1:done:1 2:done:1', "qdb3: the completions are in the history (0.4's)");
+is($node->safe_psql('qdb3', q{SELECT keep_history || ' ' || history_args FROM qlater_queues WHERE name = 'ext'}),
+	'1 day true', 'qdb3: its queues keep a day of history, with args, by default');
+
+### qdb5: made at 0.3, holding a job due now and a dead one, updated to 0.4:
+### the due job runs and its outcome is in the history
+$node->safe_psql('postgres', 'CREATE DATABASE qdb5');
+$node->safe_psql(
+	'qdb5', q{
+CREATE EXTENSION qlater VERSION '0.3';
+CREATE TABLE hits (label text, cu text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION hit(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+INSERT INTO qlater_handler (handler, queue, priority, max_attempts, registered_by)
+VALUES ('public.hit(text)', 'default', 100, 25, CURRENT_USER);
+INSERT INTO qlater_queue (name, external, owner) VALUES ('default', false, CURRENT_USER);
+INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role, external, dead, attempts)
+VALUES ('default', 'public.hit(text)', '["q5-now"]', 100, now(), 25, CURRENT_USER, false, false, 0),
+       ('default', 'public.hit(text)', '["q5-dead"]', 100, now(), 1, CURRENT_USER, false, true, 1);
+});
+is($node->safe_psql('qdb5', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	'0.3', 'qdb5 is at 0.3');
+$node->safe_psql('qdb5', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb5', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb5: updated from 0.3 to $new_version");
+ok($node->poll_query_until('qdb5', q{SELECT count(*) = 1 FROM hits WHERE label = 'q5-now'}),
+	'qdb5: its due job runs after the update');
+ok( $node->poll_query_until(
+		'qdb5', q{SELECT count(*) = 1 FROM qlater_history WHERE args->>0 = 'q5-now' AND outcome = 'done'}),
+	'qdb5: its outcome is in the history');
+is($node->safe_psql('qdb5', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
+	'q5-dead:dead', 'qdb5: its dead job is kept');
+is($node->safe_psql('qdb5', q{SELECT state FROM qlater_job_status((SELECT id FROM qlater_job))}),
+	'dead', 'qdb5: qlater_job_status says where the dead job is');
+is( $node->safe_psql(
 		'qdb3', q{SELECT count(*) FROM pg_proc WHERE proname IN ('qlater_complete_many', 'qlater_unlock_many')
 		  AND has_function_privilege('app_worker', oid, 'EXECUTE')}),
 	'2', 'qdb3: the new functions are there, executable by consumers');
@@ -610,7 +648,7 @@ is( $node->safe_psql(
 		  AND has_function_privilege('app_worker', oid, 'EXECUTE')}),
 	'2', 'qdb1 (from 0.1): the new functions too');
 
-# a fresh CREATE EXTENSION reaches 0.3 through the upgrade scripts
+# a fresh CREATE EXTENSION reaches 0.4 through the upgrade scripts
 $node->safe_psql('postgres', 'CREATE DATABASE qdb4');
 is( $node->safe_psql(
 		'qdb4', q{CREATE EXTENSION qlater; SELECT extversion FROM pg_extension WHERE extname = 'qlater'}),
