@@ -509,11 +509,7 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 		PopActiveSnapshot();
 		SPI_finish();
 		if (in_batch)
-		{
 			ReleaseCurrentSubTransaction();
-			/* written with the batch's other outcomes before it commits */
-			ql_history_done(job);
-		}
 		else
 		{
 			ql_history_done(job);
@@ -551,6 +547,13 @@ ql_execute(QlWorker *w, QlJob *job, bool in_batch)
 	{
 		MemoryContextSwitchTo(outer_cxt);
 		CurrentResourceOwner = outer_owner;
+		/*
+		 * Done: its outcome is written with the batch's others before the
+		 * batch commits (outside the job's error handling: an error here is
+		 * the batch's, whose transaction is current)
+		 */
+		if (edata == NULL)
+			ql_history_done(job);
 	}
 
 	/* a cancel interrupted the handler */
