@@ -175,6 +175,41 @@ is(as(undef, q{SELECT count(*) FROM qlater_history h WHERE queue = 'b64' AND out
                  AND NOT EXISTS (SELECT FROM done d WHERE d.label = h.args->>0)}),
 	'0', 'every done outcome has its work');
 
+### a cancel racing a batch: of a job the batch has done (not committed
+### yet), and of the job it runs
+as('alice', q{SELECT qlater_create_queue('bc', batch_size => 64, batch_delay => '10 seconds');
+              SELECT qlater_pause_queue('bc');
+              SELECT qlater_register('ok(text)', queue => 'bc');
+              SELECT qlater_register('nap(text)', queue => 'bc')});
+my $first = as('alice', q{SELECT qlater_enqueue('ok', '["c0"]', priority => 1)});
+as('alice', q{SELECT count(qlater_enqueue('nap', jsonb_build_array('c' || g), priority => 2)) FROM generate_series(1, 20) g});
+as('alice', q{SELECT qlater_resume_queue('bc')});
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) > 0 FROM qlater_workers() w JOIN qlater_jobs j ON j.id = w.job_id WHERE j.queue = 'bc' AND j.handler LIKE '%nap%'}),
+	'the batch runs its slow jobs');
+my $running = as(undef, q{SELECT w.job_id FROM qlater_workers() w JOIN qlater_jobs j ON j.id = w.job_id WHERE j.queue = 'bc' LIMIT 1});
+as('alice', "SELECT qlater_cancel($running)");
+is(as('alice', "SELECT qlater_cancel($first)"), 'f',
+	'a cancel of a job the batch did waits for the batch, and finds it gone');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM qlater_jobs WHERE queue = 'bc'}), 'the batch ends');
+is(as(undef, q{SELECT count(*) FROM (SELECT id FROM qlater_history WHERE queue = 'bc' GROUP BY id HAVING count(*) <> 1) s}),
+	'0', 'every job of the batch has exactly one outcome');
+is(as(undef, qq{SELECT string_agg(outcome, ',') FROM qlater_history WHERE id = $first}), 'done',
+	'the job done: done, not cancelled');
+is(as(undef, qq{SELECT outcome FROM qlater_history WHERE id = $running}), 'cancelled', 'the job cancelled while it ran: cancelled');
+is(as(undef, q{SELECT count(*) FROM qlater_history h WHERE queue = 'bc'
+                 AND (outcome = 'done') <> EXISTS (SELECT FROM done d WHERE d.label = h.args->>0)}),
+	'0', 'done outcomes and the work agree');
+
+### a consume grant revoked
+as('alice', q{SELECT qlater_create_queue('ext', external => true); SELECT qlater_grant_queue('ext', 'bob')});
+my $e1 = as('alice', q{SELECT qlater_enqueue('W', '{"s": 1}', queue => 'ext')});
+as('bob', q{SELECT qlater_complete(id) FROM qlater_lock('ext', 1)});
+is(as('bob', "SELECT outcome FROM qlater_history WHERE id = $e1"), 'done', 'a consumer sees what it completed');
+as('alice', q{SELECT qlater_revoke_queue('ext', 'bob')});
+is(as('bob', "SELECT count(*) FROM qlater_history WHERE id = $e1"), '0', '... not once its grant is revoked');
+is(as('bob', "SELECT count(*) FROM qlater_job_status($e1) WHERE id IS NOT NULL"), '0', '... nor its status');
+
 ### kill -9 of a worker in the middle of a batch
 as('alice', q{SELECT qlater_create_queue('bk', batch_size => 64, batch_delay => '10 seconds');
               SELECT qlater_pause_queue('bk');
@@ -196,6 +231,32 @@ is(as(undef, q{SELECT count(DISTINCT id) FROM qlater_history WHERE queue = 'bk' 
 is(as(undef, q{SELECT count(*) FROM done WHERE label ~ '^k[0-9]+$'}), '40', 'and its work once');
 is(as(undef, q{SELECT count(*) FROM qlater_history WHERE queue = 'bk' AND outcome = 'crashed'}), '1',
 	'one crashed attempt: the job that ran, not those the batch had done before');
+
+### expiry never removes a row before its expires_at: keep_history of
+### every queue a minute (slots of 5 s), then 3 seconds, while jobs run
+as(undef, q{SELECT count(qlater_alter_queue(name, keep_history => '1 minute')) FROM qlater_queues});
+as('alice', q{SELECT count(qlater_enqueue('ok', jsonb_build_array('L' || g))) FROM generate_series(1, 10) g});
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 10 FROM qlater_history WHERE args->>0 ~ '^L[0-9]+$'}),
+	'10 outcomes kept a minute');
+as(undef, q{SELECT count(qlater_alter_queue(name, keep_history => '3 seconds')) FROM qlater_queues});
+for my $round (1 .. 4)
+{
+	as('alice', qq{SELECT count(qlater_enqueue('ok', jsonb_build_array('S$round-' || g))) FROM generate_series(1, 10) g});
+	sleep(4);
+}
+is(as(undef, q{SELECT count(*) FROM qlater_outcome WHERE args->>0 ~ '^L[0-9]+$'}), '10',
+	'after 16 s, slots of 5 s: the rows kept a minute are all there');
+is(as(undef, q{SELECT count(*) FROM qlater_history WHERE args->>0 ~ '^S'}), '0',
+	'the rows kept 3 seconds are hidden once expired');
+is(as(undef, q{SELECT count(*) FROM done WHERE label ~ '^S'}), '40', 'jobs done meanwhile');
+
+### DROP EXTENSION and CREATE EXTENSION with history rows, workers running
+as(undef, 'DROP EXTENSION qlater CASCADE');
+as(undef, 'CREATE EXTENSION qlater');
+as('alice', q{SELECT qlater_register('ok(text)')});
+my $again = as('alice', q{SELECT qlater_enqueue('ok', '["again"]')});
+ok(wait_outcome($again, 'done'), 'a fresh extension records outcomes');
+is(as(undef, 'SELECT count(*) FROM qlater_outcome'), '1', '... only its own');
 
 $node->stop;
 my $log = slurp_file($node->logfile);
