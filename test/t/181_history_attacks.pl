@@ -3,8 +3,13 @@
 # the new owner of a dropped queue's name, or to the owner of a queue
 # turned external after other roles' jobs ran in it; the tables written or
 # emptied by a tenant; qlater_job_status of other roles' jobs; savepoints;
-# a batch of 64 with a failing job, and a kill -9 in the middle of a batch
-# (every job done exactly once, with exactly one 'done').
+# a batch of 64 with a failing job, a cancel racing a batch, a consume
+# grant revoked, a kill -9 in the middle of a batch (every job done exactly
+# once, with exactly one 'done'); expiry with keep_history a minute then 3
+# seconds while jobs run (no row removed before its expires_at); DROP and
+# CREATE EXTENSION with history rows.  The four BUGs (marked) all come from
+# outcomes belonging to a role and a queue by name, with nothing keeping
+# the names from passing to someone else while outcomes remain.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
