@@ -46,7 +46,8 @@ CREATE TABLE @extschema@.qlater_outcome (
     outcome      text NOT NULL CHECK (outcome IN ('done', 'failed', 'dead', 'cancelled',
                                                   'timeout', 'crashed', 'purged')),
     error        jsonb,                -- the keys of last_error
-    expires_at   timestamptz NOT NULL
+    expires_at   timestamptz NOT NULL,
+    external     boolean NOT NULL      -- the job's queue was external
 ) PARTITION BY LIST (slot);
 
 DO $$
@@ -66,7 +67,12 @@ REVOKE ALL ON @extschema@.qlater_outcome FROM PUBLIC;
 /*
  * qlater_history: the outcomes a role may see, as qlater_jobs shows jobs:
  * its own, those of the external queues it owns or consumes, or all for
- * superusers and qlater_admin; none that expired.
+ * superusers and qlater_admin; none that expired.  An outcome is a
+ * queue's consumers' only if the queue was external then, and the queue
+ * is the one it was (created before the outcome): neither turning a queue
+ * external nor a queue dropped and created again under its name shows
+ * other roles' earlier outcomes.  (A role dropped or renamed takes its
+ * outcomes with it: ql_check_role_drop.)
  */
 CREATE VIEW @extschema@.qlater_history WITH (security_barrier) AS
 SELECT o.id, o.queue, o.handler, o.role, o.args, o.enqueued_at, o.run_at,
@@ -76,8 +82,8 @@ SELECT o.id, o.queue, o.handler, o.role, o.args, o.enqueued_at, o.run_at,
  WHERE o.expires_at > pg_catalog.now()
    AND (o.role = CURRENT_USER
         OR pg_catalog.pg_has_role(CURRENT_USER, 'qlater_admin', 'MEMBER')
-        OR EXISTS (SELECT FROM @extschema@.qlater_queue q
-                    WHERE q.name = o.queue AND q.external
+        OR o.external AND EXISTS (SELECT FROM @extschema@.qlater_queue q
+                    WHERE q.name = o.queue AND q.external AND q.created_at <= o.finished_at
                       AND (q.owner = CURRENT_USER
                            OR EXISTS (SELECT FROM @extschema@.qlater_queue_grant g
                                        WHERE g.queue = q.name

@@ -1876,16 +1876,18 @@ ql_lock_role(Oid roleid)
 }
 
 /*
- * ql_check_role_drop: refuse DROP ROLE, or ALTER ROLE ... RENAME TO, of a
- * role that has jobs or schedules in this database.  They belong to their
- * role by name: left behind, they would run as a role created later under
- * the same name.
+ * ql_check_role_drop: refuse DROP ROLE, or ALTER ROLE ... RENAME TO
+ * newname (NULL: a drop), of a role that has jobs or schedules in this
+ * database.  They belong to their role by name: left behind, they would run
+ * as a role created later under the same name.  Its outcomes in the
+ * history are removed with it, or take the new name.
  * Called from the object access hook, in the dropping transaction; other
  * databases are not seen (README, Who may do what).
  */
 void
-ql_check_role_drop(Oid roleid, bool rename)
+ql_check_role_drop(Oid roleid, const char *newname)
 {
+	bool		rename = newname != NULL;
 	const QlCatalog *c;
 	char	   *name = GetUserNameFromId(roleid, true);
 	QlUserSave	save;
@@ -1928,6 +1930,31 @@ ql_check_role_drop(Oid roleid, bool rename)
 						   get_database_name(MyDatabaseId)),
 				 errhint("Remove them first (qlater_cancel, qlater_unschedule, qlater_revoke_queue, or give the queues to another role): "
 						 "they would pass to a role created later under the same name.")));
+
+	/*
+	 * Its outcomes in the history go with it, or take its new name: else a
+	 * role created later under the name would see them
+	 */
+	if (c->current)
+	{
+		Datum		args[2];
+		Oid			argtypes[2] = {NAMEOID, NAMEOID};
+
+		args[0] = values[0];
+		args[1] = rename ? DirectFunctionCall1(namein, CStringGetDatum(newname)) : (Datum) 0;
+		ql_become_owner(c, &save);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args(rename ?
+								  psprintf("UPDATE %s.qlater_outcome SET role = $2 "
+										   "WHERE role OPERATOR(pg_catalog.=) $1", c->schema_quoted) :
+								  psprintf("DELETE FROM %s.qlater_outcome "
+										   "WHERE role OPERATOR(pg_catalog.=) $1", c->schema_quoted),
+								  rename ? 2 : 1, argtypes, args, NULL, false, 0) < 0)
+			elog(ERROR, "could not move the history of role \"%s\"", name);
+		SPI_finish();
+		ql_restore_user(&save);
+	}
 }
 
 /* qlater_workers(): one row per running worker */

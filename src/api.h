@@ -47,7 +47,7 @@ extern void ql_check_priority(int32 priority);
 extern void ql_check_max_attempts(int32 max_attempts);
 extern void ql_check_queue_name(const char *queue);
 extern bool ql_is_admin(void);
-extern void ql_check_role_drop(Oid roleid, bool rename);
+extern void ql_check_role_drop(Oid roleid, const char *newname);
 extern void ql_lock_job_role(void);
 extern void ql_lock_role(Oid roleid);
 extern void ql_key_settle(const QlCatalog *c, int64 id, const char *queue,

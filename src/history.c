@@ -86,13 +86,15 @@ typedef enum QlHistoryStmt
  */
 #define QL_H_RECORD_SQL(where) \
 	"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, " \
-	"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at) " \
+	"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, " \
+	"external) " \
 	"SELECT $2, j.id, j.queue, j.handler, j.role, " \
 	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END, " \
 	"j.enqueued_at, COALESCE($7, j.run_at), $3, $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
 	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
 	"THEN NULL ELSE j.last_error END, " \
-	"$4 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval) " \
+	"$4 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), " \
+	"j.external " \
 	"FROM %1$s.qlater_job j LEFT JOIN %1$s.qlater_queue q " \
 	"ON q.name OPERATOR(pg_catalog.=) j.queue " \
 	"WHERE " where " AND COALESCE(q.keep_history, '1 day'::pg_catalog.interval) " \
@@ -113,9 +115,9 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 	/* $1 the slot, then a column each: the rows of done_rows */
 	[QL_H_DONE] = {
 		"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
-		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, expires_at) "
+		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, expires_at, external) "
 		"SELECT $1, d.id, d.queue, d.handler, d.role, d.args, d.enqueued_at, d.run_at, "
-		"d.started_at, d.finished_at, d.attempt, 'done', d.expires_at "
+		"d.started_at, d.finished_at, d.attempt, 'done', d.expires_at, false "
 		"FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), "
 		"pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
 		"pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "

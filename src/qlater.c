@@ -195,7 +195,7 @@ ql_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 		/* only for whoever may rename roles: it locks the role, and tells */
 		if (OidIsValid(roleid) && has_createrole_privilege(GetUserId()))
-			ql_check_role_drop(roleid, true);	/* locks the role first */
+			ql_check_role_drop(roleid, ((RenameStmt *) parsetree)->newname);	/* locks the role first */
 	}
 	if (ql_shared != NULL)
 	{
@@ -325,7 +325,7 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 
 	if (access == OAT_DROP && classId == AuthIdRelationId)
-		ql_check_role_drop(objectId, false);
+		ql_check_role_drop(objectId, NULL);
 
 	/*
 	 * DROP EXTENSION qlater: its workers here leave once it commits; ALTER

@@ -7,9 +7,14 @@
 # grant revoked, a kill -9 in the middle of a batch (every job done exactly
 # once, with exactly one 'done'); expiry with keep_history a minute then 3
 # seconds while jobs run (no row removed before its expires_at); DROP and
-# CREATE EXTENSION with history rows.  The four BUGs (marked) all come from
-# outcomes belonging to a role and a queue by name, with nothing keeping
-# the names from passing to someone else while outcomes remain.
+# CREATE EXTENSION with history rows.  The four bugs it found (marked
+# FIXED; each failed before) all came from outcomes belonging to a role and
+# a queue by name, with nothing keeping the names from passing to someone
+# else while outcomes remain.  Fixed: DROP ROLE removes the role's outcomes
+# in the database, ALTER ROLE ... RENAME gives them the new name
+# (ql_check_role_drop); an outcome is a queue's consumers' only if the
+# queue was external when it was recorded (qlater_outcome.external) and is
+# the queue it was (created before it).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -75,7 +80,7 @@ ok(wait_outcome($c1, 'done'), "carol's job done");
 my ($out, $err) = try_as(undef, 'DROP ROLE carol');
 is($err, '', 'DROP ROLE of a role with only outcomes left');
 as(undef, 'CREATE ROLE carol LOGIN') if $err eq '';
-# BUG: DROP ROLE of a role whose only trace is its history is allowed (the
+# FIXED (failed before): DROP ROLE of a role whose only trace is its history is allowed (the
 # check counts jobs, schedules, queues and grants, not outcomes), and a
 # role created later under the same name sees the outcomes, args included.
 # Expected: the drop refused (as for jobs), or the new role sees none.
@@ -90,7 +95,7 @@ ok(wait_outcome($d1, 'done'), "dave's job done");
 ($out, $err) = try_as(undef, 'ALTER ROLE dave RENAME TO dave_old');
 is($err, '', 'ALTER ROLE RENAME of a role with only outcomes left');
 as(undef, 'CREATE ROLE dave LOGIN') if $err eq '';
-# BUG: the rename is allowed; the renamed role loses its outcomes and a new
+# FIXED (failed before): the rename is allowed; the renamed role loses its outcomes and a new
 # role under the old name gets them.
 is(as('dave', "SELECT count(*) FROM qlater_history WHERE id = $d1"), '0',
 	'a role created under a renamed role\'s old name does not see its outcomes');
@@ -102,7 +107,7 @@ ok(wait_outcome($a1, 'done'), "alice's job in her queue dq done");
 as('alice', q{SELECT qlater_drop_queue('dq')});
 ($out, $err) = try_as('bob', q{SELECT qlater_create_queue('dq', external => true)});
 note("bob creates dq: $err");
-# BUG: the name of a dropped queue is free while its outcomes remain;
+# FIXED (failed before): the name of a dropped queue is free while its outcomes remain;
 # bob, creating an external queue of that name, owns "its" outcomes and
 # sees alice's, args included.
 is(as('bob', "SELECT count(*) FROM qlater_history WHERE id = $a1"), '0',
@@ -117,7 +122,7 @@ is(as('alice', "SELECT count(*) FROM qlater_history WHERE id = $b1"), '0',
 as('alice', q{SELECT qlater_unregister('ok2(text)')});
 ($out, $err) = try_as('alice', q{SELECT qlater_alter_queue('aq', external => true)});
 note("alice turns aq external: $err");
-# BUG: allowed (no job of bob's waits any more), and alice then sees the
+# FIXED (failed before): allowed (no job of bob's waits any more), and alice then sees the
 # outcome of bob's in-server job, args included, as the owner of an
 # external queue.
 is(as('alice', "SELECT count(*) FROM qlater_history WHERE id = $b1"), '0',
