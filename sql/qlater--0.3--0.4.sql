@@ -117,6 +117,14 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.qlater_alter_queue(text, boolean, int, interval, int, int, name, interval, boolean) IS
     'change a queue''s settings (NULL: unchanged), or hand it to another owner';
 
+CREATE FUNCTION @extschema@.qlater_purge_dead(queue text DEFAULT NULL,
+                                              older_than interval DEFAULT '0')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_purge_dead'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_purge_dead(text, interval) IS
+    'remove the dead jobs of a queue (NULL: of every queue) that died longer than older_than ago: the caller''s own, or all for admins; each is ''purged'' in the history; returns how many';
+
 CREATE FUNCTION @extschema@.qlater_job_status(id bigint,
     OUT id bigint, OUT state text, OUT queue text, OUT handler text, OUT role name,
     OUT attempts int, OUT enqueued_at timestamptz, OUT run_at timestamptz,

@@ -45,6 +45,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "api.h"
 #include "catalog.h"
 #include "history.h"
 #include "job.h"
@@ -54,6 +55,7 @@
 #include "xact.h"
 
 PG_FUNCTION_INFO_V1(qlater_job_status);
+PG_FUNCTION_INFO_V1(qlater_purge_dead);
 
 /* the shortest stretch a slot is written for */
 #define QL_HISTORY_MIN_WIDTH	(5 * USECS_PER_SEC)
@@ -72,6 +74,7 @@ typedef enum QlHistoryStmt
 	QL_H_LATEST,				/* the latest expires_at of a slot */
 	QL_H_JOB,					/* a job as it is now */
 	QL_H_LAST,					/* a job's last outcome */
+	QL_H_PURGE,					/* remove dead jobs, with their outcomes */
 	QL_NUM_H_STMTS
 } QlHistoryStmt;
 
@@ -146,6 +149,30 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 		"FROM %1$s.qlater_history WHERE id OPERATOR(pg_catalog.=) $1 "
 		"ORDER BY finished_at DESC, attempt DESC LIMIT 1",
 		1, {INT8OID}
+	},
+	/*
+	 * The dead jobs of queue $1 (NULL: any) that died before $2, of role $3
+	 * (NULL: any role's), removed with a 'purged' outcome each (in slot $4,
+	 * at $5); returns how many
+	 */
+	[QL_H_PURGE] = {
+		"WITH d AS (DELETE FROM %1$s.qlater_job j WHERE j.dead "
+		"AND ($1 IS NULL OR j.queue OPERATOR(pg_catalog.=) $1) "
+		"AND j.run_at OPERATOR(pg_catalog.<=) ($5 OPERATOR(pg_catalog.-) $2) "
+		"AND ($3 IS NULL OR j.role OPERATOR(pg_catalog.=) $3) RETURNING j.*), "
+		"h AS (INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
+		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, "
+		"external) "
+		"SELECT $4, d.id, d.queue, d.handler, d.role, "
+		"CASE WHEN COALESCE(q.history_args, true) THEN d.args END, "
+		"d.enqueued_at, d.run_at, NULL, $5, d.attempts, 'purged', d.last_error, "
+		"$5 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), "
+		"d.external "
+		"FROM d LEFT JOIN %1$s.qlater_queue q ON q.name OPERATOR(pg_catalog.=) d.queue "
+		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
+		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval) "
+		"SELECT pg_catalog.count(*) FROM d",
+		5, {TEXTOID, INTERVALOID, NAMEOID, INT2OID, TIMESTAMPTZOID}
 	},
 };
 
@@ -585,4 +612,62 @@ qlater_job_status(PG_FUNCTION_ARGS)
 	if (tuple == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(HeapTupleGetDatum(tuple));
+}
+
+/*
+ * qlater_purge_dead(queue text, older_than interval) returns bigint: remove
+ * the dead jobs of queue (NULL: of every queue) that died older_than ago or
+ * more, the caller's own (an admin's: every role's), in one statement,
+ * each with a 'purged' outcome in the history.  Dead jobs hold no claim,
+ * slot or key: nothing else to release, however many.
+ */
+Datum
+qlater_purge_dead(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	Interval   *older_than;
+	TimestampTz now = GetCurrentTimestamp();
+	int64		keep_max;
+	int			slot;
+	QlUserSave	save;
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int64		n;
+	bool		isnull;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("older_than must not be null"),
+				 errhint("'0' purges every dead job.")));
+	older_than = PG_GETARG_INTERVAL_P(1);
+	if (older_than->time < 0 || older_than->day < 0 || older_than->month < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("older_than must not be negative")));
+	keep_max = ql_queues_max_keep(c);
+	slot = ql_history_slot_at(Max(keep_max / 12, QL_HISTORY_MIN_WIDTH), now);
+	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
+	values[1] = IntervalPGetDatum(older_than);
+	/* the caller's own, unless an admin (the owner we act as is not the caller) */
+	if (ql_is_admin())
+		nulls[2] = 'n';
+	else
+		values[2] = DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+	values[3] = Int16GetDatum(slot);
+	values[4] = TimestampTzGetDatum(now);
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (ql_stmt_exec(&h_stmts, c, QL_H_PURGE, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not purge dead jobs");
+	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	ql_restore_user(&save);
+	/* an upper bound of what the slot holds now (the longest keep) */
+	if (n > 0)
+		ql_history_note(slot, now + keep_max);
+	PG_RETURN_INT64(n);
 }

@@ -260,6 +260,30 @@ ok( $node->poll_query_until(
 		'restored', q{SELECT count(*) = 1 FROM qlater_history WHERE args->>0 = 'after restore' AND outcome = 'done'}),
 	'the restored database records new outcomes');
 
+### qlater_purge_dead: 100,000 dead jobs in one call
+as('alice', q{SELECT qlater_create_queue('many', external => true)});
+is( as(
+		'alice', q{SELECT count(*) FROM qlater_enqueue_many('Work',
+		  (SELECT jsonb_agg(jsonb_build_array(g)) FROM generate_series(1, 100000) g), queue => 'many')}),
+	'100000', '100,000 jobs');
+as(undef, q{UPDATE qlater_job SET dead = true, attempts = 25, run_at = now() - interval '2 days'
+            WHERE queue = 'many'});
+as('bob', q{SELECT qlater_create_queue('bobq', external => true)});
+my $bobs = as('bob', q{SELECT qlater_enqueue('Work', '[0]', queue => 'bobq')});
+as(undef, qq{UPDATE qlater_job SET dead = true, run_at = now() - interval '2 days' WHERE id = $bobs});
+is(as('bob', q{SELECT qlater_purge_dead('many')}), '0', 'bob purges none of alice\'s dead jobs');
+is(as('alice', q{SELECT qlater_purge_dead('many', '3 days')}), '0', 'none died 3 days ago');
+is(as('alice', q{SELECT qlater_purge_dead('many', '1 day')}), '100000', 'alice purges her 100,000 in one call');
+is(as('alice', q{SELECT count(*) FROM qlater_jobs WHERE queue = 'many'}), '0', '... they are gone');
+is( as(
+		'alice', q{SELECT outcome || ' ' || count(*) || ' ' || min(attempt) FROM qlater_history
+		  WHERE queue = 'many' GROUP BY outcome}),
+	'purged 100000 25', '... each purged in the history, with its attempts');
+is(as(undef, qq{SELECT dead FROM qlater_job WHERE id = $bobs}), 't', "bob's dead job is still there");
+is(as('bob', q{SELECT qlater_purge_dead()}), '1', 'bob purges his own, of every queue');
+($ret, $out, $err) = $node->psql('postgres', q{SELECT qlater_purge_dead('many', '-1 day')}, extra_params => [ '-U', 'alice' ]);
+like($err, qr/older_than must not be negative/, 'a negative older_than is refused');
+
 $node->stop;
 my $log = slurp_file($node->logfile);
 my @sig = grep { !/signal 9/ } ($log =~ /^.*terminated by signal.*$/mg);
