@@ -91,7 +91,7 @@ for my $call (q{SELECT qlater_enqueue('noop', '[1]')},
 	q{SELECT qlater_enqueue_many('noop', '[[1]]')})
 {
 	my ($ret, $out, $err) = $node->psql('old', $call);
-	like($err, qr/extension "qlater" must be updated to version 0\.3/,
+	like($err, qr/extension "qlater" must be updated to version \d+\.\d+/,
 		"at 0.1: $call");
 }
 $node->safe_psql('old', q{ALTER EXTENSION qlater UPDATE; SELECT qlater_register('noop(int)')});
