@@ -204,10 +204,28 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"WHERE j.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 		3, {INT8OID, NAMEOID, BOOLOID}
 	},
+	/*
+	 * With its outcome in the history, in the same statement (slot $4, at
+	 * $5; none if the queue keeps none): column 7 is the outcome's
+	 * expires_at, NULL if none was written
+	 */
 	[QL_STMT_COMPLETE] = {
-		"DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
-		"RETURNING " QL_FINISH_ROW,
-		3, {INT8OID, NAMEOID, BOOLOID}
+		"WITH d AS (DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
+		"RETURNING j.*), "
+		"h AS (INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
+		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, "
+		"external) "
+		"SELECT $4, d.id, d.queue, d.handler, d.role, "
+		"CASE WHEN COALESCE(q.history_args, true) THEN d.args END, "
+		"d.enqueued_at, d.run_at, NULL, $5, d.attempts OPERATOR(pg_catalog.+) 1, 'done', NULL, "
+		"$5 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), "
+		"d.external "
+		"FROM d LEFT JOIN %1$s.qlater_queue q ON q.name OPERATOR(pg_catalog.=) d.queue "
+		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
+		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval RETURNING expires_at) "
+		"SELECT d.claim_token, d.attempts, d.max_attempts, d.queue, d.run_at, d.lease_until, "
+		"(SELECT pg_catalog.max(h.expires_at) FROM h) FROM d",
+		5, {INT8OID, NAMEOID, BOOLOID, INT2OID, TIMESTAMPTZOID}
 	},
 	[QL_STMT_FAIL] = {
 		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
@@ -288,6 +306,8 @@ typedef struct QlFinish
 	int32		attempts;
 	int32		max_attempts;
 	TimestampTz run_at;
+	int			slot;			/* QL_STMT_COMPLETE: of the outcome written */
+	TimestampTz expires_at;		/* its expires_at, 0 if none was written */
 } QlFinish;
 
 /*
@@ -1004,8 +1024,9 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 {
 	char	   *me = ql_current_user_name();
 	bool		admin = ql_is_admin();
-	Datum		values[3];
+	Datum		values[5];
 	bool		isnull;
+	TimestampTz now = GetCurrentTimestamp();
 
 	f->id = id;
 	f->token = token;
@@ -1015,6 +1036,10 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	values[0] = Int64GetDatum(id);
 	values[1] = ql_name_datum(me);
 	values[2] = BoolGetDatum(admin);
+	/* QL_STMT_COMPLETE records the outcome: its slot, and when */
+	f->slot = s == QL_STMT_COMPLETE ? ql_history_slot_now(c, now) : 0;
+	values[3] = Int16GetDatum(f->slot);
+	values[4] = TimestampTzGetDatum(now);
 	if (ql_exec(c, s, values, false, 1) != expected)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
@@ -1023,6 +1048,14 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 					SPI_tuptable->tupdesc, &f->attempts, &f->max_attempts);
 	f->run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 												  SPI_tuptable->tupdesc, 5, &isnull));
+	f->expires_at = 0;
+	if (s == QL_STMT_COMPLETE)
+	{
+		Datum		e = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
+
+		if (!isnull)
+			f->expires_at = DatumGetTimestampTz(e);
+	}
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
@@ -1076,11 +1109,12 @@ qlater_complete(PG_FUNCTION_ARGS)
 	QlFinish	f;
 
 	/*
-	 * The outcome is recorded from the row, then the row is checked as it
-	 * is deleted: an error undoes both
+	 * The row is checked as it is deleted, its outcome written by the same
+	 * statement: an error undoes both
 	 */
-	ql_history_record(c, id, "done", 0, 1, 0);
-	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_DELETE_RETURNING);
+	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_SELECT);
+	if (f.expires_at != 0)
+		ql_history_note(f.slot, f.expires_at);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }

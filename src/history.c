@@ -203,8 +203,15 @@ ql_history_slot_at(int64 width, TimestampTz t)
 	return (int) (((uint64) Max(t, 0) / (uint64) width) % QL_HISTORY_SLOTS);
 }
 
+/* ql_history_slot_now: the slot written at now */
+int
+ql_history_slot_now(const QlCatalog *c, TimestampTz now)
+{
+	return ql_history_slot_at(ql_history_width(c), now);
+}
+
 /* ql_history_note: slot holds rows until until at least (shared memory) */
-static void
+void
 ql_history_note(int slot, TimestampTz until)
 {
 	QlDatabase *db = ql_shared != NULL ? ql_my_database() : NULL;

@@ -25,5 +25,7 @@ extern void ql_history_record_many(const QlCatalog *c, Datum ids, const char *ou
 extern void ql_history_done(const struct QlJob *job);
 extern void ql_history_flush(void);
 extern void ql_history_expire_due(void);
+extern int	ql_history_slot_now(const QlCatalog *c, TimestampTz now);
+extern void ql_history_note(int slot, TimestampTz until);
 
 #endif							/* QLATER_HISTORY_H */
