@@ -1,4 +1,4 @@
-# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4).  A cluster runs the 0.1
+# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4 -> 0.5).  A cluster runs the 0.1
 # library with two databases at extension version 0.1 holding every kind
 # of state (pending, future, running and dead jobs of several roles, a
 # schedule, an external queue with consumers and jobs of another role,
@@ -10,7 +10,8 @@
 # queues, owners and grants the upgrade script gives them; the consumers
 # finish several jobs at once (0.3's qlater_complete_many).  A database
 # made at 0.2 under the new library, holding jobs, is updated too, and one
-# made at 0.3: the outcomes of their jobs reach 0.4's history.
+# made at 0.3: the outcomes of their jobs reach 0.4's history; one made at
+# 0.4, holding jobs and history, keeps both through its update to 0.5.
 #
 # Both versions are installed into a private copy of the PostgreSQL
 # installation that pg_config (on PATH) names, made in this test's own
@@ -26,9 +27,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $old_version = '0.1';
-my $new_version = '0.4';
+my $new_version = '0.5';
 # the versions between, each with its upgrade script from the one before
-my @versions = ('0.1', '0.2', '0.3', '0.4');
+my @versions = ('0.1', '0.2', '0.3', '0.4', '0.5');
 
 ### where the source of 0.1 comes from
 # test/upgrade/qlater-0.1.tar.gz: what release 0.1 builds from (git archive
@@ -609,7 +610,7 @@ is( $node->safe_psql(
 is($node->safe_psql('qdb3', q{SELECT keep_history || ' ' || history_args FROM qlater_queues WHERE name = 'ext'}),
 	'1 day true', 'qdb3: its queues keep a day of history, with args, by default');
 
-### qdb5: made at 0.3, holding a job due now and a dead one, updated to 0.4:
+### qdb5: made at 0.3, holding a job due now and a dead one, updated:
 ### the due job runs and its outcome is in the history
 $node->safe_psql('postgres', 'CREATE DATABASE qdb5');
 $node->safe_psql(
@@ -648,7 +649,39 @@ is( $node->safe_psql(
 		  AND has_function_privilege('app_worker', oid, 'EXECUTE')}),
 	'2', 'qdb1 (from 0.1): the new functions too');
 
-# a fresh CREATE EXTENSION reaches 0.4 through the upgrade scripts
+### qdb6: made at 0.4, holding a pending job, a dead one and an outcome in
+### the history, updated: the history is kept, the pending job runs
+$node->safe_psql('postgres', 'CREATE DATABASE qdb6');
+$node->safe_psql(
+	'qdb6', q{
+CREATE EXTENSION qlater VERSION '0.4';
+CREATE TABLE hits (label text, cu text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION hit(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+INSERT INTO qlater_handler (handler, queue, priority, max_attempts, registered_by)
+VALUES ('public.hit(text)', 'default', 100, 25, CURRENT_USER);
+INSERT INTO qlater_queue (name, external, owner) VALUES ('default', false, CURRENT_USER);
+INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role, external, dead, attempts)
+VALUES ('default', 'public.hit(text)', '["q6-now"]', 100, now(), 25, CURRENT_USER, false, false, 0),
+       ('default', 'public.hit(text)', '["q6-dead"]', 100, now(), 1, CURRENT_USER, false, true, 1);
+INSERT INTO qlater_outcome (slot, id, queue, handler, role, args, enqueued_at, run_at, started_at,
+                            finished_at, attempt, outcome, expires_at, external)
+VALUES (0, 424242, 'default', 'public.hit(text)', CURRENT_USER, '["q6-before"]', now(), now(), now(),
+        now(), 1, 'done', now() + interval '1 day', false);
+});
+is($node->safe_psql('qdb6', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	'0.4', 'qdb6 is at 0.4');
+$node->safe_psql('qdb6', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb6', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb6: updated from 0.4 to $new_version");
+is($node->safe_psql('qdb6', q{SELECT outcome FROM qlater_history WHERE id = 424242}),
+	'done', 'qdb6: the outcome recorded at 0.4 is kept');
+ok($node->poll_query_until('qdb6', q{SELECT count(*) = 1 FROM hits WHERE label = 'q6-now'}),
+	'qdb6: its due job runs after the update');
+is($node->safe_psql('qdb6', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
+	'q6-dead:dead', 'qdb6: its dead job is kept');
+
+# a fresh CREATE EXTENSION reaches the new version through the upgrade scripts
 $node->safe_psql('postgres', 'CREATE DATABASE qdb4');
 is( $node->safe_psql(
 		'qdb4', q{CREATE EXTENSION qlater; SELECT extversion FROM pg_extension WHERE extname = 'qlater'}),
