@@ -112,7 +112,9 @@ for my $db (qw(tmpl d5))
 	$pnode->safe_psql($db, $setup);
 }
 # due in 30 s: the worker of tmpl leaves long before (the launcher looks at
-# pg_database every 10 s), so that the job is copied, not run in tmpl
+# pg_database every 10 s), so that the job is copied, not run in tmpl; and
+# the copy, made once it left, is found before the job is due, so that its
+# worker waits for the job's time, not for the poll
 $pnode->safe_psql('tmpl', "SELECT qlater_enqueue('work', '[7]', run_at => now() + interval '30 seconds')");
 $pnode->safe_psql('postgres', 'ALTER DATABASE tmpl WITH ALLOW_CONNECTIONS false');
 
@@ -170,6 +172,16 @@ for my $db (@dbs[0 .. 3])
 	  or diag "$db: naps left";
 }
 
+### (the third server, with a poll interval of 10 minutes)
+ok( $pnode->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'tmpl'"
+	),
+	'no worker stays in a database that no longer allows connections');
+$pnode->safe_psql('postgres', 'CREATE DATABASE copy TEMPLATE tmpl');
+# (found by the launcher's next look at pg_database, before its job is due)
+my $copied_at = $pnode->safe_psql('postgres', 'SELECT clock_timestamp()');
+
 ### a schedule in a database that has no worker
 # 7 databases keep the workers busy with short naps for about 20 s; d8 has
 # only its schedule, so its worker leaves between ticks
@@ -198,15 +210,6 @@ cmp_ok($nticks, '>=', 4, "its schedule fired meanwhile ($nticks ticks in 14 s, e
 is($distinct, $nticks, 'each tick once');
 cmp_ok($late, '<', 6, "each tick ran soon after its time (at most $late s late)");
 $node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @dbs[0 .. 6];
-
-### (the third server, with a poll interval of 10 minutes)
-ok( $pnode->poll_query_until(
-		'postgres',
-		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'tmpl'"
-	),
-	'no worker stays in a database that no longer allows connections');
-$pnode->safe_psql('postgres', 'CREATE DATABASE copy TEMPLATE tmpl');
-my $copied_at = $pnode->safe_psql('postgres', 'SELECT clock_timestamp()');
 
 ### a crash-restart in the middle of a drain
 $node->safe_psql($_, 'TRUNCATE done') for @dbs;
@@ -285,14 +288,25 @@ cmp_ok(time - $t_drop, '<', 30, 'without waiting for the poll or the next look a
 $pnode->stop;
 
 ### the launcher ended by a DBA while a job runs: the job, rolled back with
-# its worker, runs again without waiting for a revisit
+# its worker, runs again without waiting for a revisit.  The job sleeps
+# until the test releases it, which it does once its first worker is gone.
 $node->safe_psql('d2', 'TRUNCATE done');
-$node->safe_psql('d2', q{CREATE FUNCTION napwork(secs float8, i int) RETURNS void LANGUAGE sql
-AS $$ SELECT pg_sleep(secs); INSERT INTO done (i) VALUES (i) $$;
-SELECT qlater_register('napwork(float8,int)');
-SELECT qlater_enqueue('napwork', '[4, 44]')});
+$node->safe_psql('d2', q{CREATE TABLE released (at timestamptz);
+CREATE FUNCTION holdwork(i int) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	WHILE NOT EXISTS (SELECT FROM released) AND clock_timestamp() < t0 + interval '10 minutes'
+	LOOP
+		PERFORM pg_sleep(0.2);
+	END LOOP;
+	INSERT INTO done (i) VALUES (i);
+END $$;
+SELECT qlater_register('holdwork(int)');
+SELECT qlater_enqueue('holdwork', '[44]')});
 ok($node->poll_query_until('d2', "SELECT count(*) = 1 FROM qlater_jobs WHERE state = 'running'"),
-	'd2 runs a 4 s job');
+	'd2 runs a job');
+my $jpid = $node->safe_psql('d2', "SELECT locked_by FROM qlater_jobs WHERE state = 'running'");
 my $lpid = $node->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qlater launcher'");
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($lpid)");
@@ -300,7 +314,10 @@ ok( $node->poll_query_until(
 		'postgres',
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'qlater launcher' AND pid <> $lpid"),
 	'a new launcher starts');
+ok($node->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $jpid"),
+	'the worker that ran the job is gone');
 my $t_l = time;
+$node->safe_psql('d2', 'INSERT INTO released VALUES (now())');
 ok($node->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 44'),
 	'the job its worker ran runs again');
 cmp_ok(time - $t_l, '<', 60, 'without waiting for a revisit of the database');
