@@ -84,7 +84,9 @@ typedef enum QlHistoryStmt
  * attempt is the row's attempts plus $5), or after the update that records
  * a failure (failed, dead, timeout, crashed: the row's last_error and
  * attempts are this attempt's already, $5 is 0, and $7 is when the attempt
- * was due, the row's run_at before the update; NULL: the row's).  Nothing
+ * was due, the row's run_at before the update; NULL: the row's).  $3 is
+ * when the attempt began; NULL: when the row's lease was taken, if it has
+ * one (running.c), else not known.  Nothing
  * is written for a queue that keeps no history.  Returns expires_at.
  */
 #define QL_H_RECORD_SQL(where) \
@@ -93,7 +95,7 @@ typedef enum QlHistoryStmt
 	"external) " \
 	"SELECT $2, j.id, j.queue, j.handler, j.role, " \
 	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END, " \
-	"j.enqueued_at, COALESCE($7, j.run_at), $3, $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
+	"j.enqueued_at, COALESCE($7, j.run_at), COALESCE($3, j.claimed_at), $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
 	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
 	"THEN NULL ELSE j.last_error END, " \
 	"$4 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), " \

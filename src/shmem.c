@@ -15,6 +15,7 @@
 
 #include "limits.h"
 #include "qlater.h"
+#include "running.h"
 #include "shmem.h"
 
 QlShared   *ql_shared = NULL;
@@ -43,6 +44,7 @@ ql_shmem_request(void)
 	RequestAddinShmemSpace(ql_shmem_size());
 	RequestNamedLWLockTranche("qlater", 1);
 	ql_limits_shmem_request();
+	RequestAddinShmemSpace(ql_running_shmem_size());
 }
 
 /*
@@ -90,6 +92,7 @@ ql_shmem_startup(void)
 			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].wake_at, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].busy_since, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].job_started, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].overrun_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].overrun_at, 0);
 			pg_atomic_init_u32(&ql_shared->slots[i].overrun_kind, 0);
@@ -98,6 +101,8 @@ ql_shmem_startup(void)
 	}
 	/* the running jobs of queues with a limit (limits.c) */
 	ql_limits_shmem_startup();
+	/* the claims of consumers, with their times (running.c) */
+	ql_running_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 
