@@ -298,6 +298,89 @@ is(su("SELECT count(*) FROM qlater_workers() WHERE datname IS NULL OR state NOT 
 su("INSERT INTO flag VALUES ('o1')", 'other');
 ok(poll("SELECT count(*) = 0 FROM qlater_running WHERE id = $o1", 'other'), 'done there');
 
+### attacks
+# a claim in another database of a job whose id is a pending job's here
+my $ox = su(q{SELECT qlater_create_queue('ext', external => true);
+              SELECT string_agg(qlater_enqueue('app.job', '[]', queue => 'ext')::text, ',')
+                FROM generate_series(1, 3)}, 'other');
+my @oxs = split /,/, $ox;
+my @here = split /,/, enqueue_ext(3);
+my $od = $node->background_psql('other', on_error_stop => 0);
+is($od->query_safe("SELECT count(*) FROM qlater_lock('ext', 3)"), '3', 'three claims in the other database');
+my $overlap = su("SELECT count(*) FROM qlater_job WHERE id IN ($ox)");
+is(su("SELECT count(*) FROM qlater_running WHERE queue = 'ext'"), '0',
+	"the other database's claims never show here ($overlap ids in common)");
+is(su("SELECT count(*) FROM qlater_running", 'other'), '3', 'they show there');
+$od->query_safe("SELECT count(qlater_complete(id)) FROM qlater_jobs WHERE locked_by = pg_backend_pid()");
+$od->quit;
+su("SELECT count(qlater_cancel(id)) FROM qlater_job WHERE queue = 'ext'");
+
+# a claim taken in a transaction rolled back is still held (a session lock)
+my $r1 = enqueue_ext(1);
+my $c5 = bg('app');
+my $c5pid = $c5->query_safe('SELECT pg_backend_pid()');
+$c5->query_safe("BEGIN; SELECT id FROM qlater_lock('ext', 1); ROLLBACK;");
+is(running_row($r1), "consumer:$c5pid", 'a claim whose transaction rolled back: held, shown');
+# a lease taken in a transaction rolled back is none
+my $r2 = enqueue_ext(1);
+$c5->query_safe("BEGIN; SELECT id FROM qlater_lock('ext', 1, lease => '1 min'); ROLLBACK;");
+is(running_row($r2), 'none', 'a lease rolled back: not shown');
+# completed several at once: each history row begins at its claim
+my $r1claimed = su("SELECT started_at FROM qlater_running WHERE id = $r1");
+is($c5->query_safe("SELECT id FROM qlater_lock('ext', 1)"), $r2, 'claimed, a second later');
+my $r2claimed = su("SELECT started_at FROM qlater_running WHERE id = $r2");
+$c5->query_safe("SELECT qlater_complete_many(ARRAY[$r1, $r2])");
+is(su("SELECT string_agg((started_at = CASE id WHEN $r1 THEN '$r1claimed'::timestamptz ELSE '$r2claimed' END)::text, ' ' ORDER BY id)
+         FROM qlater_history WHERE id IN ($r1, $r2)"),
+	't t', 'qlater_complete_many: each history row begins at its claim');
+
+# a lease extended by another session outlives its claimer's record
+my $x1 = enqueue_ext(1);
+my $c6 = bg('app');
+my $c6pid = $c6->query_safe('SELECT pg_backend_pid()');
+my $x1token = $c6->query_safe("SELECT claim_token FROM qlater_lock('ext', 1, lease => '2 s')");
+as('app', "SELECT qlater_extend($x1, '$x1token', '1 min')");
+$c6->quit;
+ok(poll("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $c6pid"), 'the claimer is gone');
+sleep 3;
+is(running_row($x1), 'consumer:null', 'the lease extended elsewhere still shows past its first end');
+# its claimer extends it itself, then ends
+my $x2 = enqueue_ext(1);
+my $c7 = bg('app');
+my $c7pid = $c7->query_safe('SELECT pg_backend_pid()');
+my $x2token = $c7->query_safe("SELECT claim_token FROM qlater_lock('ext', 1, lease => '2 s')");
+$c7->query_safe("SELECT qlater_extend($x2, '$x2token', '1 min')");
+$c7->quit;
+ok(poll("SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $c7pid"), 'the claimer is gone');
+sleep 2;
+is(running_row($x2), 'consumer:null', 'the lease its claimer extended still shows');
+su("SELECT qlater_cancel($x1), qlater_cancel($x2)");
+
+# a lease that lapsed and is leased again: one holder, the new lease
+my $x3 = enqueue_ext(1);
+my $c8 = bg('app');
+$c8->query_safe("SELECT id FROM qlater_lock('ext', 1, lease => '1 s')");
+ok(poll("SELECT count(*) = 0 FROM qlater_running WHERE id = $x3"), 'lapsed');
+is(as('app', "SELECT count(*) FROM qlater_lock('ext', 1, lease => '1 min')"), '0', 'the lapse is counted');
+su("UPDATE qlater_job SET run_at = now() WHERE id = $x3");
+my $x3token = as('app', "SELECT claim_token FROM qlater_lock('ext', 1, lease => '1 min') WHERE id = $x3");
+isnt($x3token, '', 'leased again by another session');
+is(su("SELECT count(*) || ' ' || max(lease_until)::text FROM qlater_running WHERE id = $x3"),
+	su("SELECT '1 ' || lease_until::text FROM qlater_job WHERE id = $x3"), 'one row: the new lease');
+$c8->quit;
+su("SELECT qlater_cancel($x3)");
+
+# a worker terminated while it runs a job: not shown under its pid again
+my $wk = as('alice', q{SELECT qlater_enqueue('hold_a(text)', '["wk"]')});
+ok(poll("SELECT count(*) = 1 FROM qlater_running WHERE id = $wk"), 'a worker runs it');
+my $wkpid = su("SELECT pid FROM qlater_running WHERE id = $wk");
+su("SELECT pg_terminate_backend($wkpid)");
+ok(poll("SELECT count(*) = 0 FROM qlater_running WHERE pid = $wkpid"), 'its worker terminated: not shown with it');
+is(su("SELECT count(*) <= 1 FROM qlater_running WHERE id = $wk"), 't', 'never twice');
+su("INSERT INTO flag VALUES ('wk')");
+ok(poll("SELECT count(*) = 0 FROM qlater_running WHERE id = $wk"), 'done at last');
+
 $c3->quit;
+$c5->quit;
 $node->stop;
 done_testing();
