@@ -1519,7 +1519,8 @@ qlater_complete_many(PG_FUNCTION_ARGS)
 	 * The outcomes are recorded from the rows, then the rows are checked as
 	 * they are deleted: an error undoes both
 	 */
-	ql_history_record_many(c, PG_GETARG_DATUM(0), "done", 0, 1);
+	ql_history_record_many(c, PG_GETARG_DATUM(0), "done", 0,
+						   m.tokens == NULL ? ql_claims_times(m.ids, m.n) : (Datum) 0, 1);
 	ql_many_begin(&m, c, QL_STMT_COMPLETE_MANY, SPI_OK_DELETE_RETURNING, &save);
 	SPI_finish();
 	ql_restore_user(&save);

@@ -89,13 +89,13 @@ typedef enum QlHistoryStmt
  * one (running.c), else not known.  Nothing
  * is written for a queue that keeps no history.  Returns expires_at.
  */
-#define QL_H_RECORD_SQL(where) \
+#define QL_H_RECORD_SQL(where, started) \
 	"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, " \
 	"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, " \
 	"external) " \
 	"SELECT $2, j.id, j.queue, j.handler, j.role, " \
 	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END, " \
-	"j.enqueued_at, COALESCE($7, j.run_at), COALESCE($3, j.claimed_at), $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
+	"j.enqueued_at, COALESCE($7, j.run_at), " started ", $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
 	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
 	"THEN NULL ELSE j.last_error END, " \
 	"$4 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), " \
@@ -108,14 +108,18 @@ typedef enum QlHistoryStmt
 
 static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 	[QL_H_RECORD] = {
-		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) $1"),
+		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) $1", "COALESCE($3, j.claimed_at)"),
 		7, {INT8OID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
 		TIMESTAMPTZOID}
 	},
 	[QL_H_RECORD_MANY] = {
-		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) ANY ($1)"),
-		7, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
-		TIMESTAMPTZOID}
+		/* $8: the start of each job's attempt, in the order of $1 (or NULL) */
+		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) ANY ($1)",
+						"COALESCE($3, (SELECT u.s FROM ROWS FROM (pg_catalog.unnest($1), "
+						"pg_catalog.unnest($8)) AS u(i, s) WHERE u.i OPERATOR(pg_catalog.=) j.id "
+						"LIMIT 1), j.claimed_at)"),
+		8, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID, TIMESTAMPTZARRAYOID}
 	},
 	/* $1 the slot, then a column each: the rows of done_rows */
 	[QL_H_DONE] = {
@@ -236,13 +240,13 @@ ql_history_note(int slot, TimestampTz until)
 static void
 ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 					   const char *outcome, TimestampTz started_at,
-					   int32 attempt_added, TimestampTz due_at)
+					   Datum started_ats, int32 attempt_added, TimestampTz due_at)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int			slot = ql_history_slot_at(ql_history_width(c), now);
 	QlUserSave	save;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	TimestampTz until = 0;
 	uint64		i;
 
@@ -257,6 +261,9 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 	values[6] = TimestampTzGetDatum(due_at);
 	if (due_at == 0)
 		nulls[6] = 'n';
+	values[7] = started_ats;
+	if (started_ats == (Datum) 0)
+		nulls[7] = 'n';
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -291,16 +298,21 @@ ql_history_record(const QlCatalog *c, int64 id, const char *outcome,
 				  TimestampTz started_at, int32 attempt_added, TimestampTz due_at)
 {
 	ql_history_record_stmt(c, QL_H_RECORD, Int64GetDatum(id), outcome,
-						   started_at, attempt_added, due_at);
+						   started_at, (Datum) 0, attempt_added, due_at);
 }
 
-/* ql_history_record_many: the same for the jobs of an int8[] */
+/*
+ * ql_history_record_many: the same for the jobs of an int8[]; started_ats,
+ * a timestamptz[] of the start of each one's attempt in the order of ids
+ * (elements NULL, or started_ats (Datum) 0: as ql_history_record's 0)
+ */
 void
 ql_history_record_many(const QlCatalog *c, Datum ids, const char *outcome,
-					   TimestampTz started_at, int32 attempt_added)
+					   TimestampTz started_at, Datum started_ats,
+					   int32 attempt_added)
 {
 	ql_history_record_stmt(c, QL_H_RECORD_MANY, ids, outcome, started_at,
-						   attempt_added, 0);
+						   started_ats, attempt_added, 0);
 }
 
 /*

@@ -557,6 +557,31 @@ ql_claims_time(int64 id)
 }
 
 /*
+ * ql_claims_times: a timestamptz[] of ql_claims_time of each of the n jobs
+ * ids (NULL where 0)
+ */
+Datum
+ql_claims_times(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		TimestampTz t = ql_claims_time(ids[i]);
+
+		elems[i] = TimestampTzGetDatum(t);
+		nulls[i] = (t == 0);
+	}
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, TIMESTAMPTZOID,
+											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+}
+
+/*
  * ql_claims_lease_extended: the lease of job id with token now lasts until
  * `until`.  The record of the session that took it follows, if it is this
  * one; else that session's record may be taken for a lapse before the

@@ -22,6 +22,7 @@ extern void ql_claims_record(int64 id, const pg_uuid_t *token,
 							 TimestampTz claimed_at, TimestampTz lease_until);
 extern void ql_claims_forget(int64 id);
 extern TimestampTz ql_claims_time(int64 id);
+extern Datum ql_claims_times(const int64 *ids, int n);
 extern void ql_claims_lease_extended(int64 id, const pg_uuid_t *token,
 									 TimestampTz until);
 extern void ql_claims_lease_finished(int64 id);

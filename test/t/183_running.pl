@@ -332,7 +332,7 @@ my $r2claimed = su("SELECT started_at FROM qlater_running WHERE id = $r2");
 $c5->query_safe("SELECT qlater_complete_many(ARRAY[$r1, $r2])");
 is(su("SELECT string_agg((started_at = CASE id WHEN $r1 THEN '$r1claimed'::timestamptz ELSE '$r2claimed' END)::text, ' ' ORDER BY id)
          FROM qlater_history WHERE id IN ($r1, $r2)"),
-	't t', 'qlater_complete_many: each history row begins at its claim');
+	'true true', 'qlater_complete_many: each history row begins at its claim');
 
 # a lease extended by another session outlives its claimer's record
 my $x1 = enqueue_ext(1);
