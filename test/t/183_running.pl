@@ -380,6 +380,34 @@ is(su("SELECT count(*) <= 1 FROM qlater_running WHERE id = $wk"), 't', 'never tw
 su("INSERT INTO flag VALUES ('wk')");
 ok(poll("SELECT count(*) = 0 FROM qlater_running WHERE id = $wk"), 'done at last');
 
+# cheap: the view never reads the whole backlog of an external queue,
+# even for leases whose sessions have ended
+su("SELECT count(qlater_cancel(id)) FROM qlater_job WHERE queue = 'ext'");
+enqueue_ext(3000);
+my @gone;
+for my $i (1 .. 3)
+{
+	my $s = bg('app');
+	push @gone, $s->query_safe("SELECT id FROM qlater_lock('ext', 1, lease => '1 min')");
+	$s->quit;
+}
+my $sessions_gone = join(',', @gone);
+# what the view reads of the job table, as the statistics count it
+sub rows_read
+{
+	return su(q{SELECT pg_stat_force_next_flush();
+	            SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)
+	              FROM pg_stat_user_tables WHERE relname = 'qlater_job'});
+}
+ok(poll("SELECT count(*) = 0 FROM pg_stat_activity WHERE usename = 'app' AND pid <> $c3pid AND pid <> $c5pid"),
+	'the leases\' sessions are gone');
+my $r0 = rows_read();
+is(su("SELECT string_agg(id::text, ',' ORDER BY id) FROM qlater_running WHERE queue = 'ext'"),
+	$sessions_gone, 'the leases of sessions gone show');
+my $r1 = rows_read();
+cmp_ok($r1 - $r0, '<', 100, "the view read a few rows of the job table, not the backlog (" . ($r1 - $r0) . ")");
+su("SELECT count(qlater_cancel(id)) FROM qlater_job WHERE queue = 'ext'");
+
 $c3->quit;
 $c5->quit;
 $node->stop;
