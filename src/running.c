@@ -32,9 +32,11 @@
  * array: its claims without an entry show, with started_at NULL, until an
  * entry frees up for them.  A lease that finds no entry, or whose record
  * is lost (its session ended while the lease lasts, or another session
- * extended it), is not lost to the view: until that lease would run out,
- * qlater_running reads the live leases from the job table itself
- * (leases_unlisted_until).
+ * extended it), is kept in a table of orphan leases of the cluster,
+ * QL_MAX_ORPHAN_LEASES entries, until it would run out; if that table is
+ * full too, it is still not lost to the view: until that lease would run
+ * out, qlater_running reads the live leases from the job table itself
+ * (leases_unlisted_until), the whole backlog of the external queues.
  *
  *-------------------------------------------------------------------------
  */
@@ -84,12 +86,30 @@ typedef struct QlSessionClaims
 	QlClaimRecord recs[QL_CLAIM_RECORDS];
 } QlSessionClaims;
 
+/*
+ * Leases whose records are gone: their sessions ended, or another session
+ * extended them, or their sessions' records were full.  At most this many
+ * in the cluster; an entry whose lease has run out is taken again.
+ */
+#define QL_MAX_ORPHAN_LEASES	1024
+
+typedef struct QlOrphanLease
+{
+	Oid			dboid;			/* InvalidOid: entry free */
+	int64		job_id;
+	TimestampTz lease_until;
+	pg_uuid_t	token;
+} QlOrphanLease;
+
 typedef struct QlRunningShared
 {
+	LWLock	   *orphan_lock;	/* protects orphans[] */
+	QlOrphanLease orphans[QL_MAX_ORPHAN_LEASES];
+
 	/*
-	 * TimestampTz: until then a live lease may have no record (its session
-	 * ended, its records were full, another session extended it): the view
-	 * reads the job table's live leases
+	 * TimestampTz: until then a live lease may have no record, not even an
+	 * orphan's (orphans[] was full): the view reads the job table's live
+	 * leases
 	 */
 	pg_atomic_uint64 leases_unlisted_until;
 	QlSessionClaims sessions[FLEXIBLE_ARRAY_MEMBER];
@@ -194,6 +214,7 @@ ql_running_shmem_startup(void)
 	if (!found)
 	{
 		memset(running, 0, ql_running_shmem_size());
+		running->orphan_lock = &(GetNamedLWLockTranche("qlater claims"))->lock;
 		pg_atomic_init_u64(&running->leases_unlisted_until, 0);
 		for (i = 0; i < MaxBackends; i++)
 			SpinLockInit(&running->sessions[i].mutex);
@@ -214,33 +235,75 @@ ql_leases_unlisted(TimestampTz until)
 	}
 }
 
+/*
+ * ql_lease_orphan: the lease (id, token) of this database, until `until`,
+ * has no record of its session any more: keep it in orphans[], or else
+ * let the view read the table's leases until it ends
+ */
+static void
+ql_lease_orphan(int64 id, const pg_uuid_t *token, TimestampTz until)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			free = -1;
+	int			i;
+
+	LWLockAcquire(running->orphan_lock, LW_EXCLUSIVE);
+	for (i = 0; i < QL_MAX_ORPHAN_LEASES; i++)
+	{
+		QlOrphanLease *o = &running->orphans[i];
+
+		if (o->dboid == MyDatabaseId && o->job_id == id)
+		{
+			free = i;
+			break;
+		}
+		if (free < 0 && (!OidIsValid(o->dboid) || o->lease_until < now))
+			free = i;
+	}
+	if (free >= 0)
+	{
+		QlOrphanLease *o = &running->orphans[free];
+
+		/* the same lease, seen by its claimer and an extender: the later end */
+		if (o->dboid == MyDatabaseId && o->job_id == id &&
+			memcmp(&o->token, token, sizeof(pg_uuid_t)) == 0)
+			until = Max(until, o->lease_until);
+		o->dboid = MyDatabaseId;
+		o->job_id = id;
+		o->lease_until = until;
+		memcpy(&o->token, token, sizeof(pg_uuid_t));
+	}
+	LWLockRelease(running->orphan_lock);
+	if (free < 0)
+		ql_leases_unlisted(until);
+}
+
 /* ql_claims_exit: forget this session's records (before_shmem_exit) */
 static void
 ql_claims_exit(int code, Datum arg)
 {
 	QlSessionClaims *m = my_claims;
 	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz lost = 0;
 	int			i;
 
 	if (m == NULL)
 		return;
-	SpinLockAcquire(&m->mutex);
+	/* the leases go on without their session: orphans (only we write m) */
 	for (i = 0; i < m->nused; i++)
 	{
 		if (m->recs[i].job_id != 0 && m->recs[i].lease_until > now)
-			lost = Max(lost, m->recs[i].lease_until);
-		m->recs[i].job_id = 0;
+			ql_lease_orphan(m->recs[i].job_id, &m->recs[i].token,
+							m->recs[i].lease_until);
 	}
+	SpinLockAcquire(&m->mutex);
+	for (i = 0; i < m->nused; i++)
+		m->recs[i].job_id = 0;
 	m->nused = 0;
 	m->overflow = false;
 	m->pid = 0;
 	m->dboid = InvalidOid;
 	SpinLockRelease(&m->mutex);
 	my_claims = NULL;
-	/* the leases go on without their session: the view reads the table */
-	if (lost != 0)
-		ql_leases_unlisted(lost);
 }
 
 /*
@@ -462,7 +525,7 @@ ql_claims_record(int64 id, const pg_uuid_t *token, TimestampTz claimed_at,
 		return;
 	if (token != NULL)
 	{
-		ql_leases_unlisted(lease_until);
+		ql_lease_orphan(id, token, lease_until);
 		return;
 	}
 	if (nunrecorded == maxunrecorded)
@@ -584,8 +647,8 @@ ql_claims_times(const int64 *ids, int n)
 /*
  * ql_claims_lease_extended: the lease of job id with token now lasts until
  * `until`.  The record of the session that took it follows, if it is this
- * one; else that session's record may be taken for a lapse before the
- * lease ends: the view reads the table's leases until then.
+ * one; else that session's record may be freed before the lease ends:
+ * an orphan's entry keeps it.
  */
 void
 ql_claims_lease_extended(int64 id, const pg_uuid_t *token, TimestampTz until)
@@ -611,7 +674,7 @@ ql_claims_lease_extended(int64 id, const pg_uuid_t *token, TimestampTz until)
 			}
 		}
 	}
-	ql_leases_unlisted(until);
+	ql_lease_orphan(id, token, until);
 }
 
 /*
@@ -861,6 +924,22 @@ qlater_running_jobs(PG_FUNCTION_ARGS)
 			nseen++;
 			any_session = true;
 		}
+	}
+
+	/* leases whose sessions' records are gone */
+	if (!fallback)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		LWLockAcquire(running->orphan_lock, LW_SHARED);
+		for (i = 0; i < QL_MAX_ORPHAN_LEASES; i++)
+		{
+			QlOrphanLease *o = &running->orphans[i];
+
+			if (o->dboid == MyDatabaseId && o->lease_until > now)
+				ql_candidate_add(&cand, o->job_id, 0, QL_RUN_LEASE, 0, &o->token);
+		}
+		LWLockRelease(running->orphan_lock);
 	}
 
 	/*

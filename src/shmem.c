@@ -45,6 +45,7 @@ ql_shmem_request(void)
 	RequestNamedLWLockTranche("qlater", 1);
 	ql_limits_shmem_request();
 	RequestAddinShmemSpace(ql_running_shmem_size());
+	RequestNamedLWLockTranche("qlater claims", 1);
 }
 
 /*
