@@ -129,6 +129,8 @@ ok(poll("SELECT count(*) = 0 FROM qlater_running WHERE id IN ($wa, $wb)"),
 	'finished jobs leave qlater_running');
 ok(poll("SELECT count(*) = 0 FROM qlater_workers() WHERE pid = $wpid AND (state <> 'idle' OR job_id IS NOT NULL OR job_started_at IS NOT NULL)"),
 	'the worker is idle, with no job');
+is(su("SELECT state || ':' || query FROM pg_stat_activity WHERE pid = $wpid"), 'idle:',
+	'pg_stat_activity no longer shows the idle worker\'s last job');
 
 ### a session-mode consumer
 sub enqueue_ext
