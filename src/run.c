@@ -675,6 +675,7 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 	 */
 	LockReleaseSession(USER_LOCKMETHOD);
 	ql_limits_release_mine(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	/* idle: pg_stat_activity shows no job (NULL would keep the last one) */
+	pgstat_report_activity(STATE_IDLE, "");
 	return QL_JOB_RAN;
 }

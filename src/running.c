@@ -30,7 +30,11 @@
  * is full.  A session that holds more session claims than it has entries
  * keeps the others in its own memory, with their times, and flags its
  * array: its claims without an entry show, with started_at NULL, until an
- * entry frees up for them.  A lease that finds no entry, or whose record
+ * entry frees up for them.  (The lock manager does not tell a claim from
+ * the brief hold of a job's lock that a keyed enqueue or a cancel takes in
+ * its transaction: while a flagged session does that, the job it holds
+ * shows as its claim too.  Only jobs that session may enqueue or cancel,
+ * and only until its transaction ends.)  A lease that finds no entry, or whose record
  * is lost (its session ended while the lease lasts, or another session
  * extended it), is kept in a table of orphan leases of the cluster,
  * QL_MAX_ORPHAN_LEASES entries, until it would run out; if that table is
