@@ -25,6 +25,7 @@ OBJS = \
 	src/running.o \
 	src/schedule.o \
 	src/shmem.o \
+	src/stats.o \
 	src/worker.o \
 	src/xact.o
 PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"

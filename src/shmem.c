@@ -17,6 +17,7 @@
 #include "qlater.h"
 #include "running.h"
 #include "shmem.h"
+#include "stats.h"
 
 QlShared   *ql_shared = NULL;
 
@@ -44,6 +45,7 @@ ql_shmem_request(void)
 	RequestAddinShmemSpace(ql_shmem_size());
 	RequestNamedLWLockTranche("qlater", 1);
 	ql_limits_shmem_request();
+	ql_stats_shmem_request();
 	RequestAddinShmemSpace(ql_running_shmem_size());
 	RequestNamedLWLockTranche("qlater claims", 1);
 }
@@ -85,6 +87,9 @@ ql_shmem_startup(void)
 			for (j = 0; j < lengthof(ql_shared->dbs[i].history_expires_by); j++)
 				pg_atomic_init_u64(&ql_shared->dbs[i].history_expires_by[j], 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].history_expire_at, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].depth_read_at, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].depth_next_at, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].depth_counted_at, 0);
 		}
 		for (i = 0; i < ql_max_workers; i++)
 		{
@@ -102,6 +107,8 @@ ql_shmem_startup(void)
 	}
 	/* the running jobs of queues with a limit (limits.c) */
 	ql_limits_shmem_startup();
+	/* the counters of queues (stats.c) */
+	ql_stats_shmem_startup();
 	/* the claims of consumers, with their times (running.c) */
 	ql_running_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
