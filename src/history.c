@@ -88,9 +88,9 @@ typedef enum QlHistoryStmt
  * was due, the row's run_at before the update; NULL: the row's).  $3 is
  * when the attempt began; NULL: when the row's lease was taken, if it has
  * one (running.c), else not known.  Nothing is written for a queue that
- * keeps no history.  Returns each job's queue, when its attempt was due and
- * when it began (for its counters: stats.c), and the latest expires_at
- * written.
+ * keeps no history.  Returns each job's queue and when its attempt was due
+ * (for its counters: stats.c), the latest expires_at written, and whether
+ * the job is external.
  */
 #define QL_H_RECORD_SQL(where, started) \
 	"WITH j AS (SELECT j.id, j.queue, j.handler, j.role, " \
@@ -109,7 +109,7 @@ typedef enum QlHistoryStmt
 	"j.attempt, $6, j.error, $4 OPERATOR(pg_catalog.+) j.keep, j.external FROM j " \
 	"WHERE j.keep OPERATOR(pg_catalog.>) '0'::pg_catalog.interval " \
 	"RETURNING expires_at) " \
-	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h), j.started FROM j"
+	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h), j.external FROM j"
 
 static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 	[QL_H_RECORD] = {
@@ -281,14 +281,16 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		Datum		t;
-		Datum		begun;
-		bool		begun_null;
 
-		/* when the attempt began: given, or the claim's (running.c) */
-		begun = SPI_getbinval(row, desc, 4, &begun_null);
+		/*
+		 * An external job's wait was counted at its claim (qlater_lock): its
+		 * claim time, the history's started_at, is not passed on (column 4:
+		 * external)
+		 */
 		ql_stats_note(SPI_getvalue(row, desc, 1), outcome, 1,
 					  DatumGetTimestampTz(SPI_getbinval(row, desc, 2, &isnull)),
-					  begun_null ? 0 : DatumGetTimestampTz(begun), now);
+					  DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)) ? 0 : started_at,
+					  now);
 		t = SPI_getbinval(row, desc, 3, &isnull);
 		if (!isnull)
 			until = Max(until, DatumGetTimestampTz(t));
