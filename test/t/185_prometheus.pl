@@ -134,33 +134,54 @@ is(as('qlater_monitor', q{SELECT count(*) FROM qlater_running WHERE queue = 'slo
 is(as('nobody', q{SELECT count(*) FROM qlater_queue_stats WHERE queue IN ('held', 'slowq', 'work')}),
 	'0', 'a role without pg_monitor does not see alice\'s queues');
 
-### the exporter, as the monitoring role
-my $eport = PostgreSQL::Test::Cluster::get_free_port();
-my $exporter_log = "$tmp/exporter.log";
+# a second database with qlater: one job done in its queue work
+$node->safe_psql('postgres', 'CREATE DATABASE app2');
+$node->safe_psql('app2', q{
+CREATE EXTENSION qlater;
+CREATE FUNCTION ok(label text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+ALTER FUNCTION ok(text) OWNER TO alice;
+});
+$node->safe_psql('app2', q{SELECT qlater_register('ok(text)');
+  SELECT qlater_create_queue('work');
+  SELECT qlater_enqueue('ok', '["app2"]', queue => 'work')}, extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until(
+		'app2', q{SELECT count(*) = 1 FROM qlater_history WHERE outcome = 'done'}),
+	'app2: its job done');
+
+### the exporters, as the monitoring role: one per database
+# start_exporter(dbname): its port and log
+sub start_exporter
 {
+	my ($db) = @_;
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $log = "$tmp/exporter_$db.log";
 	local $ENV{DATA_SOURCE_NAME} =
-	  'host=' . $node->host . ' port=' . $node->port . ' dbname=postgres user=qlater_monitor sslmode=disable';
+	  'host=' . $node->host . ' port=' . $node->port . " dbname=$db user=qlater_monitor sslmode=disable";
 	push @procs,
 	  IPC::Run::start(
 		[
-			$exporter_bin, "--web.listen-address=127.0.0.1:$eport",
+			$exporter_bin, "--web.listen-address=127.0.0.1:$port",
 			"--extend.query-path=$queries", '--disable-default-metrics',
 			'--disable-settings-metrics', '--no-collector.database',
 			'--no-collector.bgwriter'
 		],
-		'<', \undef, '>&', $exporter_log);
+		'<', \undef, '>&', $log);
+	return ($port, $log);
 }
+my ($eport, $exporter_log) = start_exporter('postgres');
+my ($eport2, $exporter_log2) = start_exporter('app2');
 
-# /metrics as text, once it answers
+# /metrics of the exporter on $port as text, once it answers
 sub scrape
 {
+	my ($port, $log) = @_;
 	for (1 .. 100)
 	{
-		my $r = $http->get("http://127.0.0.1:$eport/metrics");
+		my $r = $http->get("http://127.0.0.1:$port/metrics");
 		return $r->{content} if $r->{success};
 		usleep(100_000);
 	}
-	die "the exporter does not answer on 127.0.0.1:$eport: " . slurp_file($exporter_log);
+	die "the exporter does not answer on 127.0.0.1:$port: " . slurp_file($log);
 }
 
 # series: "name" => [ [ {labels}, value ], ... ]; types: "name" => type
@@ -181,7 +202,7 @@ sub parse
 	return (\%series, \%types);
 }
 
-my ($series, $types) = parse(scrape());
+my ($series, $types) = parse(scrape($eport2, $exporter_log2));
 
 # the value of the one series of $name whose labels include %want
 sub value
@@ -194,6 +215,14 @@ sub value
 	return scalar(@m) == 1 ? $m[0][1] : scalar(@m) . ' series';
 }
 
+is(value('qlater_jobs_done_total', database => 'app2', queue => 'work'), '1',
+	'the exporter of app2: qlater_jobs_done_total{database="app2",queue="work"} 1');
+is(value('qlater_job_run_seconds_count', database => 'app2', queue => 'work'), '1',
+	'the exporter of app2: qlater_job_run_seconds_count 1');
+is(scalar(grep { $_->[0]{database} ne 'app2' } map { @{ $series->{$_} } } grep { /^qlater_/ } keys %$series),
+	0, 'the exporter of app2: every qlater series is app2\'s');
+
+($series, $types) = parse(scrape($eport, $exporter_log));
 is(value('pg_up'), '1', 'exporter: pg_up 1');
 is(value('pg_exporter_last_scrape_error'), '0', 'exporter: no scrape error (every query ran)');
 my %q = (database => 'postgres');
@@ -280,7 +309,7 @@ global:
 scrape_configs:
   - job_name: qlater
     static_configs:
-      - targets: ['127.0.0.1:$eport']
+      - targets: ['127.0.0.1:$eport', '127.0.0.1:$eport2']
 EOF
 close $cf;
 my $prom_log = "$tmp/prometheus.log";
@@ -338,10 +367,19 @@ for my $e (@exprs)
 }
 is(scalar(@{ promql('qlater_queue_paused{database="postgres"} == 1') }),
 	1, 'paused queues: one (held)');
+is( join(',', sort map { $_->{metric}{database} } @{ promql('count by (database) (qlater_jobs_ready)') }),
+	'app2,postgres', 'prometheus: the series of both databases, apart');
+is( join(',',
+		sort map { "$_->{metric}{database}:$_->{value}[1]" }
+		  @{ promql('sum by (database) (qlater_jobs_done_total{queue="work"})') }),
+	'app2:1,postgres:5', 'prometheus: jobs done in queue work, by database');
 
 stop_procs();
-my $elog = slurp_file($exporter_log);
-unlike($elog, qr/level=(error|warn)|err=/, 'the exporter logged no error') or diag($elog);
+for my $log ($exporter_log, $exporter_log2)
+{
+	my $elog = slurp_file($log);
+	unlike($elog, qr/level=(error|warn)|err=/, "the exporter logged no error ($log)") or diag($elog);
+}
 
 # the running job ends
 $node->safe_psql('postgres', 'INSERT INTO release VALUES (1)');
