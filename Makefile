@@ -24,6 +24,7 @@ OBJS = \
 	src/run.o \
 	src/schedule.o \
 	src/shmem.o \
+	src/stats.o \
 	src/worker.o \
 	src/xact.o
 PGFILEDESC = "qlater - durable background jobs inside PostgreSQL"

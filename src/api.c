@@ -1839,7 +1839,7 @@ qlater_cancel(PG_FUNCTION_ARGS)
 		 */
 		if (!ql_try_claim(id, false))
 			ql_cancel_running_at_commit(id);
-		ql_history_record(c, id, "cancelled", 0, 0, 0);
+		ql_history_record(c, id, QL_OUTCOME_CANCELLED, 0, 0, 0);
 		values[0] = Int64GetDatum(id);
 		if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_job WHERE id = $1",
 										   c->schema_quoted),

@@ -306,6 +306,7 @@ typedef struct QlFinish
 	int32		attempts;
 	int32		max_attempts;
 	TimestampTz run_at;
+	char		queue[NAMEDATALEN];
 	int			slot;			/* QL_STMT_COMPLETE: of the outcome written */
 	TimestampTz expires_at;		/* its expires_at, 0 if none was written */
 } QlFinish;
@@ -476,7 +477,7 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
-	ql_history_record(c, id, "timeout", 0, 0,
+	ql_history_record(c, id, QL_OUTCOME_TIMEOUT, 0, 0,
 					  DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &isnull)));
 	return true;
 }
@@ -791,6 +792,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	int32		max_running;
 	QlSlotResult slot = QL_SLOT_TAKEN;
 	int			lapses_left = QL_MAX_LAPSES_PER_CALL;
+	TimestampTz now;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -903,8 +905,13 @@ qlater_lock(PG_FUNCTION_ARGS)
 
 	/* a later round may have found jobs that come first */
 	qsort(claimed, nclaimed, sizeof(QlClaimed), ql_claimed_cmp);
+	now = GetCurrentTimestamp();
 	for (i = 0; i < nclaimed; i++)
+	{
 		tuplestore_puttuple(rsinfo->setResult, claimed[i].row);
+		/* its attempt begins: how long it waited */
+		ql_stats_note(queue, QL_OUTCOME_NONE, 0, claimed[i].run_at, now, 0);
+	}
 	return (Datum) 0;
 }
 
@@ -1048,6 +1055,8 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 					SPI_tuptable->tupdesc, &f->attempts, &f->max_attempts);
 	f->run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 												  SPI_tuptable->tupdesc, 5, &isnull));
+	strlcpy(f->queue, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
+			NAMEDATALEN);
 	f->expires_at = 0;
 	if (s == QL_STMT_COMPLETE)
 	{
@@ -1115,6 +1124,7 @@ qlater_complete(PG_FUNCTION_ARGS)
 	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_SELECT);
 	if (f.expires_at != 0)
 		ql_history_note(f.slot, f.expires_at);
+	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, 0, 0);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -1157,7 +1167,7 @@ qlater_fail(PG_FUNCTION_ARGS)
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
-	ql_history_record(c, id, dead ? "dead" : "failed", 0, 0, f.run_at);
+	ql_history_record(c, id, dead ? QL_OUTCOME_DEAD : QL_OUTCOME_FAILED, 0, 0, f.run_at);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -1462,7 +1472,7 @@ qlater_complete_many(PG_FUNCTION_ARGS)
 	 * The outcomes are recorded from the rows, then the rows are checked as
 	 * they are deleted: an error undoes both
 	 */
-	ql_history_record_many(c, PG_GETARG_DATUM(0), "done", 0, 1);
+	ql_history_record_many(c, PG_GETARG_DATUM(0), QL_OUTCOME_DONE, 0, 1);
 	ql_many_begin(&m, c, QL_STMT_COMPLETE_MANY, SPI_OK_DELETE_RETURNING, &save);
 	SPI_finish();
 	ql_restore_user(&save);

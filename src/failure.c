@@ -188,7 +188,7 @@ ql_record_failure(QlWorker *w, QlJob *job, ErrorData *edata, bool timed_out,
 	}
 	if (updated)
 		ql_history_record(ql_catalog(false), job->id,
-						  timed_out ? "timeout" : dead ? "dead" : "failed",
+						  timed_out ? QL_OUTCOME_TIMEOUT : dead ? QL_OUTCOME_DEAD : QL_OUTCOME_FAILED,
 						  job->started_at, 0, job->run_at);
 	if (!in_batch)
 		ql_xact_commit();
@@ -278,8 +278,9 @@ ql_settle_ended(QlWorker *w, int64 job_id, QlEndKind kind)
 							  3, false);
 			if (updated)
 				ql_history_record(c, job_id,
-								  kind == QL_END_CRASH ? "crashed" :
-								  kind == QL_END_TIMEOUT ? "timeout" : dead ? "dead" : "failed",
+								  kind == QL_END_CRASH ? QL_OUTCOME_CRASHED :
+								  kind == QL_END_TIMEOUT ? QL_OUTCOME_TIMEOUT :
+								  dead ? QL_OUTCOME_DEAD : QL_OUTCOME_FAILED,
 								  0, 0, DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull)));
 			ql_lower_frontier_at_commit(&ql_key_min);
 		}

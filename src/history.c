@@ -52,6 +52,7 @@
 #include "qlater.h"
 #include "queue.h"
 #include "shmem.h"
+#include "stats.h"
 #include "xact.h"
 
 PG_FUNCTION_INFO_V1(qlater_job_status);
@@ -85,24 +86,28 @@ typedef enum QlHistoryStmt
  * a failure (failed, dead, timeout, crashed: the row's last_error and
  * attempts are this attempt's already, $5 is 0, and $7 is when the attempt
  * was due, the row's run_at before the update; NULL: the row's).  Nothing
- * is written for a queue that keeps no history.  Returns expires_at.
+ * is written for a queue that keeps no history.  Returns each job's queue
+ * and when its attempt was due (for its counters: stats.c), and the latest
+ * expires_at written.
  */
 #define QL_H_RECORD_SQL(where) \
-	"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, " \
+	"WITH j AS (SELECT j.id, j.queue, j.handler, j.role, " \
+	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END AS args, " \
+	"j.enqueued_at, COALESCE($7, j.run_at) AS due, " \
+	"j.attempts OPERATOR(pg_catalog.+) $5 AS attempt, " \
+	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
+	"THEN NULL ELSE j.last_error END AS error, " \
+	"COALESCE(q.keep_history, '1 day'::pg_catalog.interval) AS keep, j.external " \
+	"FROM %1$s.qlater_job j LEFT JOIN %1$s.qlater_queue q " \
+	"ON q.name OPERATOR(pg_catalog.=) j.queue WHERE " where "), " \
+	"h AS (INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, " \
 	"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, " \
 	"external) " \
-	"SELECT $2, j.id, j.queue, j.handler, j.role, " \
-	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END, " \
-	"j.enqueued_at, COALESCE($7, j.run_at), $3, $4, j.attempts OPERATOR(pg_catalog.+) $5, $6, " \
-	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
-	"THEN NULL ELSE j.last_error END, " \
-	"$4 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), " \
-	"j.external " \
-	"FROM %1$s.qlater_job j LEFT JOIN %1$s.qlater_queue q " \
-	"ON q.name OPERATOR(pg_catalog.=) j.queue " \
-	"WHERE " where " AND COALESCE(q.keep_history, '1 day'::pg_catalog.interval) " \
-	"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval " \
-	"RETURNING expires_at"
+	"SELECT $2, j.id, j.queue, j.handler, j.role, j.args, j.enqueued_at, j.due, $3, $4, " \
+	"j.attempt, $6, j.error, $4 OPERATOR(pg_catalog.+) j.keep, j.external FROM j " \
+	"WHERE j.keep OPERATOR(pg_catalog.>) '0'::pg_catalog.interval " \
+	"RETURNING expires_at) " \
+	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h) FROM j"
 
 static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 	[QL_H_RECORD] = {
@@ -171,7 +176,7 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 		"FROM d LEFT JOIN %1$s.qlater_queue q ON q.name OPERATOR(pg_catalog.=) d.queue "
 		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
 		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval) "
-		"SELECT pg_catalog.count(*) FROM d",
+		"SELECT d.queue, pg_catalog.count(*) FROM d GROUP BY d.queue",
 		5, {TEXTOID, INTERVALOID, NAMEOID, INT2OID, TIMESTAMPTZOID}
 	},
 };
@@ -233,7 +238,7 @@ ql_history_note(int slot, TimestampTz until)
  */
 static void
 ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
-					   const char *outcome, TimestampTz started_at,
+					   QlOutcome outcome, TimestampTz started_at,
 					   int32 attempt_added, TimestampTz due_at)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -251,7 +256,7 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 		nulls[2] = 'n';
 	values[3] = TimestampTzGetDatum(now);
 	values[4] = Int32GetDatum(attempt_added);
-	values[5] = CStringGetTextDatum(outcome);
+	values[5] = CStringGetTextDatum(ql_outcome_names[outcome]);
 	values[6] = TimestampTzGetDatum(due_at);
 	if (due_at == 0)
 		nulls[6] = 'n';
@@ -259,15 +264,21 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (ql_stmt_exec(&h_stmts, c, s, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+	if (ql_stmt_exec(&h_stmts, c, s, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not record the outcome of a job");
 	for (i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		TimestampTz t = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
-														  SPI_tuptable->tupdesc, 1, &isnull));
+		Datum		t;
 
-		until = Max(until, t);
+		ql_stats_note(SPI_getvalue(row, desc, 1), outcome, 1,
+					  DatumGetTimestampTz(SPI_getbinval(row, desc, 2, &isnull)),
+					  started_at, now);
+		t = SPI_getbinval(row, desc, 3, &isnull);
+		if (!isnull)
+			until = Max(until, DatumGetTimestampTz(t));
 	}
 	SPI_finish();
 	ql_restore_user(&save);
@@ -285,7 +296,7 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
  * recorded for a queue that keeps no history, or a job gone.
  */
 void
-ql_history_record(const QlCatalog *c, int64 id, const char *outcome,
+ql_history_record(const QlCatalog *c, int64 id, QlOutcome outcome,
 				  TimestampTz started_at, int32 attempt_added, TimestampTz due_at)
 {
 	ql_history_record_stmt(c, QL_H_RECORD, Int64GetDatum(id), outcome,
@@ -294,7 +305,7 @@ ql_history_record(const QlCatalog *c, int64 id, const char *outcome,
 
 /* ql_history_record_many: the same for the jobs of an int8[] */
 void
-ql_history_record_many(const QlCatalog *c, Datum ids, const char *outcome,
+ql_history_record_many(const QlCatalog *c, Datum ids, QlOutcome outcome,
 					   TimestampTz started_at, int32 attempt_added)
 {
 	ql_history_record_stmt(c, QL_H_RECORD_MANY, ids, outcome, started_at,
@@ -356,12 +367,14 @@ ql_history_done(const QlJob *job)
 	MemoryContext old;
 	QlDoneRow  *r;
 	bool		snapshot = !ActiveSnapshotSet();
+	TimestampTz finished = GetCurrentTimestamp();
 
 	/* the queue's settings may have to be read */
 	if (snapshot)
 		PushActiveSnapshot(GetTransactionSnapshot());
 	q = ql_queue_get(c, job->queue);
 	keep = q != NULL ? q->keep_history : USECS_PER_DAY;
+	ql_stats_note(job->queue, QL_OUTCOME_DONE, 1, job->run_at, job->started_at, finished);
 	if (snapshot)
 		PopActiveSnapshot();
 	if (keep <= 0)
@@ -388,7 +401,7 @@ ql_history_done(const QlJob *job)
 	r->enqueued_at = job->enqueued_at;
 	r->run_at = job->run_at;
 	r->started_at = job->started_at;
-	r->finished_at = GetCurrentTimestamp();
+	r->finished_at = finished;
 	r->attempt = job->attempts + 1;
 	r->expires_at = r->finished_at + keep;
 	MemoryContextSwitchTo(old);
@@ -641,6 +654,7 @@ qlater_purge_dead(PG_FUNCTION_ARGS)
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int64		n;
 	bool		isnull;
+	uint64		i;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -670,7 +684,16 @@ qlater_purge_dead(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	if (ql_stmt_exec(&h_stmts, c, QL_H_PURGE, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not purge dead jobs");
-	n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	n = 0;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		int64		count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 2, &isnull));
+
+		ql_stats_note(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+					  QL_OUTCOME_PURGED, (int) count, 0, 0, now);
+		n += count;
+	}
 	SPI_finish();
 	ql_restore_user(&save);
 	/* an upper bound of what the slot holds now (the longest keep) */

@@ -97,7 +97,7 @@ typedef enum QlQueueStmt
 	"batch_size, (extract(epoch FROM batch_delay) " \
 	"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8, " \
 	"(extract(epoch FROM keep_history) " \
-	"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8, history_args"
+	"OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8, history_args, created_at"
 
 static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 	[QL_Q_GET] = {
@@ -327,6 +327,7 @@ ql_read_queue_at(const char *name, QlQueue *q, uint64 i, int first)
 	q->batch_delay = DatumGetInt64(SPI_getbinval(row, desc, first + 6, &isnull));
 	q->keep_history = DatumGetInt64(SPI_getbinval(row, desc, first + 7, &isnull));
 	q->history_args = DatumGetBool(SPI_getbinval(row, desc, first + 8, &isnull));
+	q->created_at = DatumGetTimestampTz(SPI_getbinval(row, desc, first + 9, &isnull));
 }
 
 /* ql_read_queue: fill q from the first row of a QL_Q_GET or QL_Q_LOCK */

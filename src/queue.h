@@ -8,6 +8,8 @@
 #ifndef QLATER_QUEUE_H
 #define QLATER_QUEUE_H
 
+#include "datatype/timestamp.h"
+
 #include "catalog.h"
 
 /* a queue's row, as the current backend last read it */
@@ -23,6 +25,7 @@ typedef struct QlQueue
 	int64		batch_delay;	/* microseconds */
 	int64		keep_history;	/* microseconds; 0: no history */
 	bool		history_args;	/* the history keeps the jobs' args */
+	TimestampTz created_at;		/* tells apart queues of one name, in turn */
 } QlQueue;
 
 /* the longest keep_history */

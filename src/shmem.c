@@ -16,6 +16,7 @@
 #include "limits.h"
 #include "qlater.h"
 #include "shmem.h"
+#include "stats.h"
 
 QlShared   *ql_shared = NULL;
 
@@ -43,6 +44,7 @@ ql_shmem_request(void)
 	RequestAddinShmemSpace(ql_shmem_size());
 	RequestNamedLWLockTranche("qlater", 1);
 	ql_limits_shmem_request();
+	ql_stats_shmem_request();
 }
 
 /*
@@ -82,6 +84,9 @@ ql_shmem_startup(void)
 			for (j = 0; j < lengthof(ql_shared->dbs[i].history_expires_by); j++)
 				pg_atomic_init_u64(&ql_shared->dbs[i].history_expires_by[j], 0);
 			pg_atomic_init_u64(&ql_shared->dbs[i].history_expire_at, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].depth_read_at, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].depth_next_at, 0);
+			pg_atomic_init_u64(&ql_shared->dbs[i].depth_counted_at, 0);
 		}
 		for (i = 0; i < ql_max_workers; i++)
 		{
@@ -98,6 +103,8 @@ ql_shmem_startup(void)
 	}
 	/* the running jobs of queues with a limit (limits.c) */
 	ql_limits_shmem_startup();
+	/* the counters of queues (stats.c) */
+	ql_stats_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -95,6 +95,15 @@ typedef struct QlDatabase
 	pg_atomic_uint64 history_expires_by[16];
 	pg_atomic_uint64 history_expire_at;
 
+	/*
+	 * Depth of queues (stats.c): when a reader last wanted the background
+	 * count, when a worker may next make it, and when the count in
+	 * qlater_queue_depth was made (TimestampTz; 0: none)
+	 */
+	pg_atomic_uint64 depth_read_at;
+	pg_atomic_uint64 depth_next_at;
+	pg_atomic_uint64 depth_counted_at;
+
 	/* the launcher's own bookkeeping, under lock */
 	TimestampTz waiting_since;	/* wants a worker and has none, since */
 	TimestampTz last_served;	/* a worker last left or started here */

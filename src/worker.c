@@ -42,6 +42,7 @@
 #include "qlater.h"
 #include "schedule.h"
 #include "shmem.h"
+#include "stats.h"
 #include "xact.h"
 
 static QlWorkerSlot *my_slot = NULL;
@@ -507,6 +508,8 @@ qlater_worker_main(Datum main_arg)
 		ql_schedule_fire_due(&sleep_ms);
 		/* empty the history's expired slots, once a second */
 		ql_history_expire_due();
+		/* count the depth of queues, for their readers, when due */
+		ql_stats_depth_refresh_due();
 		if (result == QL_JOB_RAN)
 			continue;
 		if (sleep_ms > 0 && !my_slot->stop_requested)
