@@ -123,16 +123,16 @@ my $all = as(undef, q{SELECT string_agg(queue, ',' ORDER BY queue) FROM qlater_q
 like($all, qr/held.*slowq.*work/, 'qlater_queue_stats: the queues');
 is(as('qlater_monitor', q{SELECT string_agg(queue, ',' ORDER BY queue) FROM qlater_queue_stats}),
 	$all, 'the monitoring role sees every queue of qlater_queue_stats');
-is( as(
-		'qlater_monitor',
-		q{SELECT string_agg(DISTINCT queue, ',' ORDER BY queue) FROM qlater_queue_histograms
-		   WHERE queue IN ('held', 'slowq', 'work')}),
-	'held,slowq,work',
-	'the monitoring role sees every queue of qlater_queue_histograms');
+my $hist_all = as(undef, q{SELECT string_agg(queue || ':' || kind, ',' ORDER BY queue, kind) FROM qlater_queue_histograms});
+like($hist_all, qr/work:run,work:wait/, 'qlater_queue_histograms: work\'s');
+is(as('qlater_monitor', q{SELECT string_agg(queue || ':' || kind, ',' ORDER BY queue, kind) FROM qlater_queue_histograms}),
+	$hist_all, 'the monitoring role sees every queue of qlater_queue_histograms');
 is(as('qlater_monitor', q{SELECT count(*) FROM qlater_running WHERE queue = 'slowq'}),
 	'1', 'the monitoring role sees the running job of qlater_running');
-is(as('nobody', q{SELECT count(*) FROM qlater_queue_stats WHERE queue IN ('held', 'slowq', 'work')}),
-	'0', 'a role without pg_monitor does not see alice\'s queues');
+is( as(
+		'nobody', q{SELECT (SELECT count(*) FROM qlater_queue_stats WHERE queue IN ('held', 'slowq', 'work'))
+		  + (SELECT count(*) FROM qlater_queue_histograms)}),
+	'0', 'a role without pg_monitor sees none of alice\'s queues');
 
 # a second database with qlater: one job done in its queue work
 $node->safe_psql('postgres', 'CREATE DATABASE app2');
@@ -147,6 +147,19 @@ $node->safe_psql('app2', q{SELECT qlater_register('ok(text)');
 ok( $node->poll_query_until(
 		'app2', q{SELECT count(*) = 1 FROM qlater_history WHERE outcome = 'done'}),
 	'app2: its job done');
+# then a job done in each of 260 more queues: past the 256 tracked per
+# database, the last ones are counted together (queue NULL: "(other)")
+$node->safe_psql('app2', q{SELECT count(qlater_enqueue('ok', '["x"]', queue => 'x' || lpad(g::text, 3, '0')))
+  FROM generate_series(1, 260) g}, extra_params => [ '-U', 'alice' ]);
+ok( $node->poll_query_until(
+		'app2', q{SELECT count(*) = 261 FROM qlater_history WHERE outcome = 'done'}),
+	'app2: 261 jobs done');
+my $other = $node->safe_psql('app2', q{SELECT done_total FROM qlater_queue_stats WHERE queue IS NULL});
+cmp_ok($other || 0, '>=', 1, "app2: $other jobs done counted together (queue NULL)");
+cmp_ok(
+	$node->safe_psql(
+		'app2', q{SELECT count(*) FROM qlater_queue_stats WHERE queue IS NOT NULL AND done_total IS NULL}),
+	'>=', 4, 'app2: queues without counters of their own');
 
 ### the exporters, as the monitoring role: one per database
 # start_exporter(dbname): its port and log
@@ -221,6 +234,16 @@ is(value('qlater_job_run_seconds_count', database => 'app2', queue => 'work'), '
 	'the exporter of app2: qlater_job_run_seconds_count 1');
 is(scalar(grep { $_->[0]{database} ne 'app2' } map { @{ $series->{$_} } } grep { /^qlater_/ } keys %$series),
 	0, 'the exporter of app2: every qlater series is app2\'s');
+is(value('qlater_jobs_done_total', database => 'app2', queue => '(other)'), $other,
+	'the exporter of app2: qlater_jobs_done_total{queue="(other)"}, the queues counted together');
+is(value('qlater_job_run_seconds_count', database => 'app2', queue => '(other)'), $other,
+	'the exporter of app2: qlater_job_run_seconds_count{queue="(other)"}');
+is(scalar(@{ $series->{qlater_jobs_done_total} }), 257,
+	'the exporter of app2: done counters of 256 queues and of "(other)"');
+is(scalar(@{ $series->{qlater_jobs_ready} }), $node->safe_psql('app2', 'SELECT count(*) FROM qlater_queues'),
+	'the exporter of app2: the depth of every queue');
+is(scalar(grep { $_->[1] !~ /^[-+0-9.e]+$|^\+Inf$/ } map { @{ $series->{$_} } } grep { /^qlater_/ } keys %$series),
+	0, 'the exporter of app2: no NaN (queues without counters leave none)');
 
 ($series, $types) = parse(scrape($eport, $exporter_log));
 is(value('pg_up'), '1', 'exporter: pg_up 1');
@@ -237,6 +260,7 @@ is(value('qlater_queue_paused', %q, queue => 'work'), '0', 'qlater_queue_paused{
 is(value('qlater_queue_external', %q, queue => 'work'), '0', 'qlater_queue_external{queue="work"} 0');
 cmp_ok(value('qlater_queue_lag_seconds', %q, queue => 'held'), '>', 0, 'qlater_queue_lag_seconds of held > 0');
 is(value('qlater_queue_lag_seconds', %q, queue => 'work'), '0', 'qlater_queue_lag_seconds of work: 0 (none ready)');
+cmp_ok(value('qlater_queue_depth_age_seconds', %q, queue => 'work'), '>=', 0, 'qlater_queue_depth_age_seconds of work');
 is(value('qlater_jobs_done_total', %q, queue => 'work'), '5', 'qlater_jobs_done_total{queue="work"} 5');
 is(value('qlater_jobs_failed_total', %q, queue => 'work'), '1', 'qlater_jobs_failed_total{queue="work"} 1');
 is(value('qlater_jobs_dead_total', %q, queue => 'work'), '2', 'qlater_jobs_dead_total{queue="work"} 2');
@@ -296,7 +320,7 @@ for my $kind ('wait', 'run')
 	my $hsum = as(undef,
 		qq{SELECT sum(extract(epoch FROM $expr)) FROM qlater_history WHERE queue = 'work' AND started_at IS NOT NULL});
 	cmp_ok(abs($sum - $hsum), '<', 0.1 + 0.02 * $hsum, "$m: sum agrees with the history ($sum vs $hsum)");
-	is(value("${m}_count", %q, queue => 'held'), '0', "$m: count 0 for held");
+	is(value("${m}_count", %q, queue => 'held'), '0 series', "$m: none for held (no attempt yet)");
 }
 
 ### prometheus scrapes the exporter; every expression of the dashboard returns series
