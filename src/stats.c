@@ -146,6 +146,7 @@ typedef struct QlStatsShared
 	LWLock	   *lock;
 	int			nqueues;		/* entries of named queues */
 	int			nothers;		/* entries of queues counted together */
+	TimestampTz started_at;		/* the counters began (a start, a restart) */
 } QlStatsShared;
 
 static QlStatsShared *stats = NULL;
@@ -179,6 +180,7 @@ ql_stats_shmem_startup(void)
 		stats->lock = &(GetNamedLWLockTranche("qlater_stats"))->lock;
 		stats->nqueues = 0;
 		stats->nothers = 0;
+		stats->started_at = GetCurrentTimestamp();
 	}
 	info.keysize = sizeof(QlStatsKey);
 	info.entrysize = sizeof(QlQueueStats);
@@ -262,8 +264,8 @@ ql_stats_find(const char *queue, TimestampTz created_at, LWLockMode *mode)
 		}
 		if (mine >= QL_STATS_QUEUES_PER_DB || stats->nqueues >= QL_STATS_QUEUES)
 		{
-			/* counted with the others */
-			key.queue[0] = '\0';
+			/* counted with the others (the whole key is hashed) */
+			memset(key.queue, 0, NAMEDATALEN);
 			created_at = 0;
 			e = hash_search(stats_hash, &key, HASH_FIND, NULL);
 			if (e != NULL)
@@ -919,7 +921,7 @@ ql_stats_row(Tuplestorestate *ts, TupleDesc desc, const char *queue,
 		values[16 + i] = ql_interval_datum(v);
 		nulls[16 + i] = v < 0;
 	}
-	values[22] = TimestampTzGetDatum(s != NULL ? s->since : since);
+	values[22] = TimestampTzGetDatum(s != NULL ? s->since : Max(since, stats->started_at));
 	nulls[22] = !counted;
 	values[23] = TimestampTzGetDatum(counted_at);
 	nulls[23] = !show_depth;
