@@ -59,6 +59,7 @@ CREATE ROLE alice LOGIN;
 CREATE ROLE nobody LOGIN;
 -- the monitoring role: exactly the grants monitoring/README.md names
 CREATE ROLE qlater_monitor LOGIN IN ROLE pg_monitor;
+CREATE ROLE stats_reader LOGIN IN ROLE pg_read_all_stats;
 CREATE TABLE release (x int);
 GRANT SELECT ON release TO PUBLIC;
 CREATE FUNCTION ok(label text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
@@ -127,6 +128,8 @@ my $hist_all = as(undef, q{SELECT string_agg(queue || ':' || kind, ',' ORDER BY 
 like($hist_all, qr/work:run,work:wait/, 'qlater_queue_histograms: work\'s');
 is(as('qlater_monitor', q{SELECT string_agg(queue || ':' || kind, ',' ORDER BY queue, kind) FROM qlater_queue_histograms}),
 	$hist_all, 'the monitoring role sees every queue of qlater_queue_histograms');
+is(as('stats_reader', q{SELECT string_agg(queue, ',' ORDER BY queue) FROM qlater_queue_stats}),
+	$all, 'a role in pg_read_all_stats alone sees every queue of qlater_queue_stats too');
 is(as('qlater_monitor', q{SELECT count(*) FROM qlater_running WHERE queue = 'slowq'}),
 	'1', 'the monitoring role sees the running job of qlater_running');
 is( as(
