@@ -231,7 +231,7 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
 		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval RETURNING expires_at) "
 		"SELECT d.claim_token, d.attempts, d.max_attempts, d.queue, d.run_at, d.lease_until, "
-		"(SELECT pg_catalog.max(h.expires_at) FROM h) FROM d",
+		"(SELECT pg_catalog.max(h.expires_at) FROM h), COALESCE($6, d.claimed_at) FROM d",
 		6, {INT8OID, NAMEOID, BOOLOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[QL_STMT_FAIL] = {
@@ -316,7 +316,8 @@ typedef struct QlFinish
 	char		queue[NAMEDATALEN];
 	int			slot;			/* QL_STMT_COMPLETE: of the outcome written */
 	TimestampTz expires_at;		/* its expires_at, 0 if none was written */
-	TimestampTz claimed_at;		/* QL_STMT_FINISH: when its lease was taken,
+	TimestampTz claimed_at;		/* QL_STMT_FINISH: when its lease was taken;
+								 * QL_STMT_COMPLETE: when it was claimed;
 								 * else 0 */
 } QlFinish;
 
@@ -1109,6 +1110,10 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 
 		if (!isnull)
 			f->expires_at = DatumGetTimestampTz(e);
+		/* column 8: when the attempt began (the claim) */
+		e = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull);
+		if (!isnull)
+			f->claimed_at = DatumGetTimestampTz(e);
 	}
 }
 
@@ -1171,7 +1176,8 @@ qlater_complete(PG_FUNCTION_ARGS)
 	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_SELECT);
 	if (f.expires_at != 0)
 		ql_history_note(f.slot, f.expires_at);
-	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, 0, 0);
+	/* its wait was counted at the claim: how long it ran */
+	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, f.claimed_at, GetCurrentTimestamp());
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }

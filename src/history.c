@@ -109,7 +109,8 @@ typedef enum QlHistoryStmt
 	"j.attempt, $6, j.error, $4 OPERATOR(pg_catalog.+) j.keep, j.external FROM j " \
 	"WHERE j.keep OPERATOR(pg_catalog.>) '0'::pg_catalog.interval " \
 	"RETURNING expires_at) " \
-	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h), j.external FROM j"
+	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h), j.external, " \
+	"j.started FROM j"
 
 static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 	[QL_H_RECORD] = {
@@ -282,15 +283,19 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 		bool		isnull;
 		Datum		t;
 
+		bool		no_start;
+		Datum		started = SPI_getbinval(row, desc, 5, &no_start);
+
 		/*
-		 * An external job's wait was counted at its claim (qlater_lock): its
-		 * claim time, the history's started_at, is not passed on (column 4:
+		 * The attempt ran from its start (column 5: the history's
+		 * started_at); an external job's wait was counted at its claim
+		 * (qlater_lock), so its due time is not passed on (column 4:
 		 * external)
 		 */
 		ql_stats_note(SPI_getvalue(row, desc, 1), outcome, 1,
+					  DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)) ? 0 :
 					  DatumGetTimestampTz(SPI_getbinval(row, desc, 2, &isnull)),
-					  DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)) ? 0 : started_at,
-					  now);
+					  no_start ? 0 : DatumGetTimestampTz(started), now);
 		t = SPI_getbinval(row, desc, 3, &isnull);
 		if (!isnull)
 			until = Max(until, DatumGetTimestampTz(t));
