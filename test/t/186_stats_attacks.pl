@@ -16,7 +16,7 @@ my $node = PostgreSQL::Test::Cluster->new('stats_attacks');
 $node->init;
 $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'qlater'\nqlater.max_workers = 2\nmax_worker_processes = 16\n"
-	  . "max_prepared_transactions = 4\n");
+	  . "max_prepared_transactions = 4\nrestart_after_crash = on\n");
 $node->start;
 $node->safe_psql(
 	'postgres', q{
@@ -281,7 +281,7 @@ $flip->finish;
 $reader->finish;
 is($ferr, '', 'queues made and dropped 60 times, each with an outcome');
 is($rerr, '', 'while another session reads the views 150 times: no error');
-is(stats('alice', 'flip', 'count(*)'), '', 'the last one is gone from the view');
+is(stats('alice', 'flip', 'count(*)'), '0', 'the last one is gone from the view');
 
 ### denial of monitoring: a tenant takes every place of the database
 # BREAK: bob's 256 queues, each with one outcome, leave no place for
@@ -304,35 +304,6 @@ as('alice', q{SELECT qlater_create_queue('victim2', external => true); SELECT ql
 finish('alice', 'victim2', 1);
 is(stats('alice', 'victim2', "coalesce(done_total::text, 'NULL')"), '1',
 	'once those queues are dropped (and the view read), a new queue is counted again');
-
-### the bound of all databases: 8 other databases take the 2048 places
-for my $d (1 .. 8)
-{
-	$node->safe_psql('postgres', "CREATE DATABASE d$d");
-	$node->safe_psql("d$d", q{
-CREATE EXTENSION qlater;
-SELECT count(qlater_create_queue('dq' || i, external => true)) FROM generate_series(1, 256) i;
-SELECT count(qlater_enqueue('Ext', '[]', queue => 'dq' || i)) FROM generate_series(1, 256) i;
-SELECT count(qlater_cancel(id)) FROM qlater_jobs;
-});
-}
-as('alice', q{SELECT qlater_create_queue('crowded', external => true); SELECT count(qlater_enqueue('Ext', '[]', queue => 'crowded')) FROM generate_series(1, 2)});
-finish('alice', 'crowded', 2);
-# BREAK: the queue's outcomes went to the row of the others, yet its own
-# row shows 0 (not NULL, as the README says of queues beyond the bound)
-is(stats('alice', 'crowded', "coalesce(done_total::text, 'NULL')"), 'NULL',
-	'BREAK: a queue beyond the bound of all databases shows NULL counters, not 0 (its 2 outcomes are counted elsewhere)');
-like(as('mon', q{SELECT coalesce(done_total, 0) FROM qlater_queue_stats WHERE queue IS NULL}), qr/^[23]$/,
-	'its outcomes are in the row counted together');
-for my $d (1 .. 8)
-{
-	$node->safe_psql('postgres', "DROP DATABASE d$d WITH (FORCE)");
-}
-as('alice', q{SELECT count(*) FROM qlater_queue_stats});
-as('alice', q{SELECT qlater_create_queue('after_drop', external => true); SELECT qlater_enqueue('Ext', '[]', queue => 'after_drop')});
-finish('alice', 'after_drop', 1);
-is(stats('alice', 'after_drop', "coalesce(done_total::text, 'NULL')"), '1',
-	'BREAK: the places of dropped databases are given back: a new queue is counted');
 
 ### a large job table: SIGHUP and a cancelled reader while workers count
 as(undef, q{SELECT qlater_create_queue('big', external => true)});
@@ -373,6 +344,35 @@ $node->safe_psql('dx', q{SELECT qlater_create_queue('q', external => true); SELE
 is($node->safe_psql('dx', q{SELECT done_total || ' ' || ready FROM qlater_queue_stats WHERE queue = 'q'}), '1 0',
 	'dx: and counting again');
 
+### the bound of all databases: 8 other databases take the 2048 places
+for my $d (1 .. 8)
+{
+	$node->safe_psql('postgres', "CREATE DATABASE d$d");
+	$node->safe_psql("d$d", q{
+CREATE EXTENSION qlater;
+SELECT count(qlater_create_queue('dq' || i, external => true)) FROM generate_series(1, 256) i;
+SELECT count(qlater_enqueue('Ext', '[]', queue => 'dq' || i)) FROM generate_series(1, 256) i;
+SELECT count(qlater_cancel(id)) FROM qlater_jobs;
+});
+}
+as('alice', q{SELECT qlater_create_queue('crowded', external => true); SELECT count(qlater_enqueue('Ext', '[]', queue => 'crowded')) FROM generate_series(1, 2)});
+finish('alice', 'crowded', 2);
+# BREAK: the queue's outcomes went to the row of the others, yet its own
+# row shows 0 (not NULL, as the README says of queues beyond the bound)
+is(stats('alice', 'crowded', "coalesce(done_total::text, 'NULL')"), 'NULL',
+	'BREAK: a queue beyond the bound of all databases shows NULL counters, not 0 (its 2 outcomes are counted elsewhere)');
+like(as('mon', q{SELECT coalesce(done_total, 0) FROM qlater_queue_stats WHERE queue IS NULL}), qr/^[23]$/,
+	'its outcomes are in the row counted together');
+for my $d (1 .. 8)
+{
+	$node->safe_psql('postgres', "DROP DATABASE d$d WITH (FORCE)");
+}
+as('alice', q{SELECT count(*) FROM qlater_queue_stats});
+as('alice', q{SELECT qlater_create_queue('after_drop', external => true); SELECT qlater_enqueue('Ext', '[]', queue => 'after_drop')});
+finish('alice', 'after_drop', 1);
+is(stats('alice', 'after_drop', "coalesce(done_total::text, 'NULL')"), '1',
+	'BREAK: the places of dropped databases are given back: a new queue is counted');
+
 ### a worker killed in the middle of a job: counted crashed after the restart
 my $kid = as('alice', q{SELECT qlater_enqueue('nap(text,float8)', '["k", 30]')});
 ok( $node->poll_query_until(
@@ -393,4 +393,26 @@ my $log = slurp_file($node->logfile);
 my @sig = grep { !/signal 9: Killed/ } ($log =~ /^.*terminated by signal.*$/mg);
 is(scalar(@sig), 0, 'no process was terminated by a signal, but the worker killed on purpose')
   or diag join("\n", @sig);
+
+### a server that does not preload qlater: the views must not crash it
+# BREAK: qlater_queue_stats and qlater_queue_histograms read the shared
+# counters, which exist only when qlater is preloaded
+my $np = PostgreSQL::Test::Cluster->new('stats_no_preload');
+$np->init;
+$np->append_conf('postgresql.conf', "restart_after_crash = on\n");
+$np->start;
+$np->psql('postgres', q{CREATE EXTENSION qlater; CREATE ROLE carol LOGIN});
+my ($nrc, $nout, $nerr);
+$nrc = $np->psql('postgres', q{SELECT count(*) FROM qlater_queue_stats},
+	stdout => \$nout, stderr => \$nerr, extra_params => [ '-U', 'carol' ]);
+unlike($nerr, qr/server closed the connection|terminated abnormally/,
+	'BREAK: without the preload, reading qlater_queue_stats does not crash the server');
+$nrc = $np->psql('postgres', q{SELECT count(*) FROM qlater_queue_histograms},
+	stdout => \$nout, stderr => \$nerr, extra_params => [ '-U', 'carol' ]);
+unlike($nerr, qr/server closed the connection|terminated abnormally/,
+	'BREAK: nor reading qlater_queue_histograms');
+ok($np->poll_query_until('postgres', 'SELECT 1', '1'), 'the server without the preload is up');
+$np->stop;
+unlike(slurp_file($np->logfile), qr/terminated by signal/,
+	'BREAK: no process of the server without the preload was terminated by a signal');
 done_testing();
