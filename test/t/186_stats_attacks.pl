@@ -11,6 +11,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use Time::HiRes qw(usleep);
 
 my $node = PostgreSQL::Test::Cluster->new('stats_attacks');
 $node->init;
@@ -364,10 +365,31 @@ as(undef, q{DELETE FROM qlater_job WHERE queue = 'big'});
 $node->safe_psql('postgres', 'CREATE DATABASE dx');
 $node->safe_psql('dx', q{
 CREATE EXTENSION qlater;
+CREATE FUNCTION nap(secs float8) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(secs) $$;
+SELECT qlater_register('nap(float8)');
 SELECT qlater_create_queue('big', external => true);
+});
+# BREAK: every worker of the database runs a long job: nobody counts the
+# depth of a large table, which stays NULL for as long as the jobs run
+# (the README: NULL "for a second or two while a worker makes one")
+$node->safe_psql('dx', q{SELECT qlater_enqueue('nap(float8)', '[25]') FROM generate_series(1, 2)});
+ok( $node->poll_query_until(
+		'dx', q{SELECT count(*) > 0 AND bool_and(a.query LIKE 'qlater job %') FROM pg_stat_activity a
+		 WHERE a.backend_type = 'qlater worker' AND a.datname = 'dx'}),
+	'dx: every worker of the database runs a long job');
+$node->safe_psql('dx', q{
 INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role, external, dead, attempts)
 SELECT 'big', 'Ext', '[]', 100, now(), 25, 'alice', true, false, 0 FROM generate_series(1, 30000) i;
 });
+my $shown = 'f';
+for (1 .. 16)
+{
+	$shown = $node->safe_psql('dx', q{SELECT ready IS NOT NULL FROM qlater_queue_stats WHERE queue = 'big'});
+	last if $shown eq 't';
+	usleep(500_000);
+}
+is($shown, 't', 'BREAK: the depth of a large table is shown within 8 s while the workers run long jobs');
+$node->safe_psql('dx', q{SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = 'default'});
 ok($node->poll_query_until('dx', q{SELECT ready = 30000 FROM qlater_queue_stats WHERE queue = 'big'}),
 	'dx: counted in the background');
 $node->safe_psql('dx', q{SELECT pg_reload_conf(); DROP EXTENSION qlater CASCADE; CREATE EXTENSION qlater});
