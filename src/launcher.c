@@ -71,6 +71,7 @@
 #include "launcher.h"
 #include "qlater.h"
 #include "shmem.h"
+#include "stats.h"
 #include "xact.h"
 
 /* a slot whose worker failed is not used again before this */
@@ -210,6 +211,9 @@ ql_scan_databases(void)
 		}
 	}
 	LWLockRelease(ql_shared->lock);
+	/* the queue statistics of databases gone (unless the list is cut short) */
+	if (npresent < lengthof(present))
+		ql_stats_forget_databases(present, npresent);
 }
 
 /*

@@ -31,7 +31,9 @@
  * made in the background, at most QL_DEPTH_REFRESH ago (or twenty times
  * as long as the count took, so that counting never takes more than a
  * twentieth of a worker), kept in the unlogged table qlater_queue_depth;
- * counted_at says when.  Workers count only while someone reads.
+ * counted_at says when.  Workers count only while someone reads; a reader
+ * that finds no recent count (a quiet spell, workers busy with long jobs)
+ * counts itself.
  *
  *-------------------------------------------------------------------------
  */
@@ -94,6 +96,12 @@ static const int64 bucket_le[QL_STATS_BUCKETS - 1] = {
 /* the percentiles are of the last this many minutes (the current one too) */
 #define QL_STATS_WINDOW		5
 
+/*
+ * tracked queues of one owner in a database: no role takes every place of
+ * its database
+ */
+#define QL_STATS_QUEUES_PER_OWNER	64
+
 /* entries beyond QL_STATS_QUEUES for the databases' queues counted together */
 #define QL_STATS_OTHERS		64
 
@@ -103,7 +111,7 @@ static const int64 bucket_le[QL_STATS_BUCKETS - 1] = {
 #define QL_DEPTH_REFRESH	(5 * USECS_PER_SEC)
 /* workers count while someone read the depth this recently */
 #define QL_DEPTH_READ_WINDOW	(60 * USECS_PER_SEC)
-/* a background count older than this is not shown: the reader counts */
+/* a background count older than this (past the workers' pace) is not shown */
 #define QL_DEPTH_STALE		(60 * USECS_PER_SEC)
 
 typedef struct QlStatsKey
@@ -115,7 +123,7 @@ typedef struct QlStatsKey
 typedef struct QlTimes
 {
 	uint64		buckets[QL_STATS_BUCKETS];	/* not cumulative */
-	uint64		sum;			/* microseconds */
+	double		sum;			/* microseconds (a double: never wraps) */
 } QlTimes;
 
 typedef struct QlWindowMinute
@@ -129,6 +137,7 @@ typedef struct QlQueueStats
 {
 	QlStatsKey	key;			/* hash key */
 	slock_t		mutex;			/* protects the rest */
+	NameData	owner;			/* of the queue, when its entry was made */
 	TimestampTz created_at;		/* of the queue counted */
 	TimestampTz since;			/* when counting began */
 	uint64		outcomes[QL_NUM_OUTCOMES];
@@ -196,6 +205,7 @@ ql_stats_shmem_startup(void)
 typedef struct QlStatsNote
 {
 	char		queue[NAMEDATALEN];
+	NameData	owner;			/* of the queue ("" if none) */
 	TimestampTz created_at;		/* of the queue; 0: no queue of this name */
 	int8		outcome;		/* QlOutcome */
 	int32		count;			/* of jobs with this outcome */
@@ -223,23 +233,51 @@ ql_bucket(int64 usecs)
 }
 
 /*
- * ql_stats_find: the entry that counts queue (created at created_at) in
- * this database, made if need be; NULL if there is no room.  Caller holds
- * stats->lock in *mode, which this may turn exclusive.
+ * ql_stats_room: whether a queue of owner may have an entry of its own in
+ * this database: fewer than QL_STATS_QUEUES_PER_DB named entries there,
+ * fewer than QL_STATS_QUEUES_PER_OWNER of the owner's, fewer than
+ * QL_STATS_QUEUES in all.  Caller holds stats->lock.
+ */
+static bool
+ql_stats_room(const char *owner)
+{
+	HASH_SEQ_STATUS seq;
+	QlQueueStats *each;
+	int			mine = 0;
+	int			owners = 0;
+
+	if (stats->nqueues >= QL_STATS_QUEUES)
+		return false;
+	hash_seq_init(&seq, stats_hash);
+	while ((each = hash_seq_search(&seq)) != NULL)
+	{
+		if (each->key.dboid != MyDatabaseId || each->key.queue[0] == '\0')
+			continue;
+		mine++;
+		if (strcmp(NameStr(each->owner), owner) == 0)
+			owners++;
+	}
+	return mine < QL_STATS_QUEUES_PER_DB && owners < QL_STATS_QUEUES_PER_OWNER;
+}
+
+/*
+ * ql_stats_find: the entry that counts the queue of note n in this
+ * database, made if need be: its own, or if it may have none
+ * (ql_stats_room), the one of the database's queues counted together;
+ * NULL if there is no room at all.  Caller holds stats->lock in *mode,
+ * which this may turn exclusive.
  */
 static QlQueueStats *
-ql_stats_find(const char *queue, TimestampTz created_at, LWLockMode *mode)
+ql_stats_find(const QlStatsNote *n, LWLockMode *mode)
 {
 	QlStatsKey	key;
 	QlQueueStats *e;
 	bool		found;
-	HASH_SEQ_STATUS seq;
-	QlQueueStats *each;
-	int			mine = 0;
+	TimestampTz created_at = n->created_at;
 
 	memset(&key, 0, sizeof(key));
 	key.dboid = MyDatabaseId;
-	strlcpy(key.queue, queue, NAMEDATALEN);
+	strlcpy(key.queue, n->queue, NAMEDATALEN);
 	e = hash_search(stats_hash, &key, HASH_FIND, NULL);
 	if (e != NULL)
 		return e;
@@ -253,24 +291,15 @@ ql_stats_find(const char *queue, TimestampTz created_at, LWLockMode *mode)
 			return e;
 	}
 
-	/* a named queue, if the database and the table have room for it */
-	if (key.queue[0] != '\0')
+	/* a named queue, if there is room for it */
+	if (key.queue[0] != '\0' && !ql_stats_room(NameStr(n->owner)))
 	{
-		hash_seq_init(&seq, stats_hash);
-		while ((each = hash_seq_search(&seq)) != NULL)
-		{
-			if (each->key.dboid == MyDatabaseId && each->key.queue[0] != '\0')
-				mine++;
-		}
-		if (mine >= QL_STATS_QUEUES_PER_DB || stats->nqueues >= QL_STATS_QUEUES)
-		{
-			/* counted with the others (the whole key is hashed) */
-			memset(key.queue, 0, NAMEDATALEN);
-			created_at = 0;
-			e = hash_search(stats_hash, &key, HASH_FIND, NULL);
-			if (e != NULL)
-				return e;
-		}
+		/* counted with the others (the whole key is hashed) */
+		memset(key.queue, 0, NAMEDATALEN);
+		created_at = 0;
+		e = hash_search(stats_hash, &key, HASH_FIND, NULL);
+		if (e != NULL)
+			return e;
 	}
 	if (key.queue[0] == '\0' && stats->nothers >= QL_STATS_OTHERS)
 		return NULL;
@@ -280,6 +309,7 @@ ql_stats_find(const char *queue, TimestampTz created_at, LWLockMode *mode)
 	if (!found)
 	{
 		SpinLockInit(&e->mutex);
+		e->owner = n->owner;
 		e->created_at = created_at;
 		e->since = GetCurrentTimestamp();
 		memset(e->outcomes, 0, sizeof(e->outcomes));
@@ -303,21 +333,27 @@ ql_stats_add(QlQueueStats *e, const QlStatsNote *n)
 
 	if (e->key.queue[0] != '\0' && n->created_at != e->created_at)
 	{
-		/* a queue of the same name dropped before: this one starts anew */
-		if (n->created_at < e->created_at)
-			return;
+		/*
+		 * The entry counted a queue of the same name dropped since (its
+		 * created_at may be later: created_at is a transaction's start):
+		 * this one starts anew
+		 */
 		e->created_at = n->created_at;
-		e->since = n->at;
+		e->owner = n->owner;
+		e->since = GetCurrentTimestamp();
 		memset(e->outcomes, 0, sizeof(e->outcomes));
 		memset(&e->wait, 0, sizeof(e->wait));
 		memset(&e->run, 0, sizeof(e->run));
 		memset(e->window, 0, sizeof(e->window));
 	}
-	if (w->minute != minute)
+	/* a minute gone by begins anew; a note older than its minute is left out */
+	if (w->minute < minute)
 	{
 		memset(w, 0, sizeof(*w));
 		w->minute = minute;
 	}
+	else if (w->minute > minute)
+		w = NULL;
 	if (n->outcome >= 0)
 		e->outcomes[n->outcome] += n->count;
 	if (n->wait >= 0)
@@ -325,16 +361,18 @@ ql_stats_add(QlQueueStats *e, const QlStatsNote *n)
 		int			b = ql_bucket(n->wait);
 
 		e->wait.buckets[b]++;
-		e->wait.sum += n->wait;
-		w->wait[b]++;
+		e->wait.sum += (double) n->wait;
+		if (w != NULL)
+			w->wait[b]++;
 	}
 	if (n->run >= 0)
 	{
 		int			b = ql_bucket(n->run);
 
 		e->run.buckets[b]++;
-		e->run.sum += n->run;
-		w->run[b]++;
+		e->run.sum += (double) n->run;
+		if (w != NULL)
+			w->run[b]++;
 	}
 }
 
@@ -350,7 +388,7 @@ ql_stats_apply(void)
 	LWLockAcquire(stats->lock, mode);
 	for (i = 0; i < nnotes; i++)
 	{
-		QlQueueStats *e = ql_stats_find(notes[i].queue, notes[i].created_at, &mode);
+		QlQueueStats *e = ql_stats_find(&notes[i], &mode);
 
 		if (e == NULL)
 			continue;			/* no room: documented */
@@ -425,6 +463,18 @@ ql_stats_note(const char *queue, QlOutcome outcome, int count,
 		RegisterSubXactCallback(ql_stats_subxact_callback, NULL);
 		callbacks_registered = true;
 	}
+	/* outcomes without times in a row: one note (a bulk cancel or purge) */
+	if (nnotes > 0 && due == 0 && started == 0 && outcome != QL_OUTCOME_NONE)
+	{
+		n = &notes[nnotes - 1];
+		if (n->wait < 0 && n->run < 0 && n->outcome == (int8) outcome &&
+			n->nest_level == GetCurrentTransactionNestLevel() &&
+			strcmp(n->queue, queue) == 0 && n->count <= PG_INT32_MAX - count)
+		{
+			n->count += count;
+			return;
+		}
+	}
 	if (nnotes == notes_cap)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
@@ -436,6 +486,7 @@ ql_stats_note(const char *queue, QlOutcome outcome, int count,
 	}
 	n = &notes[nnotes++];
 	strlcpy(n->queue, queue, NAMEDATALEN);
+	namestrcpy(&n->owner, q != NULL ? q->owner : "");
 	n->created_at = q != NULL ? q->created_at : 0;
 	n->outcome = (int8) outcome;
 	n->count = count;
@@ -461,6 +512,7 @@ ql_stats_may_see_all(void)
 typedef struct QlStatsCopy
 {
 	char		queue[NAMEDATALEN];
+	NameData	owner;
 	TimestampTz created_at;
 	TimestampTz since;
 	uint64		outcomes[QL_NUM_OUTCOMES];
@@ -472,8 +524,8 @@ typedef struct QlStatsCopy
 
 /*
  * ql_stats_copy_all: copies of this database's entries (*n of them), the
- * windows summed over the last QL_STATS_WINDOW minutes; *full: the
- * database has as many named queues as it may
+ * windows summed over the last QL_STATS_WINDOW minutes; *full: a queue
+ * without an entry can have none (the database, or the table, is full)
  */
 static QlStatsCopy *
 ql_stats_copy_all(int *n, bool *full)
@@ -508,6 +560,7 @@ ql_stats_copy_all(int *n, bool *full)
 		if (c->queue[0] != '\0')
 			named++;
 		SpinLockAcquire(&e->mutex);
+		c->owner = e->owner;
 		c->created_at = e->created_at;
 		c->since = e->since;
 		memcpy(c->outcomes, e->outcomes, sizeof(c->outcomes));
@@ -526,8 +579,8 @@ ql_stats_copy_all(int *n, bool *full)
 		}
 		SpinLockRelease(&e->mutex);
 	}
+	*full = named >= QL_STATS_QUEUES_PER_DB || stats->nqueues >= QL_STATS_QUEUES;
 	LWLockRelease(stats->lock);
-	*full = named >= QL_STATS_QUEUES_PER_DB;
 	qsort(copies, *n, sizeof(QlStatsCopy), ql_name_cmp);
 	return copies;
 }
@@ -555,12 +608,44 @@ ql_stats_forget(char **names, TimestampTz *created_at, int nnames,
 			e->since >= read_at)
 			continue;
 		for (i = 0; i < nnames && !live; i++)
-			live = strcmp(names[i], e->key.queue) == 0 && created_at[i] <= e->created_at;
+			live = strcmp(names[i], e->key.queue) == 0 && created_at[i] == e->created_at;
 		if (!live)
 		{
 			(void) hash_search(stats_hash, &e->key, HASH_REMOVE, NULL);
 			stats->nqueues--;
 		}
+	}
+	LWLockRelease(stats->lock);
+}
+
+/*
+ * ql_stats_forget_databases: remove the entries of databases not among
+ * present (n of them): dropped ones (the launcher, as it finds them gone)
+ */
+void
+ql_stats_forget_databases(const Oid *present, int n)
+{
+	HASH_SEQ_STATUS seq;
+	QlQueueStats *e;
+
+	if (stats == NULL)
+		return;
+	LWLockAcquire(stats->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, stats_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		bool		found = false;
+		int			i;
+
+		for (i = 0; i < n && !found; i++)
+			found = present[i] == e->key.dboid;
+		if (found)
+			continue;
+		if (e->key.queue[0] != '\0')
+			stats->nqueues--;
+		else
+			stats->nothers--;
+		(void) hash_search(stats_hash, &e->key, HASH_REMOVE, NULL);
 	}
 	LWLockRelease(stats->lock);
 }
@@ -760,9 +845,9 @@ ql_depth_ask_worker(QlDatabase *db)
 
 /*
  * ql_depth_get: the depth of every queue with jobs (*n of them), counted
- * now; or if the table is large, the background count, NULL if there is
- * none recent (a worker is asked to make it).  Caller is connected to
- * SPI, acting as the owner.
+ * now; or if the table is large, the background count if there is one
+ * recent (else a worker is asked to make it, and this read counts).
+ * *counted_at: when.  Caller is connected to SPI, acting as the owner.
  */
 static QlDepth *
 ql_depth_get(const QlCatalog *c, int *n, TimestampTz *counted_at)
@@ -770,28 +855,29 @@ ql_depth_get(const QlCatalog *c, int *n, TimestampTz *counted_at)
 	TimestampTz now = GetCurrentTimestamp();
 	Datum		values[2];
 
-	*counted_at = now;
-	if (ql_depth_big(c))
-	{
-		QlDatabase *db = ql_shared != NULL ? ql_my_database() : NULL;
+	QlDatabase *db = ql_shared != NULL ? ql_my_database() : NULL;
 
-		if (db == NULL)
-			return NULL;
+	*counted_at = now;
+	if (db != NULL && ql_depth_big(c))
+	{
 		/* workers count while someone reads */
 		pg_atomic_write_u64(&db->depth_read_at, (uint64) now);
 		*counted_at = (TimestampTz) pg_atomic_read_u64(&db->depth_counted_at);
 		/* stale: older than the workers' pace, and a minute more */
-		if (*counted_at == 0 ||
-			now - *counted_at > QL_DEPTH_STALE +
+		if (*counted_at != 0 &&
+			now - *counted_at <= QL_DEPTH_STALE +
 			((TimestampTz) pg_atomic_read_u64(&db->depth_next_at) - *counted_at))
 		{
-			/* none recent: a worker of the database makes it */
-			ql_depth_ask_worker(db);
-			return NULL;
+			if (ql_stmt_exec(&s_stmts, c, QL_S_CACHED, NULL, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not read the depth of queues");
+			return ql_depth_read(n);
 		}
-		if (ql_stmt_exec(&s_stmts, c, QL_S_CACHED, NULL, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the depth of queues");
-		return ql_depth_read(n);
+		/*
+		 * None recent (a quiet spell, or workers busy with long jobs): a
+		 * worker of the database is asked for one, and this read counts
+		 */
+		ql_depth_ask_worker(db);
+		*counted_at = now;
 	}
 	values[0] = ObjectIdGetDatum(MyDatabaseId);
 	values[1] = TimestampTzGetDatum(now);
@@ -881,6 +967,19 @@ ql_find_copy(QlStatsCopy *s, int n, const char *queue, TimestampTz created_at)
 	return c;
 }
 
+/* ql_owner_full: whether owner has as many entries among s as it may */
+static bool
+ql_owner_full(const QlStatsCopy *s, int n, const char *owner)
+{
+	int			count = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (s[i].queue[0] != '\0' && strcmp(NameStr(s[i].owner), owner) == 0)
+			count++;
+	return count >= QL_STATS_QUEUES_PER_OWNER;
+}
+
 #define QL_STATS_COLS	24
 
 /*
@@ -948,7 +1047,6 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	const QlCatalog *c = ql_catalog(false);
 	bool		all = ql_stats_may_see_all();
-	TimestampTz now = GetCurrentTimestamp();
 	QlUserSave	save;
 	Datum		values[2];
 	QlDepth    *depth;
@@ -966,8 +1064,12 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	bool	   *live;
 	bool		counted;
 	TimestampTz counted_at;
+	TimestampTz read_at;
 
+	/* the counters live in shared memory */
+	ql_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
+	read_at = GetCurrentTimestamp();
 	copies = ql_stats_copy_all(&ncopies, &full);
 
 	values[0] = BoolGetDatum(all);
@@ -980,7 +1082,12 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	counted = depth != NULL;
 	shown = palloc0(sizeof(bool) * Max(ndepth, 1));
 	live = palloc0(sizeof(bool) * Max(ncopies, 1));
-	if (ql_stmt_exec(&s_stmts, c, QL_S_QUEUES, values, NULL, true, 0) != SPI_OK_SELECT)
+	/*
+	 * The queues as committed now, whatever the caller's snapshot: the
+	 * entries of those not among them are forgotten below (an entry made
+	 * since read_at is left alone: its queue may be newer than this read)
+	 */
+	if (ql_stmt_exec_latest(&s_stmts, c, QL_S_QUEUES, values, NULL, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the queues");
 	nqueues = SPI_processed;
 	names = palloc(sizeof(char *) * Max(nqueues, 1));
@@ -993,6 +1100,7 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 		char	   *name = TextDatumGetCString(SPI_getbinval(row, desc, 1, &isnull));
 		QlDepth    *d = ql_find_depth(depth, ndepth, name);
 		QlStatsCopy *s;
+		char	   *owner;
 
 		names[i] = name;
 		created[i] = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull));
@@ -1003,11 +1111,14 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 			live[s - copies] = true;
 		if (!DatumGetBool(SPI_getbinval(row, desc, 6, &isnull)))
 			continue;
-		ql_stats_row(rsinfo->setResult, rsinfo->setDesc, name,
-					 NameStr(*DatumGetName(SPI_getbinval(row, desc, 2, &isnull))),
+		owner = NameStr(*DatumGetName(SPI_getbinval(row, desc, 2, &isnull)));
+		/* no entry: none yet (zero), or none to be had (NULL) */
+		ql_stats_row(rsinfo->setResult, rsinfo->setDesc, name, owner,
 					 DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)),
 					 DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)),
-					 counted, d, s, s != NULL || !full, counted_at, created[i]);
+					 counted, d, s,
+					 s != NULL || (!full && !ql_owner_full(copies, ncopies, owner)),
+					 counted_at, created[i]);
 	}
 	/* jobs of queues without a row: for those who see all */
 	for (k = 0; all && k < ndepth; k++)
@@ -1029,7 +1140,7 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	for (k = 0; k < ncopies && !forget; k++)
 		forget = !live[k] && copies[k].queue[0] != '\0';
 	if (forget)
-		ql_stats_forget(names, created, (int) nqueues, now);
+		ql_stats_forget(names, created, (int) nqueues, read_at);
 	SPI_finish();
 	ql_restore_user(&save);
 	return (Datum) 0;
@@ -1057,6 +1168,8 @@ qlater_queue_histograms(PG_FUNCTION_ARGS)
 	uint64		i;
 	int			b;
 
+	/* the counters live in shared memory */
+	ql_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 	copies = ql_stats_copy_all(&ncopies, &full);
 	for (b = 0; b < QL_STATS_BUCKETS; b++)
@@ -1113,7 +1226,7 @@ qlater_queue_histograms(PG_FUNCTION_ARGS)
 			row[2] = le_array;
 			row[3] = PointerGetDatum(construct_array(counts, QL_STATS_BUCKETS, INT8OID, 8,
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-			row[4] = Float8GetDatum((double) t->sum / USECS_PER_SEC);
+			row[4] = Float8GetDatum(t->sum / USECS_PER_SEC);
 			row[5] = Int64GetDatum((int64) cum);
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, row, nulls);
 		}

@@ -40,5 +40,6 @@ extern void ql_stats_note(const char *queue, QlOutcome outcome, int count,
 						  TimestampTz due, TimestampTz started,
 						  TimestampTz finished);
 extern void ql_stats_depth_refresh_due(void);
+extern void ql_stats_forget_databases(const Oid *present, int n);
 
 #endif							/* QLATER_STATS_H */
