@@ -12,3 +12,13 @@
 
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION qlater UPDATE TO '0.5'" to load this file. \quit
+
+/* ---- bulk retry of dead jobs ---- */
+
+CREATE FUNCTION @extschema@.qlater_retry_dead(queue text DEFAULT NULL,
+                                              older_than interval DEFAULT '0')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_retry_dead'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_retry_dead(text, interval) IS
+    'make the dead jobs of a queue (NULL: of every queue) that died longer than older_than ago pending again, due now, as qlater_retry does: the caller''s own, or all for admins; returns how many';
