@@ -132,6 +132,18 @@ is(as('alice', q{SELECT qlater_retry_dead('')}), '0', 'an empty queue name: none
 is(as('watcher', q{SELECT qlater_retry_dead()}), '1', 'an admin retries every role\'s');
 ok($node->poll_query_until('postgres', qq{SELECT count(*) = 1 FROM done WHERE label = -1 AND who = 'bob'}),
 	"... and bob's job runs as bob");
+# a job whose role is gone (dropped while its jobs were in another database)
+my $ghost = as('alice', q{SELECT qlater_enqueue('ok', '[-9]', queue => 'soon', run_at => 'infinity')});
+as(undef, qq{UPDATE qlater_job SET role = 'ghost' WHERE id = $ghost});
+kill_jobs(qq{id = $ghost}, '1 hour');
+is(as('alice', q{SELECT qlater_retry_dead()}), '0', 'a tenant does not retry a job whose role is gone');
+is(as('watcher', q{SELECT qlater_retry_dead('soon')}), '1', '... an admin does');
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT last_error->>'message' = 'role "ghost" does not exist' AND attempts > 0
+		  FROM qlater_jobs WHERE id = $ghost}),
+	'... and it fails as its role is gone, run by nobody');
+is(as(undef, q{SELECT count(*) FROM done WHERE label = -9}), '0', '... nothing ran');
+as(undef, qq{DELETE FROM qlater_job WHERE id = $ghost});
 as('alice', q{SELECT qlater_pause_queue('many')});
 
 ### keys: as qlater_retry settles them
