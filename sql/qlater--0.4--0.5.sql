@@ -117,3 +117,13 @@ COMMENT ON FUNCTION @extschema@.qlater_workers() IS
 REVOKE ALL ON FUNCTION @extschema@.qlater_workers() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.qlater_workers() TO qlater_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.qlater_workers() TO pg_read_all_stats;
+
+/* ---- bulk retry of dead jobs ---- */
+
+CREATE FUNCTION @extschema@.qlater_retry_dead(queue text DEFAULT NULL,
+                                              older_than interval DEFAULT '0')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'qlater_retry_dead'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_retry_dead(text, interval) IS
+    'make the dead jobs of a queue (NULL: of every queue) that died longer than older_than ago pending again, due now, as qlater_retry does: the caller''s own, or all for admins; returns how many';

@@ -54,6 +54,7 @@ PG_FUNCTION_INFO_V1(qlater_unregister);
 PG_FUNCTION_INFO_V1(qlater_enqueue);
 PG_FUNCTION_INFO_V1(qlater_enqueue_many);
 PG_FUNCTION_INFO_V1(qlater_retry);
+PG_FUNCTION_INFO_V1(qlater_retry_dead);
 PG_FUNCTION_INFO_V1(qlater_cancel);
 PG_FUNCTION_INFO_V1(qlater_workers);
 PG_FUNCTION_INFO_V1(qlater_wake_launcher);
@@ -786,6 +787,8 @@ typedef enum QlKeyStmt
 	QL_KEY_REPLACE,				/* new args, run_at and priority */
 	QL_KEY_SETTLE,				/* a job back to waiting gives up its key
 								 * if another job has it */
+	QL_KEY_RETRY_GROUPS,		/* the (queue, role)s of dead keyed jobs */
+	QL_KEY_RETRY_DEAD,			/* dead jobs back to waiting, keys settled */
 	QL_KEY_NUM_STMTS
 } QlKeyStmt;
 
@@ -833,6 +836,57 @@ static const QlStmtDef key_stmt_defs[QL_KEY_NUM_STMTS] = {
 		"AND o.id OPERATOR(pg_catalog.<>) j.id)",
 		1, {INT8OID}
 	},
+
+	/*
+	 * qlater_retry_dead: the dead jobs of queue $1 (NULL: any) that died at
+	 * $2 or before, of role $3 (NULL: any role's)
+	 */
+#define QL_RETRY_DEAD_WHERE(j) \
+	j ".dead AND ($1 IS NULL OR " j ".queue OPERATOR(pg_catalog.=) $1) " \
+	"AND " j ".run_at OPERATOR(pg_catalog.<=) $2 " \
+	"AND ($3 IS NULL OR " j ".role OPERATOR(pg_catalog.=) $3)"
+	[QL_KEY_RETRY_GROUPS] = {
+		"SELECT DISTINCT j.queue, j.role FROM %1$s.qlater_job j "
+		"WHERE " QL_RETRY_DEAD_WHERE("j") " AND j.key IS NOT NULL",
+		3, {TEXTOID, TIMESTAMPTZOID, NAMEOID}
+	},
+
+	/*
+	 * Those jobs back to waiting, as qlater_retry puts one back.  A job
+	 * keeps its key only if its (queue, role) is among the groups locked
+	 * ($4, $5, g), no other job of the key is alive, and it is the newest
+	 * of those retried here with the key; the others give it up.  Decided
+	 * by one sort of the retried jobs and the live keyed jobs of those
+	 * groups (k: the first of each key, live ones first, then the newest),
+	 * whatever the plan: never a lookup per job.  By queue and kind: how
+	 * many, and the first ids.
+	 */
+	[QL_KEY_RETRY_DEAD] = {
+		"WITH c AS MATERIALIZED (SELECT j.id, j.queue, j.role, j.key "
+		"FROM %1$s.qlater_job j WHERE " QL_RETRY_DEAD_WHERE("j") "), "
+		"g AS MATERIALIZED (SELECT * FROM ROWS FROM (pg_catalog.unnest($4), "
+		"pg_catalog.unnest($5)) AS g (queue, role)), "
+		"k AS (SELECT f.id FROM (SELECT DISTINCT ON (u.queue COLLATE pg_catalog.\"C\", u.role, "
+		"u.key COLLATE pg_catalog.\"C\") u.id, u.retried "
+		"FROM (SELECT c.id, c.queue, c.role, c.key, true AS retried FROM c JOIN g "
+		"ON g.queue OPERATOR(pg_catalog.=) c.queue AND g.role OPERATOR(pg_catalog.=) c.role "
+		"WHERE c.key IS NOT NULL "
+		"UNION ALL SELECT o.id, o.queue, o.role, o.key, false FROM g JOIN %1$s.qlater_job o "
+		"ON o.queue OPERATOR(pg_catalog.=) g.queue AND o.role OPERATOR(pg_catalog.=) g.role "
+		"WHERE o.key IS NOT NULL AND NOT o.dead) u "
+		"ORDER BY u.queue COLLATE pg_catalog.\"C\", u.role, u.key COLLATE pg_catalog.\"C\", "
+		"u.retried, u.id DESC) f "
+		"WHERE f.retried), "
+		"r AS (UPDATE %1$s.qlater_job j SET dead = false, attempts = 0, crashes = 0, "
+		"run_at = pg_catalog.now(), key = CASE WHEN k.id IS NOT NULL THEN j.key END "
+		"FROM c LEFT JOIN k ON k.id OPERATOR(pg_catalog.=) c.id "
+		"WHERE j.id OPERATOR(pg_catalog.=) c.id AND j.dead "
+		"RETURNING j.id, j.queue, j.external) "
+		"SELECT r.queue, r.external, pg_catalog.count(*), "
+		"(pg_catalog.array_agg(r.id ORDER BY r.id))[1:" CppAsString2(QL_MAX_NOTIFY_PER_CALL) "] "
+		"FROM r GROUP BY r.queue, r.external",
+		5, {TEXTOID, TIMESTAMPTZOID, NAMEOID, TEXTARRAYOID, NAMEARRAYOID}
+	},
 };
 
 static QlStmtSet key_stmts = {key_stmt_defs, QL_KEY_NUM_STMTS, NULL, 0};
@@ -848,6 +902,14 @@ ql_key_exec(const QlCatalog *c, QlKeyStmt s, Datum *values)
 {
 	/* read-write: the command counter moves on, our own writes are seen */
 	return SPI_execute_snapshot(ql_stmt_plan(&key_stmts, c, s), values, NULL,
+								GetLatestSnapshot(), InvalidSnapshot, false, true, 0);
+}
+
+/* ql_key_exec_nulls: ql_key_exec, with nulls among the values */
+static int
+ql_key_exec_nulls(const QlCatalog *c, QlKeyStmt s, Datum *values, const char *nulls)
+{
+	return SPI_execute_snapshot(ql_stmt_plan(&key_stmts, c, s), values, nulls,
 								GetLatestSnapshot(), InvalidSnapshot, false, true, 0);
 }
 
@@ -906,6 +968,22 @@ ql_set_key_locktag(LOCKTAG *tag, uint64 hash)
 {
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash,
 						 QLATER_KEY_SPACE);
+}
+
+/*
+ * ql_set_key_group_locktag: the advisory lock tag of the keys of a queue
+ * and role as a whole (QLATER_KEY_GROUP_SPACE), on a hash of the two
+ * seeded as the keys' are
+ */
+static void
+ql_set_key_group_locktag(LOCKTAG *tag, const char *queue, const char *role)
+{
+	uint64		h = ql_shared != NULL ? ql_shared->key_seed : QL_KEY_HASH_SEED;
+
+	h = hash_bytes_extended((const unsigned char *) queue, strlen(queue), h);
+	h = hash_bytes_extended((const unsigned char *) role, strlen(role), h);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 QLATER_KEY_GROUP_SPACE);
 }
 
 /*
@@ -1257,7 +1335,18 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		group_of[i] = ngroups - 1;
 	}
 
-	/* wait for the other enqueues of these keys: in one order, no deadlock */
+	/*
+	 * wait for a qlater_retry_dead that settles keys of the queue and role
+	 * (it never waits itself), then for the other enqueues of these keys:
+	 * in one order, no deadlock
+	 */
+	if (ngroups > 0)
+	{
+		LOCKTAG		tag;
+
+		ql_set_key_group_locktag(&tag, spec->queue, role);
+		(void) LockAcquire(&tag, ShareLock, false, false);
+	}
 	for (j = 0; j < ngroups; j++)
 	{
 		LOCKTAG		tag;
@@ -1460,9 +1549,10 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
  * back to waiting, in the caller's transaction (a failed attempt
  * rescheduled, a crash or timeout counted, a dead job retried): it keeps
  * its key only if no other job of the key is alive, so that at most one
- * waiting job holds it.  That is decided under the key's lock, if it can
- * be had at once; else an enqueue of the key is under way, and the job
- * drops its key (the recorder of a failure, a worker perhaps, must not wait
+ * waiting job holds it.  That is decided under the key's lock (and its
+ * group's, in share mode), if they can be had at once; else an enqueue of
+ * the key, or a qlater_retry_dead of its queue and role, is under way, and
+ * the job drops its key (the recorder of a failure, a worker perhaps, must not wait
  * for a user's transaction).  A caller holding the job's session claim
  * releases it at commit (ql_release_claim_at_commit).  Caller is
  * connected to SPI, acts as the tables' owner or a worker.
@@ -1471,11 +1561,14 @@ void
 ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
 			  const char *role, const char *key)
 {
+	LOCKTAG		group;
 	LOCKTAG		tag;
 	Datum		value;
 
+	ql_set_key_group_locktag(&group, queue, role);
 	ql_set_key_locktag(&tag, ql_key_hash(queue, role, key));
-	if (LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+	if (LockAcquire(&group, ShareLock, false, true) != LOCKACQUIRE_NOT_AVAIL &&
+		LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
 	{
 		value = Int64GetDatum(id);
 		if (ql_key_exec(c, QL_KEY_SETTLE, &value) != SPI_OK_UPDATE)
@@ -1721,29 +1814,57 @@ qlater_enqueue_many(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* the statements of qlater_retry and qlater_cancel, prepared on first use */
+typedef enum QlJobStmt
+{
+	QL_JOB_LOCK,				/* a job's row, locked */
+	QL_JOB_RETRY,				/* a dead job back to waiting */
+	QL_JOB_CANCEL,				/* a job removed */
+	QL_JOB_NUM_STMTS
+} QlJobStmt;
+
+static const QlStmtDef job_stmt_defs[QL_JOB_NUM_STMTS] = {
+	[QL_JOB_LOCK] = {
+		"SELECT role, dead, external FROM %1$s.qlater_job "
+		"WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+		1, {INT8OID}
+	},
+	[QL_JOB_RETRY] = {
+		"UPDATE %1$s.qlater_job SET dead = false, attempts = 0, crashes = 0, "
+		"run_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1 "
+		"RETURNING queue, role, key",
+		1, {INT8OID}
+	},
+	[QL_JOB_CANCEL] = {
+		"DELETE FROM %1$s.qlater_job WHERE id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	},
+};
+
+static QlStmtSet job_stmts = {job_stmt_defs, QL_JOB_NUM_STMTS, NULL, 0};
+
 /*
- * ql_lock_job_row: lock a job's row and return its role and dead flag.
- * Returns false if there is no such job.  Raises an error if the job is
- * another role's and the caller is no admin.  Caller is connected to SPI
- * and acts as the owner.
+ * ql_lock_job_row: lock a job's row and return its dead and external
+ * flags.  Returns false if there is no such job.  Raises an error if the
+ * job is another role's and the caller is no admin.  Caller is connected
+ * to SPI and acts as the owner.
  */
 static bool
-ql_lock_job_row(const QlCatalog *c, int64 id, const QlUserSave *caller, bool *dead)
+ql_lock_job_row(const QlCatalog *c, int64 id, const QlUserSave *caller, bool *dead,
+				bool *external)
 {
-	Oid			types[1] = {INT8OID};
 	Datum		values[1];
 	bool		isnull;
 	char	   *role;
 
 	values[0] = Int64GetDatum(id);
-	if (SPI_execute_with_args(psprintf("SELECT role, dead FROM %s.qlater_job "
-									   "WHERE id = $1 FOR UPDATE", c->schema_quoted),
-							  1, types, values, NULL, false, 1) != SPI_OK_SELECT)
+	if (ql_stmt_exec(&job_stmts, c, QL_JOB_LOCK, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
 		return false;
 	role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	*dead = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	*external = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 
 	/* the check is about the caller, not the owner we act as */
 	if (strcmp(role, GetUserNameFromId(caller->userid, false)) != 0)
@@ -1768,30 +1889,34 @@ qlater_retry(PG_FUNCTION_ARGS)
 	int64		id = PG_GETARG_INT64(0);
 	QlUserSave	save;
 	bool		dead;
+	bool		external;
 	bool		found;
-	Oid			types[1] = {INT8OID};
 	Datum		values[1];
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	found = ql_lock_job_row(c, id, &save, &dead);
+	found = ql_lock_job_row(c, id, &save, &dead, &external);
 	if (found)
 	{
+		char	   *queue;
+
 		if (!dead)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("job %lld is not dead", (long long) id),
 					 errhint("Only dead jobs can be retried.")));
+
 		values[0] = Int64GetDatum(id);
-		if (SPI_execute_with_args(psprintf("UPDATE %s.qlater_job SET dead = false, "
-										   "attempts = 0, crashes = 0, run_at = now() "
-										   "WHERE id = $1 RETURNING queue, role, key",
-										   c->schema_quoted),
-								  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		if (ql_stmt_exec(&job_stmts, c, QL_JOB_RETRY, values, NULL, false, 0) !=
+			SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not retry job");
+		queue = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		/* back to waiting: its key, if another job has it now, is that one's */
 		ql_key_settle_returned(c, id);
+		/* a job of an external queue wakes a listener, as an enqueue does */
+		if (external)
+			ql_notify_listener(queue, id);
 		ql_lower_frontier_at_commit(&ql_key_min);
 		ql_wake_workers_at_commit(1, GetCurrentTransactionStartTimestamp());
 	}
@@ -1801,10 +1926,169 @@ qlater_retry(PG_FUNCTION_ARGS)
 }
 
 /*
+ * ql_older_than_cutoff: the time before which a job died longer than the
+ * interval argument argno (older_than) ago, at now: an error for a NULL or
+ * negative interval; -infinity for one too long to go back by (no job
+ * died before 3000 BC).
+ */
+TimestampTz
+ql_older_than_cutoff(FunctionCallInfo fcinfo, int argno, TimestampTz now)
+{
+	Interval   *older_than;
+	Interval	longest;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("older_than must not be null"),
+				 errhint("'0' takes every dead job.")));
+	older_than = PG_GETARG_INTERVAL_P(argno);
+	if (older_than->time < 0 || older_than->day < 0 || older_than->month < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("older_than must not be negative")));
+	memset(&longest, 0, sizeof(longest));
+	longest.month = 5000 * MONTHS_PER_YEAR;
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(older_than),
+										  IntervalPGetDatum(&longest))) >= 0)
+		return DT_NOBEGIN;
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(older_than)));
+}
+
+/* the most (queue, role)s whose keys a qlater_retry_dead settles */
+#define QL_RETRY_KEY_GROUPS		64
+
+/*
+ * qlater_retry_dead(queue text, older_than interval) returns bigint: put
+ * back as pending, due now, every dead job of queue (NULL: of every queue)
+ * that died older_than ago or more, the caller's own (an admin's: every
+ * role's), as qlater_retry puts back one: attempts and crashes reset,
+ * last_error kept; workers woken, or listeners of an external queue.  One
+ * statement, and no lock per job: a dead job holds no claim or slot.
+ *
+ * Keys are settled as qlater_retry settles one (ql_key_settle), but under
+ * one lock per (queue, role) instead of one per key: the group lock, taken
+ * without waiting in exclusive mode, which every taker of a key's lock
+ * holds in share mode.  Under it no enqueue of these keys is under way, and
+ * none begins before this transaction ends: a retried job keeps its key if
+ * no other job of the key is alive (of several retried, the newest).  A
+ * group whose lock cannot be had at once (an enqueue of one of its keys is
+ * under way), or past the first QL_RETRY_KEY_GROUPS, gives its keys up, as
+ * a job does whose key's lock is busy.
+ */
+Datum
+qlater_retry_dead(PG_FUNCTION_ARGS)
+{
+	const QlCatalog *c = ql_catalog(false);
+	TimestampTz cutoff = ql_older_than_cutoff(fcinfo, 1, GetCurrentTimestamp());
+	QlUserSave	save;
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Datum	   *gqueues;
+	Datum	   *groles;
+	int			ngroups = 0;
+	int64		total = 0;
+	int64		inserver = 0;
+	int			notified = 0;
+	uint64		r;
+
+	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
+	values[1] = TimestampTzGetDatum(cutoff);
+	/* the caller's own, unless an admin (the owner we act as is not the caller) */
+	if (ql_is_admin())
+		nulls[2] = 'n';
+	else
+		values[2] = DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(GetUserId(), false)));
+
+	ql_become_owner(c, &save);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	/* the groups of the keyed ones: lock those we can, without waiting */
+	if (ql_stmt_exec(&key_stmts, c, QL_KEY_RETRY_GROUPS, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read dead jobs");
+	gqueues = palloc(sizeof(Datum) * Max(Min(SPI_processed, QL_RETRY_KEY_GROUPS), 1));
+	groles = palloc(sizeof(Datum) * Max(Min(SPI_processed, QL_RETRY_KEY_GROUPS), 1));
+	for (r = 0; r < SPI_processed && r < QL_RETRY_KEY_GROUPS; r++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *queue = SPI_getvalue(row, desc, 1);
+		char	   *role = SPI_getvalue(row, desc, 2);
+		LOCKTAG		tag;
+
+		ql_set_key_group_locktag(&tag, queue, role);
+		if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+			continue;
+		gqueues[ngroups] = CStringGetTextDatum(queue);
+		groles[ngroups] = DirectFunctionCall1(namein, CStringGetDatum(role));
+		ngroups++;
+	}
+	values[3] = PointerGetDatum(construct_array(gqueues, ngroups, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(groles, ngroups, NAMEOID, NAMEDATALEN,
+												false, TYPALIGN_CHAR));
+
+	/* under the latest snapshot: the jobs enqueued until the locks were had */
+	if (ql_key_exec_nulls(c, QL_KEY_RETRY_DEAD, values, nulls) != SPI_OK_SELECT)
+		elog(ERROR, "could not retry dead jobs");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *queue = SPI_getvalue(row, desc, 1);
+		bool		external = DatumGetBool(SPI_getbinval(row, desc, 2, &isnull));
+		int64		n = DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
+
+		total += n;
+		if (external)
+		{
+			ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(row, desc, 4, &isnull));
+			Datum	   *elems;
+			int			nelems;
+			int			i;
+
+			/* wake listeners: one per job, a few at most */
+			deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+							  TYPALIGN_DOUBLE, &elems, NULL, &nelems);
+			for (i = 0; i < nelems && notified < QL_MAX_NOTIFY_PER_CALL; i++, notified++)
+				ql_notify_listener(queue, DatumGetInt64(elems[i]));
+		}
+		else
+			inserver += n;
+	}
+	SPI_finish();
+	ql_restore_user(&save);
+	if (inserver > 0)
+	{
+		ql_check_launcher();
+		ql_lower_frontier_at_commit(&ql_key_min);
+		ql_wake_workers_at_commit((int) Min(inserver, PG_INT32_MAX),
+								  GetCurrentTransactionStartTimestamp());
+	}
+	PG_RETURN_INT64(total);
+}
+
+/*
  * qlater_cancel(id bigint) returns boolean: remove a job.  If a session
  * holds its claim (a worker running it), that attempt is interrupted when
  * this transaction commits; the worker then finds the job gone and rolls
  * its work back.
+ *
+ * The claim of a job that does not run is taken to exclude a claim until
+ * this transaction ends, but only where the row's lock does not: a dead
+ * job is claimed by nobody (workers, consumers and keyed enqueues pass
+ * over dead rows), and a worker passes over a row that a transaction
+ * still running changes (ql_row_being_changed), so the claim of an
+ * in-server job is given back at once, once the row is deleted.  Only the
+ * job of an external queue keeps it until the transaction ends: a
+ * consumer's session claim reads the row, not its lock.  So a transaction
+ * that cancels 100,000 in-server or dead jobs holds no lock per job
+ * (the lock table would run out).
  */
 Datum
 qlater_cancel(PG_FUNCTION_ARGS)
@@ -1813,17 +2097,18 @@ qlater_cancel(PG_FUNCTION_ARGS)
 	int64		id = PG_GETARG_INT64(0);
 	QlUserSave	save;
 	bool		dead;
+	bool		external;
 	bool		found;
-	Oid			types[1] = {INT8OID};
 	Datum		values[1];
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	found = ql_lock_job_row(c, id, &save, &dead);
+	found = ql_lock_job_row(c, id, &save, &dead, &external);
 	if (found)
 	{
 		LOCKTAG		tag;
+		bool		claimed = true;
 
 		/* a job this session runs or holds: it ends, it is not cancelled */
 		ql_set_job_locktag(&tag, id);
@@ -1837,14 +2122,20 @@ qlater_cancel(PG_FUNCTION_ARGS)
 		 * A claim we cannot take means the job is running (one a keyed
 		 * enqueue of this transaction took is no run: the job waits).
 		 */
-		if (!ql_try_claim(id, false))
+		if (dead)
+			claimed = false;
+		else if (!ql_try_claim(id, false))
+		{
 			ql_cancel_running_at_commit(id);
+			claimed = false;
+		}
 		ql_history_record(c, id, QL_OUTCOME_CANCELLED, 0, 0, 0);
 		values[0] = Int64GetDatum(id);
-		if (SPI_execute_with_args(psprintf("DELETE FROM %s.qlater_job WHERE id = $1",
-										   c->schema_quoted),
-								  1, types, values, NULL, false, 0) != SPI_OK_DELETE)
+		if (ql_stmt_exec(&job_stmts, c, QL_JOB_CANCEL, values, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not cancel job");
+		/* the row's lock keeps the workers off it now (see above) */
+		if (claimed && !external)
+			LockRelease(&tag, ExclusiveLock, false);
 		/* the job is gone: its slot of a limited queue (a lease's) too */
 		ql_slot_release_at_commit(id);
 	}

@@ -9,6 +9,7 @@
 #define QLATER_API_H
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "utils/jsonb.h"
 
 #include "catalog.h"
@@ -31,6 +32,13 @@
  * on a 64-bit hash of the three: a collision only serializes two keys.
  */
 #define QLATER_KEY_SPACE	29037
+/*
+ * The keys of a (queue, role) as a whole: every taker of a key's lock
+ * holds this one in share mode too (an enqueue waits for it, a recorder
+ * of a failure tries it), and qlater_retry_dead settles the keys of many
+ * jobs under it in exclusive mode (one lock, not one per key).
+ */
+#define QLATER_KEY_GROUP_SPACE	29039
 /* longest job key, in bytes */
 #define QL_MAX_KEY			512
 
@@ -47,6 +55,8 @@ extern void ql_check_priority(int32 priority);
 extern void ql_check_max_attempts(int32 max_attempts);
 extern void ql_check_queue_name(const char *queue);
 extern bool ql_is_admin(void);
+extern TimestampTz ql_older_than_cutoff(FunctionCallInfo fcinfo, int argno,
+										TimestampTz now);
 extern void ql_check_role_drop(Oid roleid, const char *newname);
 extern void ql_lock_job_role(void);
 extern void ql_lock_role(Oid roleid);

@@ -163,14 +163,14 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 		1, {INT8OID}
 	},
 	/*
-	 * The dead jobs of queue $1 (NULL: any) that died before $2, of role $3
+	 * The dead jobs of queue $1 (NULL: any) that died at $2 or before, of role $3
 	 * (NULL: any role's), removed with a 'purged' outcome each (in slot $4,
 	 * at $5); returns how many
 	 */
 	[QL_H_PURGE] = {
 		"WITH d AS (DELETE FROM %1$s.qlater_job j WHERE j.dead "
 		"AND ($1 IS NULL OR j.queue OPERATOR(pg_catalog.=) $1) "
-		"AND j.run_at OPERATOR(pg_catalog.<=) ($5 OPERATOR(pg_catalog.-) $2) "
+		"AND j.run_at OPERATOR(pg_catalog.<=) $2 "
 		"AND ($3 IS NULL OR j.role OPERATOR(pg_catalog.=) $3) RETURNING j.*), "
 		"h AS (INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
 		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, "
@@ -184,7 +184,7 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
 		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval) "
 		"SELECT d.queue, pg_catalog.count(*) FROM d GROUP BY d.queue",
-		5, {TEXTOID, INTERVALOID, NAMEOID, INT2OID, TIMESTAMPTZOID}
+		5, {TEXTOID, TIMESTAMPTZOID, NAMEOID, INT2OID, TIMESTAMPTZOID}
 	},
 };
 
@@ -670,8 +670,8 @@ Datum
 qlater_purge_dead(PG_FUNCTION_ARGS)
 {
 	const QlCatalog *c = ql_catalog(false);
-	Interval   *older_than;
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz cutoff = ql_older_than_cutoff(fcinfo, 1, now);
 	int64		keep_max;
 	int			slot;
 	QlUserSave	save;
@@ -681,21 +681,11 @@ qlater_purge_dead(PG_FUNCTION_ARGS)
 	bool		isnull;
 	uint64		i;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("older_than must not be null"),
-				 errhint("'0' purges every dead job.")));
-	older_than = PG_GETARG_INTERVAL_P(1);
-	if (older_than->time < 0 || older_than->day < 0 || older_than->month < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("older_than must not be negative")));
 	keep_max = ql_queues_max_keep(c);
 	slot = ql_history_slot_at(Max(keep_max / 12, QL_HISTORY_MIN_WIDTH), now);
 	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
 	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
-	values[1] = IntervalPGetDatum(older_than);
+	values[1] = TimestampTzGetDatum(cutoff);
 	/* the caller's own, unless an admin (the owner we act as is not the caller) */
 	if (ql_is_admin())
 		nulls[2] = 'n';
