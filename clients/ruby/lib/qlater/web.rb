@@ -60,11 +60,12 @@ module QLater
       attr_accessor :session_secret
 
       # The hook that gates every page and action: called with the
-      # Rack::Request, it lets the request through when it returns true.
+      # Rack::Request, it lets the request through when it returns true
+      # (else a bare 403).  A block, or any callable; nil removes it.
       # Unset: every request goes through (mount the app behind the host's
       # authentication, or set this).
-      def authorize(&block)
-        @authorize = block
+      def authorize(callable = nil, &block)
+        @authorize = callable || block
         @default = nil
       end
 

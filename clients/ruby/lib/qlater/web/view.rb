@@ -172,6 +172,21 @@ module QLater
         value.nil? ? "" : h(value.sub(/(\d\d:\d\d:\d\d)\.\d+/, '\1'))
       end
 
+      # An interval as the server wrote it ("00:00:01.234567", "2 days
+      # 01:00:00"), shorter: "1.23 s", "4.5 ms"; an hour or more as written.
+      def dur(value)
+        return "" if value.nil?
+
+        m = value.match(/\A(\d\d):(\d\d):(\d\d(?:\.\d+)?)\z/) or return t(value)
+        secs = m[1].to_i * 3600 + m[2].to_i * 60 + m[3].to_f
+        text = if secs < 1 then format("%.3g ms", secs * 1000)
+               elsif secs < 60 then format("%.3g s", secs)
+               elsif secs < 3600 then format("%d min %d s", secs / 60, secs % 60)
+               else value.sub(/\.\d+/, "")
+               end
+        %(<span title="#{h(value)}">#{h(text)}</span>)
+      end
+
       def nav(path, label, page)
         %(<a href="#{url(path)}"#{@page == page ? ' class="current"' : ''}>#{h(label)}</a>)
       end

@@ -49,6 +49,11 @@
         return ((p[0] - t0) / KEEP_MS * w).toFixed(1) + "," + (h - 2 - p[1] / max * (h - 12)).toFixed(1);
       }).join(" "));
       svg.appendChild(line);
+      var last = pts[pts.length - 1], dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("cx", ((last[0] - t0) / KEEP_MS * w).toFixed(1));
+      dot.setAttribute("cy", (h - 2 - last[1] / max * (h - 12)).toFixed(1));
+      dot.setAttribute("r", "2");
+      svg.appendChild(dot);
       var label = document.createElementNS(SVG, "text");
       label.setAttribute("x", "2"); label.setAttribute("y", "9");
       label.textContent = "now " + pts[pts.length - 1][1] + " (max " + max + ", 30 min)";
