@@ -68,7 +68,9 @@ module DashboardTest
       opts = Selenium::WebDriver::Chrome::Options.new
       opts.binary = ENV["CHROMIUM"] if ENV["CHROMIUM"]
       opts.add_argument("--headless=new")
-      opts.add_argument("--no-sandbox") if Process.uid.zero? # Chromium's sandbox refuses root
+      # Chromium refuses its sandbox to root; QLATER_CHROMIUM_NO_SANDBOX=1 for
+      # machines without the user namespaces the sandbox needs
+      opts.add_argument("--no-sandbox") if Process.uid.zero? || ENV["QLATER_CHROMIUM_NO_SANDBOX"] == "1"
       opts.add_argument("--disable-gpu")
       opts.add_argument("--disable-dev-shm-usage")
       opts.add_argument("--user-data-dir=#{Dir.mktmpdir('qlater-chromium')}")
