@@ -263,24 +263,38 @@ module QLater
       conn
     end
 
-    # The queries of the pages and actions: parameters always bound.
+    # The queries of the pages and actions: parameters always bound; values
+    # as the server's text, whatever type map the connection has
+    # (ActiveRecord's decodes times and numbers).
     class Db
+      TEXT = PG::TypeMapAllStrings.new
+
       def initialize(conn)
         @conn = conn
       end
 
       def rows(sql, params = [])
-        @conn.exec_params(sql, params).to_a
+        exec(sql, params).to_a
       end
 
       def value(sql, params = [])
-        @conn.exec_params(sql, params).getvalue(0, 0)
+        exec(sql, params).getvalue(0, 0)
       end
 
       def call(sql, params = [])
-        @conn.exec_params(sql, params)
+        exec(sql, params)
         nil
       end
+
+      private
+
+      def exec(sql, params)
+        result = @conn.exec_params(sql, params, 0, TEXT)
+        result.type_map = TEXT
+        result
+      end
+
+      public
 
       def exists?(relation)
         !value("SELECT to_regclass($1)", [relation]).nil?
