@@ -22,6 +22,7 @@ OBJS = \
 	src/qlater.o \
 	src/queue.o \
 	src/run.o \
+	src/running.o \
 	src/schedule.o \
 	src/shmem.o \
 	src/stats.o \

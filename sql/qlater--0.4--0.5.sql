@@ -67,3 +67,53 @@ SELECT * FROM @extschema@.qlater_queue_histograms();
 GRANT SELECT ON @extschema@.qlater_queue_histograms TO PUBLIC;
 COMMENT ON VIEW @extschema@.qlater_queue_histograms IS
     'per queue the current role may see: wait time (due to start) and run time of its jobs'' attempts since the server started, as Prometheus histograms';
+
+/* ---- what runs now: qlater_running, qlater_workers ---- */
+
+/*
+ * When a lease was taken: written with the lease, cleared with it (a
+ * session claim writes nothing to the row: its time is kept in shared
+ * memory by the session that holds it).
+ */
+ALTER TABLE @extschema@.qlater_job ADD COLUMN claimed_at timestamptz;
+
+CREATE FUNCTION @extschema@.qlater_running_jobs(
+    OUT id bigint, OUT queue text, OUT handler text, OUT role name,
+    OUT attempt int, OUT pid int, OUT kind text, OUT started_at timestamptz,
+    OUT runtime interval, OUT lease_until timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'qlater_running_jobs'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_running_jobs() IS
+    'the jobs whose attempt runs now that the current role may see (the rows of qlater_running)';
+
+/*
+ * qlater_running: one row per job whose attempt runs now, in a worker
+ * (kind 'worker', pid the worker's) or claimed by an external consumer
+ * (kind 'consumer': pid the session that holds the claim, NULL for a
+ * lease, whose holder is whoever has its token).  started_at: when the
+ * worker began this attempt, or when the consumer claimed the job.
+ * Visible as qlater_jobs (a role's own jobs, the jobs of the external
+ * queues it owns or consumes, all for qlater_admin) and all for members
+ * of pg_read_all_stats, as pg_stat_activity.  Never the arguments.
+ */
+CREATE VIEW @extschema@.qlater_running AS
+SELECT r.id, r.queue, r.handler, r.role, r.attempt, r.pid, r.kind,
+       r.started_at, r.runtime, r.lease_until
+  FROM @extschema@.qlater_running_jobs() r;
+GRANT SELECT ON @extschema@.qlater_running TO PUBLIC;
+COMMENT ON VIEW @extschema@.qlater_running IS
+    'the jobs running now that the current role may see: in the workers, and claimed by consumers, since when';
+
+DROP FUNCTION @extschema@.qlater_workers();
+CREATE FUNCTION @extschema@.qlater_workers(
+    OUT pid int, OUT datname name, OUT state text, OUT job_id bigint,
+    OUT job_started_at timestamptz, OUT busy_since timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'qlater_workers'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION @extschema@.qlater_workers() IS
+    'the background workers of qlater: database, state (starting, idle, running, stopping), the job each one runs and since when';
+REVOKE ALL ON FUNCTION @extschema@.qlater_workers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.qlater_workers() TO qlater_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.qlater_workers() TO pg_read_all_stats;

@@ -1957,30 +1957,87 @@ ql_check_role_drop(Oid roleid, const char *newname)
 	}
 }
 
-/* qlater_workers(): one row per running worker */
+/*
+ * qlater_workers(): one row per worker slot in use: its pid (NULL while
+ * it starts), its database by name, its state, the job it runs and when
+ * that attempt began, and since when it runs jobs without a pause.
+ * States: 'starting' (the launcher started it, it is not yet at work),
+ * 'idle' (waiting for jobs, or looking for them), 'running' (running jobs:
+ * job_id is the one running now, NULL for a moment between the jobs of a
+ * batch), 'stopping' (asked to leave its database once its job is done).
+ */
 Datum
 qlater_workers(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	typedef struct
+	{
+		pid_t		pid;
+		Oid			dboid;
+		bool		stopping;
+		bool		idle;
+		uint64		job;
+		uint64		started;
+		uint64		busy;
+	}			QlWorkerRow;
+	QlWorkerRow *rows;
+	int			n = 0;
 	int			i;
 
 	ql_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
+	rows = palloc(sizeof(QlWorkerRow) * Max(ql_shared->nslots, 1));
+	LWLockAcquire(ql_shared->lock, LW_SHARED);
 	for (i = 0; i < ql_shared->nslots; i++)
 	{
 		QlWorkerSlot *slot = &ql_shared->slots[i];
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-		pid_t		pid = slot->pid;
-		uint64		job = pg_atomic_read_u64(&slot->job_id);
+		QlWorkerRow *r = &rows[n];
 
-		if (pid == 0)
+		if (!OidIsValid(slot->dboid))
 			continue;
-		values[0] = Int32GetDatum(pid);
-		values[1] = ObjectIdGetDatum(slot->dboid);
-		values[2] = Int64GetDatum((int64) job);
-		nulls[2] = (job == 0);
-		values[3] = BoolGetDatum(pg_atomic_read_u32(&slot->idle) != 0);
+		r->pid = slot->pid;
+		r->dboid = slot->dboid;
+		r->stopping = slot->stop_requested;
+		r->idle = pg_atomic_read_u32(&slot->idle) != 0;
+		r->job = pg_atomic_read_u64(&slot->job_id);
+		pg_read_barrier();
+		r->started = pg_atomic_read_u64(&slot->job_started);
+		pg_read_barrier();
+		if (pg_atomic_read_u64(&slot->job_id) != r->job)
+			r->job = 0;
+		r->busy = pg_atomic_read_u64(&slot->busy_since);
+		n++;
+	}
+	LWLockRelease(ql_shared->lock);
+
+	for (i = 0; i < n; i++)
+	{
+		QlWorkerRow *r = &rows[i];
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		char	   *datname = get_database_name(r->dboid);
+		const char *state;
+
+		if (r->pid == 0)
+			state = "starting";
+		else if (r->stopping)
+			state = "stopping";
+		else if (r->idle && r->job == 0)
+			state = "idle";
+		else
+			state = "running";
+		values[0] = Int32GetDatum(r->pid);
+		nulls[0] = (r->pid == 0);
+		if (datname != NULL)
+			values[1] = DirectFunctionCall1(namein, CStringGetDatum(datname));
+		nulls[1] = (datname == NULL);
+		values[2] = CStringGetTextDatum(state);
+		values[3] = Int64GetDatum((int64) r->job);
+		nulls[3] = (r->job == 0 || r->pid == 0);
+		values[4] = TimestampTzGetDatum((TimestampTz) r->started);
+		nulls[4] = nulls[3];
+		values[5] = TimestampTzGetDatum((TimestampTz) r->busy);
+		nulls[5] = (r->busy == 0 || r->pid == 0 || state[0] == 'i');
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

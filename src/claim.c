@@ -36,6 +36,7 @@
 #include "job.h"
 #include "limits.h"
 #include "qlater.h"
+#include "running.h"
 #include "shmem.h"
 
 /*
@@ -78,6 +79,8 @@ ql_release_claim(int64 job_id)
 
 	ql_set_job_locktag(&tag, job_id);
 	LockRelease(&tag, ExclusiveLock, true);
+	/* a consumer's record of the claim goes with it (running.c) */
+	ql_claims_forget(job_id);
 }
 
 typedef enum QlCandidateResult

@@ -54,6 +54,7 @@
 #include "limits.h"
 #include "qlater.h"
 #include "queue.h"
+#include "running.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(qlater_lock);
@@ -182,32 +183,37 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	 */
 	[QL_STMT_LAPSE] = {
 		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
-		"dead = $5, claim_token = NULL, lease_until = NULL "
+		"dead = $5, claim_token = NULL, lease_until = NULL, claimed_at = NULL "
 		"WHERE id OPERATOR(pg_catalog.=) $1 AND " QL_CLAIMABLE
 		" AND claim_token OPERATOR(pg_catalog.=) $6 "
 		"AND attempts OPERATOR(pg_catalog.=) $7 "
 		"AND EXISTS (SELECT FROM %1$s.qlater_job l "
 		"WHERE l.id OPERATOR(pg_catalog.=) $1 FOR UPDATE SKIP LOCKED) "
-		"RETURNING queue, role, key",
+		"RETURNING queue, role, key, (SELECT o.claimed_at FROM %1$s.qlater_job o "
+		"WHERE o.id OPERATOR(pg_catalog.=) $1)",
 		7, {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID, UUIDOID, INT4OID}
 	},
-	/* a job whose lease lapsed is not leased: its lapse is counted first */
+	/*
+	 * A job whose lease lapsed is not leased: its lapse is counted first.
+	 * $3: the claim's time (qlater_running, the history).
+	 */
 	[QL_STMT_LEASE] = {
 		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
-		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
+		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2, claimed_at = $3 "
 		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND " QL_CLAIMABLE
 		" AND claim_token IS NULL RETURNING " QL_CLAIMED_ROW,
-		2, {INT8ARRAYOID, INTERVALOID}
+		3, {INT8ARRAYOID, INTERVALOID, TIMESTAMPTZOID}
 	},
+	/* column 7: when its lease was taken */
 	[QL_STMT_FINISH] = {
-		"SELECT " QL_FINISH_ROW " FROM %1$s.qlater_job j "
+		"SELECT " QL_FINISH_ROW ", j.claimed_at FROM %1$s.qlater_job j "
 		"WHERE j.id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 		3, {INT8OID, NAMEOID, BOOLOID}
 	},
 	/*
 	 * With its outcome in the history, in the same statement (slot $4, at
-	 * $5; none if the queue keeps none): column 7 is the outcome's
-	 * expires_at, NULL if none was written
+	 * $5, begun at $6, or when its lease was taken; none if the queue keeps
+	 * none): column 7 is the outcome's expires_at, NULL if none was written
 	 */
 	[QL_STMT_COMPLETE] = {
 		"WITH d AS (DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
@@ -217,25 +223,26 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		"external) "
 		"SELECT $4, d.id, d.queue, d.handler, d.role, "
 		"CASE WHEN COALESCE(q.history_args, true) THEN d.args END, "
-		"d.enqueued_at, d.run_at, NULL, $5, d.attempts OPERATOR(pg_catalog.+) 1, 'done', NULL, "
+		"d.enqueued_at, d.run_at, COALESCE($6, d.claimed_at), $5, "
+		"d.attempts OPERATOR(pg_catalog.+) 1, 'done', NULL, "
 		"$5 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), "
 		"d.external "
 		"FROM d LEFT JOIN %1$s.qlater_queue q ON q.name OPERATOR(pg_catalog.=) d.queue "
 		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
 		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval RETURNING expires_at) "
 		"SELECT d.claim_token, d.attempts, d.max_attempts, d.queue, d.run_at, d.lease_until, "
-		"(SELECT pg_catalog.max(h.expires_at) FROM h) FROM d",
-		5, {INT8OID, NAMEOID, BOOLOID, INT2OID, TIMESTAMPTZOID}
+		"(SELECT pg_catalog.max(h.expires_at) FROM h), COALESCE($6, d.claimed_at) FROM d",
+		6, {INT8OID, NAMEOID, BOOLOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[QL_STMT_FAIL] = {
 		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
-		"dead = $5, claim_token = NULL, lease_until = NULL "
+		"dead = $5, claim_token = NULL, lease_until = NULL, claimed_at = NULL "
 		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING queue, role, key",
 		5, {INT8OID, INT4OID, JSONBOID, TIMESTAMPTZOID, BOOLOID}
 	},
 	[QL_STMT_UNLEASE] = {
-		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
-		"WHERE id OPERATOR(pg_catalog.=) $1",
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL, "
+		"claimed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
 		1, {INT8OID}
 	},
 	[QL_STMT_EXTEND] = {
@@ -261,8 +268,8 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		3, {INT8ARRAYOID, NAMEOID, BOOLOID}
 	},
 	[QL_STMT_UNLEASE_MANY] = {
-		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL "
-		"WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+		"UPDATE %1$s.qlater_job SET claim_token = NULL, lease_until = NULL, "
+		"claimed_at = NULL WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
 		1, {INT8ARRAYOID}
 	},
 };
@@ -309,6 +316,9 @@ typedef struct QlFinish
 	char		queue[NAMEDATALEN];
 	int			slot;			/* QL_STMT_COMPLETE: of the outcome written */
 	TimestampTz expires_at;		/* its expires_at, 0 if none was written */
+	TimestampTz claimed_at;		/* QL_STMT_FINISH: when its lease was taken;
+								 * QL_STMT_COMPLETE: when it was claimed;
+								 * else 0 */
 } QlFinish;
 
 /*
@@ -451,6 +461,7 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 	bool		dead;
 	bool		isnull;
 	Datum		values[7];
+	TimestampTz started_at;
 
 	attempts = DatumGetInt32(SPI_getbinval(row, desc, 7, &isnull));
 	max_attempts = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
@@ -474,10 +485,17 @@ ql_lease_lapsed(const QlCatalog *c, int64 id, HeapTuple row, TupleDesc desc)
 		elog(ERROR, "could not record the lapsed lease of job %lld", (long long) id);
 	if (SPI_processed == 0)
 		return false;
+	/* the lapsed lease's claim time: when its attempt began */
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4,
+									  &isnull);
+
+		started_at = isnull ? 0 : DatumGetTimestampTz(d);
+	}
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
-	ql_history_record(c, id, QL_OUTCOME_TIMEOUT, 0, 0,
+	ql_history_record(c, id, QL_OUTCOME_TIMEOUT, started_at, 0,
 					  DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &isnull)));
 	return true;
 }
@@ -543,9 +561,10 @@ ql_claim_give_back(int64 id, bool session, int32 max_running)
  */
 static void
 ql_claim_rows(const QlCatalog *c, QlConsumerStmt s, const int64 *ids, int n,
-			  Interval *lease, HeapTuple *rows, TupleDesc *desc)
+			  Interval *lease, TimestampTz claimed_at, HeapTuple *rows,
+			  TupleDesc *desc)
 {
-	Datum		values[2];
+	Datum		values[3];
 	Datum	   *elems = palloc(sizeof(Datum) * n);
 	uint64		r;
 	int			i;
@@ -558,6 +577,7 @@ ql_claim_rows(const QlCatalog *c, QlConsumerStmt s, const int64 *ids, int n,
 	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = lease != NULL ? IntervalPGetDatum(lease) : (Datum) 0;
+	values[2] = TimestampTzGetDatum(claimed_at);
 
 	/*
 	 * The read sees what committed until now, whatever the isolation level:
@@ -594,15 +614,16 @@ ql_claim_rows(const QlCatalog *c, QlConsumerStmt s, const int64 *ids, int n,
  * just followed.  Each claimed job fills out[] (its row copied into the
  * caller's memory); each other gives its claim back.  A job whose lease
  * lapsed is not claimed: its lapse is counted (ql_lease_lapsed, at most
- * *lapses_left), its slot given back at once.  state[i] follows what
+ * *lapses_left), its slot given back at once.  A lease records its claim
+ * time, claimed_at.  state[i] follows what
  * becomes of ids[i] (QL_CS_*).  Caller is connected to SPI and acts as the
  * owner; result is the row type of qlater_lock.  Returns the number of
  * jobs claimed.
  */
 static int
 ql_claim_read(const QlCatalog *c, const int64 *ids, int8 *state, int n,
-			  Interval *lease, TupleDesc result, int32 max_running,
-			  int *lapses_left, QlClaimed *out)
+			  Interval *lease, TimestampTz claimed_at, TupleDesc result,
+			  int32 max_running, int *lapses_left, QlClaimed *out)
 {
 	HeapTuple  *leased = palloc(sizeof(HeapTuple) * n);
 	HeapTuple  *reread = palloc(sizeof(HeapTuple) * n);
@@ -616,7 +637,7 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int8 *state, int n,
 	/* lease mode: lease them; those not leased are read, as in session mode */
 	if (lease != NULL)
 	{
-		ql_claim_rows(c, QL_STMT_LEASE, ids, n, lease, leased, &desc);
+		ql_claim_rows(c, QL_STMT_LEASE, ids, n, lease, claimed_at, leased, &desc);
 		for (i = 0; i < n; i++)
 			if (leased[i] == NULL)
 				unleased[nunleased++] = ids[i];
@@ -629,7 +650,7 @@ ql_claim_read(const QlCatalog *c, const int64 *ids, int8 *state, int n,
 		nunleased = n;
 	}
 	if (nunleased > 0)
-		ql_claim_rows(c, QL_STMT_CLAIM, unleased, nunleased, NULL, reread, &desc);
+		ql_claim_rows(c, QL_STMT_CLAIM, unleased, nunleased, NULL, 0, reread, &desc);
 	if (desc != NULL)
 		ql_check_row_type(desc, result);
 
@@ -792,7 +813,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 	int32		max_running;
 	QlSlotResult slot = QL_SLOT_TAKEN;
 	int			lapses_left = QL_MAX_LAPSES_PER_CALL;
-	TimestampTz now;
+	TimestampTz claimed_at = GetCurrentTimestamp();
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -877,7 +898,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 				if (call->n == first)
 					break;
 				got = ql_claim_read(c, &call->ids[first], &call->state[first],
-									call->n - first, lease, rsinfo->setDesc,
+									call->n - first, lease, claimed_at, rsinfo->setDesc,
 									max_running, &lapses_left, &claimed[nclaimed]);
 				nclaimed += got;
 				/* jobs gone or lapsed gave their slots back: candidate k again */
@@ -905,12 +926,23 @@ qlater_lock(PG_FUNCTION_ARGS)
 
 	/* a later round may have found jobs that come first */
 	qsort(claimed, nclaimed, sizeof(QlClaimed), ql_claimed_cmp);
-	now = GetCurrentTimestamp();
 	for (i = 0; i < nclaimed; i++)
 	{
+		/* the claim and its time, for qlater_running (running.c) */
+		if (lease == NULL)
+			ql_claims_record(claimed[i].id, NULL, claimed_at, 0);
+		else
+		{
+			bool		isnull;
+			Datum		token = heap_getattr(claimed[i].row, 16, rsinfo->setDesc, &isnull);
+			Datum		until = heap_getattr(claimed[i].row, 17, rsinfo->setDesc, &isnull);
+
+			ql_claims_record(claimed[i].id, DatumGetUUIDP(token), claimed_at,
+							 DatumGetTimestampTz(until));
+		}
 		tuplestore_puttuple(rsinfo->setResult, claimed[i].row);
-		/* its attempt begins: how long it waited */
-		ql_stats_note(queue, QL_OUTCOME_NONE, 0, claimed[i].run_at, now, 0);
+		/* its attempt begins (at its claim): how long it waited */
+		ql_stats_note(queue, QL_OUTCOME_NONE, 0, claimed[i].run_at, claimed_at, 0);
 	}
 	return (Datum) 0;
 }
@@ -1031,9 +1063,11 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 {
 	char	   *me = ql_current_user_name();
 	bool		admin = ql_is_admin();
-	Datum		values[5];
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz started_at = token == NULL ? ql_claims_time(id) : 0;
 
 	f->id = id;
 	f->token = token;
@@ -1047,7 +1081,11 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	f->slot = s == QL_STMT_COMPLETE ? ql_history_slot_now(c, now) : 0;
 	values[3] = Int16GetDatum(f->slot);
 	values[4] = TimestampTzGetDatum(now);
-	if (ql_exec(c, s, values, false, 1) != expected)
+	/* QL_STMT_COMPLETE: when the session claimed it; a lease's is on the row */
+	values[5] = TimestampTzGetDatum(started_at);
+	if (started_at == 0)
+		nulls[5] = 'n';
+	if (ql_stmt_exec(&stmts, c, s, values, nulls, false, 1) != expected)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
 		ql_job_missing_error(id);
@@ -1058,12 +1096,24 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	strlcpy(f->queue, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
 			NAMEDATALEN);
 	f->expires_at = 0;
+	f->claimed_at = 0;
+	if (s == QL_STMT_FINISH)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
+
+		if (!isnull)
+			f->claimed_at = DatumGetTimestampTz(d);
+	}
 	if (s == QL_STMT_COMPLETE)
 	{
 		Datum		e = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
 
 		if (!isnull)
 			f->expires_at = DatumGetTimestampTz(e);
+		/* column 8: when the attempt began (the claim) */
+		e = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull);
+		if (!isnull)
+			f->claimed_at = DatumGetTimestampTz(e);
 	}
 }
 
@@ -1086,6 +1136,8 @@ ql_finish_job(QlFinish *f)
 	ql_finish_leave(f);
 	if (f->token == NULL)
 		ql_release_claim_at_commit(f->id);
+	else
+		ql_claims_lease_finished(f->id);
 	/* its slot, if its queue has a limit: with the claim, or the lease */
 	ql_slot_release_at_commit(f->id);
 }
@@ -1124,7 +1176,8 @@ qlater_complete(PG_FUNCTION_ARGS)
 	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_SELECT);
 	if (f.expires_at != 0)
 		ql_history_note(f.slot, f.expires_at);
-	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, 0, 0);
+	/* its wait was counted at the claim: how long it ran */
+	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, f.claimed_at, GetCurrentTimestamp());
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -1167,7 +1220,9 @@ qlater_fail(PG_FUNCTION_ARGS)
 	/* waiting again: its key, if another job has it now, is that one's */
 	if (!dead)
 		ql_key_settle_returned(c, id);
-	ql_history_record(c, id, dead ? QL_OUTCOME_DEAD : QL_OUTCOME_FAILED, 0, 0, f.run_at);
+	/* the attempt began with the claim: the session's, or the lease's */
+	ql_history_record(c, id, dead ? QL_OUTCOME_DEAD : QL_OUTCOME_FAILED,
+					  token == NULL ? ql_claims_time(id) : f.claimed_at, 0, f.run_at);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -1196,7 +1251,10 @@ qlater_unlock(PG_FUNCTION_ARGS)
 		ql_slot_release(id);
 	}
 	else
+	{
 		ql_slot_release_at_commit(id);
+		ql_claims_lease_finished(id);
+	}
 	PG_RETURN_VOID();
 }
 
@@ -1222,6 +1280,7 @@ qlater_extend(PG_FUNCTION_ARGS)
 	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	ql_finish_leave(&f);
 	ql_slot_extend(id, until);
+	ql_claims_lease_extended(id, token, until);
 	PG_RETURN_TIMESTAMPTZ(until);
 }
 
@@ -1472,7 +1531,8 @@ qlater_complete_many(PG_FUNCTION_ARGS)
 	 * The outcomes are recorded from the rows, then the rows are checked as
 	 * they are deleted: an error undoes both
 	 */
-	ql_history_record_many(c, PG_GETARG_DATUM(0), QL_OUTCOME_DONE, 0, 1);
+	ql_history_record_many(c, PG_GETARG_DATUM(0), QL_OUTCOME_DONE, 0,
+						   m.tokens == NULL ? ql_claims_times(m.ids, m.n) : (Datum) 0, 1);
 	ql_many_begin(&m, c, QL_STMT_COMPLETE_MANY, SPI_OK_DELETE_RETURNING, &save);
 	SPI_finish();
 	ql_restore_user(&save);
@@ -1480,6 +1540,8 @@ qlater_complete_many(PG_FUNCTION_ARGS)
 	{
 		if (m.tokens == NULL)
 			ql_release_claim_at_commit(m.ids[i]);
+		else
+			ql_claims_lease_finished(m.ids[i]);
 		ql_slot_release_at_commit(m.ids[i]);
 	}
 	PG_RETURN_INT32(m.n);
@@ -1523,7 +1585,10 @@ qlater_unlock_many(PG_FUNCTION_ARGS)
 			ql_slot_release(m.ids[i]);
 		}
 		else
+		{
 			ql_slot_release_at_commit(m.ids[i]);
+			ql_claims_lease_finished(m.ids[i]);
+		}
 	}
 	PG_RETURN_INT32(m.n);
 }

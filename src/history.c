@@ -85,15 +85,17 @@ typedef enum QlHistoryStmt
  * attempt is the row's attempts plus $5), or after the update that records
  * a failure (failed, dead, timeout, crashed: the row's last_error and
  * attempts are this attempt's already, $5 is 0, and $7 is when the attempt
- * was due, the row's run_at before the update; NULL: the row's).  Nothing
- * is written for a queue that keeps no history.  Returns each job's queue
- * and when its attempt was due (for its counters: stats.c), and the latest
- * expires_at written.
+ * was due, the row's run_at before the update; NULL: the row's).  $3 is
+ * when the attempt began; NULL: when the row's lease was taken, if it has
+ * one (running.c), else not known.  Nothing is written for a queue that
+ * keeps no history.  Returns each job's queue and when its attempt was due
+ * (for its counters: stats.c), the latest expires_at written, and whether
+ * the job is external.
  */
-#define QL_H_RECORD_SQL(where) \
+#define QL_H_RECORD_SQL(where, started) \
 	"WITH j AS (SELECT j.id, j.queue, j.handler, j.role, " \
 	"CASE WHEN COALESCE(q.history_args, true) THEN j.args END AS args, " \
-	"j.enqueued_at, COALESCE($7, j.run_at) AS due, " \
+	"j.enqueued_at, COALESCE($7, j.run_at) AS due, " started " AS started, " \
 	"j.attempts OPERATOR(pg_catalog.+) $5 AS attempt, " \
 	"CASE WHEN $6 OPERATOR(pg_catalog.=) ANY ('{done,cancelled}'::pg_catalog.text[]) " \
 	"THEN NULL ELSE j.last_error END AS error, " \
@@ -103,22 +105,27 @@ typedef enum QlHistoryStmt
 	"h AS (INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, " \
 	"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, " \
 	"external) " \
-	"SELECT $2, j.id, j.queue, j.handler, j.role, j.args, j.enqueued_at, j.due, $3, $4, " \
+	"SELECT $2, j.id, j.queue, j.handler, j.role, j.args, j.enqueued_at, j.due, j.started, $4, " \
 	"j.attempt, $6, j.error, $4 OPERATOR(pg_catalog.+) j.keep, j.external FROM j " \
 	"WHERE j.keep OPERATOR(pg_catalog.>) '0'::pg_catalog.interval " \
 	"RETURNING expires_at) " \
-	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h) FROM j"
+	"SELECT j.queue, j.due, (SELECT pg_catalog.max(h.expires_at) FROM h), j.external, " \
+	"j.started FROM j"
 
 static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 	[QL_H_RECORD] = {
-		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) $1"),
+		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) $1", "COALESCE($3, j.claimed_at)"),
 		7, {INT8OID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
 		TIMESTAMPTZOID}
 	},
 	[QL_H_RECORD_MANY] = {
-		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) ANY ($1)"),
-		7, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
-		TIMESTAMPTZOID}
+		/* $8: the start of each job's attempt, in the order of $1 (or NULL) */
+		QL_H_RECORD_SQL("j.id OPERATOR(pg_catalog.=) ANY ($1)",
+						"COALESCE($3, (SELECT u.s FROM ROWS FROM (pg_catalog.unnest($1), "
+						"pg_catalog.unnest($8)) AS u(i, s) WHERE u.i OPERATOR(pg_catalog.=) j.id "
+						"LIMIT 1), j.claimed_at)"),
+		8, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID, TIMESTAMPTZARRAYOID}
 	},
 	/* $1 the slot, then a column each: the rows of done_rows */
 	[QL_H_DONE] = {
@@ -239,13 +246,13 @@ ql_history_note(int slot, TimestampTz until)
 static void
 ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 					   QlOutcome outcome, TimestampTz started_at,
-					   int32 attempt_added, TimestampTz due_at)
+					   Datum started_ats, int32 attempt_added, TimestampTz due_at)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int			slot = ql_history_slot_at(ql_history_width(c), now);
 	QlUserSave	save;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	TimestampTz until = 0;
 	uint64		i;
 
@@ -260,6 +267,9 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 	values[6] = TimestampTzGetDatum(due_at);
 	if (due_at == 0)
 		nulls[6] = 'n';
+	values[7] = started_ats;
+	if (started_ats == (Datum) 0)
+		nulls[7] = 'n';
 
 	ql_become_owner(c, &save);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -273,9 +283,19 @@ ql_history_record_stmt(const QlCatalog *c, QlHistoryStmt s, Datum id,
 		bool		isnull;
 		Datum		t;
 
+		bool		no_start;
+		Datum		started = SPI_getbinval(row, desc, 5, &no_start);
+
+		/*
+		 * The attempt ran from its start (column 5: the history's
+		 * started_at); an external job's wait was counted at its claim
+		 * (qlater_lock), so its due time is not passed on (column 4:
+		 * external)
+		 */
 		ql_stats_note(SPI_getvalue(row, desc, 1), outcome, 1,
+					  DatumGetBool(SPI_getbinval(row, desc, 4, &isnull)) ? 0 :
 					  DatumGetTimestampTz(SPI_getbinval(row, desc, 2, &isnull)),
-					  started_at, now);
+					  no_start ? 0 : DatumGetTimestampTz(started), now);
 		t = SPI_getbinval(row, desc, 3, &isnull);
 		if (!isnull)
 			until = Max(until, DatumGetTimestampTz(t));
@@ -300,16 +320,21 @@ ql_history_record(const QlCatalog *c, int64 id, QlOutcome outcome,
 				  TimestampTz started_at, int32 attempt_added, TimestampTz due_at)
 {
 	ql_history_record_stmt(c, QL_H_RECORD, Int64GetDatum(id), outcome,
-						   started_at, attempt_added, due_at);
+						   started_at, (Datum) 0, attempt_added, due_at);
 }
 
-/* ql_history_record_many: the same for the jobs of an int8[] */
+/*
+ * ql_history_record_many: the same for the jobs of an int8[]; started_ats,
+ * a timestamptz[] of the start of each one's attempt in the order of ids
+ * (elements NULL, or started_ats (Datum) 0: as ql_history_record's 0)
+ */
 void
 ql_history_record_many(const QlCatalog *c, Datum ids, QlOutcome outcome,
-					   TimestampTz started_at, int32 attempt_added)
+					   TimestampTz started_at, Datum started_ats,
+					   int32 attempt_added)
 {
 	ql_history_record_stmt(c, QL_H_RECORD_MANY, ids, outcome, started_at,
-						   attempt_added, 0);
+						   started_ats, attempt_added, 0);
 }
 
 /*

@@ -22,7 +22,8 @@ extern void ql_history_record(const QlCatalog *c, int64 id, QlOutcome outcome,
 							  TimestampTz started_at, int32 attempt_added,
 							  TimestampTz due_at);
 extern void ql_history_record_many(const QlCatalog *c, Datum ids, QlOutcome outcome,
-								   TimestampTz started_at, int32 attempt_added);
+								   TimestampTz started_at, Datum started_ats,
+								   int32 attempt_added);
 extern void ql_history_done(const struct QlJob *job);
 extern void ql_history_flush(void);
 extern void ql_history_expire_due(void);

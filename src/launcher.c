@@ -29,9 +29,10 @@
  *	2. a wanted database with workers (a backlog) gets more: free slots,
  *	   idle workers of databases that keep another one, and busy workers
  *	   (slice over) of databases with two more workers than it has.
- *	3. a database without a worker for QL_REVISIT_MS is looked at when a
- *	   slot is free or a worker idle, in case jobs reached it without a
- *	   commit qlater saw (a restore, a plain INSERT into qlater_job).
+ *	3. a database without a worker for qlater.revisit_interval is looked
+ *	   at when a slot is free or a worker idle, in case jobs reached it
+ *	   without a commit qlater saw (a restore, a plain INSERT into
+ *	   qlater_job).
  *	4. free slots left wait, idle, in the databases with the fewest.
  *
  * A database that waits QL_STARVED_LOG_MS for a worker (every worker runs
@@ -87,9 +88,6 @@
 
 /* a database that waits this long for a worker is logged */
 #define QL_STARVED_LOG_MS	30000
-
-/* a database without a worker this long is looked at when one is idle */
-#define QL_REVISIT_MS		(5 * 60 * 1000)
 
 /* launcher-local state of each slot */
 typedef struct QlLauncherSlot
@@ -566,6 +564,7 @@ ql_balance(Oid *starved, int *nstarved)
 	{
 		QlDatabase *db = &ql_shared->dbs[i];
 		uint64		due;
+		TimestampTz revisit_at;
 
 		if (db->state != QL_DB_UNKNOWN && db->state != QL_DB_ACTIVE)
 			continue;
@@ -628,8 +627,21 @@ ql_balance(Oid *starved, int *nstarved)
 			continue;
 		}
 		db->waiting_since = 0;
-		if (TimestampDifferenceExceeds(db->last_served, now, QL_REVISIT_MS))
+
+		/*
+		 * qlater.revisit_interval is read at each pass, so that a reload
+		 * changes it at once; a look not yet due is a time to run again.
+		 */
+		revisit_at = TimestampTzPlusMilliseconds(db->last_served, ql_revisit_interval);
+		if (revisit_at <= now)
 			need3[n3++] = db;
+		else
+		{
+			long		wait = TimestampDifferenceMilliseconds(now, revisit_at) + 1;
+
+			if (retry_ms < 0 || wait < retry_ms)
+				retry_ms = wait;
+		}
 	}
 
 	/* free slots, but those waiting out a failure */
@@ -747,9 +759,9 @@ ql_balance(Oid *starved, int *nstarved)
 	}
 
 	/*
-	 * A database without a worker for QL_REVISIT_MS is looked at again with
-	 * a free slot or an idle worker, one per pass, in case jobs reached it
-	 * without a commit that qlater saw.
+	 * A database without a worker for qlater.revisit_interval is looked at
+	 * again with a free slot or an idle worker, one per pass, in case jobs
+	 * reached it without a commit that qlater saw.
 	 */
 	if (n3 > 0)
 	{
@@ -768,7 +780,7 @@ ql_balance(Oid *starved, int *nstarved)
 			if (victim >= 0)
 			{
 				ql_stop_worker(victim, db);
-				db->last_served = now;	/* asked once per QL_REVISIT_MS */
+				db->last_served = now;	/* asked once per interval */
 			}
 		}
 	}

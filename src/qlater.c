@@ -50,6 +50,7 @@ int			ql_max_workers = 4;
 int			ql_poll_interval = 5000;
 int			ql_max_crashes = 3;
 int			ql_max_limited_jobs = 1024;
+int			ql_revisit_interval = 5 * 60 * 1000;
 
 /* backend-local requests carried out at commit */
 static int	pending_wakeups = 0;
@@ -121,6 +122,15 @@ _PG_init(void)
 							"run_at of the next future job; this is only a safety net.",
 							&ql_poll_interval,
 							5000, 10, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("qlater.revisit_interval",
+							"Time without a worker after which a database is looked at for jobs.",
+							"The launcher then sends it a free or idle worker, in case jobs reached "
+							"it without a commit that qlater saw (a restore, a plain INSERT into qlater_job).",
+							&ql_revisit_interval,
+							5 * 60 * 1000, 1000, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

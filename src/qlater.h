@@ -35,6 +35,7 @@
 extern int	ql_max_workers;
 extern int	ql_poll_interval;
 extern int	ql_max_crashes;
+extern int	ql_revisit_interval;
 
 /* claim.c: a job's claim, for workers and consumers alike */
 extern void ql_set_job_locktag(LOCKTAG *tag, int64 job_id);

@@ -591,12 +591,15 @@ ql_run_one(QlWorker *w, QlJob *job, bool in_batch)
 {
 	pg_atomic_write_u32(&w->slot->idle, 0);
 	pg_atomic_write_u64(&w->slot->overrun_job, 0);
+	job->started_at = GetCurrentTimestamp();
+	/* since when, then which: a reader of both checks job_id again */
+	pg_atomic_write_u64(&w->slot->job_started, (uint64) job->started_at);
+	pg_write_barrier();
 	pg_atomic_write_u64(&w->slot->job_id, (uint64) job->id);
 	running_slot = w->slot;
 	ql_inflight_set(MyDatabaseId, job->id);
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("qlater job %lld: %s", (long long) job->id, job->handler));
-	job->started_at = GetCurrentTimestamp();
 
 	ql_execute(w, job, in_batch);
 
@@ -672,6 +675,7 @@ ql_run_next_job(QlWorker *w, long *sleep_ms)
 	 */
 	LockReleaseSession(USER_LOCKMETHOD);
 	ql_limits_release_mine(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	/* idle: pg_stat_activity shows no job (NULL would keep the last one) */
+	pgstat_report_activity(STATE_IDLE, "");
 	return QL_JOB_RAN;
 }

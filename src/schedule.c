@@ -1187,7 +1187,7 @@ ql_schedule_fire_due(long *sleep_ms)
 	if (!OidIsValid(sched_relid))
 	{
 		ql_xact_commit();
-		pgstat_report_activity(STATE_IDLE, NULL);
+		pgstat_report_activity(STATE_IDLE, "");
 		sched_next_tick = DT_NOEND;
 		sched_next_check = now + QL_SCHEDULE_MAX_WAIT_MS * INT64CONST(1000);
 		return;
@@ -1263,6 +1263,6 @@ ql_schedule_fire_due(long *sleep_ms)
 
 	ql_restore_user(&save);
 	ql_xact_commit();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "");
 	ql_schedule_lower_sleep(sleep_ms, GetCurrentTimestamp());
 }

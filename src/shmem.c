@@ -15,6 +15,7 @@
 
 #include "limits.h"
 #include "qlater.h"
+#include "running.h"
 #include "shmem.h"
 #include "stats.h"
 
@@ -45,6 +46,8 @@ ql_shmem_request(void)
 	RequestNamedLWLockTranche("qlater", 1);
 	ql_limits_shmem_request();
 	ql_stats_shmem_request();
+	RequestAddinShmemSpace(ql_running_shmem_size());
+	RequestNamedLWLockTranche("qlater claims", 1);
 }
 
 /*
@@ -95,6 +98,7 @@ ql_shmem_startup(void)
 			pg_atomic_init_u64(&ql_shared->slots[i].cancel_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].wake_at, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].busy_since, 0);
+			pg_atomic_init_u64(&ql_shared->slots[i].job_started, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].overrun_job, 0);
 			pg_atomic_init_u64(&ql_shared->slots[i].overrun_at, 0);
 			pg_atomic_init_u32(&ql_shared->slots[i].overrun_kind, 0);
@@ -105,6 +109,8 @@ ql_shmem_startup(void)
 	ql_limits_shmem_startup();
 	/* the counters of queues (stats.c) */
 	ql_stats_shmem_startup();
+	/* the claims of consumers, with their times (running.c) */
+	ql_running_shmem_startup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

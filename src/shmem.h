@@ -180,6 +180,8 @@ typedef struct QlWorkerSlot
 	pg_atomic_uint32 idle;		/* 1 while waiting for work; an enqueuer
 								 * clears it when it sets the latch */
 	pg_atomic_uint64 job_id;	/* job being run, 0 if none */
+	pg_atomic_uint64 job_started;	/* TimestampTz: when the attempt of
+									 * job_id began; written before job_id */
 	pg_atomic_uint64 cancel_job;	/* job whose attempt must stop */
 	pg_atomic_uint64 wake_at;	/* an idle worker's next look on its own
 								 * (TimestampTz); 0 while it looks */

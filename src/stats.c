@@ -447,6 +447,8 @@ ql_stats_note(const char *queue, QlOutcome outcome, int count,
 
 /* ---- reading ---- */
 
+static int	ql_name_cmp(const void *a, const void *b);
+
 /* ql_stats_may_see_all: the current role sees every queue's statistics */
 static bool
 ql_stats_may_see_all(void)
@@ -526,6 +528,7 @@ ql_stats_copy_all(int *n, bool *full)
 	}
 	LWLockRelease(stats->lock);
 	*full = named >= QL_STATS_QUEUES_PER_DB;
+	qsort(copies, *n, sizeof(QlStatsCopy), ql_name_cmp);
 	return copies;
 }
 
@@ -727,6 +730,7 @@ ql_depth_read(int *n)
 		d[i].counted_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 7, &isnull));
 	}
 	*n = (int) SPI_processed;
+	qsort(d, *n, sizeof(QlDepth), ql_name_cmp);
 	return d;
 }
 
@@ -848,29 +852,33 @@ ql_stats_depth_refresh_due(void)
 
 /* ---- the SQL functions ---- */
 
-/* ql_find_depth: the depth of queue among d (n of them), or NULL */
+/* sort and search QlDepth and QlStatsCopy by queue name (both begin with it) */
+static int
+ql_name_cmp(const void *a, const void *b)
+{
+	return strcmp((const char *) a, (const char *) b);
+}
+
+/* ql_find_depth: the depth of queue among d (n of them, sorted), or NULL */
 static QlDepth *
 ql_find_depth(QlDepth *d, int n, const char *queue)
 {
-	int			i;
-
-	for (i = 0; i < n; i++)
-		if (strcmp(d[i].queue, queue) == 0)
-			return &d[i];
-	return NULL;
+	return n == 0 ? NULL : bsearch(queue, d, n, sizeof(QlDepth), ql_name_cmp);
 }
 
-/* ql_find_copy: the counters of queue (created_at) among s, or NULL */
+/*
+ * ql_find_copy: the counters of queue (created_at) among s (n of them,
+ * sorted; the entry of the queues counted together: queue ""), or NULL
+ */
 static QlStatsCopy *
 ql_find_copy(QlStatsCopy *s, int n, const char *queue, TimestampTz created_at)
 {
-	int			i;
+	QlStatsCopy *c = n == 0 ? NULL :
+		bsearch(queue, s, n, sizeof(QlStatsCopy), ql_name_cmp);
 
-	for (i = 0; i < n; i++)
-		if (strcmp(s[i].queue, queue) == 0 &&
-			(queue[0] == '\0' || s[i].created_at == created_at))
-			return &s[i];
-	return NULL;
+	if (c == NULL || (queue[0] != '\0' && c->created_at != created_at))
+		return NULL;
+	return c;
 }
 
 #define QL_STATS_COLS	24
@@ -955,6 +963,7 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	uint64		i;
 	int			k;
 	bool	   *shown;
+	bool	   *live;
 	bool		counted;
 	TimestampTz counted_at;
 
@@ -970,6 +979,7 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	depth = ql_depth_get(c, &ndepth, &counted_at);
 	counted = depth != NULL;
 	shown = palloc0(sizeof(bool) * Max(ndepth, 1));
+	live = palloc0(sizeof(bool) * Max(ncopies, 1));
 	if (ql_stmt_exec(&s_stmts, c, QL_S_QUEUES, values, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the queues");
 	nqueues = SPI_processed;
@@ -988,9 +998,11 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 		created[i] = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &isnull));
 		if (d != NULL)
 			shown[d - depth] = true;
+		s = ql_find_copy(copies, ncopies, name, created[i]);
+		if (s != NULL)
+			live[s - copies] = true;
 		if (!DatumGetBool(SPI_getbinval(row, desc, 6, &isnull)))
 			continue;
-		s = ql_find_copy(copies, ncopies, name, created[i]);
 		ql_stats_row(rsinfo->setResult, rsinfo->setDesc, name,
 					 NameStr(*DatumGetName(SPI_getbinval(row, desc, 2, &isnull))),
 					 DatumGetBool(SPI_getbinval(row, desc, 3, &isnull)),
@@ -1015,14 +1027,7 @@ qlater_queue_stats(PG_FUNCTION_ARGS)
 	}
 	/* entries of queues gone */
 	for (k = 0; k < ncopies && !forget; k++)
-	{
-		bool		live = copies[k].queue[0] == '\0';
-
-		for (i = 0; i < nqueues && !live; i++)
-			live = strcmp(names[i], copies[k].queue) == 0 &&
-				created[i] <= copies[k].created_at;
-		forget = !live;
-	}
+		forget = !live[k] && copies[k].queue[0] != '\0';
 	if (forget)
 		ql_stats_forget(names, created, (int) nqueues, now);
 	SPI_finish();

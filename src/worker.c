@@ -327,7 +327,7 @@ ql_worker_recover(void)
 		LWLockRelease(ql_shared->lock);
 		settling_job = 0;
 	}
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "");
 	RESUME_INTERRUPTS();
 }
 

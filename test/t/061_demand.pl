@@ -5,6 +5,11 @@
 # crash-restart in the middle of a drain loses no database; DROP DATABASE
 # and DROP EXTENSION work while the workers move; a database that waits
 # long for a worker is logged, once.
+#
+# Two checks wait for the launcher's own clocks (a database logged after
+# 30 s without a worker; databases found by its look at pg_database every
+# 10 s): each runs on a server of its own, set up first and checked later,
+# so that those waits pass while the first server runs the other checks.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -38,14 +43,80 @@ SELECT qlater_register('rec()');
 };
 
 my @dbs = map { "d$_" } 1 .. 8;
+my $nworkers = q{(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker')};
 for my $db (@dbs)
 {
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
 	$node->safe_psql($db, $setup);
 }
 
-my $nworkers = q{(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker')};
+### a database that waits long for a worker is logged, once (set up here,
+# checked at the end): on a second server with 4 workers and 5 databases,
+# jobs of d1 that hold their worker until the test releases them take every
+# worker, and a job of d2 waits
+my $starve = PostgreSQL::Test::Cluster->new('starve');
+$starve->init;
+$starve->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 4\n"
+	  . "max_worker_processes = 16\n");
+$starve->start;
+for my $db (@dbs[0 .. 4])
+{
+	$starve->safe_psql('postgres', "CREATE DATABASE $db");
+	$starve->safe_psql($db, $setup);
+}
+# hold(): sleeps until a row is in released (at most 10 minutes)
+$starve->safe_psql('d1', q{
+CREATE TABLE released (at timestamptz);
+CREATE FUNCTION hold() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	WHILE NOT EXISTS (SELECT FROM released) AND clock_timestamp() < t0 + interval '10 minutes'
+	LOOP
+		PERFORM pg_sleep(0.2);
+	END LOOP;
+END $$;
+SELECT qlater_register('hold()');
+});
+ok($starve->poll_query_until('postgres', "SELECT $nworkers = 4"), 'starve: 4 workers for 5 databases');
+my $starve_offset = -s $starve->logfile;
+$starve->safe_psql('d1', "SELECT qlater_enqueue('hold') FROM generate_series(1, 4)");
+ok( $starve->poll_query_until(
+		'postgres', q{SELECT count(*) = 4 FROM pg_stat_activity
+ WHERE backend_type = 'qlater worker' AND datname = 'd1' AND wait_event = 'PgSleep'}),
+	'with more databases than workers, a backlog takes every idle worker');
+$starve->safe_psql('d2', "SELECT qlater_enqueue('work', '[42]')");
+
 ok($node->poll_query_until('postgres', "SELECT $nworkers = 4"), '4 workers for 8 databases');
+
+### with a poll interval of 10 minutes, nothing waits for the poll:
+# DROP EXTENSION makes the database's workers leave at once, and a copy of
+# a template database that holds a job, which no CREATE EXTENSION
+# announces, is found and its job run.  On a third server whose poll
+# interval is 10 minutes (set up here, checked in steps between the checks
+# of the first server, so that its waits for the launcher's look at
+# pg_database every 10 s pass meanwhile).
+my $pnode = PostgreSQL::Test::Cluster->new('poll');
+$pnode->init;
+$pnode->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'qlater'\n"
+	  . "qlater.max_workers = 2\n"
+	  . "max_worker_processes = 16\n"
+	  . "qlater.poll_interval = '10min'\n");
+$pnode->start;
+for my $db (qw(tmpl d5))
+{
+	$pnode->safe_psql('postgres', "CREATE DATABASE $db");
+	$pnode->safe_psql($db, $setup);
+}
+# due in 30 s: the worker of tmpl leaves long before (the launcher looks at
+# pg_database every 10 s), so that the job is copied, not run in tmpl; and
+# the copy, made once it left, is found before the job is due, so that its
+# worker waits for the job's time, not for the poll
+$pnode->safe_psql('tmpl', "SELECT qlater_enqueue('work', '[7]', run_at => now() + interval '30 seconds')");
+$pnode->safe_psql('postgres', 'ALTER DATABASE tmpl WITH ALLOW_CONNECTIONS false');
 
 # every database's done table, as "db:count:distinct,..."
 sub tally
@@ -101,6 +172,16 @@ for my $db (@dbs[0 .. 3])
 	  or diag "$db: naps left";
 }
 
+### (the third server, with a poll interval of 10 minutes)
+ok( $pnode->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'tmpl'"
+	),
+	'no worker stays in a database that no longer allows connections');
+$pnode->safe_psql('postgres', 'CREATE DATABASE copy TEMPLATE tmpl');
+# (found by the launcher's next look at pg_database, before its job is due)
+my $copied_at = $pnode->safe_psql('postgres', 'SELECT clock_timestamp()');
+
 ### a schedule in a database that has no worker
 # 7 databases keep the workers busy with short naps for about 20 s; d8 has
 # only its schedule, so its worker leaves between ticks
@@ -109,6 +190,8 @@ for my $db (@dbs[0 .. 6])
 	$node->safe_psql($db, "SELECT qlater_enqueue('nap', '[0.2]') FROM generate_series(1, 60)");
 }
 $node->safe_psql('d8', "SELECT qlater_schedule('every2', '2 seconds', 'rec')");
+# watched for at most 14 s, until d8 has been seen without a worker and
+# its schedule has fired 4 times
 my $t0 = time;
 my ($with, $without) = (0, 0);
 while (time - $t0 < 14)
@@ -116,6 +199,7 @@ while (time - $t0 < 14)
 	my $n = $node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd8'");
 	$n > 0 ? $with++ : $without++;
+	last if $without > 0 && $node->safe_psql('d8', 'SELECT count(*) >= 4 FROM ticks') eq 't';
 	usleep(100_000);
 }
 $node->safe_psql('d8', "SELECT qlater_unschedule('every2')");
@@ -174,29 +258,19 @@ ok( $node->poll_query_until(
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname IN ('d6', 'd7')"
 	),
 	'no worker stays in d6 or d7');
+# the naps left there are not needed: the job enqueued next need not wait
+# for them
+$node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @rest;
 $node->safe_psql($_, "SELECT qlater_enqueue('work', '[1]')") for @rest;
 wait_done(1, 'the other databases keep running their jobs', @rest);
 
-### with a poll interval of 10 minutes, nothing waits for the poll:
-# DROP EXTENSION makes the database's workers leave at once, and a copy of
-# a template database that holds a job, which no CREATE EXTENSION
-# announces, is found and its job run
-$node->safe_psql('postgres', "ALTER SYSTEM SET qlater.poll_interval = '10min'");
-$node->reload;
-$node->safe_psql('postgres', 'CREATE DATABASE tmpl');
-$node->safe_psql('tmpl', $setup);
-$node->safe_psql('tmpl', "SELECT qlater_enqueue('work', '[7]', run_at => now() + interval '40 seconds')");
-$node->safe_psql('postgres', 'ALTER DATABASE tmpl WITH ALLOW_CONNECTIONS false');
-ok( $node->poll_query_until(
-		'postgres',
-		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'tmpl'"
-	),
-	'no worker stays in a database that no longer allows connections');
-$node->safe_psql('postgres', 'CREATE DATABASE copy TEMPLATE tmpl');
-ok($node->poll_query_until('copy', 'SELECT count(*) = 1 FROM done WHERE i = 7'),
+### (the third server, with a poll interval of 10 minutes)
+ok($pnode->poll_query_until('copy', 'SELECT count(*) = 1 FROM done WHERE i = 7'),
 	'the job of a copy of a template database runs');
-$node->safe_psql('d5', "SELECT qlater_enqueue('work', '[5]')");
-ok( $node->poll_query_until(
+is($pnode->safe_psql('copy', "SELECT count(*) FROM done WHERE i = 7 AND at > '$copied_at'"),
+	'1', 'in the copy (it was not run in tmpl before the copy)');
+$pnode->safe_psql('d5', "SELECT qlater_enqueue('work', '[5]')");
+ok( $pnode->poll_query_until(
 		'postgres',
 		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd5'"
 	),
@@ -204,26 +278,35 @@ ok( $node->poll_query_until(
 # an idle worker wakes every minute at most on its own (schedules): the
 # bound of 30 s is well under it
 my $t_drop = time;
-$node->safe_psql('d5', 'DROP EXTENSION qlater CASCADE');
-ok( $node->poll_query_until(
+$pnode->safe_psql('d5', 'DROP EXTENSION qlater CASCADE');
+ok( $pnode->poll_query_until(
 		'postgres',
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'qlater worker' AND datname = 'd5'"
 	),
 	'after DROP EXTENSION its workers leave');
 cmp_ok(time - $t_drop, '<', 30, 'without waiting for the poll or the next look at schedules');
-$node->safe_psql('postgres', 'ALTER SYSTEM RESET qlater.poll_interval');
-$node->reload;
-@rest = grep { $_ ne 'd5' } @rest;
+$pnode->stop;
 
 ### the launcher ended by a DBA while a job runs: the job, rolled back with
-# its worker, runs again without waiting for a revisit
+# its worker, runs again without waiting for a revisit.  The job sleeps
+# until the test releases it, which it does once its first worker is gone.
 $node->safe_psql('d2', 'TRUNCATE done');
-$node->safe_psql('d2', q{CREATE FUNCTION napwork(secs float8, i int) RETURNS void LANGUAGE sql
-AS $$ SELECT pg_sleep(secs); INSERT INTO done (i) VALUES (i) $$;
-SELECT qlater_register('napwork(float8,int)');
-SELECT qlater_enqueue('napwork', '[4, 44]')});
+$node->safe_psql('d2', q{CREATE TABLE released (at timestamptz);
+CREATE FUNCTION holdwork(i int) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	WHILE NOT EXISTS (SELECT FROM released) AND clock_timestamp() < t0 + interval '10 minutes'
+	LOOP
+		PERFORM pg_sleep(0.2);
+	END LOOP;
+	INSERT INTO done (i) VALUES (i);
+END $$;
+SELECT qlater_register('holdwork(int)');
+SELECT qlater_enqueue('holdwork', '[44]')});
 ok($node->poll_query_until('d2', "SELECT count(*) = 1 FROM qlater_jobs WHERE state = 'running'"),
-	'd2 runs a 4 s job');
+	'd2 runs a job');
+my $jpid = $node->safe_psql('d2', "SELECT locked_by FROM qlater_jobs WHERE state = 'running'");
 my $lpid = $node->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qlater launcher'");
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($lpid)");
@@ -231,7 +314,10 @@ ok( $node->poll_query_until(
 		'postgres',
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'qlater launcher' AND pid <> $lpid"),
 	'a new launcher starts');
+ok($node->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $jpid"),
+	'the worker that ran the job is gone');
 my $t_l = time;
+$node->safe_psql('d2', 'INSERT INTO released VALUES (now())');
 ok($node->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 44'),
 	'the job its worker ran runs again');
 cmp_ok(time - $t_l, '<', 60, 'without waiting for a revisit of the database');
@@ -286,31 +372,23 @@ is($r2, 0, 'ALTER DATABASE ... RENAME of a database with a qlater worker');
 note $e2 if $r2;
 ok($node->poll_query_until('d3r', 'SELECT count(*) = 4 FROM done WHERE i IN (3, 33, 34, 35)'),
 	'its jobs run after the move and the rename');
-@rest = grep { $_ ne 'd3' } @rest;
 
-### a database that waits long for a worker is logged, once
-$node->safe_psql($_, 'SELECT count(qlater_cancel(id)) FROM qlater_jobs') for @rest;
-for my $db (@rest)
-{
-	$node->poll_query_until($db, 'SELECT count(*) = 0 FROM qlater_jobs') or diag "$db: jobs left";
-}
-my $offset = -s $node->logfile;
-$node->safe_psql('d1', "SELECT qlater_enqueue('nap', '[45]') FROM generate_series(1, 4)");
-ok( $node->poll_query_until(
-		'postgres', q{SELECT count(*) = 4 FROM pg_stat_activity
- WHERE backend_type = 'qlater worker' AND datname = 'd1' AND wait_event = 'PgSleep'}),
-	'with more databases than workers, a backlog takes every idle worker');
-$node->safe_psql('d2', "SELECT qlater_enqueue('work', '[42]')");
-ok( $node->wait_for_log(qr/jobs of database "d2" have waited 30 seconds for a worker/, $offset),
+### a database that waits long for a worker is logged, once (the second
+# server, set up at the start: its d2 has waited since)
+ok( $starve->wait_for_log(qr/jobs of database "d2" have waited 30 seconds for a worker/, $starve_offset),
 	'a database whose jobs wait 30 s for a worker is logged');
-like(slurp_file($node->logfile, $offset), qr/HINT:  Raise "qlater.max_workers"/, 'with what to do');
-ok($node->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 42'),
+like(slurp_file($starve->logfile, $starve_offset), qr/HINT:  Raise "qlater.max_workers"/, 'with what to do');
+is($starve->safe_psql('d2', 'SELECT count(*) FROM done'), '0', 'while every worker is held in d1');
+$starve->safe_psql('d1', 'INSERT INTO released VALUES (now())');
+ok($starve->poll_query_until('d2', 'SELECT count(*) = 1 FROM done WHERE i = 42'),
 	'its job runs once a worker is free');
-my @logged = (slurp_file($node->logfile, $offset) =~ /database "d2" have waited 30 seconds/g);
+my @logged = (slurp_file($starve->logfile, $starve_offset) =~ /database "d2" have waited 30 seconds/g);
 is(scalar @logged, 1, 'logged once');
-$node->safe_psql('d1', 'SELECT count(qlater_cancel(id)) FROM qlater_jobs');
 
 $node->stop;
+$starve->stop;
 unlike(slurp_file($node->logfile), qr/terminated by signal (?!9)/,
 	'no process but the killed worker ended by a signal');
+unlike(slurp_file($starve->logfile), qr/terminated by signal/, 'starve: no process ended by a signal');
+unlike(slurp_file($pnode->logfile), qr/terminated by signal/, 'poll: no process ended by a signal');
 done_testing();

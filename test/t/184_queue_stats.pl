@@ -129,6 +129,10 @@ $s->query_safe(q{SELECT qlater_complete_many(array_agg(id)) FROM qlater_lock('a_
 is(stats('app', 'a_ext', 'ready, done_total'), '1 4', 'qlater_complete_many counts each job');
 is(as('app', q{SELECT count FROM qlater_queue_histograms WHERE queue = 'a_ext' AND kind = 'wait'}),
 	'5', 'each claim counts its wait');
+is(as('app', q{SELECT count FROM qlater_queue_histograms WHERE queue = 'a_ext' AND kind = 'run'}),
+	'5', 'each completion or failure counts its run, from its claim');
+is(as('app', q{SELECT run_p99 < '1 min' FROM qlater_queue_stats WHERE queue = 'a_ext'}),
+	't', 'the consumers\' run time percentiles are known');
 $s->quit;
 
 # a lease that ran out counts as a timeout when the next claim finds it
