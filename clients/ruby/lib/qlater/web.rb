@@ -52,12 +52,17 @@ module QLater
       # connection URL or conninfo String, a Hash for PG.connect, or a Proc
       # returning a new PG::Connection.  Unset: ActiveRecord's connection
       # pool (QLater.active_record_class) when ActiveRecord is loaded.
-      attr_accessor :connection
+      attr_reader :connection
 
       # Secret of the session cookie the app sets when the host gives it no
       # session (standalone); random per process unless set (set it when
       # several processes serve the dashboard).
-      attr_accessor :session_secret
+      attr_reader :session_secret
+
+      def session_secret=(secret)
+        @session_secret = secret
+        @default = nil
+      end
 
       # The hook that gates every page and action: called with the
       # Rack::Request, it lets the request through when it returns true
