@@ -16,11 +16,13 @@ Gem::Specification.new do |spec|
   spec.license = "PostgreSQL"
   spec.homepage = "https://github.com/qlater/qlater"
   spec.required_ruby_version = ">= 2.7"
-  spec.files = Dir["lib/**/*.rb"] + ["exe/qlater-worker", "README.md", "LICENSE"]
+  spec.files = Dir["lib/**/*.rb"] + Dir["lib/qlater/web/{views,assets}/*"] +
+               ["exe/qlater-worker", "README.md", "LICENSE"]
   spec.bindir = "exe"
   spec.executables = ["qlater-worker"]
   spec.require_paths = ["lib"]
   spec.add_runtime_dependency "pg", "~> 1.1"
-  # ActiveRecord, ActiveJob (the adapter) and Rails (the executor) are used
+  # ActiveRecord, ActiveJob (the adapter), Rails (the executor), and rack
+  # with rack-protection (the dashboard, QLater::Web) are used
   # when the application loads them: no dependency on them here.
 end
