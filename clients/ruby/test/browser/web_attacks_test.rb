@@ -324,6 +324,34 @@ if ENV["QLATER_WEB_ATTACKS"] == "1"
       assert_equal before, snapshot_of(bob), "nothing of bob's changed"
     end
 
+    def flash_after_post(path, params)
+      t = token
+      resp = req(:post, "/qlater#{path}", params.merge("authenticity_token" => t, "back" => "/"))
+      assert_equal 303, resp.status, "#{path} #{params.inspect}"
+      follow_redirect!
+      flash_of(last_response.body)
+    end
+
+    # README (Security): another role's qlater_retry/qlater_cancel fails with
+    # "permission denied for job N", which says nothing of the job; the
+    # dashboard shows that and nothing more
+    def test_actions_on_bobs_ids_say_nothing_of_his_jobs
+      bid = bob_dead_id
+      refute_nil bid
+      %w[/jobs/retry /jobs/cancel].each do |path|
+        assert_equal "permission denied for job #{bid}", flash_after_post(path, "ids[]" => bid), path
+      end
+      unknown = (value("SELECT max(id) FROM qlater_jobs", conn: bob).to_i + 100_000).to_s
+      assert_equal "0 of 1 job(s) retried", flash_after_post("/jobs/retry", "ids[]" => unknown)
+      [{ "name" => "bobs", "owner" => WebAttacks::BOB }, { "name" => "bobs" }].each do |p|
+        f = flash_after_post("/schedules/active", p.merge("active" => "false")).to_s
+        refute_empty f
+        ["0 4", "bob_job", "[3]"].each { |x| refute_includes f, x, "#{p.inspect}: #{f}" }
+      end
+      assert_equal "t", value("SELECT active FROM qlater_schedules WHERE name = 'bobs'", conn: bob)
+      assert_equal "dead", value("SELECT state FROM qlater_jobs WHERE id = $1", [bid], conn: bob)
+    end
+
     # ---- robustness: bad input is a clear 4xx, never a 500 ----
 
     def test_bad_job_ids
