@@ -249,6 +249,34 @@ if ENV["QLATER_WEB_ATTACKS"] == "1"
       db.exec("SELECT qlater_resume_queue('mail')") rescue nil
     end
 
+    def test_session_cookie_flags
+      resp = req(:get, "/qlater/")
+      cookie = resp.headers["set-cookie"].to_s
+      assert_match(/qlater\.session=/, cookie)
+      assert_match(/httponly/i, cookie)
+      assert_match(/samesite=strict/i, cookie)
+    end
+
+    def test_session_cookie_is_secure_over_https
+      # BREAK (hardening): served over HTTPS, the session cookie (the CSRF
+      # token, the flash) lacks the Secure flag: the browser also sends it
+      # over plain HTTP to the same host
+      resp = req(:get, "https://example.org/qlater/")
+      assert_match(/;\s*secure/i, resp.headers["set-cookie"].to_s, "BREAK: no Secure flag over https")
+    end
+
+    def test_refusals_carry_the_security_headers
+      t = token
+      [req(:post, "/qlater/queues/pause", "queue" => "mail"),
+       req(:get, "/closed/"),
+       req(:post, "/qlater/queues/pause", { "queue" => "mail", "authenticity_token" => t }, "HTTP_ORIGIN" => "https://evil.example"),
+       req(:post, "/qlater/queues/resume", "queue" => "mail", "authenticity_token" => t, "back" => "/")].each do |resp|
+        assert_includes [303, 403], resp.status
+        assert_match(/frame-ancestors 'none'/, resp.headers["content-security-policy"].to_s, resp.status.to_s)
+        assert_equal "nosniff", resp.headers["x-content-type-options"]
+      end
+    end
+
     # ---- the authorize hook ----
 
     def test_authorize_hook_gates_every_path
