@@ -106,24 +106,55 @@ module QLater
       app = Rack::Protection::AuthenticityToken.new(method(:dispatch), authenticity_param: "authenticity_token")
       app = Rack::Protection::HttpOrigin.new(app)
       @protected = app
+      # Our own session (standalone): its cookie is the mount's alone (two
+      # dashboards on one site keep theirs), Secure over HTTPS, and coded
+      # as JSON (never Marshal)
+      per_mount = lambda do |env|
+        if (opts = env["rack.session.options"])
+          opts[:path] = env["SCRIPT_NAME"].to_s.empty? ? "/" : env["SCRIPT_NAME"]
+          opts[:secure] = Rack::Request.new(env).ssl?
+        end
+        app.call(env)
+      end
       @with_session = Rack::Session::Cookie.new(
-        app, key: "qlater.session", secret: session_secret || SecureRandom.hex(64),
-             httponly: true, same_site: :strict
+        per_mount, key: "qlater.session", secret: session_secret || SecureRandom.hex(64),
+                   httponly: true, same_site: :strict,
+                   coder: Rack::Session::Cookie::Base64::JSON.new
       )
     end
 
     def call(env)
       req = Rack::Request.new(env)
       return plain(403, "Forbidden") unless authorized?(req)
+      return plain(400, "Bad Request: malformed parameters") unless params_ok?(req)
 
       status, headers, body = (env["rack.session"] ? @protected : @with_session).call(env)
       [status, SECURITY_HEADERS.merge(headers), body]
+    rescue PG::ConnectionBad
+      plain(503, "Service Unavailable: the dashboard cannot reach its database")
     end
 
     private
 
     def authorized?(req)
       @authorize.nil? || @authorize.call(req) ? true : false
+    end
+
+    # Whether the request's parameters parse, and every value is text a
+    # server takes: valid UTF-8 without NUL bytes
+    def params_ok?(req)
+      valid = lambda do |v|
+        case v
+        when String then v.dup.force_encoding(Encoding::UTF_8).valid_encoding? && !v.include?("\0")
+        when Array then v.all?(&valid)
+        when Hash then v.all? { |k, x| valid.call(k) && valid.call(x) }
+        else true
+        end
+      end
+      valid.call(req.params)
+    rescue Rack::QueryParser::InvalidParameterError, Rack::QueryParser::ParameterTypeError,
+           ArgumentError, EOFError
+      false
     end
 
     # ---- routing ----
@@ -195,6 +226,8 @@ module QLater
       act = ACTIONS[path] or return plain(404, "Not Found")
       flash = begin
         with_db { |db| { "notice" => act.call(db, req.params) } }
+      rescue PG::ConnectionBad
+        raise
       rescue PG::Error => e
         { "error" => Web.error_message(e) }
       end
