@@ -3,12 +3,16 @@
 # session past its 64 records whose claims go behind qlater's back and
 # are taken by another session, qlater_complete_many of an overflowing
 # session, a revoked consume grant, SECURITY DEFINER wrappers, thousands
-# of claims, a server without the preload.  qlater_retry_dead: keyed
+# of claims (a failed qlater_lock keeps none), a stale record of a claim
+# given back behind qlater's back and a cancel of that job by the same
+# session, a server without the preload.  qlater_retry_dead: keyed
 # enqueues racing it both ways, qlater_purge_dead racing it, a job that
 # died after a REPEATABLE READ snapshot.  Bulk qlater_cancel: external
 # pending jobs past the lock table (a clear error, nothing lost), running
 # jobs in bulk (workers' and consumers'), a cancel racing a claim
-# (committed: never runs; rolled back: not lost).
+# (committed: never runs; rolled back: not lost); PREPARE TRANSACTION after
+# a cancel of an external job (allowed, not claimable meanwhile), of a
+# running job and after qlater_retry_dead (refused).
 # Checks whose comment says "BREAK:" fail on the code reviewed.
 use strict;
 use warnings;
@@ -20,7 +24,7 @@ my $node = PostgreSQL::Test::Cluster->new('opsatk');
 $node->init;
 $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'qlater'\nqlater.max_workers = 3\nmax_worker_processes = 16\n"
-	  . "max_connections = 30\n");
+	  . "max_connections = 30\nmax_prepared_transactions = 4\n");
 $node->start;
 
 sub su
@@ -176,6 +180,24 @@ is(su("SELECT count(*) || ' ' || count(started_at) FROM qlater_running WHERE que
 is($c1->query_safe("SELECT count(*) FROM qlater_lock('ext', 3)"), '0', 'the first session, its records stale, claims none of them');
 is(su("SELECT count(*) FILTER (WHERE pid = $c1pid) FROM qlater_running"), '0', '... and shows with none');
 $c2->query_safe("SELECT qlater_complete_many(array_agg(id)) FROM qlater_jobs WHERE locked_by = pg_backend_pid()");
+
+# a stale record (a claim given back behind qlater's back) and a cancel
+# of that job by the same session: the cancel's hold is no claim
+my $st = enqueue_ext(1);
+my $ca = bg('alice');
+my $capid = $ca->query_safe('SELECT pg_backend_pid()');
+is($ca->query_safe("SELECT id FROM qlater_lock('ext', 1)"), $st, 'the owner claims a job of its queue');
+$ca->query_safe('SELECT pg_advisory_unlock_all()');
+is(running_row($st), 'none', 'given back behind qlater\'s back: not shown');
+$ca->query_safe("BEGIN; SELECT qlater_cancel($st)");
+is(running_row($st), 'none',
+	# BREAK: the cancel holds the job's lock to its end (an external job);
+	# the session's stale record matches it: shown as a claim, with the old time
+	'the same session cancels it (uncommitted): still not shown as running');
+$ca->query_safe('ROLLBACK');
+is(running_row($st), 'none', 'the cancel rolled back: not shown');
+$ca->quit;
+su("SELECT qlater_cancel($st)");
 
 # a revoked consume grant: the consumer no longer sees the queue's jobs
 my $f3 = enqueue_ext(1);
@@ -376,6 +398,57 @@ $a->query_safe('COMMIT');
 sleep 1;
 is(su("SELECT count(*) FROM done WHERE label = 'z'"), '0', 'a committed cancel, open past the due time: the job never ran');
 $a->quit;
+
+# PREPARE TRANSACTION after a cancel or a retry in bulk
+su("DELETE FROM done");
+my $pe = enqueue_ext(1);
+my $pa = bg('alice');
+my ($pout, $perr) = $pa->query("BEGIN; SELECT qlater_cancel($pe); PREPARE TRANSACTION 'pc'");
+note "PREPARE after the cancel of an external job: '$pout' '" . ($pa->{stderr} // '') . "'";
+my $prepared = su("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'pc'");
+$pa->{stderr} = '';
+is(as('app', "SELECT count(*) FROM qlater_lock('ext', 10)"), '0',
+	'an external job whose cancel is prepared (or refused: rolled back, claimed now) is not claimed twice')
+  if $prepared;
+su("ROLLBACK PREPARED 'pc'") if $prepared;
+is(as('app', "SELECT string_agg(id::text, ',') FROM qlater_lock('ext', 10)"), $pe,
+	'the prepared cancel rolled back (or refused): the job is there, claimed');
+su("SELECT qlater_cancel($pe)");
+
+my $pw = as('alice', q{SELECT qlater_enqueue('hold_a(text)', '["pw"]')});
+ok(poll("SELECT count(*) = 1 FROM qlater_running WHERE id = $pw"), 'a worker runs a job');
+($pout, $perr) = $pa->query("BEGIN; SELECT qlater_cancel($pw); PREPARE TRANSACTION 'pw'");
+my $perrtext = $pa->{stderr} // '';
+$pa->{stderr} = '';
+$pa->query("ROLLBACK");
+$pa->{stderr} = '';
+like($perrtext, qr/cannot PREPARE/, 'PREPARE after the cancel of a running job: refused');
+su("ROLLBACK PREPARED 'pw'") if su("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'pw'");
+is(running_row($pw) =~ /^worker:/ ? 'running' : running_row($pw), 'running', 'the job still runs');
+su("INSERT INTO flag VALUES ('pw')");
+ok(poll("SELECT count(*) = 1 FROM done WHERE label = 'pw'"), 'and finishes');
+
+as('alice', "SELECT qlater_pause_queue('kq')");
+my $pd = dead_keyed('pd', '1 min');
+as('alice', "SELECT qlater_resume_queue('kq')");
+($pout, $perr) = $pa->query("BEGIN; SELECT qlater_retry_dead('kq'); PREPARE TRANSACTION 'pr'");
+$perrtext = $pa->{stderr} // '';
+$pa->{stderr} = '';
+$pa->query("ROLLBACK");
+$pa->{stderr} = '';
+note "PREPARE after retry_dead: '$perrtext'";
+if (su("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'pr'") eq '1')
+{
+	su("COMMIT PREPARED 'pr'");
+	ok(poll("SELECT count(*) = 1 FROM done WHERE label = 'pd'"), 'a retry_dead committed prepared: the job runs');
+}
+else
+{
+	like($perrtext, qr/cannot PREPARE/, 'PREPARE after qlater_retry_dead: refused');
+	is(as('alice', "SELECT qlater_retry_dead('kq')"), '1', 'retried then');
+	ok(poll("SELECT count(*) = 1 FROM done WHERE label = 'pd'"), '... and it runs');
+}
+$pa->quit;
 
 ########################################################################
 ### a server without the preload
