@@ -47,6 +47,7 @@
 #include "limits.h"
 #include "qlater.h"
 #include "queue.h"
+#include "running.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(qlater_register);
@@ -858,19 +859,23 @@ static const QlStmtDef key_stmt_defs[QL_KEY_NUM_STMTS] = {
 	 * of those retried here with the key; the others give it up.  Decided
 	 * by one sort of the retried jobs and the live keyed jobs of those
 	 * groups (k: the first of each key, live ones first, then the newest),
-	 * whatever the plan: never a lookup per job.  By queue and kind: how
-	 * many, and the first ids.
+	 * whatever the plan: never a lookup per job.  The keyed ones are locked
+	 * first (ck), so that one a concurrent purge or cancel took away is not
+	 * chosen to keep its key.  By queue and kind: how many, and the first
+	 * ids.
 	 */
 	[QL_KEY_RETRY_DEAD] = {
 		"WITH c AS MATERIALIZED (SELECT j.id, j.queue, j.role, j.key "
 		"FROM %1$s.qlater_job j WHERE " QL_RETRY_DEAD_WHERE("j") "), "
+		"ck AS MATERIALIZED (SELECT j.id, j.queue, j.role, j.key "
+		"FROM %1$s.qlater_job j WHERE " QL_RETRY_DEAD_WHERE("j") " AND j.key IS NOT NULL "
+		"FOR UPDATE OF j), "
 		"g AS MATERIALIZED (SELECT * FROM ROWS FROM (pg_catalog.unnest($4), "
 		"pg_catalog.unnest($5)) AS g (queue, role)), "
 		"k AS (SELECT f.id FROM (SELECT DISTINCT ON (u.queue COLLATE pg_catalog.\"C\", u.role, "
 		"u.key COLLATE pg_catalog.\"C\") u.id, u.retried "
-		"FROM (SELECT c.id, c.queue, c.role, c.key, true AS retried FROM c JOIN g "
-		"ON g.queue OPERATOR(pg_catalog.=) c.queue AND g.role OPERATOR(pg_catalog.=) c.role "
-		"WHERE c.key IS NOT NULL "
+		"FROM (SELECT ck.id, ck.queue, ck.role, ck.key, true AS retried FROM ck JOIN g "
+		"ON g.queue OPERATOR(pg_catalog.=) ck.queue AND g.role OPERATOR(pg_catalog.=) ck.role "
 		"UNION ALL SELECT o.id, o.queue, o.role, o.key, false FROM g JOIN %1$s.qlater_job o "
 		"ON o.queue OPERATOR(pg_catalog.=) g.queue AND o.role OPERATOR(pg_catalog.=) g.role "
 		"WHERE o.key IS NOT NULL AND NOT o.dead) u "
@@ -1116,6 +1121,8 @@ ql_try_hold(int64 job_id)
 		return false;
 	}
 	h->subid = GetCurrentSubTransactionId();
+	/* a record of an old claim of ours on it, given up since, is no claim */
+	ql_claims_forget(job_id);
 	return true;
 }
 
@@ -2008,7 +2015,8 @@ qlater_retry_dead(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 
 	/* the groups of the keyed ones: lock those we can, without waiting */
-	if (ql_stmt_exec(&key_stmts, c, QL_KEY_RETRY_GROUPS, values, nulls, false, 0) != SPI_OK_SELECT)
+	/* under the latest snapshot, as the retry itself (a repeatable read) */
+	if (ql_key_exec_nulls(c, QL_KEY_RETRY_GROUPS, values, nulls) != SPI_OK_SELECT)
 		elog(ERROR, "could not read dead jobs");
 	gqueues = palloc(sizeof(Datum) * Max(Min(SPI_processed, QL_RETRY_KEY_GROUPS), 1));
 	groles = palloc(sizeof(Datum) * Max(Min(SPI_processed, QL_RETRY_KEY_GROUPS), 1));
@@ -2128,6 +2136,11 @@ qlater_cancel(PG_FUNCTION_ARGS)
 		{
 			ql_cancel_running_at_commit(id);
 			claimed = false;
+		}
+		else
+		{
+			/* a record of an old claim of ours on it, given up since, is no claim */
+			ql_claims_forget(id);
 		}
 		ql_history_record(c, id, QL_OUTCOME_CANCELLED, 0, 0, 0);
 		values[0] = Int64GetDatum(id);
