@@ -316,9 +316,9 @@ typedef struct QlFinish
 	char		queue[NAMEDATALEN];
 	int			slot;			/* QL_STMT_COMPLETE: of the outcome written */
 	TimestampTz expires_at;		/* its expires_at, 0 if none was written */
-	TimestampTz claimed_at;		/* QL_STMT_FINISH: when its lease was taken;
-								 * QL_STMT_COMPLETE: when it was claimed;
-								 * else 0 */
+	TimestampTz claimed_at;		/* when it was claimed (the session's record,
+								 * or the lease's on the row); 0 if unknown */
+	TimestampTz finished_at;	/* when the statement ran */
 } QlFinish;
 
 /*
@@ -926,6 +926,9 @@ qlater_lock(PG_FUNCTION_ARGS)
 
 	/* a later round may have found jobs that come first */
 	qsort(claimed, nclaimed, sizeof(QlClaimed), ql_claimed_cmp);
+	/* the queue's row again (the reads since may have freed the cache's) */
+	if (nclaimed > 0)
+		q = ql_queue_get(c, queue);
 	for (i = 0; i < nclaimed; i++)
 	{
 		/* the claim and its time, for qlater_running (running.c) */
@@ -942,7 +945,7 @@ qlater_lock(PG_FUNCTION_ARGS)
 		}
 		tuplestore_puttuple(rsinfo->setResult, claimed[i].row);
 		/* its attempt begins (at its claim): how long it waited */
-		ql_stats_note(queue, QL_OUTCOME_NONE, 0, claimed[i].run_at, claimed_at, 0);
+		ql_stats_note_queue(queue, q, QL_OUTCOME_NONE, 0, claimed[i].run_at, claimed_at, 0);
 	}
 	return (Datum) 0;
 }
@@ -1096,7 +1099,8 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	strlcpy(f->queue, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
 			NAMEDATALEN);
 	f->expires_at = 0;
-	f->claimed_at = 0;
+	f->claimed_at = started_at;
+	f->finished_at = now;
 	if (s == QL_STMT_FINISH)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
@@ -1177,7 +1181,7 @@ qlater_complete(PG_FUNCTION_ARGS)
 	if (f.expires_at != 0)
 		ql_history_note(f.slot, f.expires_at);
 	/* its wait was counted at the claim: how long it ran */
-	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, f.claimed_at, GetCurrentTimestamp());
+	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, f.claimed_at, f.finished_at);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }
@@ -1222,7 +1226,7 @@ qlater_fail(PG_FUNCTION_ARGS)
 		ql_key_settle_returned(c, id);
 	/* the attempt began with the claim: the session's, or the lease's */
 	ql_history_record(c, id, dead ? QL_OUTCOME_DEAD : QL_OUTCOME_FAILED,
-					  token == NULL ? ql_claims_time(id) : f.claimed_at, 0, f.run_at);
+					  f.claimed_at, 0, f.run_at);
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }

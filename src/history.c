@@ -399,7 +399,8 @@ ql_history_done(const QlJob *job)
 		PushActiveSnapshot(GetTransactionSnapshot());
 	q = ql_queue_get(c, job->queue);
 	keep = q != NULL ? q->keep_history : USECS_PER_DAY;
-	ql_stats_note(job->queue, QL_OUTCOME_DONE, 1, job->run_at, job->started_at, finished);
+	ql_stats_note_queue(job->queue, q, QL_OUTCOME_DONE, 1, job->run_at, job->started_at,
+						finished);
 	if (snapshot)
 		PopActiveSnapshot();
 	if (keep <= 0)

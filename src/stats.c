@@ -451,12 +451,25 @@ void
 ql_stats_note(const char *queue, QlOutcome outcome, int count,
 			  TimestampTz due, TimestampTz started, TimestampTz finished)
 {
-	const QlQueue *q;
+	if (stats == NULL)
+		return;
+	ql_stats_note_queue(queue, ql_queue_get(ql_catalog(false), queue), outcome,
+						count, due, started, finished);
+}
+
+/*
+ * ql_stats_note_queue: ql_stats_note, for a caller that has the queue's row
+ * at hand (q; NULL: the queue has none)
+ */
+void
+ql_stats_note_queue(const char *queue, const QlQueue *q, QlOutcome outcome,
+					int count, TimestampTz due, TimestampTz started,
+					TimestampTz finished)
+{
 	QlStatsNote *n;
 
 	if (stats == NULL)
 		return;
-	q = ql_queue_get(ql_catalog(false), queue);
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(ql_stats_xact_callback, NULL);
@@ -896,15 +909,19 @@ void
 ql_stats_depth_refresh_due(void)
 {
 	QlDatabase *db = ql_shared != NULL ? ql_my_database() : NULL;
-	TimestampTz now = GetCurrentTimestamp();
+	uint64		read_at;
+	TimestampTz now;
 	uint64		next;
 	const QlCatalog *c;
 	QlUserSave	save;
 	Datum		values[2];
 	TimestampTz took;
 
-	if (db == NULL ||
-		(uint64) now > pg_atomic_read_u64(&db->depth_read_at) + QL_DEPTH_READ_WINDOW)
+	/* after every job: no clock read while nobody ever read the depth */
+	if (db == NULL || (read_at = pg_atomic_read_u64(&db->depth_read_at)) == 0)
+		return;
+	now = GetCurrentTimestamp();
+	if ((uint64) now > read_at + QL_DEPTH_READ_WINDOW)
 		return;
 	next = pg_atomic_read_u64(&db->depth_next_at);
 	if ((uint64) now < next ||

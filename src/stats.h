@@ -39,6 +39,10 @@ extern void ql_stats_shmem_startup(void);
 extern void ql_stats_note(const char *queue, QlOutcome outcome, int count,
 						  TimestampTz due, TimestampTz started,
 						  TimestampTz finished);
+struct QlQueue;
+extern void ql_stats_note_queue(const char *queue, const struct QlQueue *q,
+								QlOutcome outcome, int count, TimestampTz due,
+								TimestampTz started, TimestampTz finished);
 extern void ql_stats_depth_refresh_due(void);
 extern void ql_stats_forget_databases(const Oid *present, int n);
 
