@@ -211,28 +211,14 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 		3, {INT8OID, NAMEOID, BOOLOID}
 	},
 	/*
-	 * With its outcome in the history, in the same statement (slot $4, at
-	 * $5, begun at $6, or when its lease was taken; none if the queue keeps
-	 * none): column 7 is the outcome's expires_at, NULL if none was written
+	 * Column 7 as QL_STMT_FINISH's, then what its outcome records
+	 * (ql_complete_record)
 	 */
 	[QL_STMT_COMPLETE] = {
-		"WITH d AS (DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
-		"RETURNING j.*), "
-		"h AS (INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
-		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, "
-		"external) "
-		"SELECT $4, d.id, d.queue, d.handler, d.role, "
-		"CASE WHEN COALESCE(q.history_args, true) THEN d.args END, "
-		"d.enqueued_at, d.run_at, COALESCE($6, d.claimed_at), $5, "
-		"d.attempts OPERATOR(pg_catalog.+) 1, 'done', NULL, "
-		"$5 OPERATOR(pg_catalog.+) COALESCE(q.keep_history, '1 day'::pg_catalog.interval), "
-		"d.external "
-		"FROM d LEFT JOIN %1$s.qlater_queue q ON q.name OPERATOR(pg_catalog.=) d.queue "
-		"WHERE COALESCE(q.keep_history, '1 day'::pg_catalog.interval) "
-		"OPERATOR(pg_catalog.>) '0'::pg_catalog.interval RETURNING expires_at) "
-		"SELECT d.claim_token, d.attempts, d.max_attempts, d.queue, d.run_at, d.lease_until, "
-		"(SELECT pg_catalog.max(h.expires_at) FROM h), COALESCE($6, d.claimed_at) FROM d",
-		6, {INT8OID, NAMEOID, BOOLOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+		"DELETE FROM %1$s.qlater_job j WHERE j.id OPERATOR(pg_catalog.=) $1 "
+		"RETURNING " QL_FINISH_ROW ", j.claimed_at, j.id, j.handler, j.role, j.args, "
+		"j.enqueued_at, j.external",
+		3, {INT8OID, NAMEOID, BOOLOID}
 	},
 	[QL_STMT_FAIL] = {
 		"UPDATE %1$s.qlater_job SET attempts = $2, last_error = $3, run_at = $4, "
@@ -314,11 +300,12 @@ typedef struct QlFinish
 	int32		max_attempts;
 	TimestampTz run_at;
 	char		queue[NAMEDATALEN];
-	int			slot;			/* QL_STMT_COMPLETE: of the outcome written */
-	TimestampTz expires_at;		/* its expires_at, 0 if none was written */
+	HeapTuple	row;			/* as the statement returned it (until
+								 * ql_finish_leave) */
+	TupleDesc	desc;
 	TimestampTz claimed_at;		/* when it was claimed (the session's record,
 								 * or the lease's on the row); 0 if unknown */
-	TimestampTz finished_at;	/* when the statement ran */
+	TimestampTz finished_at;	/* when the statement began */
 } QlFinish;
 
 /*
@@ -1066,59 +1053,39 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 {
 	char	   *me = ql_current_user_name();
 	bool		admin = ql_is_admin();
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[3];
 	bool		isnull;
-	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz started_at = token == NULL ? ql_claims_time(id) : 0;
+	Datum		d;
 
 	f->id = id;
 	f->token = token;
+	/* the session's record of its claim; a lease's is on the row */
+	f->claimed_at = token == NULL ? ql_claims_time(id) : 0;
+	f->finished_at = GetCurrentTimestamp();
 	ql_become_owner(c, &f->save);
 	ql_spi_connect();
 
 	values[0] = Int64GetDatum(id);
 	values[1] = ql_name_datum(me);
 	values[2] = BoolGetDatum(admin);
-	/* QL_STMT_COMPLETE records the outcome: its slot, and when */
-	f->slot = s == QL_STMT_COMPLETE ? ql_history_slot_now(c, now) : 0;
-	values[3] = Int16GetDatum(f->slot);
-	values[4] = TimestampTzGetDatum(now);
-	/* QL_STMT_COMPLETE: when the session claimed it; a lease's is on the row */
-	values[5] = TimestampTzGetDatum(started_at);
-	if (started_at == 0)
-		nulls[5] = 'n';
-	if (ql_stmt_exec(&stmts, c, s, values, nulls, false, 1) != expected)
+	if (ql_stmt_exec(&stmts, c, s, values, NULL, false, 1) != expected)
 		elog(ERROR, "could not read job");
 	if (SPI_processed == 0)
 		ql_job_missing_error(id);
-	ql_finish_check(c, id, token, f->save.userid, SPI_tuptable->vals[0],
-					SPI_tuptable->tupdesc, &f->attempts, &f->max_attempts);
-	f->run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-												  SPI_tuptable->tupdesc, 5, &isnull));
-	strlcpy(f->queue, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4),
-			NAMEDATALEN);
-	f->expires_at = 0;
-	f->claimed_at = started_at;
-	f->finished_at = now;
-	if (s == QL_STMT_FINISH)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
+	f->row = SPI_tuptable->vals[0];
+	f->desc = SPI_tuptable->tupdesc;
+	ql_finish_check(c, id, token, f->save.userid, f->row, f->desc,
+					&f->attempts, &f->max_attempts);
+	f->run_at = DatumGetTimestampTz(SPI_getbinval(f->row, f->desc, 5, &isnull));
+	strlcpy(f->queue, SPI_getvalue(f->row, f->desc, 4), NAMEDATALEN);
 
-		if (!isnull)
-			f->claimed_at = DatumGetTimestampTz(d);
-	}
-	if (s == QL_STMT_COMPLETE)
-	{
-		Datum		e = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
-
-		if (!isnull)
-			f->expires_at = DatumGetTimestampTz(e);
-		/* column 8: when the attempt began (the claim) */
-		e = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull);
-		if (!isnull)
-			f->claimed_at = DatumGetTimestampTz(e);
-	}
+	/*
+	 * Column 7: when its lease was taken.  A failure counts from the lease
+	 * if it has one; a completion from the session's claim if it has one.
+	 */
+	d = SPI_getbinval(f->row, f->desc, 7, &isnull);
+	if (!isnull && (s == QL_STMT_FINISH || f->claimed_at == 0))
+		f->claimed_at = DatumGetTimestampTz(d);
 }
 
 /* ql_finish_leave: undo ql_finish_begin: leave SPI and the owner's identity */
@@ -1164,6 +1131,44 @@ ql_id_arg(FunctionCallInfo fcinfo)
 	return PG_GETARG_INT64(0);
 }
 
+/*
+ * ql_complete_record: the outcome of job f, just removed by
+ * QL_STMT_COMPLETE (the row it returned), unless its queue q (NULL: gone)
+ * keeps no history; and its counters.  Caller acts as the owner, in SPI.
+ */
+static void
+ql_complete_record(const QlCatalog *c, QlFinish *f, const QlQueue *q)
+{
+	int64		keep = q != NULL ? q->keep_history : USECS_PER_DAY;
+	QlOutcomeRow r;
+	bool		isnull;
+	int			slot;
+
+	/* its wait was counted at the claim: how long it ran */
+	ql_stats_note_queue(f->queue, q, QL_OUTCOME_DONE, 1, 0, f->claimed_at,
+						f->finished_at);
+	if (keep <= 0)
+		return;
+	memset(&r, 0, sizeof(r));
+	r.id = DatumGetInt64(SPI_getbinval(f->row, f->desc, 8, &isnull));
+	r.queue = f->queue;
+	r.handler = SPI_getvalue(f->row, f->desc, 9);
+	r.role = SPI_getvalue(f->row, f->desc, 10);
+	if (q == NULL || q->history_args)
+		r.args = SPI_getbinval(f->row, f->desc, 11, &isnull);
+	r.enqueued_at = DatumGetTimestampTz(SPI_getbinval(f->row, f->desc, 12, &isnull));
+	r.run_at = f->run_at;
+	r.started_at = f->claimed_at;
+	r.finished_at = f->finished_at;
+	r.attempt = f->attempts + 1;
+	r.outcome = QL_OUTCOME_DONE;
+	r.expires_at = f->finished_at + keep;
+	r.external = DatumGetBool(SPI_getbinval(f->row, f->desc, 13, &isnull));
+	slot = ql_history_slot_now(c, f->finished_at);
+	ql_history_write(c, slot, &r, 1);
+	ql_history_note(slot, r.expires_at);
+}
+
 /* qlater_complete(id bigint, token uuid) returns void */
 Datum
 qlater_complete(PG_FUNCTION_ARGS)
@@ -1174,14 +1179,11 @@ qlater_complete(PG_FUNCTION_ARGS)
 	QlFinish	f;
 
 	/*
-	 * The row is checked as it is deleted, its outcome written by the same
-	 * statement: an error undoes both
+	 * The row is checked as it is deleted, its outcome written in the same
+	 * subtransaction: an error undoes both
 	 */
-	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_SELECT);
-	if (f.expires_at != 0)
-		ql_history_note(f.slot, f.expires_at);
-	/* its wait was counted at the claim: how long it ran */
-	ql_stats_note(f.queue, QL_OUTCOME_DONE, 1, 0, f.claimed_at, f.finished_at);
+	ql_finish_begin(&f, c, id, token, QL_STMT_COMPLETE, SPI_OK_DELETE_RETURNING);
+	ql_complete_record(c, &f, ql_queue_get(c, f.queue));
 	ql_finish_job(&f);
 	PG_RETURN_VOID();
 }

@@ -31,8 +31,12 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -71,7 +75,6 @@ typedef enum QlHistoryStmt
 {
 	QL_H_RECORD,				/* the outcome of one job, from its row */
 	QL_H_RECORD_MANY,			/* the same for several */
-	QL_H_DONE,					/* jobs the workers did, from memory */
 	QL_H_LATEST,				/* the latest expires_at of a slot */
 	QL_H_JOB,					/* a job as it is now */
 	QL_H_LAST,					/* a job's last outcome */
@@ -126,22 +129,6 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 						"LIMIT 1), j.claimed_at)"),
 		8, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZARRAYOID}
-	},
-	/* $1 the slot, then a column each: the rows of done_rows */
-	[QL_H_DONE] = {
-		"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
-		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, expires_at, external) "
-		"SELECT $1, d.id, d.queue, d.handler, d.role, d.args, d.enqueued_at, d.run_at, "
-		"d.started_at, d.finished_at, d.attempt, 'done', d.expires_at, false "
-		"FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), "
-		"pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-		"pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
-		"pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12)) "
-		"AS d(id, queue, handler, role, args, enqueued_at, run_at, started_at, "
-		"finished_at, attempt, expires_at)",
-		12, {INT2OID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NAMEARRAYOID,
-			JSONBARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-		TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID}
 	},
 	[QL_H_LATEST] = {
 		"SELECT pg_catalog.max(expires_at) FROM %1$s.qlater_outcome "
@@ -338,28 +325,201 @@ ql_history_record_many(const QlCatalog *c, Datum ids, QlOutcome outcome,
 }
 
 /*
+ * The columns of qlater_outcome, as ql_history_write fills them, with
+ * their types: a table whose column of one of these names has another
+ * type is refused, never written with a datum of the wrong type
+ */
+typedef enum QlOutcomeColumn
+{
+	QL_OC_SLOT,
+	QL_OC_ID,
+	QL_OC_QUEUE,
+	QL_OC_HANDLER,
+	QL_OC_ROLE,
+	QL_OC_ARGS,
+	QL_OC_ENQUEUED_AT,
+	QL_OC_RUN_AT,
+	QL_OC_STARTED_AT,
+	QL_OC_FINISHED_AT,
+	QL_OC_ATTEMPT,
+	QL_OC_OUTCOME,
+	QL_OC_ERROR,
+	QL_OC_EXPIRES_AT,
+	QL_OC_EXTERNAL,
+	QL_NUM_OC
+} QlOutcomeColumn;
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			ql_outcome_columns[QL_NUM_OC] = {
+	[QL_OC_SLOT] = {"slot", INT2OID},
+	[QL_OC_ID] = {"id", INT8OID},
+	[QL_OC_QUEUE] = {"queue", TEXTOID},
+	[QL_OC_HANDLER] = {"handler", TEXTOID},
+	[QL_OC_ROLE] = {"role", NAMEOID},
+	[QL_OC_ARGS] = {"args", JSONBOID},
+	[QL_OC_ENQUEUED_AT] = {"enqueued_at", TIMESTAMPTZOID},
+	[QL_OC_RUN_AT] = {"run_at", TIMESTAMPTZOID},
+	[QL_OC_STARTED_AT] = {"started_at", TIMESTAMPTZOID},
+	[QL_OC_FINISHED_AT] = {"finished_at", TIMESTAMPTZOID},
+	[QL_OC_ATTEMPT] = {"attempt", INT4OID},
+	[QL_OC_OUTCOME] = {"outcome", TEXTOID},
+	[QL_OC_ERROR] = {"error", JSONBOID},
+	[QL_OC_EXPIRES_AT] = {"expires_at", TIMESTAMPTZOID},
+	[QL_OC_EXTERNAL] = {"external", BOOLOID},
+};
+
+/*
+ * ql_history_columns: for each attribute of desc, which of our columns it
+ * is (-1: none of them, or dropped: NULL is written)
+ */
+static void
+ql_history_columns(Relation rel, int *map)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		int			k;
+
+		map[i] = -1;
+		if (att->attisdropped)
+			continue;
+		for (k = 0; k < QL_NUM_OC; k++)
+			if (strcmp(NameStr(att->attname), ql_outcome_columns[k].name) == 0)
+				break;
+		if (k == QL_NUM_OC)
+			continue;
+		if (att->atttypid != ql_outcome_columns[k].type)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of table \"%s\" has type %s, not %s",
+							NameStr(att->attname), RelationGetRelationName(rel),
+							format_type_be(att->atttypid),
+							format_type_be(ql_outcome_columns[k].type)),
+					 errhint("The history of qlater is written by qlater; restore its tables "
+							 "as the extension made them.")));
+		map[i] = k;
+	}
+}
+
+/*
+ * ql_history_write: write n outcomes into slot's table, in the current
+ * (sub)transaction, as logical replication applies an insert
+ * (ExecSimpleRelationInsert): its constraints, indexes and triggers as
+ * for an INSERT, without a statement to plan and start for each outcome.
+ * The table stays locked (RowExclusiveLock) until the transaction ends:
+ * an expiry (ql_history_empty_slot) waits for it.  Caller acts as the
+ * tables' owner, with an active snapshot; notes the slot's rows
+ * (ql_history_note) after this.
+ */
+void
+ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
+{
+	char		name[NAMEDATALEN];
+	Oid			relid;
+	Relation	rel;
+	EState	   *estate;
+	RangeTblEntry *rte;
+	ResultRelInfo *rri;
+	TupleTableSlot *ts;
+	int		   *map;
+	Datum		values[QL_NUM_OC];
+	bool		nulls[QL_NUM_OC];
+	int			i;
+
+	snprintf(name, sizeof(name), "qlater_outcome_%d", slot);
+	relid = get_relname_relid(name, c->schema_oid);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"%s\" does not exist", name),
+				 errhint("The history of qlater is written into its tables "
+						 "qlater_outcome_0 to qlater_outcome_%d.", QL_HISTORY_SLOTS - 1)));
+	rel = table_open(relid, RowExclusiveLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", name)));
+	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
+	ql_history_columns(rel, map);
+
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = RELKIND_RELATION;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	/* for the triggers: closed here, not by the executor (no refcount) */
+	estate->es_opened_result_relations = list_make1(rri);
+	estate->es_output_cid = GetCurrentCommandId(true);
+	AfterTriggerBeginQuery();
+	ExecOpenIndices(rri, false);
+	ts = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[QL_OC_SLOT] = Int16GetDatum(slot);
+	for (i = 0; i < n; i++)
+	{
+		const QlOutcomeRow *r = &rows[i];
+		NameData	role;
+		int			a;
+
+		values[QL_OC_ID] = Int64GetDatum(r->id);
+		values[QL_OC_QUEUE] = CStringGetTextDatum(r->queue);
+		values[QL_OC_HANDLER] = CStringGetTextDatum(r->handler);
+		namestrcpy(&role, r->role);
+		values[QL_OC_ROLE] = NameGetDatum(&role);
+		values[QL_OC_ARGS] = r->args;
+		nulls[QL_OC_ARGS] = r->args == (Datum) 0;
+		values[QL_OC_ENQUEUED_AT] = TimestampTzGetDatum(r->enqueued_at);
+		values[QL_OC_RUN_AT] = TimestampTzGetDatum(r->run_at);
+		values[QL_OC_STARTED_AT] = TimestampTzGetDatum(r->started_at);
+		nulls[QL_OC_STARTED_AT] = r->started_at == 0;
+		values[QL_OC_FINISHED_AT] = TimestampTzGetDatum(r->finished_at);
+		values[QL_OC_ATTEMPT] = Int32GetDatum(r->attempt);
+		values[QL_OC_OUTCOME] = CStringGetTextDatum(ql_outcome_names[r->outcome]);
+		values[QL_OC_ERROR] = r->error;
+		nulls[QL_OC_ERROR] = r->error == (Datum) 0;
+		values[QL_OC_EXPIRES_AT] = TimestampTzGetDatum(r->expires_at);
+		values[QL_OC_EXTERNAL] = BoolGetDatum(r->external);
+
+		ExecClearTuple(ts);
+		for (a = 0; a < ts->tts_tupleDescriptor->natts; a++)
+		{
+			ts->tts_isnull[a] = map[a] < 0 || nulls[map[a]];
+			ts->tts_values[a] = ts->tts_isnull[a] ? (Datum) 0 : values[map[a]];
+		}
+		ExecStoreVirtualTuple(ts);
+		ExecSimpleRelationInsert(rri, estate, ts);
+		pfree(DatumGetPointer(values[QL_OC_QUEUE]));
+		pfree(DatumGetPointer(values[QL_OC_HANDLER]));
+		pfree(DatumGetPointer(values[QL_OC_OUTCOME]));
+	}
+
+	ExecCloseIndices(rri);
+	AfterTriggerEndQuery(estate);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	pfree(map);
+	table_close(rel, NoLock);
+}
+
+/*
  * The jobs the in-server workers did in the current transaction, whose
- * outcomes ql_history_flush writes before it commits, all in one
- * statement: a job's row is gone by then (a batch removes each job in its
+ * outcomes ql_history_flush writes before it commits, all at once
+ * (ql_history_write): a job's row is gone by then (a batch removes each job in its
  * subtransaction), so what is written comes from the claim (QlJob).  In
  * TopTransactionContext; forgotten when the transaction ends.
  */
-typedef struct QlDoneRow
-{
-	int64		id;
-	char	   *queue;
-	char	   *handler;
-	char	   *role;
-	Jsonb	   *args;			/* NULL: the queue keeps none */
-	TimestampTz enqueued_at;
-	TimestampTz run_at;
-	TimestampTz started_at;
-	TimestampTz finished_at;
-	int32		attempt;
-	TimestampTz expires_at;
-} QlDoneRow;
-
-static QlDoneRow *done_rows = NULL;
+static QlOutcomeRow *done_rows = NULL;
 static int	ndone = 0;
 static int	done_cap = 0;
 static bool done_callback_registered = false;
@@ -390,7 +550,7 @@ ql_history_done(const QlJob *job)
 	const QlQueue *q;
 	int64		keep;
 	MemoryContext old;
-	QlDoneRow  *r;
+	QlOutcomeRow *r;
 	bool		snapshot = !ActiveSnapshotSet();
 	TimestampTz finished = GetCurrentTimestamp();
 
@@ -414,106 +574,53 @@ ql_history_done(const QlJob *job)
 	if (ndone == done_cap)
 	{
 		done_cap = Max(done_cap * 2, 16);
-		done_rows = done_rows == NULL ? palloc(sizeof(QlDoneRow) * done_cap) :
-			repalloc(done_rows, sizeof(QlDoneRow) * done_cap);
+		done_rows = done_rows == NULL ? palloc(sizeof(QlOutcomeRow) * done_cap) :
+			repalloc(done_rows, sizeof(QlOutcomeRow) * done_cap);
 	}
 	r = &done_rows[ndone++];
+	memset(r, 0, sizeof(*r));
 	r->id = job->id;
 	r->queue = pstrdup(job->queue);
 	r->handler = pstrdup(job->handler);
 	r->role = pstrdup(job->role);
-	r->args = q == NULL || q->history_args ?
-		(Jsonb *) PG_DETOAST_DATUM_COPY(JsonbPGetDatum(job->args)) : NULL;
+	if (q == NULL || q->history_args)
+		r->args = PointerGetDatum(PG_DETOAST_DATUM_COPY(JsonbPGetDatum(job->args)));
 	r->enqueued_at = job->enqueued_at;
 	r->run_at = job->run_at;
 	r->started_at = job->started_at;
 	r->finished_at = finished;
 	r->attempt = job->attempts + 1;
+	r->outcome = QL_OUTCOME_DONE;
 	r->expires_at = r->finished_at + keep;
+	r->external = false;
 	MemoryContextSwitchTo(old);
-}
-
-/* ql_history_column: an array of n values (nulls where isnull says) */
-static Datum
-ql_history_column(Datum *values, bool *isnull, int n, Oid type)
-{
-	int16		len;
-	bool		byval;
-	char		align;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(type, &len, &byval, &align);
-	return PointerGetDatum(construct_md_array(values, isnull, 1, dims, lbs,
-											  type, len, byval, align));
 }
 
 /*
  * ql_history_flush: write the outcomes of the jobs done in the current
- * transaction (ql_history_done), in one statement; before it commits
+ * transaction (ql_history_done); before it commits
  */
 void
 ql_history_flush(void)
 {
 	const QlCatalog *c;
-	Datum		values[12];
-	Datum	   *cols[11];
-	bool	   *args_null;
-	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz until = 0;
 	QlUserSave	save;
 	int			slot;
 	int			i;
-	int			k;
 
 	if (ndone == 0)
 		return;
 	c = ql_catalog(false);
 	PushActiveSnapshot(GetTransactionSnapshot());
-	slot = ql_history_slot_at(ql_history_width(c), now);
-	for (k = 0; k < 11; k++)
-		cols[k] = palloc(sizeof(Datum) * ndone);
-	args_null = palloc0(sizeof(bool) * ndone);
+	slot = ql_history_slot_now(c, GetCurrentTimestamp());
 	for (i = 0; i < ndone; i++)
-	{
-		QlDoneRow  *r = &done_rows[i];
-
-		cols[0][i] = Int64GetDatum(r->id);
-		cols[1][i] = CStringGetTextDatum(r->queue);
-		cols[2][i] = CStringGetTextDatum(r->handler);
-		cols[3][i] = DirectFunctionCall1(namein, CStringGetDatum(r->role));
-		cols[4][i] = r->args != NULL ? JsonbPGetDatum(r->args) : (Datum) 0;
-		args_null[i] = r->args == NULL;
-		cols[5][i] = TimestampTzGetDatum(r->enqueued_at);
-		cols[6][i] = TimestampTzGetDatum(r->run_at);
-		cols[7][i] = TimestampTzGetDatum(r->started_at);
-		cols[8][i] = TimestampTzGetDatum(r->finished_at);
-		cols[9][i] = Int32GetDatum(r->attempt);
-		cols[10][i] = TimestampTzGetDatum(r->expires_at);
-		until = Max(until, r->expires_at);
-	}
-	values[0] = Int16GetDatum(slot);
-	values[1] = ql_history_column(cols[0], NULL, ndone, INT8OID);
-	values[2] = ql_history_column(cols[1], NULL, ndone, TEXTOID);
-	values[3] = ql_history_column(cols[2], NULL, ndone, TEXTOID);
-	values[4] = ql_history_column(cols[3], NULL, ndone, NAMEOID);
-	values[5] = ql_history_column(cols[4], args_null, ndone, JSONBOID);
-	values[6] = ql_history_column(cols[5], NULL, ndone, TIMESTAMPTZOID);
-	values[7] = ql_history_column(cols[6], NULL, ndone, TIMESTAMPTZOID);
-	values[8] = ql_history_column(cols[7], NULL, ndone, TIMESTAMPTZOID);
-	values[9] = ql_history_column(cols[8], NULL, ndone, TIMESTAMPTZOID);
-	values[10] = ql_history_column(cols[9], NULL, ndone, INT4OID);
-	values[11] = ql_history_column(cols[10], NULL, ndone, TIMESTAMPTZOID);
-
+		until = Max(until, done_rows[i].expires_at);
 	ql_become_owner(c, &save);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (ql_stmt_exec(&h_stmts, c, QL_H_DONE, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the outcomes of %d jobs", ndone);
-	SPI_finish();
+	ql_history_write(c, slot, done_rows, ndone);
 	ql_restore_user(&save);
 	PopActiveSnapshot();
-	/* noted while the insert holds the slot: an expiry sees it after */
+	/* noted while the table is locked: an expiry sees it after */
 	ql_history_note(slot, until);
 	ndone = 0;
 }

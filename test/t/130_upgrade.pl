@@ -1,4 +1,4 @@
-# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4 -> 0.5).  A cluster runs the 0.1
+# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4 -> 0.5 -> 0.6).  A cluster runs the 0.1
 # library with two databases at extension version 0.1 holding every kind
 # of state (pending, future, running and dead jobs of several roles, a
 # schedule, an external queue with consumers and jobs of another role,
@@ -11,7 +11,9 @@
 # finish several jobs at once (0.3's qlater_complete_many).  A database
 # made at 0.2 under the new library, holding jobs, is updated too, and one
 # made at 0.3: the outcomes of their jobs reach 0.4's history; one made at
-# 0.4, holding jobs and history, keeps both through its update to 0.5.
+# 0.4, holding jobs and history, keeps both through its update to 0.5; one
+# made at 0.5, holding jobs of both kinds and history, through its update to
+# 0.6, whose outcomes are written without a statement each.
 #
 # Both versions are installed into a private copy of the PostgreSQL
 # installation that pg_config (on PATH) names, made in this test's own
@@ -27,9 +29,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $old_version = '0.1';
-my $new_version = '0.5';
+my $new_version = '0.6';
 # the versions between, each with its upgrade script from the one before
-my @versions = ('0.1', '0.2', '0.3', '0.4', '0.5');
+my @versions = ('0.1', '0.2', '0.3', '0.4', '0.5', '0.6');
 
 ### where the source of 0.1 comes from
 # test/upgrade/qlater-0.1.tar.gz: what release 0.1 builds from (git archive
@@ -680,6 +682,64 @@ ok($node->poll_query_until('qdb6', q{SELECT count(*) = 1 FROM hits WHERE label =
 	'qdb6: its due job runs after the update');
 is($node->safe_psql('qdb6', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
 	'q6-dead:dead', 'qdb6: its dead job is kept');
+
+### qdb7: made at 0.5, holding a pending in-server job, a pending external
+### job, a dead one and an outcome, updated: the history is kept (the
+### outcome's CHECK is gone), and the outcomes of the worker's job and of
+### the consumer's completion are written by 0.6 with every column
+$node->safe_psql('postgres', 'CREATE DATABASE qdb7');
+$node->safe_psql(
+	'qdb7', q{
+CREATE EXTENSION qlater VERSION '0.5';
+CREATE TABLE hits (label text, cu text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION hit(label text) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.hits (label, cu) VALUES (label, current_user) $$;
+INSERT INTO qlater_queue (name, external, owner, keep_history) VALUES ('ext7', true, CURRENT_USER, '2 hours');
+INSERT INTO qlater_handler (handler, queue, priority, max_attempts, registered_by)
+VALUES ('public.hit(text)', 'default', 100, 25, CURRENT_USER);
+INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role, external, dead, attempts)
+VALUES ('ext7', 'Export7', '["q7-ext"]', 100, now(), 25, CURRENT_USER, true, false, 2),
+       ('default', 'public.hit(text)', '["q7-dead"]', 100, now(), 1, CURRENT_USER, false, true, 1);
+INSERT INTO qlater_outcome (slot, id, queue, handler, role, args, enqueued_at, run_at, started_at,
+                            finished_at, attempt, outcome, expires_at, external)
+VALUES (0, 434343, 'default', 'public.hit(text)', CURRENT_USER, '["q7-before"]', now(), now(), now(),
+        now(), 1, 'done', now() + interval '1 day', false);
+});
+is($node->safe_psql('qdb7', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	'0.5', 'qdb7 is at 0.5');
+is( $node->safe_psql(
+		'qdb7', q{SELECT count(*) FROM pg_constraint WHERE conrelid = 'qlater_outcome'::regclass AND contype = 'c'}),
+	'1', 'qdb7: at 0.5 the outcome has its CHECK');
+$node->safe_psql('qdb7', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb7', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb7: updated from 0.5 to $new_version");
+is( $node->safe_psql(
+		'qdb7', q{SELECT count(*) FROM pg_constraint
+		  WHERE conrelid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'qlater_outcome'::regclass
+		                     UNION ALL SELECT 'qlater_outcome'::regclass) AND contype = 'c'}),
+	'0', 'qdb7: the CHECK is gone from the history and its partitions');
+is($node->safe_psql('qdb7', q{SELECT outcome || ' ' || (args->>0) FROM qlater_history WHERE id = 434343}),
+	'done q7-before', 'qdb7: the outcome recorded at 0.5 is kept');
+$node->safe_psql('qdb7', q{INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role)
+  VALUES ('default', 'public.hit(text)', '["q7-now"]', 100, now(), 25, CURRENT_USER)});
+ok($node->poll_query_until('qdb7', q{SELECT count(*) = 1 FROM hits WHERE label = 'q7-now'}),
+	'qdb7: a due job runs after the update');
+ok( $node->poll_query_until(
+		'qdb7', q{SELECT count(*) = 1 FROM qlater_outcome WHERE args->>0 = 'q7-now' AND outcome = 'done'
+		  AND attempt = 1 AND NOT external AND started_at <= finished_at}),
+	"qdb7: the worker's outcome is in the history");
+is( $node->safe_psql(
+		'qdb7', q{
+SELECT qlater_complete(id) FROM qlater_lock('ext7', 1);
+SELECT queue || ' ' || handler || ' ' || (args->>0) || ' ' || attempt || ' ' || outcome || ' '
+       || external || ' ' || (started_at <= finished_at) || ' ' || (role = current_user) || ' '
+       || (expires_at - finished_at) || ' ' || (error IS NULL)
+FROM qlater_outcome WHERE args->>0 = 'q7-ext';
+}),
+	"\next7 Export7 q7-ext 3 done true true true 02:00:00 true",
+	"qdb7: a consumer's completion is in the history, every column as before");
+is($node->safe_psql('qdb7', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
+	'q7-dead:dead', 'qdb7: its dead job is kept');
 
 # a fresh CREATE EXTENSION reaches the new version through the upgrade scripts
 $node->safe_psql('postgres', 'CREATE DATABASE qdb4');
