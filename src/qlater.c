@@ -239,6 +239,27 @@ ql_option(List *options, const char *name)
 }
 
 /*
+ * ql_role_may_createdb: whether the current role has CREATEDB (superusers
+ * do), read from pg_authid as CREATE DATABASE reads it.  PostgreSQL's own
+ * have_createdb_privilege() is exported only from 15.20 on.
+ */
+static bool
+ql_role_may_createdb(void)
+{
+	HeapTuple	tup;
+	bool		may;
+
+	if (superuser())
+		return true;
+	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	may = ((Form_pg_authid) GETSTRUCT(tup))->rolcreatedb;
+	ReleaseSysCache(tup);
+	return may;
+}
+
+/*
  * ql_database_needed_alone: the database that a utility statement needs
  * without other sessions, as DROP DATABASE does (ALTER DATABASE ... RENAME,
  * ALTER DATABASE ... SET TABLESPACE, CREATE DATABASE ... TEMPLATE), if the
@@ -263,7 +284,7 @@ ql_database_needed_alone(Node *parsetree)
 			dboid = get_database_oid(defGetString(template), true);
 		/* copying a database takes CREATEDB and its ownership or a template */
 		if (OidIsValid(dboid) &&
-			(!have_createdb_privilege() ||
+			(!ql_role_may_createdb() ||
 			 (!pg_database_ownercheck(dboid, GetUserId()) && !ql_database_is_template(dboid))))
 			return InvalidOid;
 		return dboid;
