@@ -41,6 +41,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -372,11 +373,12 @@ static const struct
 };
 
 /*
- * ql_history_columns: for each attribute of desc, which of our columns it
- * is (-1: none of them, or dropped: NULL is written)
+ * ql_history_columns: for each attribute of rel, which of our columns it
+ * is; -1: none of them (dropped, or added by someone else: its default,
+ * if it has one, is prepared in defaults[], else NULL is written)
  */
 static void
-ql_history_columns(Relation rel, int *map)
+ql_history_columns(Relation rel, EState *estate, int *map, ExprState **defaults)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
@@ -387,13 +389,24 @@ ql_history_columns(Relation rel, int *map)
 		int			k;
 
 		map[i] = -1;
+		defaults[i] = NULL;
 		if (att->attisdropped)
 			continue;
 		for (k = 0; k < QL_NUM_OC; k++)
 			if (strcmp(NameStr(att->attname), ql_outcome_columns[k].name) == 0)
 				break;
 		if (k == QL_NUM_OC)
+		{
+			/* as an INSERT that does not name the column */
+			if (att->atthasdef && att->attgenerated == '\0')
+			{
+				Node	   *expr = build_column_default(rel, i + 1);
+
+				if (expr != NULL)
+					defaults[i] = ExecPrepareExpr((Expr *) expr, estate);
+			}
 			continue;
+		}
 		if (att->atttypid != ql_outcome_columns[k].type)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
@@ -410,8 +423,9 @@ ql_history_columns(Relation rel, int *map)
 /*
  * ql_history_write: write n outcomes into slot's table, in the current
  * (sub)transaction, as logical replication applies an insert
- * (ExecSimpleRelationInsert): its constraints, indexes and triggers as
- * for an INSERT, without a statement to plan and start for each outcome.
+ * (ExecSimpleRelationInsert): its constraints, indexes, triggers and the
+ * defaults of columns it does not know as for an INSERT, without a
+ * statement to plan and start for each outcome.
  * The table stays locked (RowExclusiveLock) until the transaction ends:
  * an expiry (ql_history_empty_slot) waits for it.  Caller acts as the
  * tables' owner, with an active snapshot; notes the slot's rows
@@ -428,6 +442,8 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	ResultRelInfo *rri;
 	TupleTableSlot *ts;
 	int		   *map;
+	ExprState **defaults;
+	ExprContext *econtext;
 	Datum		values[QL_NUM_OC];
 	bool		nulls[QL_NUM_OC];
 	int			i;
@@ -445,9 +461,6 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", name)));
-	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
-	ql_history_columns(rel, map);
-
 	estate = CreateExecutorState();
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
@@ -463,6 +476,10 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	AfterTriggerBeginQuery();
 	ExecOpenIndices(rri, false);
 	ts = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
+	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
+	defaults = palloc(sizeof(ExprState *) * RelationGetDescr(rel)->natts);
+	ql_history_columns(rel, estate, map, defaults);
+	econtext = GetPerTupleExprContext(estate);
 
 	memset(nulls, 0, sizeof(nulls));
 	values[QL_OC_SLOT] = Int16GetDatum(slot);
@@ -492,10 +509,22 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 		values[QL_OC_EXTERNAL] = BoolGetDatum(r->external);
 
 		ExecClearTuple(ts);
+		ResetExprContext(econtext);
 		for (a = 0; a < ts->tts_tupleDescriptor->natts; a++)
 		{
-			ts->tts_isnull[a] = map[a] < 0 || nulls[map[a]];
-			ts->tts_values[a] = ts->tts_isnull[a] ? (Datum) 0 : values[map[a]];
+			if (map[a] >= 0)
+			{
+				ts->tts_isnull[a] = nulls[map[a]];
+				ts->tts_values[a] = nulls[map[a]] ? (Datum) 0 : values[map[a]];
+			}
+			else if (defaults[a] != NULL)
+				ts->tts_values[a] = ExecEvalExprSwitchContext(defaults[a], econtext,
+															  &ts->tts_isnull[a]);
+			else
+			{
+				ts->tts_isnull[a] = true;
+				ts->tts_values[a] = (Datum) 0;
+			}
 		}
 		ExecStoreVirtualTuple(ts);
 		ExecSimpleRelationInsert(rri, estate, ts);
@@ -509,6 +538,7 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
 	pfree(map);
+	pfree(defaults);
 	table_close(rel, NoLock);
 }
 
