@@ -44,7 +44,7 @@ typedef struct QlStmtDef
 {
 	const char *sql;
 	int			nargs;
-	Oid			types[12];
+	Oid			types[16];
 } QlStmtDef;
 
 typedef struct QlStmtSet

@@ -40,6 +40,8 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
 #include "pgstat.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
@@ -47,6 +49,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/partcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -76,6 +79,7 @@ typedef enum QlHistoryStmt
 {
 	QL_H_RECORD,				/* the outcome of one job, from its row */
 	QL_H_RECORD_MANY,			/* the same for several */
+	QL_H_INSERT,				/* outcomes, from arrays (ql_history_insert) */
 	QL_H_LATEST,				/* the latest expires_at of a slot */
 	QL_H_JOB,					/* a job as it is now */
 	QL_H_LAST,					/* a job's last outcome */
@@ -130,6 +134,21 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 						"LIMIT 1), j.claimed_at)"),
 		8, {INT8ARRAYOID, INT2OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZARRAYOID}
+	},
+	/* $1 the slot, then a column each, in QlOutcomeColumn's order */
+	[QL_H_INSERT] = {
+		"INSERT INTO %1$s.qlater_outcome (slot, id, queue, handler, role, args, "
+		"enqueued_at, run_at, started_at, finished_at, attempt, outcome, error, expires_at, "
+		"external) "
+		"SELECT $1, d.* FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3), "
+		"pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+		"pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
+		"pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), "
+		"pg_catalog.unnest($13), pg_catalog.unnest($14), pg_catalog.unnest($15)) AS d",
+		15, {INT2OID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, NAMEARRAYOID,
+			JSONBARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+			TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		JSONBARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID}
 	},
 	[QL_H_LATEST] = {
 		"SELECT pg_catalog.max(expires_at) FROM %1$s.qlater_outcome "
@@ -375,12 +394,15 @@ static const struct
 /*
  * ql_history_columns: for each attribute of rel, which of our columns it
  * is; -1: none of them (dropped, or added by someone else: its default,
- * if it has one, is prepared in defaults[], else NULL is written)
+ * if it has one, is prepared in defaults[], else NULL is written).  False
+ * if one of our columns is missing or has another type: the table is not
+ * as the extension made it, and only an INSERT says what to make of it.
  */
-static void
+static bool
 ql_history_columns(Relation rel, EState *estate, int *map, ExprState **defaults)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	bool		found[QL_NUM_OC] = {0};
 	int			i;
 
 	for (i = 0; i < desc->natts; i++)
@@ -408,33 +430,147 @@ ql_history_columns(Relation rel, EState *estate, int *map, ExprState **defaults)
 			continue;
 		}
 		if (att->atttypid != ql_outcome_columns[k].type)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("column \"%s\" of table \"%s\" has type %s, not %s",
-							NameStr(att->attname), RelationGetRelationName(rel),
-							format_type_be(att->atttypid),
-							format_type_be(ql_outcome_columns[k].type)),
-					 errhint("The history of qlater is written by qlater; restore its tables "
-							 "as the extension made them.")));
+			return false;
 		map[i] = k;
+		found[k] = true;
 	}
+	for (i = 0; i < QL_NUM_OC; i++)
+		if (!found[i])
+			return false;
+	return true;
 }
 
 /*
- * ql_history_write: write n outcomes into slot's table, in the current
- * (sub)transaction, as logical replication applies an insert
- * (ExecSimpleRelationInsert): its constraints, indexes, triggers and the
- * defaults of columns it does not know as for an INSERT, without a
- * statement to plan and start for each outcome.
- * The table stays locked (RowExclusiveLock) until the transaction ends:
- * an expiry (ql_history_empty_slot) waits for it.  Caller acts as the
+ * ql_history_partition: the table of qlater_outcome (parent, locked) that
+ * an INSERT of a row of slot would write, if the row goes there as
+ * PostgreSQL routes it and nothing but the row's own table has a say in
+ * it; else InvalidOid (ql_history_insert writes it)
+ */
+static Oid
+ql_history_partition(Relation parent, int slot)
+{
+	PartitionKey key;
+	PartitionDesc pd;
+	PartitionBoundInfo b;
+	TriggerDesc *trig = parent->trigdesc;
+	int			i;
+
+	if (parent->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		return InvalidOid;
+	/* what an INSERT into the parent does more than its partition's */
+	if ((trig != NULL && (trig->trig_insert_before_statement ||
+						  trig->trig_insert_after_statement ||
+						  trig->trig_insert_new_table)) ||
+		parent->rd_rules != NULL ||
+		(parent->rd_rel->relrowsecurity && parent->rd_rel->relforcerowsecurity))
+		return InvalidOid;
+	key = RelationGetPartitionKey(parent);
+	if (key->strategy != PARTITION_STRATEGY_LIST || key->partnatts != 1 ||
+		key->partattrs[0] == 0 || key->parttypid[0] != INT2OID ||
+		strcmp(NameStr(TupleDescAttr(RelationGetDescr(parent),
+									 key->partattrs[0] - 1)->attname), "slot") != 0)
+		return InvalidOid;
+	pd = RelationGetPartitionDesc(parent, true);
+	b = pd->boundinfo;
+	if (b == NULL)
+		return InvalidOid;
+	for (i = 0; i < b->ndatums; i++)
+		if (DatumGetInt16(b->datums[i][0]) == slot)
+			return pd->is_leaf[b->indexes[i]] ? pd->oids[b->indexes[i]] : InvalidOid;
+	if (b->default_index >= 0 && pd->is_leaf[b->default_index])
+		return pd->oids[b->default_index];
+	return InvalidOid;
+}
+
+/* ql_history_array: an array of the n values (nulls where isnull says) */
+static Datum
+ql_history_array(Datum *values, bool *isnull, int n, Oid type)
+{
+	int16		len;
+	bool		byval;
+	char		align;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(type, &len, &byval, &align);
+	return PointerGetDatum(construct_md_array(values, isnull, 1, dims, lbs,
+											  type, len, byval, align));
+}
+
+/*
+ * ql_history_insert: write n outcomes into qlater_outcome with an INSERT
+ * statement, as PostgreSQL does whatever the table has become; what
+ * ql_history_write does when its own way would do less
+ */
+static void
+ql_history_insert(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
+{
+	Datum		values[QL_NUM_OC];
+	Datum	   *cols[QL_NUM_OC];
+	bool	   *isnull[QL_NUM_OC];
+	int			i;
+	int			k;
+
+	for (k = 1; k < QL_NUM_OC; k++)
+	{
+		cols[k] = palloc(sizeof(Datum) * n);
+		isnull[k] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		const QlOutcomeRow *r = &rows[i];
+
+		cols[QL_OC_ID][i] = Int64GetDatum(r->id);
+		cols[QL_OC_QUEUE][i] = CStringGetTextDatum(r->queue);
+		cols[QL_OC_HANDLER][i] = CStringGetTextDatum(r->handler);
+		cols[QL_OC_ROLE][i] = DirectFunctionCall1(namein, CStringGetDatum(r->role));
+		cols[QL_OC_ARGS][i] = r->args;
+		isnull[QL_OC_ARGS][i] = r->args == (Datum) 0;
+		cols[QL_OC_ENQUEUED_AT][i] = TimestampTzGetDatum(r->enqueued_at);
+		cols[QL_OC_RUN_AT][i] = TimestampTzGetDatum(r->run_at);
+		cols[QL_OC_STARTED_AT][i] = TimestampTzGetDatum(r->started_at);
+		isnull[QL_OC_STARTED_AT][i] = r->started_at == 0;
+		cols[QL_OC_FINISHED_AT][i] = TimestampTzGetDatum(r->finished_at);
+		cols[QL_OC_ATTEMPT][i] = Int32GetDatum(r->attempt);
+		cols[QL_OC_OUTCOME][i] = CStringGetTextDatum(ql_outcome_names[r->outcome]);
+		cols[QL_OC_ERROR][i] = r->error;
+		isnull[QL_OC_ERROR][i] = r->error == (Datum) 0;
+		cols[QL_OC_EXPIRES_AT][i] = TimestampTzGetDatum(r->expires_at);
+		cols[QL_OC_EXTERNAL][i] = BoolGetDatum(r->external);
+	}
+	values[QL_OC_SLOT] = Int16GetDatum(slot);
+	for (k = 1; k < QL_NUM_OC; k++)
+		values[k] = ql_history_array(cols[k], isnull[k], n, ql_outcome_columns[k].type);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (ql_stmt_exec(&h_stmts, c, QL_H_INSERT, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the outcomes of %d jobs", n);
+	SPI_finish();
+}
+
+/*
+ * ql_history_write: write n outcomes of slot into qlater_outcome, in the
+ * current (sub)transaction.  Into the table an INSERT would route them to
+ * (ql_history_partition), as logical replication applies an insert
+ * (ExecSimpleRelationInsert): that table's constraints, indexes, row
+ * triggers and the defaults of columns it does not know, as for an INSERT,
+ * without a statement to plan and start for each outcome.  When the
+ * tables are not as the extension made them in a way that asks for more
+ * (a statement trigger or a rule on qlater_outcome, forced row security,
+ * no table for the slot, a column of ours missing or of another type), an
+ * INSERT statement writes them (ql_history_insert): whatever PostgreSQL
+ * makes of it, done or refused, is what happens.
+ *
+ * The tables stay locked (RowExclusiveLock) until the transaction ends:
+ * an expiry (ql_history_empty_slot) waits for them.  Caller acts as the
  * tables' owner, with an active snapshot; notes the slot's rows
  * (ql_history_note) after this.
  */
 void
 ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 {
-	char		name[NAMEDATALEN];
+	Oid			parent_relid = get_relname_relid("qlater_outcome", c->schema_oid);
+	Relation	parent;
 	Oid			relid;
 	Relation	rel;
 	EState	   *estate;
@@ -448,20 +584,37 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	bool		nulls[QL_NUM_OC];
 	int			i;
 
-	snprintf(name, sizeof(name), "qlater_outcome_%d", slot);
-	relid = get_relname_relid(name, c->schema_oid);
+	if (!OidIsValid(parent_relid))
+	{
+		ql_history_insert(c, slot, rows, n);
+		return;
+	}
+	/* as an INSERT into it locks it */
+	parent = table_open(parent_relid, RowExclusiveLock);
+	relid = ql_history_partition(parent, slot);
+	table_close(parent, NoLock);
 	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"%s\" does not exist", name),
-				 errhint("The history of qlater is written into its tables "
-						 "qlater_outcome_0 to qlater_outcome_%d.", QL_HISTORY_SLOTS - 1)));
+	{
+		ql_history_insert(c, slot, rows, n);
+		return;
+	}
 	rel = table_open(relid, RowExclusiveLock);
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", name)));
+	{
+		table_close(rel, NoLock);
+		ql_history_insert(c, slot, rows, n);
+		return;
+	}
 	estate = CreateExecutorState();
+	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
+	defaults = palloc(sizeof(ExprState *) * RelationGetDescr(rel)->natts);
+	if (!ql_history_columns(rel, estate, map, defaults))
+	{
+		FreeExecutorState(estate);
+		table_close(rel, NoLock);
+		ql_history_insert(c, slot, rows, n);
+		return;
+	}
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
 	rte->relid = relid;
@@ -476,9 +629,6 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	AfterTriggerBeginQuery();
 	ExecOpenIndices(rri, false);
 	ts = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
-	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
-	defaults = palloc(sizeof(ExprState *) * RelationGetDescr(rel)->natts);
-	ql_history_columns(rel, estate, map, defaults);
 	econtext = GetPerTupleExprContext(estate);
 
 	memset(nulls, 0, sizeof(nulls));

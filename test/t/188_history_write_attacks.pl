@@ -14,16 +14,19 @@
 # with the right columns; a rolled-back one none, its job claimable again;
 # a table that cannot take the outcome a clear ERROR, the job not lost.
 #
-# Found (these checks fail on 7d2524d, pass on 0.5's INSERT statement):
-# ExecSimpleRelationInsert is not an INSERT.  It fires no statement
-# trigger (nor fills transition tables) of qlater_outcome; it fills no
-# column default (ql_history_columns maps every column not of qlater's
-# names to NULL): a DBA's column with a DEFAULT gets NULL, one NOT NULL
-# DEFAULT makes every completion fail (and a worker's lone done job count
-# as a failed attempt); a column of qlater's renamed away is silently not
-# written (args NULL) instead of an error; a partition detached from
-# qlater_outcome still takes the outcomes, found by name, out of sight of
-# qlater_history.
+# Found on 7d2524d (these checks failed there and pass on 0.5's INSERT
+# statement): ExecSimpleRelationInsert is not an INSERT.  It fired no
+# statement trigger (nor filled transition tables) of qlater_outcome; it
+# filled no column default: a DBA's column with a DEFAULT got NULL, one NOT
+# NULL DEFAULT made every completion fail (and a worker's lone done job
+# count as a failed attempt); a column of qlater's renamed away was
+# silently not written (args NULL); a partition detached from
+# qlater_outcome, found by name, still took the outcomes, out of sight of
+# qlater_history.  Since then ql_history_write writes into the table an
+# INSERT routes the row to, with the defaults, and leaves to an INSERT
+# statement whatever asks for more (statement triggers, rules, forced row
+# security, a column of qlater's missing or retyped, no table for the
+# slot): the cases above behave as 0.5's did.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -93,12 +96,15 @@ sub outcome
 	my ($enq, $run, $md5) = @{ $born{$id} };
 	my $args = (defined $o{args} && !$o{args}) ? 'args IS NULL' : "md5(args::text) = '$md5'";
 	my $from = $o{from} // 'qlater_outcome';
+	# the table the row is in: its slot's, unless the tables were renamed
+	# or re-attached (any_table: wherever PostgreSQL routed it)
+	my $table = $o{any_table} ? 'true' : q{tableoid = ('qlater_outcome_' || slot)::regclass};
 	return su(qq{SELECT count(*) || ':' || count(*) FILTER (WHERE queue = '$queue' AND handler = '$handler'
 	  AND role = 'alice' AND $args AND enqueued_at = '$enq' AND run_at = '$run'
 	  AND started_at IS NOT NULL AND started_at <= finished_at AND finished_at <= now()
 	  AND attempt = 1 AND outcome = 'done' AND error IS NULL
 	  AND extract(epoch FROM expires_at - finished_at) = $keep AND external = $ext
-	  AND tableoid = ('qlater_outcome_' || slot)::regclass)
+	  AND $table)
 	  FROM $from WHERE id = $id});
 }
 
@@ -394,18 +400,20 @@ for my $when ('BEFORE', 'AFTER')
 	my ($out, $err) = try_as(undef, 'ALTER TABLE qlater_outcome ALTER COLUMN attempt TYPE bigint');
 	like($err, qr/view|rule/, 'the type of a column the view reads cannot change');
 
+	# one of qlater's columns of another type: written by an INSERT, as 0.5
+	# wrote every outcome, which casts the values to the columns' types;
+	# the column renamed away keeps its NOT NULL, and the INSERT fails
 	must_refuse('attempt renamed away, a bigint attempt added',
 		'ALTER TABLE qlater_outcome RENAME COLUMN attempt TO attempt_0; ALTER TABLE qlater_outcome ADD COLUMN attempt bigint',
 		'ALTER TABLE qlater_outcome DROP COLUMN attempt; ALTER TABLE qlater_outcome RENAME COLUMN attempt_0 TO attempt',
-		qr/column "attempt" of table "qlater_outcome_\d+" has type bigint, not integer/);
+		qr/null value in column "attempt_0" of relation "qlater_outcome_\d+" violates not-null constraint/);
 	must_refuse('role renamed away, a text role added',
 		'ALTER TABLE qlater_outcome RENAME COLUMN role TO role_0; ALTER TABLE qlater_outcome ADD COLUMN role text',
 		'ALTER TABLE qlater_outcome DROP COLUMN role; ALTER TABLE qlater_outcome RENAME COLUMN role_0 TO role',
-		qr/has type text, not name/);
-	must_refuse('args renamed away, a text args added',
+		qr/null value in column "role_0" of relation "qlater_outcome_\d+" violates not-null constraint/);
+	must_record('args renamed away, a text args added',
 		'ALTER TABLE qlater_outcome RENAME COLUMN args TO args_0; ALTER TABLE qlater_outcome ADD COLUMN args text',
-		'ALTER TABLE qlater_outcome DROP COLUMN args; ALTER TABLE qlater_outcome RENAME COLUMN args_0 TO args',
-		qr/has type text, not jsonb/);
+		'ALTER TABLE qlater_outcome DROP COLUMN args; ALTER TABLE qlater_outcome RENAME COLUMN args_0 TO args');
 
 	# a column of qlater's renamed: an INSERT naming it failed; nothing may
 	# silently write the outcome without it
@@ -530,10 +538,11 @@ for my $when ('BEFORE', 'AFTER')
 
 ### partitions
 {
-	must_refuse('every partition renamed',
+	# the tables' names do not matter: the outcome goes where PostgreSQL
+	# routes it, as an INSERT into qlater_outcome
+	must_record('every partition renamed',
 		each_slot('ALTER TABLE qlater_outcome_%1$s RENAME TO gone_%1$s'),
-		each_slot('ALTER TABLE gone_%1$s RENAME TO qlater_outcome_%1$s'),
-		qr/relation "qlater_outcome_\d+" does not exist/);
+		each_slot('ALTER TABLE gone_%1$s RENAME TO qlater_outcome_%1$s'), any_table => 1);
 
 	# detached, the tables are no longer the history: an INSERT into
 	# qlater_outcome failed (no partition for the row)
@@ -549,8 +558,8 @@ for my $when ('BEFORE', 'AFTER')
 	note("partitions detached: error '$err', in qlater_history: $seen, in the detached tables: $hidden");
 	su("SELECT qlater_cancel($id)") if $err ne '';
 
-	# each table attached for the next slot's value
-	must_refuse('partitions attached for other slots',
+	# each table attached for the next slot's value: routed by its value
+	must_record('partitions attached for other slots',
 		each_slot('ALTER TABLE qlater_outcome DETACH PARTITION qlater_outcome_%1$s; '
 			  . 'ALTER TABLE qlater_outcome_%1$s RENAME TO kept_%1$s; '
 			  . 'CREATE TABLE qlater_outcome_%1$s (LIKE kept_%1$s INCLUDING ALL)')
@@ -558,7 +567,7 @@ for my $when ('BEFORE', 'AFTER')
 		each_slot('ALTER TABLE qlater_outcome DETACH PARTITION qlater_outcome_%1$s')
 		  . each_slot('DROP TABLE qlater_outcome_%1$s; ALTER TABLE kept_%1$s RENAME TO qlater_outcome_%1$s; '
 			  . 'ALTER TABLE qlater_outcome ATTACH PARTITION qlater_outcome_%1$s FOR VALUES IN (%1$s)'),
-		qr/partition constraint/);
+		any_table => 1);
 
 	must_refuse('partitions replaced by views',
 		each_slot('ALTER TABLE qlater_outcome DETACH PARTITION qlater_outcome_%1$s; '
@@ -566,16 +575,17 @@ for my $when ('BEFORE', 'AFTER')
 			  . 'CREATE VIEW qlater_outcome_%1$s AS SELECT * FROM kept_%1$s'),
 		each_slot('DROP VIEW qlater_outcome_%1$s; ALTER TABLE kept_%1$s RENAME TO qlater_outcome_%1$s; '
 			  . 'ALTER TABLE qlater_outcome ATTACH PARTITION qlater_outcome_%1$s FOR VALUES IN (%1$s)'),
-		qr/is not a table/);
+		qr/no partition of relation "qlater_outcome" found for row/);
 
-	must_refuse('partitions replaced by partitioned tables',
+	# partitioned further: the INSERT routes on
+	must_record('partitions replaced by partitioned tables',
 		each_slot('ALTER TABLE qlater_outcome DETACH PARTITION qlater_outcome_%1$s; '
 			  . 'ALTER TABLE qlater_outcome_%1$s RENAME TO kept_%1$s; '
 			  . 'CREATE TABLE qlater_outcome_%1$s PARTITION OF qlater_outcome FOR VALUES IN (%1$s) PARTITION BY LIST (outcome); '
 			  . 'CREATE TABLE qlater_outcome_%1$s_any PARTITION OF qlater_outcome_%1$s DEFAULT'),
 		each_slot('DROP TABLE qlater_outcome_%1$s; ALTER TABLE kept_%1$s RENAME TO qlater_outcome_%1$s; '
 			  . 'ALTER TABLE qlater_outcome ATTACH PARTITION qlater_outcome_%1$s FOR VALUES IN (%1$s)'),
-		qr/is not a table/);
+		any_table => 1);
 
 	my ($out, $e2) = try_as(undef, 'CREATE EXTENSION IF NOT EXISTS file_fdw');
 	if ($e2 eq '')
@@ -587,7 +597,7 @@ for my $when ('BEFORE', 'AFTER')
 				  . q{CREATE FOREIGN TABLE qlater_outcome_%1$s PARTITION OF qlater_outcome FOR VALUES IN (%1$s) SERVER files OPTIONS (filename '/dev/null')}),
 			each_slot('DROP FOREIGN TABLE qlater_outcome_%1$s; ALTER TABLE kept_%1$s RENAME TO qlater_outcome_%1$s; '
 				  . 'ALTER TABLE qlater_outcome ATTACH PARTITION qlater_outcome_%1$s FOR VALUES IN (%1$s)'),
-			qr/is not a table/);
+			qr/foreign table/);
 	}
 }
 
