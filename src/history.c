@@ -23,7 +23,10 @@
  * writers out, and empties the table only if every row has expired.  So a
  * row is never removed before its expires_at, whatever the shared memory
  * says (after a restart it says nothing; after a restore of a dump, too
- * little).  The view qlater_history hides expired rows meanwhile, so each
+ * little).  The table of a slot is the one PostgreSQL routes the slot's
+ * rows to, as for the writers (ql_history_write); one that takes other
+ * rows too (a DBA's table of several slots, a default partition) is never
+ * emptied.  The view qlater_history hides expired rows meanwhile, so each
  * queue's retention is exact to the second; only the space comes back a
  * stretch or two later.
  *
@@ -441,28 +444,24 @@ ql_history_columns(Relation rel, EState *estate, int *map, ExprState **defaults)
 }
 
 /*
- * ql_history_partition: the table of qlater_outcome (parent, locked) that
- * an INSERT of a row of slot would write, if the row goes there as
- * PostgreSQL routes it and nothing but the row's own table has a say in
- * it; else InvalidOid (ql_history_insert writes it)
+ * ql_history_leaf: the leaf table of qlater_outcome (parent, locked) that
+ * PostgreSQL routes a row of slot to; InvalidOid if none, or if
+ * qlater_outcome is not partitioned by slot as the extension made it.
+ * *alone: whether that table takes no other slot's rows (not the default
+ * partition, not a list of several slots).
  */
 static Oid
-ql_history_partition(Relation parent, int slot)
+ql_history_leaf(Relation parent, int slot, bool *alone)
 {
 	PartitionKey key;
 	PartitionDesc pd;
 	PartitionBoundInfo b;
-	TriggerDesc *trig = parent->trigdesc;
+	int			part = -1;
+	int			nvalues = 0;
 	int			i;
 
+	*alone = false;
 	if (parent->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
-		return InvalidOid;
-	/* what an INSERT into the parent does more than its partition's */
-	if ((trig != NULL && (trig->trig_insert_before_statement ||
-						  trig->trig_insert_after_statement ||
-						  trig->trig_insert_new_table)) ||
-		parent->rd_rules != NULL ||
-		(parent->rd_rel->relrowsecurity && parent->rd_rel->relforcerowsecurity))
 		return InvalidOid;
 	key = RelationGetPartitionKey(parent);
 	if (key->strategy != PARTITION_STRATEGY_LIST || key->partnatts != 1 ||
@@ -476,10 +475,38 @@ ql_history_partition(Relation parent, int slot)
 		return InvalidOid;
 	for (i = 0; i < b->ndatums; i++)
 		if (DatumGetInt16(b->datums[i][0]) == slot)
-			return pd->is_leaf[b->indexes[i]] ? pd->oids[b->indexes[i]] : InvalidOid;
-	if (b->default_index >= 0 && pd->is_leaf[b->default_index])
-		return pd->oids[b->default_index];
-	return InvalidOid;
+			part = b->indexes[i];
+	if (part < 0)
+		part = b->default_index;
+	if (part < 0 || !pd->is_leaf[part])
+		return InvalidOid;
+	for (i = 0; i < b->ndatums; i++)
+		if (b->indexes[i] == part)
+			nvalues++;
+	*alone = nvalues == 1 && part != b->default_index && part != b->null_index;
+	return pd->oids[part];
+}
+
+/*
+ * ql_history_partition: the table of qlater_outcome (parent, locked) that
+ * an INSERT of a row of slot would write, if the row goes there as
+ * PostgreSQL routes it and nothing but the row's own table has a say in
+ * it; else InvalidOid (ql_history_insert writes it)
+ */
+static Oid
+ql_history_partition(Relation parent, int slot)
+{
+	TriggerDesc *trig = parent->trigdesc;
+	bool		alone;
+
+	/* what an INSERT into the parent does more than its partition's */
+	if ((trig != NULL && (trig->trig_insert_before_statement ||
+						  trig->trig_insert_after_statement ||
+						  trig->trig_insert_new_table)) ||
+		parent->rd_rules != NULL ||
+		(parent->rd_rel->relrowsecurity && parent->rd_rel->relforcerowsecurity))
+		return InvalidOid;
+	return ql_history_leaf(parent, slot, &alone);
 }
 
 /* ql_history_array: an array of the n values (nulls where isnull says) */
@@ -816,17 +843,30 @@ ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
 	/* what a writer notes from now on is not overwritten below */
 	uint64		by = pg_atomic_read_u64(&db->history_expires_by[slot]);
 	uint64		now_by;
-	char		name[NAMEDATALEN];
+	Oid			parent_relid = get_relname_relid("qlater_outcome", c->schema_oid);
+	Relation	parent;
 	Oid			relid;
+	bool		alone;
 	Datum		value = Int16GetDatum(slot);
 	Datum		latest;
 	bool		isnull;
 
-	snprintf(name, sizeof(name), "qlater_outcome_%d", slot);
-	relid = get_relname_relid(name, c->schema_oid);
-	if (!OidIsValid(relid))
+	if (!OidIsValid(parent_relid))
 		return true;
 	/* no waiting: a waiting TRUNCATE would hold up every writer behind it */
+	if (!ConditionalLockRelationOid(parent_relid, AccessShareLock))
+		return false;
+	parent = table_open(parent_relid, NoLock);
+	relid = ql_history_leaf(parent, slot, &alone);
+	table_close(parent, NoLock);
+
+	/*
+	 * Only the table the slot's rows are routed to, and only if it takes
+	 * no other slot's: a table a DBA made of several slots, or the default
+	 * partition, keeps its rows (the view hides the expired ones)
+	 */
+	if (!OidIsValid(relid) || !alone)
+		return true;
 	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
 		return false;
 	/* every writer is out now: what the table holds is all committed */
@@ -837,7 +877,12 @@ ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
 		now_by = QL_HISTORY_EMPTY;
 	else if (DatumGetTimestampTz(latest) < GetCurrentTimestamp())
 	{
-		if (SPI_execute(psprintf("TRUNCATE %s.%s", c->schema_quoted, name),
+		char	   *nsp = get_namespace_name(get_rel_namespace(relid));
+		char	   *rel = get_rel_name(relid);
+
+		if (nsp == NULL || rel == NULL)
+			return true;
+		if (SPI_execute(psprintf("TRUNCATE %s", quote_qualified_identifier(nsp, rel)),
 						false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not empty history slot %d", slot);
 		now_by = QL_HISTORY_EMPTY;

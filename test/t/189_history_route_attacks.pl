@@ -29,7 +29,9 @@
 # table a DBA detached and kept (its rows going to a default partition)
 # is emptied although it is no longer the history and holds a row of a
 # day.  ql_history_write, routed by the partition descriptor, writes
-# where PostgreSQL routes; the expiry empties by name.
+# where PostgreSQL routes; the expiry emptied by name.  Since then the
+# expiry finds the table as the writers do, and empties it only if it
+# takes no other slot's rows (not the default, not a list of slots).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
