@@ -360,7 +360,11 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 
 	/*
 	 * DROP EXTENSION qlater: its workers here leave once it commits; ALTER
-	 * EXTENSION qlater UPDATE: workers waiting for it (worker.c) go on.
+	 * EXTENSION qlater UPDATE: workers waiting for it (worker.c) go on, and
+	 * the launcher looks at the database as at a CREATE EXTENSION: its
+	 * jobs may be waiting with no worker here, and none of them told it
+	 * (a worker that waited for the update may have been taken elsewhere,
+	 * and jobs written before the update woke nobody)
 	 */
 	if ((access == OAT_DROP || access == OAT_POST_ALTER) &&
 		classId == ExtensionRelationId && ql_shared != NULL)
@@ -368,7 +372,11 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		char	   *name = get_extension_name(objectId);
 
 		if (name != NULL && strcmp(name, "qlater") == 0)
+		{
 			pending_extension_change = true;
+			if (access == OAT_POST_ALTER)
+				ql_wake_launcher_at_commit();
+		}
 	}
 
 	if (access == OAT_DROP && classId == DatabaseRelationId && ql_shared != NULL)
@@ -741,7 +749,7 @@ ql_xact_callback(XactEvent event, void *arg)
 			if (pending_launcher_wake)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has created extension \"qlater\""),
+						 errmsg("cannot PREPARE a transaction that has created or updated extension \"qlater\""),
 						 errdetail("qlater starts its workers in the database when such a transaction commits, which COMMIT PREPARED cannot do.")));
 			break;
 		case XACT_EVENT_COMMIT:
