@@ -83,7 +83,6 @@ typedef enum QlHistoryStmt
 	QL_H_RECORD,				/* the outcome of one job, from its row */
 	QL_H_RECORD_MANY,			/* the same for several */
 	QL_H_INSERT,				/* outcomes, from arrays (ql_history_insert) */
-	QL_H_LATEST,				/* the latest expires_at of a slot */
 	QL_H_JOB,					/* a job as it is now */
 	QL_H_LAST,					/* a job's last outcome */
 	QL_H_PURGE,					/* remove dead jobs, with their outcomes */
@@ -152,11 +151,6 @@ static const QlStmtDef h_stmt_defs[QL_NUM_H_STMTS] = {
 			JSONBARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
 			TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
 		JSONBARRAYOID, TIMESTAMPTZARRAYOID, BOOLARRAYOID}
-	},
-	[QL_H_LATEST] = {
-		"SELECT pg_catalog.max(expires_at) FROM %1$s.qlater_outcome "
-		"WHERE slot OPERATOR(pg_catalog.=) $1",
-		1, {INT2OID}
 	},
 	/* as qlater_jobs shows it */
 	[QL_H_JOB] = {
@@ -396,13 +390,15 @@ static const struct
 
 /*
  * ql_history_columns: for each attribute of rel, which of our columns it
- * is; -1: none of them (dropped, or added by someone else: its default,
- * if it has one, is prepared in defaults[], else NULL is written).  False
+ * is; -1: none of them (dropped, or added by someone else: the default
+ * an INSERT into qlater_outcome, parent, gives it is prepared in
+ * defaults[], else NULL is written).  False
  * if one of our columns is missing or has another type: the table is not
  * as the extension made it, and only an INSERT says what to make of it.
  */
 static bool
-ql_history_columns(Relation rel, EState *estate, int *map, ExprState **defaults)
+ql_history_columns(Relation parent, Relation rel, EState *estate, int *map,
+				   ExprState **defaults)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	bool		found[QL_NUM_OC] = {0};
@@ -422,14 +418,21 @@ ql_history_columns(Relation rel, EState *estate, int *map, ExprState **defaults)
 				break;
 		if (k == QL_NUM_OC)
 		{
-			/* as an INSERT that does not name the column */
-			if (att->atthasdef && att->attgenerated == '\0')
-			{
-				Node	   *expr = build_column_default(rel, i + 1);
+			AttrNumber	pattnum;
+			Node	   *expr;
 
-				if (expr != NULL)
-					defaults[i] = ExecPrepareExpr((Expr *) expr, estate);
-			}
+			/* a domain checks even a value left out: only an INSERT does */
+			if (get_typtype(att->atttypid) == TYPTYPE_DOMAIN)
+				return false;
+			if (att->attgenerated != '\0')
+				continue;
+			/* as an INSERT into qlater_outcome that does not name it */
+			pattnum = get_attnum(RelationGetRelid(parent), NameStr(att->attname));
+			if (pattnum == InvalidAttrNumber)
+				return false;
+			expr = build_column_default(parent, pattnum);
+			if (expr != NULL)
+				defaults[i] = ExecPrepareExpr((Expr *) expr, estate);
 			continue;
 		}
 		if (att->atttypid != ql_outcome_columns[k].type)
@@ -619,9 +622,9 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	/* as an INSERT into it locks it */
 	parent = table_open(parent_relid, RowExclusiveLock);
 	relid = ql_history_partition(parent, slot);
-	table_close(parent, NoLock);
 	if (!OidIsValid(relid))
 	{
+		table_close(parent, NoLock);
 		ql_history_insert(c, slot, rows, n);
 		return;
 	}
@@ -629,19 +632,22 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	if (rel->rd_rel->relkind != RELKIND_RELATION)
 	{
 		table_close(rel, NoLock);
+		table_close(parent, NoLock);
 		ql_history_insert(c, slot, rows, n);
 		return;
 	}
 	estate = CreateExecutorState();
 	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
 	defaults = palloc(sizeof(ExprState *) * RelationGetDescr(rel)->natts);
-	if (!ql_history_columns(rel, estate, map, defaults))
+	if (!ql_history_columns(parent, rel, estate, map, defaults))
 	{
 		FreeExecutorState(estate);
 		table_close(rel, NoLock);
+		table_close(parent, NoLock);
 		ql_history_insert(c, slot, rows, n);
 		return;
 	}
+	table_close(parent, NoLock);
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
 	rte->relid = relid;
@@ -833,6 +839,55 @@ ql_history_flush(void)
 }
 
 /*
+ * ql_history_truncate: empty table, slot's, in a subtransaction: a table a
+ * DBA changed so that TRUNCATE fails (a foreign key to it, a trigger that
+ * raises) is left as it is, with a warning once per slot and process, and
+ * the other slots are still emptied.  False if it failed.
+ */
+static bool
+ql_history_truncate(const char *table, int slot)
+{
+	static bool warned[QL_HISTORY_SLOTS];
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		if (SPI_execute(psprintf("TRUNCATE %s", table), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not empty history slot %d", slot);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (!warned[slot])
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("could not empty the expired history in table %s: %s",
+							table, edata->message),
+					 errhint("The table's expired outcomes stay, hidden by qlater_history; "
+							 "the other history tables are still emptied.")));
+		warned[slot] = true;
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
  * ql_history_empty_slot: empty slot if all its rows have expired; false
  * if its table is in use (try later).  Caller is in a transaction,
  * connected to SPI (ql_xact_begin), acting as the owner.
@@ -847,7 +902,10 @@ ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
 	Relation	parent;
 	Oid			relid;
 	bool		alone;
-	Datum		value = Int16GetDatum(slot);
+	char	   *nsp;
+	char	   *rel;
+	char	   *table;
+	SPIPlanPtr	plan;
 	Datum		latest;
 	bool		isnull;
 
@@ -861,30 +919,39 @@ ql_history_empty_slot(const QlCatalog *c, QlDatabase *db, int slot)
 	table_close(parent, NoLock);
 
 	/*
-	 * Only the table the slot's rows are routed to, and only if it takes
-	 * no other slot's: a table a DBA made of several slots, or the default
-	 * partition, keeps its rows (the view hides the expired ones)
+	 * Only the table the slot's rows are routed to, a plain table, and only
+	 * if it takes no other slot's: a table a DBA made of several slots, the
+	 * default partition or a foreign table keeps its rows (the view hides
+	 * the expired ones)
 	 */
-	if (!OidIsValid(relid) || !alone)
+	if (!OidIsValid(relid) || !alone || get_rel_relkind(relid) != RELKIND_RELATION)
 		return true;
 	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
 		return false;
-	/* every writer is out now: what the table holds is all committed */
-	if (ql_stmt_exec_latest(&h_stmts, c, QL_H_LATEST, &value, NULL, 1) != SPI_OK_SELECT)
+	nsp = get_namespace_name(get_rel_namespace(relid));
+	rel = get_rel_name(relid);
+	if (nsp == NULL || rel == NULL)
+		return true;
+	table = quote_qualified_identifier(nsp, rel);
+
+	/*
+	 * Every writer is out now: what the table holds is all committed, and
+	 * read under a snapshot taken after the lock.  Read in this table
+	 * alone: a DBA's lock on another slot's does not hold the expiry up.
+	 */
+	plan = SPI_prepare(psprintf("SELECT pg_catalog.max(expires_at) FROM %s", table), 0, NULL);
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read history slot %d", slot);
+	SPI_freeplan(plan);
 	latest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
 		now_by = QL_HISTORY_EMPTY;
 	else if (DatumGetTimestampTz(latest) < GetCurrentTimestamp())
 	{
-		char	   *nsp = get_namespace_name(get_rel_namespace(relid));
-		char	   *rel = get_rel_name(relid);
-
-		if (nsp == NULL || rel == NULL)
+		if (!ql_history_truncate(table, slot))
 			return true;
-		if (SPI_execute(psprintf("TRUNCATE %s", quote_qualified_identifier(nsp, rel)),
-						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not empty history slot %d", slot);
 		now_by = QL_HISTORY_EMPTY;
 	}
 	else

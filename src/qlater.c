@@ -58,6 +58,11 @@ static TimestampTz pending_future = 0;	/* earliest run_at of future jobs */
 static bool pending_lower = false;
 static QlClaimKey pending_first;
 static bool pending_launcher_wake = false;
+/*
+ * ALTER EXTENSION qlater: wake the launcher as pending_launcher_wake does
+ * if the transaction commits (prepared, the launcher's revisit finds it)
+ */
+static bool pending_update_wake = false;
 static bool pending_extension_change = false;
 static bool pending_queues_changed = false;
 static List *pending_cancels = NIL;	/* job ids, in TopMemoryContext */
@@ -375,7 +380,7 @@ ql_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		{
 			pending_extension_change = true;
 			if (access == OAT_POST_ALTER)
-				ql_wake_launcher_at_commit();
+				pending_update_wake = true;
 		}
 	}
 
@@ -749,7 +754,7 @@ ql_xact_callback(XactEvent event, void *arg)
 			if (pending_launcher_wake)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has created or updated extension \"qlater\""),
+						 errmsg("cannot PREPARE a transaction that has created extension \"qlater\""),
 						 errdetail("qlater starts its workers in the database when such a transaction commits, which COMMIT PREPARED cannot do.")));
 			break;
 		case XACT_EVENT_COMMIT:
@@ -771,7 +776,7 @@ ql_xact_callback(XactEvent event, void *arg)
 					ql_wake_idle_workers(pending_wakeups, 0);
 				else if (pending_future != 0)
 					ql_wake_idle_workers(1, pending_future);
-				if (pending_launcher_wake)
+				if (pending_launcher_wake || pending_update_wake)
 					ql_mark_database_active();
 				if (pending_extension_change)
 					ql_wake_all_workers();
@@ -798,6 +803,7 @@ ql_xact_callback(XactEvent event, void *arg)
 			pending_future = 0;
 			pending_lower = false;
 			pending_launcher_wake = false;
+			pending_update_wake = false;
 			pending_extension_change = false;
 			pending_queues_changed = false;
 			if (pending_cancels != NIL)
