@@ -587,7 +587,8 @@ ql_history_insert(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
  * without a statement to plan and start for each outcome.  When the
  * tables are not as the extension made them in a way that asks for more
  * (a statement trigger or a rule on qlater_outcome, forced row security,
- * no table for the slot, a column of ours missing or of another type), an
+ * no table for the slot, a column of ours missing or of another type, a
+ * column of a domain type), an
  * INSERT statement writes them (ql_history_insert): whatever PostgreSQL
  * makes of it, done or refused, is what happens.
  *
