@@ -899,21 +899,14 @@ static QlStmtSet key_stmts = {key_stmt_defs, QL_KEY_NUM_STMTS, NULL, 0};
 /*
  * ql_key_exec: run statement s of keys under the latest snapshot: the
  * jobs committed since the transaction's snapshot (in repeatable read or
- * serializable) are seen, and those the transaction wrote.  Caller is
- * connected to SPI, acts as the tables' owner or a worker.
+ * serializable) are seen, and those the transaction wrote.  nulls as
+ * SPI takes them, or NULL.  Caller is connected to SPI, acts as the
+ * tables' owner or a worker.
  */
 static int
-ql_key_exec(const QlCatalog *c, QlKeyStmt s, Datum *values)
+ql_key_exec(const QlCatalog *c, QlKeyStmt s, Datum *values, const char *nulls)
 {
 	/* read-write: the command counter moves on, our own writes are seen */
-	return SPI_execute_snapshot(ql_stmt_plan(&key_stmts, c, s), values, NULL,
-								GetLatestSnapshot(), InvalidSnapshot, false, true, 0);
-}
-
-/* ql_key_exec_nulls: ql_key_exec, with nulls among the values */
-static int
-ql_key_exec_nulls(const QlCatalog *c, QlKeyStmt s, Datum *values, const char *nulls)
-{
 	return SPI_execute_snapshot(ql_stmt_plan(&key_stmts, c, s), values, nulls,
 								GetLatestSnapshot(), InvalidSnapshot, false, true, 0);
 }
@@ -1380,7 +1373,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		values[2] = ngroups == 1 ? CStringGetTextDatum(gkeys[0]) :
 			PointerGetDatum(ql_text_array(gkeys, ngroups));
 	}
-	if (ql_key_exec(c, ngroups == 1 ? QL_KEY_LOOKUP_ONE : QL_KEY_LOOKUP, values) != SPI_OK_SELECT)
+	if (ql_key_exec(c, ngroups == 1 ? QL_KEY_LOOKUP_ONE : QL_KEY_LOOKUP, values, NULL) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the jobs of keys");
 	claimed = palloc(sizeof(Datum) * Max(SPI_processed, 1));
 	for (r = 0; r < SPI_processed; r++)
@@ -1411,7 +1404,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 		values[0] = PointerGetDatum(construct_array(claimed, nclaimed, INT8OID,
 													sizeof(int64), FLOAT8PASSBYVAL,
 													TYPALIGN_DOUBLE));
-		if (ql_key_exec(c, QL_KEY_REREAD, values) != SPI_OK_SELECT)
+		if (ql_key_exec(c, QL_KEY_REREAD, values, NULL) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the jobs of keys");
 		for (r = 0; r < SPI_processed; r++)
 		{
@@ -1451,7 +1444,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 			values[0] = PointerGetDatum(construct_array(extra, nextra, INT8OID,
 														sizeof(int64), FLOAT8PASSBYVAL,
 														TYPALIGN_DOUBLE));
-			if (ql_key_exec(c, QL_KEY_DROP, values) != SPI_OK_UPDATE)
+			if (ql_key_exec(c, QL_KEY_DROP, values, NULL) != SPI_OK_UPDATE)
 				elog(ERROR, "could not drop the keys of jobs");
 		}
 	}
@@ -1479,7 +1472,7 @@ ql_enqueue_keyed(const QlCatalog *c, const QlJobSpec *spec, Jsonb **args,
 													TYPALIGN_INT));
 		values[2] = TimestampTzGetDatum(spec->run_at);
 		values[3] = Int32GetDatum(spec->priority);
-		if (ql_key_exec(c, QL_KEY_REPLACE, values) != SPI_OK_UPDATE ||
+		if (ql_key_exec(c, QL_KEY_REPLACE, values, NULL) != SPI_OK_UPDATE ||
 			SPI_processed != (uint64) nkept)
 			elog(ERROR, "could not replace the jobs of keys");
 	}
@@ -1578,7 +1571,7 @@ ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
 		LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
 	{
 		value = Int64GetDatum(id);
-		if (ql_key_exec(c, QL_KEY_SETTLE, &value) != SPI_OK_UPDATE)
+		if (ql_key_exec(c, QL_KEY_SETTLE, &value, NULL) != SPI_OK_UPDATE)
 			elog(ERROR, "could not settle the key of job %lld", (long long) id);
 	}
 	else
@@ -1587,7 +1580,7 @@ ql_key_settle(const QlCatalog *c, int64 id, const char *queue,
 
 		value = PointerGetDatum(construct_array(&one, 1, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (ql_key_exec(c, QL_KEY_DROP, &value) != SPI_OK_UPDATE)
+		if (ql_key_exec(c, QL_KEY_DROP, &value, NULL) != SPI_OK_UPDATE)
 			elog(ERROR, "could not drop the key of job %lld", (long long) id);
 	}
 }
@@ -2016,7 +2009,7 @@ qlater_retry_dead(PG_FUNCTION_ARGS)
 
 	/* the groups of the keyed ones: lock those we can, without waiting */
 	/* under the latest snapshot, as the retry itself (a repeatable read) */
-	if (ql_key_exec_nulls(c, QL_KEY_RETRY_GROUPS, values, nulls) != SPI_OK_SELECT)
+	if (ql_key_exec(c, QL_KEY_RETRY_GROUPS, values, nulls) != SPI_OK_SELECT)
 		elog(ERROR, "could not read dead jobs");
 	gqueues = palloc(sizeof(Datum) * Max(Min(SPI_processed, QL_RETRY_KEY_GROUPS), 1));
 	groles = palloc(sizeof(Datum) * Max(Min(SPI_processed, QL_RETRY_KEY_GROUPS), 1));
@@ -2041,7 +2034,7 @@ qlater_retry_dead(PG_FUNCTION_ARGS)
 												false, TYPALIGN_CHAR));
 
 	/* under the latest snapshot: the jobs enqueued until the locks were had */
-	if (ql_key_exec_nulls(c, QL_KEY_RETRY_DEAD, values, nulls) != SPI_OK_SELECT)
+	if (ql_key_exec(c, QL_KEY_RETRY_DEAD, values, nulls) != SPI_OK_SELECT)
 		elog(ERROR, "could not retry dead jobs");
 	for (r = 0; r < SPI_processed; r++)
 	{

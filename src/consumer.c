@@ -1079,12 +1079,9 @@ ql_finish_begin(QlFinish *f, const QlCatalog *c, int64 id, pg_uuid_t *token,
 	f->run_at = DatumGetTimestampTz(SPI_getbinval(f->row, f->desc, 5, &isnull));
 	strlcpy(f->queue, SPI_getvalue(f->row, f->desc, 4), NAMEDATALEN);
 
-	/*
-	 * Column 7: when its lease was taken.  A failure counts from the lease
-	 * if it has one; a completion from the session's claim if it has one.
-	 */
+	/* column 7: when its lease was taken, if the session has no record */
 	d = SPI_getbinval(f->row, f->desc, 7, &isnull);
-	if (!isnull && (s == QL_STMT_FINISH || f->claimed_at == 0))
+	if (!isnull && f->claimed_at == 0)
 		f->claimed_at = DatumGetTimestampTz(d);
 }
 
@@ -1139,7 +1136,9 @@ ql_id_arg(FunctionCallInfo fcinfo)
 static void
 ql_complete_record(const QlCatalog *c, QlFinish *f, const QlQueue *q)
 {
+	/* read now: the queue cache may be read again below (the slot) */
 	int64		keep = q != NULL ? q->keep_history : USECS_PER_DAY;
+	bool		with_args = q == NULL || q->history_args;
 	QlOutcomeRow r;
 	bool		isnull;
 	int			slot;
@@ -1154,7 +1153,7 @@ ql_complete_record(const QlCatalog *c, QlFinish *f, const QlQueue *q)
 	r.queue = f->queue;
 	r.handler = SPI_getvalue(f->row, f->desc, 9);
 	r.role = SPI_getvalue(f->row, f->desc, 10);
-	if (q == NULL || q->history_args)
+	if (with_args)
 		r.args = SPI_getbinval(f->row, f->desc, 11, &isnull);
 	r.enqueued_at = DatumGetTimestampTz(SPI_getbinval(f->row, f->desc, 12, &isnull));
 	r.run_at = f->run_at;
