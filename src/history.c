@@ -344,7 +344,8 @@ ql_history_record_many(const QlCatalog *c, Datum ids, QlOutcome outcome,
 /*
  * The columns of qlater_outcome, as ql_history_write fills them, with
  * their types: a table whose column of one of these names has another
- * type is refused, never written with a datum of the wrong type
+ * type is written by an INSERT statement (ql_history_insert), never with a
+ * datum of the wrong type
  */
 typedef enum QlOutcomeColumn
 {
@@ -392,9 +393,9 @@ static const struct
  * ql_history_columns: for each attribute of rel, which of our columns it
  * is; -1: none of them (dropped, or added by someone else: the default
  * an INSERT into qlater_outcome, parent, gives it is prepared in
- * defaults[], else NULL is written).  False
- * if one of our columns is missing or has another type: the table is not
- * as the extension made it, and only an INSERT says what to make of it.
+ * defaults[], else NULL is written).  False if one of our columns is
+ * missing or has another type, or a column is of a domain type: only an
+ * INSERT says what to make of such a table.
  */
 static bool
 ql_history_columns(Relation parent, Relation rel, EState *estate, int *map,
@@ -588,12 +589,12 @@ ql_history_insert(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
  * tables are not as the extension made them in a way that asks for more
  * (a statement trigger or a rule on qlater_outcome, forced row security,
  * no table for the slot, a column of ours missing or of another type, a
- * column of a domain type), an
- * INSERT statement writes them (ql_history_insert): whatever PostgreSQL
- * makes of it, done or refused, is what happens.
+ * column of a domain type), an INSERT statement writes them
+ * (ql_history_insert): whatever PostgreSQL makes of it, done or refused,
+ * is what happens.
  *
  * The tables stay locked (RowExclusiveLock) until the transaction ends:
- * an expiry (ql_history_empty_slot) waits for them.  Caller acts as the
+ * an expiry (ql_history_empty_slot) leaves the slot until a later look.  Caller acts as the
  * tables' owner, with an active snapshot; notes the slot's rows
  * (ql_history_note) after this.
  */
