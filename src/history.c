@@ -529,6 +529,36 @@ ql_history_array(Datum *values, bool *isnull, int n, Oid type)
 }
 
 /*
+ * ql_outcome_values: outcome r as the values of our columns but slot
+ * (values[QL_OC_ID] on), and which are null; in the current memory context
+ */
+static void
+ql_outcome_values(const QlOutcomeRow *r, Datum *values, bool *nulls)
+{
+	Name		role = palloc(NAMEDATALEN);
+
+	namestrcpy(role, r->role);
+	values[QL_OC_ID] = Int64GetDatum(r->id);
+	values[QL_OC_QUEUE] = CStringGetTextDatum(r->queue);
+	values[QL_OC_HANDLER] = CStringGetTextDatum(r->handler);
+	values[QL_OC_ROLE] = NameGetDatum(role);
+	values[QL_OC_ARGS] = r->args;
+	values[QL_OC_ENQUEUED_AT] = TimestampTzGetDatum(r->enqueued_at);
+	values[QL_OC_RUN_AT] = TimestampTzGetDatum(r->run_at);
+	values[QL_OC_STARTED_AT] = TimestampTzGetDatum(r->started_at);
+	values[QL_OC_FINISHED_AT] = TimestampTzGetDatum(r->finished_at);
+	values[QL_OC_ATTEMPT] = Int32GetDatum(r->attempt);
+	values[QL_OC_OUTCOME] = CStringGetTextDatum(ql_outcome_names[r->outcome]);
+	values[QL_OC_ERROR] = r->error;
+	values[QL_OC_EXPIRES_AT] = TimestampTzGetDatum(r->expires_at);
+	values[QL_OC_EXTERNAL] = BoolGetDatum(r->external);
+	memset(nulls, 0, sizeof(bool) * QL_NUM_OC);
+	nulls[QL_OC_ARGS] = r->args == (Datum) 0;
+	nulls[QL_OC_STARTED_AT] = r->started_at == 0;
+	nulls[QL_OC_ERROR] = r->error == (Datum) 0;
+}
+
+/*
  * ql_history_insert: write n outcomes into qlater_outcome with an INSERT
  * statement, as PostgreSQL does whatever the table has become; what
  * ql_history_write does when its own way would do less
@@ -549,25 +579,14 @@ ql_history_insert(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	}
 	for (i = 0; i < n; i++)
 	{
-		const QlOutcomeRow *r = &rows[i];
+		bool		nulls[QL_NUM_OC];
 
-		cols[QL_OC_ID][i] = Int64GetDatum(r->id);
-		cols[QL_OC_QUEUE][i] = CStringGetTextDatum(r->queue);
-		cols[QL_OC_HANDLER][i] = CStringGetTextDatum(r->handler);
-		cols[QL_OC_ROLE][i] = DirectFunctionCall1(namein, CStringGetDatum(r->role));
-		cols[QL_OC_ARGS][i] = r->args;
-		isnull[QL_OC_ARGS][i] = r->args == (Datum) 0;
-		cols[QL_OC_ENQUEUED_AT][i] = TimestampTzGetDatum(r->enqueued_at);
-		cols[QL_OC_RUN_AT][i] = TimestampTzGetDatum(r->run_at);
-		cols[QL_OC_STARTED_AT][i] = TimestampTzGetDatum(r->started_at);
-		isnull[QL_OC_STARTED_AT][i] = r->started_at == 0;
-		cols[QL_OC_FINISHED_AT][i] = TimestampTzGetDatum(r->finished_at);
-		cols[QL_OC_ATTEMPT][i] = Int32GetDatum(r->attempt);
-		cols[QL_OC_OUTCOME][i] = CStringGetTextDatum(ql_outcome_names[r->outcome]);
-		cols[QL_OC_ERROR][i] = r->error;
-		isnull[QL_OC_ERROR][i] = r->error == (Datum) 0;
-		cols[QL_OC_EXPIRES_AT][i] = TimestampTzGetDatum(r->expires_at);
-		cols[QL_OC_EXTERNAL][i] = BoolGetDatum(r->external);
+		ql_outcome_values(&rows[i], values, nulls);
+		for (k = 1; k < QL_NUM_OC; k++)
+		{
+			cols[k][i] = values[k];
+			isnull[k][i] = nulls[k];
+		}
 	}
 	values[QL_OC_SLOT] = Int16GetDatum(slot);
 	for (k = 1; k < QL_NUM_OC; k++)
@@ -666,35 +685,18 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 	ts = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	econtext = GetPerTupleExprContext(estate);
 
-	memset(nulls, 0, sizeof(nulls));
 	values[QL_OC_SLOT] = Int16GetDatum(slot);
 	for (i = 0; i < n; i++)
 	{
-		const QlOutcomeRow *r = &rows[i];
-		NameData	role;
+		MemoryContext old;
 		int			a;
 
-		values[QL_OC_ID] = Int64GetDatum(r->id);
-		values[QL_OC_QUEUE] = CStringGetTextDatum(r->queue);
-		values[QL_OC_HANDLER] = CStringGetTextDatum(r->handler);
-		namestrcpy(&role, r->role);
-		values[QL_OC_ROLE] = NameGetDatum(&role);
-		values[QL_OC_ARGS] = r->args;
-		nulls[QL_OC_ARGS] = r->args == (Datum) 0;
-		values[QL_OC_ENQUEUED_AT] = TimestampTzGetDatum(r->enqueued_at);
-		values[QL_OC_RUN_AT] = TimestampTzGetDatum(r->run_at);
-		values[QL_OC_STARTED_AT] = TimestampTzGetDatum(r->started_at);
-		nulls[QL_OC_STARTED_AT] = r->started_at == 0;
-		values[QL_OC_FINISHED_AT] = TimestampTzGetDatum(r->finished_at);
-		values[QL_OC_ATTEMPT] = Int32GetDatum(r->attempt);
-		values[QL_OC_OUTCOME] = CStringGetTextDatum(ql_outcome_names[r->outcome]);
-		values[QL_OC_ERROR] = r->error;
-		nulls[QL_OC_ERROR] = r->error == (Datum) 0;
-		values[QL_OC_EXPIRES_AT] = TimestampTzGetDatum(r->expires_at);
-		values[QL_OC_EXTERNAL] = BoolGetDatum(r->external);
-
+		/* this row's values and defaults: until the next row */
 		ExecClearTuple(ts);
 		ResetExprContext(econtext);
+		old = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+		ql_outcome_values(&rows[i], values, nulls);
+		MemoryContextSwitchTo(old);
 		for (a = 0; a < ts->tts_tupleDescriptor->natts; a++)
 		{
 			if (map[a] >= 0)
@@ -713,9 +715,6 @@ ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 		}
 		ExecStoreVirtualTuple(ts);
 		ExecSimpleRelationInsert(rri, estate, ts);
-		pfree(DatumGetPointer(values[QL_OC_QUEUE]));
-		pfree(DatumGetPointer(values[QL_OC_HANDLER]));
-		pfree(DatumGetPointer(values[QL_OC_OUTCOME]));
 	}
 
 	ExecCloseIndices(rri);
