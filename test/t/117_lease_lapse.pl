@@ -45,11 +45,21 @@ sub enqueue
 	return sql("SELECT qlater_enqueue('Job', '[]', queue => '$queue'$extra)");
 }
 
-# lease: claim the next job of a queue with a lease of a second: "id|token"
+# lease: claim the next job of a queue with a lease of a second (or of
+# $len): "id|token"
 sub lease
 {
-	my ($queue) = @_;
-	return sql("SELECT id || '|' || claim_token FROM qlater_lock('$queue', 1, lease => '1 second')");
+	my ($queue, $len) = @_;
+	$len //= '1 second';
+	return sql("SELECT id || '|' || claim_token FROM qlater_lock('$queue', 1, lease => '$len')");
+}
+
+# wait_lapse: wait until the lease of job $id has run out
+sub wait_lapse
+{
+	my ($id) = @_;
+	ok($node->poll_query_until('postgres', "SELECT lease_until < now() FROM qlater_job WHERE id = $id"),
+		"the lease of job $id runs out");
 }
 
 # job: attempts, state, the backoff (run_at after the time of last_error),
@@ -151,10 +161,12 @@ $node->safe_psql('postgres', "SELECT qlater_cancel($e); SELECT qlater_cancel($f)
 
 ### 4. a holder that finished the job before its lease ran out keeps it
 my $g = enqueue('app');
-my ($lg, $tg) = split /\|/,
-  sql(q{SELECT id || '|' || claim_token FROM qlater_lock('app', 1, lease => '3 seconds')});
+# the holder's session is open before the lease is taken: it completes the
+# job at once, long before the lease runs out
 my $h = $node->background_psql('postgres', on_error_stop => 0);
 $h->query_safe('BEGIN');
+my ($lg, $tg) = split /\|/,
+  sql(q{SELECT id || '|' || claim_token FROM qlater_lock('app', 1, lease => '3 seconds')});
 $h->query_safe("SELECT qlater_complete($g, '$tg')");
 sleep(4);
 is(sql(q{SELECT count(*) FROM qlater_lock('app', 1, lease => '5 minutes')}), '0',
@@ -193,11 +205,12 @@ $node->safe_psql('postgres', "SELECT qlater_cancel($m)");
 ### 6. a queue with max_running 1: the slot is free afterwards
 my $n1 = enqueue('lim');
 my $n2 = enqueue('lim');
-my ($ln) = split /\|/, lease('lim');
+# a lease long enough to hold over the next claim's psql start-up
+my ($ln) = split /\|/, lease('lim', '5 seconds');
 is($ln, $n1, 'limited: the first job is leased');
 is(sql(q{SELECT count(*) FROM qlater_lock('lim', 1, lease => '5 minutes')}), '0',
 	'limited: no second job while the lease holds');
-sleep(2);
+wait_lapse($n1);
 is($s->query_safe(q{SELECT id FROM qlater_lock('lim', 1)}), $n2,
 	'limited: after the lapse the next job is claimed in the one slot');
 is(job($n1), "1 | pending | 00:00:04 | lease of job $n1 ran out before its consumer finished it | t | t",
