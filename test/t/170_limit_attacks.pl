@@ -175,8 +175,9 @@ SELECT qlater_create_queue('big', external => true);
 SELECT qlater_alter_queue('big', max_running => 100);
 SELECT qlater_enqueue('X', '{}', queue => 'big') FROM generate_series(1, 8);
 });
-# (6 slots, of which a role that is no admin holds at most half)
-is( as('alice', q{SELECT count(*) FROM qlater_lock('big', 8, lease => '1 second') x}),
+# (6 slots, of which a role that is no admin holds at most half; the leases
+# hold over the next psql's start-up)
+is( as('alice', q{SELECT count(*) FROM qlater_lock('big', 8, lease => '5 seconds') x}),
 	'3', "a consumer gets as many jobs as its role's share of the table (half) allows");
 {
 	my ($ret, $out, $err) = try_as('alice', q{SELECT count(*) FROM qlater_lock('big', 1) x});
@@ -190,7 +191,9 @@ is( as('alice', q{SELECT count(*) FROM qlater_lock('big', 8, lease => '1 second'
 # qlater.max_limited_jobs: the lapsed leases of 'big' count until a claim
 # of 'big' itself finds it full.  Bob's queue, in another database, is
 # refused although no lease holds any more.
-sleep(1.5);
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM qlater_job WHERE queue = 'big' AND lease_until >= now()}),
+	'the leases of big run out');
 as('bob', q{
 SELECT qlater_create_queue('bext', external => true);
 SELECT qlater_alter_queue('bext', max_running => 1);
@@ -304,12 +307,13 @@ SELECT qlater_enqueue('X', '{}', queue => 'ex', priority => 10);
 });
 {
 	my ($id, $token) = split /\|/,
-	  as('alice', q{SELECT id, claim_token FROM qlater_lock('ex', 1, lease => '1 second')});
+	  as('alice', q{SELECT id, claim_token FROM qlater_lock('ex', 1, lease => '5 seconds')});
 	as('alice', qq{
 BEGIN;
 SELECT qlater_extend($id, '$token', '1 hour');
 ROLLBACK;});
-	sleep(1.5);
+	ok($node->poll_query_until('postgres', "SELECT lease_until < now() FROM qlater_job WHERE id = $id"),
+		'extend rolled back: the lease runs out at its old end');
 	as('alice', q{SELECT qlater_enqueue('X', '{}', queue => 'ex', priority => 5)});
 	is(as('alice', q{BEGIN; SELECT count(*) FROM qlater_lock('ex', 1) x; ROLLBACK;}),
 		'1', 'extend rolled back: the lease ran out, another job of ex is claimed');
