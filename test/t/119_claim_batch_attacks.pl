@@ -337,13 +337,16 @@ SELECT qlater_alter_queue('race', max_running => 4);
 ### gets one fresh job beside it, no more; the holder's commit gives the
 ### slot back.
 {
+	# the fresh jobs are enqueued and the holder's session is open before
+	# the lease is taken: the holder completes w at once, long before the
+	# lease runs out
 	my $w = enqueue('cap');
-	my ($lw, $tw) = split /:/,
-	  as('alice', q{SELECT id || ':' || claim_token FROM qlater_lock('cap', 1, lease => '2 seconds')});
-	is($lw, $w, 'holder: w is leased for two seconds');
 	my @f = map { enqueue('cap') } 1 .. 3;
 	my $h = bg('alice');
 	$h->query_safe('BEGIN');
+	my ($lw, $tw) = split /:/,
+	  as('alice', q{SELECT id || ':' || claim_token FROM qlater_lock('cap', 1, lease => '2 seconds')});
+	is($lw, $w, 'holder: w is leased for two seconds');
 	$h->query_safe("SELECT qlater_complete($w, '$tw')");
 	sleep(3);
 	my $s = bg('alice');
