@@ -62,8 +62,10 @@ as('alice', q{SELECT qlater_create_queue('many', batch_size => 64);
               SELECT qlater_pause_queue('many')});
 
 ### a cancel left open keeps the workers off the job (the row's lock, not a claim)
-my $soon = as('alice', q{SELECT qlater_enqueue('ok', '[-7]', queue => 'soon', run_at => clock_timestamp() + interval '1 second')});
-my ($out, $err) = try_as('alice', qq{BEGIN; SELECT qlater_cancel($soon); SELECT pg_sleep(3);
+# (the job is due in 3 seconds: the cancel's psql starts before, however
+# slowly; the cancel stays open 2 seconds past it)
+my $soon = as('alice', q{SELECT qlater_enqueue('ok', '[-7]', queue => 'soon', run_at => clock_timestamp() + interval '3 seconds')});
+my ($out, $err) = try_as('alice', qq{BEGIN; SELECT qlater_cancel($soon); SELECT pg_sleep(5);
 SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 29036 AND granted AND pid <> pg_backend_pid();
 ROLLBACK;});
 is($out, "t
