@@ -306,12 +306,14 @@ SELECT qlater_alter_queue('ex', max_running => 1);
 SELECT qlater_enqueue('X', '{}', queue => 'ex', priority => 10);
 });
 {
+	# the renewing session is open before the lease is taken: it renews at
+	# once, long before the lease runs out
+	my $s = $node->background_psql('postgres', on_error_stop => 0,
+		extra_params => [ '-U', 'alice' ]);
 	my ($id, $token) = split /\|/,
-	  as('alice', q{SELECT id, claim_token FROM qlater_lock('ex', 1, lease => '5 seconds')});
-	as('alice', qq{
-BEGIN;
-SELECT qlater_extend($id, '$token', '1 hour');
-ROLLBACK;});
+	  as('alice', q{SELECT id, claim_token FROM qlater_lock('ex', 1, lease => '2 seconds')});
+	$s->query_safe("BEGIN; SELECT qlater_extend($id, '$token', '1 hour'); ROLLBACK;");
+	$s->quit;
 	ok($node->poll_query_until('postgres', "SELECT lease_until < now() FROM qlater_job WHERE id = $id"),
 		'extend rolled back: the lease runs out at its old end');
 	as('alice', q{SELECT qlater_enqueue('X', '{}', queue => 'ex', priority => 5)});
