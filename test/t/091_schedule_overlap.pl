@@ -169,7 +169,7 @@ stop_schedule('doomed');
 is( $node->safe_psql(
 		'postgres', q{
 SELECT (SELECT skipped_ticks FROM qlater_schedules WHERE name = 'doomed'),
-       count(*) FILTER (WHERE gap NOT BETWEEN interval '1.5 s' AND interval '2.5 s')
+       count(*) FILTER (WHERE gap NOT BETWEEN interval '1 s' AND interval '3 s')
   FROM (SELECT j.enqueued_at - lag(j.enqueued_at) OVER (ORDER BY j.id) AS gap
           FROM qlater_job j JOIN qlater_schedule s ON s.id = j.schedule_id
          WHERE s.name = 'doomed') g}),
