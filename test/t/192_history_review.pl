@@ -63,6 +63,10 @@ is(completed('src'), 'parent', "a column added with a default: qlater_outcome's,
 su('ALTER TABLE qlater_outcome DROP COLUMN src');
 
 ### the expiry
+# the writer's outcomes above are kept a day, in a slot of a ring of
+# 2-hour slots: the ring of 5-second slots below may write that slot again,
+# which then keeps them (and whatever it takes) until tomorrow
+su('TRUNCATE qlater_outcome');
 # every queue keeps a second: a slot is written for 5 s; slots a, b, c far
 # from the one written now hold a row expired an hour ago
 su(q{SELECT qlater_alter_queue(name, keep_history => '1 second') FROM qlater_queues});
@@ -120,7 +124,16 @@ as_alice(qq{SELECT count(qlater_complete(id)) FROM qlater_lock('ext', 10) WHERE 
 is(su("SELECT count(*) FROM qlater_outcome WHERE slot IN ($others) AND id = $id"), '1',
 	'an outcome kept a second is written');
 ok($node->poll_query_until('postgres', "SELECT count(*) = 0 FROM qlater_outcome WHERE slot IN ($others) AND id = $id"),
-	"its slot is emptied while a DBA holds another slot's table locked");
+	"its slot is emptied while a DBA holds another slot's table locked")
+  or diag su(qq{
+SELECT 'row', slot, tableoid::regclass, expires_at, clock_timestamp() FROM qlater_outcome WHERE slot IN ($others) AND id = $id;
+SELECT 'now slot', $now_slot;
+SELECT 'activity', pid, backend_type, state, wait_event_type, wait_event, xact_start, left(query, 80)
+  FROM pg_stat_activity WHERE pid <> pg_backend_pid();
+SELECT 'lock', l.pid, l.locktype, l.relation::regclass, l.mode, l.granted FROM pg_locks l
+ WHERE l.pid <> pg_backend_pid() AND l.locktype = 'relation';
+SELECT 'slot max', tableoid::regclass, count(*), max(expires_at) FROM qlater_outcome WHERE slot IN ($others) GROUP BY 2;
+});
 $locker->query_safe('COMMIT');
 $locker->quit;
 
