@@ -621,54 +621,55 @@ void
 ql_history_write(const QlCatalog *c, int slot, const QlOutcomeRow *rows, int n)
 {
 	Oid			parent_relid = get_relname_relid("qlater_outcome", c->schema_oid);
-	Relation	parent;
-	Oid			relid;
-	Relation	rel;
-	EState	   *estate;
+	Relation	parent = NULL;
+	Oid			relid = InvalidOid;
+	Relation	rel = NULL;
+	EState	   *estate = NULL;
 	RangeTblEntry *rte;
 	ResultRelInfo *rri;
 	TupleTableSlot *ts;
-	int		   *map;
-	ExprState **defaults;
+	int		   *map = NULL;
+	ExprState **defaults = NULL;
 	ExprContext *econtext;
 	Datum		values[QL_NUM_OC];
 	bool		nulls[QL_NUM_OC];
 	int			i;
 
-	if (!OidIsValid(parent_relid))
+	/* the table an INSERT routes the rows to, unless it asks for more */
+	if (OidIsValid(parent_relid))
 	{
-		ql_history_insert(c, slot, rows, n);
-		return;
+		/* as an INSERT into it locks it */
+		parent = table_open(parent_relid, RowExclusiveLock);
+		relid = ql_history_partition(parent, slot);
+		if (OidIsValid(relid))
+			rel = table_open(relid, RowExclusiveLock);
 	}
-	/* as an INSERT into it locks it */
-	parent = table_open(parent_relid, RowExclusiveLock);
-	relid = ql_history_partition(parent, slot);
-	if (!OidIsValid(relid))
+	if (rel != NULL && rel->rd_rel->relkind == RELKIND_RELATION)
 	{
+		estate = CreateExecutorState();
+		map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
+		defaults = palloc(sizeof(ExprState *) * RelationGetDescr(rel)->natts);
+		if (!ql_history_columns(parent, rel, estate, map, defaults))
+		{
+			FreeExecutorState(estate);
+			estate = NULL;
+		}
+	}
+	if (parent != NULL)
 		table_close(parent, NoLock);
-		ql_history_insert(c, slot, rows, n);
-		return;
-	}
-	rel = table_open(relid, RowExclusiveLock);
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
+	if (estate == NULL)
 	{
-		table_close(rel, NoLock);
-		table_close(parent, NoLock);
+		/* else an INSERT statement writes them */
+		if (rel != NULL)
+			table_close(rel, NoLock);
+		if (map != NULL)
+		{
+			pfree(map);
+			pfree(defaults);
+		}
 		ql_history_insert(c, slot, rows, n);
 		return;
 	}
-	estate = CreateExecutorState();
-	map = palloc(sizeof(int) * RelationGetDescr(rel)->natts);
-	defaults = palloc(sizeof(ExprState *) * RelationGetDescr(rel)->natts);
-	if (!ql_history_columns(parent, rel, estate, map, defaults))
-	{
-		FreeExecutorState(estate);
-		table_close(rel, NoLock);
-		table_close(parent, NoLock);
-		ql_history_insert(c, slot, rows, n);
-		return;
-	}
-	table_close(parent, NoLock);
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
 	rte->relid = relid;
