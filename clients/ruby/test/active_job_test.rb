@@ -71,6 +71,20 @@ class ActiveJobTest < QLaterTest::Case
     assert_empty aj_jobs("default"), "never qlater's in-server 'default'"
   end
 
+  # With no prefix, ActiveJob's "default" is qlater's own in-server queue:
+  # the error must not tell the user to turn that queue external (its SQL
+  # jobs would go to external consumers), only to set a prefix
+  def test_an_empty_prefix_does_not_suggest_turning_qlaters_default_external
+    QLater::ActiveJob.queue_prefix = ""
+    error = assert_raises(QLater::Error) { RecordJob.perform_later(queue, "x") }
+    assert_match(/qlater queue "default" of ActiveJob queue "default" is an in-server queue/, error.message)
+    assert_match(/QLater::ActiveJob.queue_prefix/, error.message)
+    refute_match(/qlater_alter_queue/, error.message)
+    error = assert_raises(QLater::Error) { QLater::ActiveJob.declare_queues("default") }
+    refute_match(/qlater_alter_queue/, error.message)
+    assert_empty aj_jobs("default")
+  end
+
   def test_scheduled_jobs_and_priority
     RecordJob.set(wait: 3600).perform_later(queue, "later")
     RecordJob.set(wait_until: Time.now + 7200, priority: 5).perform_later(queue, "much later")

@@ -20,6 +20,7 @@ module QLater
   # jobs and feed it jobs of its own.
   module ActiveJob
     DEFAULT_PREFIX = "aj_"
+    QLATER_DEFAULT = "default" # qlater's in-server queue of SQL jobs
 
     @queue_prefix = DEFAULT_PREFIX
     @known = {}
@@ -86,7 +87,11 @@ module QLater
              "SELECT r.rolname FROM pg_roles r JOIN m ON r.oid = m.id))"
 
       # nil (no such queue), :in_server, :foreign (another role's) or :external.
+      # qlater's own 'default' is in-server even before its first job
+      # writes its row: ActiveJob never declares or uses it.
       def queue_kind(connection, queue)
+        return :in_server if queue == QLATER_DEFAULT
+
         row = QLater.query(connection, "SELECT external, #{OURS} AS ours FROM qlater_queues q WHERE name = $1",
                            [queue]).first
         return nil unless row
@@ -103,10 +108,17 @@ module QLater
           "(qlater_alter_queue('#{queue}', owner => ...)), or set QLater::ActiveJob.queue_prefix"
       end
 
+      # Turning qlater's own 'default' external would hand the SQL jobs
+      # every role enqueues there to external consumers: only the prefix.
       def in_server_message(queue, active_job_queue)
+        way = if queue == QLATER_DEFAULT
+                "set QLater::ActiveJob.queue_prefix (default #{DEFAULT_PREFIX.inspect}); qlater's own " \
+                  "\"default\" queue stays in-server"
+              else
+                "SELECT qlater_alter_queue('#{queue}', external => true), or set QLater::ActiveJob.queue_prefix"
+              end
         "qlater queue \"#{queue}\" of ActiveJob queue \"#{active_job_queue}\" is an in-server queue " \
-          "(its jobs are SQL functions); ActiveJob needs an external one: " \
-          "SELECT qlater_alter_queue('#{queue}', external => true), or set QLater::ActiveJob.queue_prefix"
+          "(its jobs are SQL functions); ActiveJob needs an external one: #{way}"
       end
     end
   end
