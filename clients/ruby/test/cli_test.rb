@@ -69,6 +69,13 @@ class CLITest < QLaterTest::Case
       assert_match(/loading .*broken\.rb raised ArgumentError: the app cannot start\n    .*broken\.rb:1/, err)
     end
 
+    # a database without the extension: say how to install it
+    _, err, status = run_worker("--queues", "x", "--database-url",
+                                "postgresql:///template1?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}")
+    assert_equal 2, status.exitstatus, err
+    assert_match(/qlater-worker: the qlater extension is not installed in database "template1"/, err)
+    assert_match(/CREATE EXTENSION qlater/, err)
+
     out, _, status = run_worker("--version")
     assert status.success?
     assert_equal "qlater-worker #{QLater::VERSION}\n", out
@@ -120,9 +127,16 @@ class CLITest < QLaterTest::Case
         Open3.capture3(env, RbConfig.ruby, "-e", "require './config/environment'; #{enqueue}", chdir: app)
       end
       assert status.success?, err
-      output, status = with_worker("--queues", "aj_default", chdir: app, env: env) do
+      # (PGAPPNAME, which the TAP harness sets, would name the sessions)
+      output, status = with_worker("--queues", "aj_default", chdir: app, env: env.merge("PGAPPNAME" => nil)) do
         wait_until(timeout: 60, message: "the Rails job") do
           value("SELECT count(*) FROM rb_aj WHERE queue = $1", queue) == "1"
+        end
+        # ActiveRecord's sessions too, not the pg gem's fallback (the program's path)
+        wait_until(timeout: 30, message: "the worker's sessions named qlater-worker") do
+          conn.exec("SELECT DISTINCT application_name FROM pg_stat_activity " \
+                    "WHERE application_name LIKE '%qlater%' AND backend_type = 'client backend' " \
+                    "AND pid <> pg_backend_pid()").column_values(0) == ["qlater-worker"]
         end
       end
       assert_equal 0, status.exitstatus, output
@@ -131,6 +145,26 @@ class CLITest < QLaterTest::Case
     end
   ensure
     conn.exec("SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = 'aj_default'")
+  end
+
+  # In a Rails app's root the worker connects through ActiveRecord, whose
+  # errors are not PG::Error: a database out of reach is still a
+  # configuration error, one line and exit status 2, no backtrace
+  def test_in_a_rails_apps_root_a_database_out_of_reach_exits_2
+    skip "Debian's ruby-railties is not installed" unless rails_available?
+
+    Dir.mktmpdir("qlater-rails") do |app|
+      write_rails_app(app)
+      env = { "RAILS_ENV" => "development" }
+      _, err, status = Timeout.timeout(60) do
+        Open3.capture3(env, *command("--queues", "aj_default", "--database-url",
+                                     "postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}"),
+                       chdir: app)
+      end
+      assert_equal 2, status.exitstatus, err
+      assert_match(/\Aqlater-worker: cannot connect: .*no_such_database_here/, err)
+      refute_match(/\.rb:\d+:in /, err, "no backtrace")
+    end
   end
 
   def rails_available?

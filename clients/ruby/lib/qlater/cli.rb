@@ -153,18 +153,47 @@ module QLater
                          "fewer than --threads #{threads} + 1 (the listener): set pool: in config/database.yml"
     end
 
-    # Fails early, with the server's message, when the database is out of reach.
+    # Fails early, with the server's message, when the database is out of
+    # reach (ActiveRecord raises errors of its own for that), and when it
+    # has no qlater.
     def check_connection(worker_options)
-      conn = if QLater.active_record?
-               QLater.active_record_class.connection.raw_connection
-             else
-               Connections.new(worker_options[:connect]).connect
-             end
-      conn.exec("SELECT 1")
+      conn = begin
+        if QLater.active_record?
+          QLater.active_record_class.connection.raw_connection
+        else
+          Connections.new(worker_options[:connect]).connect
+        end
+      rescue StandardError => e
+        raise unless e.is_a?(PG::Error) || active_record_error?(e)
+
+        raise ConfigError, "cannot connect: #{e.message.strip}"
+      end
+      check_extension(conn)
       check_lease(conn, worker_options[:lease]) if worker_options[:lease]
-      conn.close unless QLater.active_record?
+      if QLater.active_record?
+        # a session of the pool, named as the worker's are (not in lease
+        # mode: a pooler's server sessions are not ours), back to the pool
+        Connections.name_session(conn) unless worker_options[:lease]
+        QLater.active_record_class.connection_pool.release_connection
+      else
+        conn.close
+      end
     rescue PG::Error => e
       raise ConfigError, "cannot connect: #{e.message.strip}"
+    end
+
+    def active_record_error?(error)
+      defined?(::ActiveRecord::ActiveRecordError) && error.is_a?(::ActiveRecord::ActiveRecordError)
+    end
+
+    def check_extension(conn)
+      row = conn.exec("SELECT current_database(), " \
+                      "EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'qlater')").first
+      return if [true, "t"].include?(row["exists"]) # (ActiveRecord's connection decodes booleans)
+
+      raise ConfigError, "the qlater extension is not installed in database \"#{row['current_database']}\": " \
+                         "run CREATE EXTENSION qlater in it (as a superuser), or point the worker at the " \
+                         "database that has it (--database-url)"
     end
 
     def check_lease(conn, lease)

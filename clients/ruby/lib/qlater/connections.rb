@@ -62,12 +62,15 @@ module QLater
       discard(state)
     end
 
-    # Sets application_name on a session whose parameters left it empty.
+    # Sets application_name on a session whose parameters (or PGAPPNAME)
+    # name none.  A fallback name does not count: the pg gem gives every
+    # connection its program's path as one (ActiveRecord's too).
     def self.name_session(conn)
       return if conn.instance_variable_get(:@qlater_named)
 
       conn.instance_variable_set(:@qlater_named, true)
-      return unless conn.parameter_status("application_name").to_s.empty?
+      return unless conn.conninfo_hash[:application_name].to_s.empty?
+      return if conn.parameter_status("application_name") == APPLICATION_NAME
 
       conn.exec("SET application_name = '#{APPLICATION_NAME}'")
     end
@@ -295,7 +298,8 @@ module QLater
     # thread, with the connection it may hold already.
     def listen_connections
       params = pool.with_connection { |ar| ar.raw_connection.conninfo_hash }
-      Connections.new(params.reject { |_, v| v.nil? || v.to_s.empty? })
+      # the listener's fallback name is the worker's own, not the program's
+      Connections.new(params.reject { |k, v| k == :fallback_application_name || v.nil? || v.to_s.empty? })
     end
 
     def executor_wrap(&block)
