@@ -65,14 +65,14 @@ module QLater
     # Sets application_name on a session whose parameters (or PGAPPNAME)
     # name none.  A fallback name does not count: the pg gem gives every
     # connection its program's path as one (ActiveRecord's too).
-    def self.name_session(conn)
+    def self.name_session(conn, name = APPLICATION_NAME)
       return if conn.instance_variable_get(:@qlater_named)
 
       conn.instance_variable_set(:@qlater_named, true)
       return unless conn.conninfo_hash[:application_name].to_s.empty?
-      return if conn.parameter_status("application_name") == APPLICATION_NAME
+      return if conn.parameter_status("application_name") == name
 
-      conn.exec("SET application_name = '#{APPLICATION_NAME}'")
+      conn.exec("SET application_name = #{conn.escape_literal(name)}")
     end
 
     private

@@ -297,7 +297,7 @@ module QLater
              when Hash then PG.connect(@source)
              else PG.connect(@source.to_s)
              end
-      conn.exec("SET application_name = 'qlater-web'") if conn.parameter_status("application_name").to_s.empty?
+      Connections.name_session(conn, "qlater-web")
       conn
     end
 
