@@ -58,6 +58,13 @@ SELECT count(*) FROM qlater_lock('ruby', 10);
 SELECT qlater_lock('ruby', 0);
 SELECT qlater_lock('ruby', 1, lease => '0 seconds');
 SELECT qlater_lock('default');
+-- qlater's own 'default' stays in-server, even for a superuser: the jobs
+-- every role enqueues without naming a queue would go to consumers
+RESET ROLE;
+SELECT qlater_create_queue('default', external => true);
+SELECT qlater_alter_queue('default', external => true);
+SELECT external FROM qlater_queues WHERE name = 'default';
+SET ROLE ql_app_worker;
 
 -- finishing: the claim is released when the transaction commits
 BEGIN;

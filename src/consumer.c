@@ -386,7 +386,7 @@ ql_access_error(const char *queue, Datum access, bool isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("queue \"%s\" is not an external queue", queue),
-				 errhint("Create it with qlater_create_queue('%s', external => true).", queue)));
+				 ql_not_external_hint(queue)));
 	if (DatumGetInt32(access) != QL_ALLOWED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

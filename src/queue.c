@@ -717,6 +717,36 @@ ql_check_new_name(const QlCatalog *c, const char *queue, Oid roleid)
 }
 
 /*
+ * ql_check_default_in_server: 'default' never becomes external, not even
+ * by an admin: it is where every role's jobs go when no queue is named,
+ * and those jobs (SQL functions, other roles' arguments) would go to its
+ * consumers.
+ */
+static void
+ql_check_default_in_server(const char *queue, bool external)
+{
+	if (external && strcmp(queue, "default") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("queue \"default\" cannot be external"),
+				 errdetail("Queue \"default\" is the in-server queue where every role's jobs go when no queue is named."),
+				 errhint("Create an external queue of another name.")));
+}
+
+/*
+ * ql_not_external_hint: the hint of the error for a queue that is not
+ * external, where a consumer needs one
+ */
+int
+ql_not_external_hint(const char *queue)
+{
+	if (strcmp(queue, "default") == 0)
+		return errhint("Queue \"default\" stays in-server: consumers serve an external queue of another name, "
+					   "created with qlater_create_queue(name, external => true).");
+	return errhint("Create it with qlater_create_queue('%s', external => true).", queue);
+}
+
+/*
  * ql_queue_put_allowed: whether a role may put a job of the given
  * priority into queue q, for a handler registered into handler_queue by
  * its owner handler_owner (NULL and InvalidOid for jobs for applications
@@ -825,7 +855,7 @@ ql_queue_check_consume(const QlCatalog *c, const char *queue)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("queue \"%s\" is not an external queue", queue),
-				 errhint("Create it with qlater_create_queue('%s', external => true).", queue)));
+				 ql_not_external_hint(queue)));
 	if (!ql_queue_privilege(c, q, GetUserId(), QL_PRIV_CONSUME))
 		ql_queue_denied(queue, QL_PRIV_CONSUME);
 }
@@ -1044,6 +1074,7 @@ qlater_create_queue(PG_FUNCTION_ARGS)
 		ql_queue_exists(queue);
 	ql_spi_connect_owner(c, &save);
 	ql_check_new_name(c, queue, save.userid);
+	ql_check_default_in_server(queue, external);
 	/* 'default' is the extension's owner's, even made by an admin */
 	created = ql_queue_create_row(c, queue, external,
 								  PG_GETARG_DATUM(2), PG_ARGISNULL(2),
@@ -1111,7 +1142,10 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 	external = PG_ARGISNULL(1) ? q.external : PG_GETARG_BOOL(1);
 	ql_check_batch(fcinfo, 2, external);
 	if (external != q.external)
+	{
+		ql_check_default_in_server(queue, external);
 		ql_check_kind_change(c, queue, external, &save);
+	}
 
 	for (i = 0; i < 9; i++)
 	{

@@ -159,6 +159,11 @@ GRANT USAGE, CREATE ON SCHEMA shared TO PUBLIC;
 }, 'dflt');
 is(su(q{SELECT count(*) FROM qlater_queues WHERE name = 'default'}, 'dflt'), '0',
 	"B1: a fresh database has no row for 'default' yet");
+($ret, $out, $err) = $node->psql('dflt', q{SELECT qlater_create_queue('default', external => true)});
+like($err, qr/queue "default" cannot be external/,
+	"B1: not even a superuser creates 'default' external: every role's unnamed jobs would go to its consumers");
+is(su(q{SELECT count(*) FROM qlater_queues WHERE name = 'default'}, 'dflt'), '0',
+	"B1: and the refused create left no row");
 ($ret, $out, $err) = try_as('mallory',
 	q{SELECT qlater_create_queue('default', external => true)}, 'dflt');
 isnt($ret, 0, "B1: mallory cannot create 'default'");
