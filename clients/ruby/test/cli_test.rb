@@ -69,6 +69,19 @@ class CLITest < QLaterTest::Case
       assert_match(/loading .*broken\.rb raised ArgumentError: the app cannot start\n    .*broken\.rb:1/, err)
     end
 
+    # libpq's message of several lines, on one
+    _, err, status = run_worker("--queues", "x", "--database-url", "postgresql://127.0.0.1:1/x?connect_timeout=5")
+    assert_equal 2, status.exitstatus, err
+    assert_match(/\Aqlater-worker: cannot connect: .*Connection refused/, err)
+    assert_equal 1, err.lines.size, err
+
+    # qlater there, but its schema not on the search_path
+    _, err, status = run_worker("--queues", "x", "--database-url",
+                                "postgresql:///#{ENV['PGDATABASE']}?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}" \
+                                "&options=-csearch_path%3Dpg_catalog")
+    assert_equal 2, status.exitstatus, err
+    assert_match(/qlater-worker: the qlater extension is in schema "public", which is not on the search_path/, err)
+
     # a database without the extension: say how to install it
     _, err, status = run_worker("--queues", "x", "--database-url",
                                 "postgresql:///template1?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}")
@@ -164,6 +177,31 @@ class CLITest < QLaterTest::Case
       assert_equal 2, status.exitstatus, err
       assert_match(/\Aqlater-worker: cannot connect: .*no_such_database_here/, err)
       refute_match(/\.rb:\d+:in /, err, "no backtrace")
+    end
+  end
+
+  # The application's code may use the database while it loads: a database
+  # out of reach then is the same configuration error, not a backtrace
+  def test_in_a_rails_apps_root_a_database_out_of_reach_while_loading_exits_2
+    skip "Debian's ruby-railties is not installed" unless rails_available?
+
+    Dir.mktmpdir("qlater-rails") do |app|
+      write_rails_app(app)
+      File.write(File.join(app, "app/models/zone.rb"), <<~RUBY)
+        class Zone < ApplicationRecord
+          self.table_name = "rb_aj"
+          NOW = connection.select_value("SELECT now()")
+        end
+      RUBY
+      env = { "RAILS_ENV" => "development" }
+      _, err, status = Timeout.timeout(60) do
+        Open3.capture3(env, *command("--queues", "aj_default", "--database-url",
+                                     "postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}"),
+                       chdir: app)
+      end
+      assert_equal 2, status.exitstatus, err
+      assert_match(/\Aqlater-worker: cannot connect: .*no_such_database_here/, err)
+      assert_equal 1, err.lines.size, err
     end
   end
 

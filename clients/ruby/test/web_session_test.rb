@@ -26,3 +26,45 @@ class WebSessionTest < QLaterTest::Case
     web&.instance_variable_get(:@pool)&.each(&:close)
   end
 end
+
+# QLater::Connections.name_session, which names the worker's and the
+# dashboard's sessions: a name the user gave is kept, however given; the pg
+# gem's fallback (the program's path) is replaced, again after a reconnect.
+class NameSessionTest < QLaterTest::Case
+  def name_of(conn)
+    conn.exec("SELECT current_setting('application_name')").getvalue(0, 0)
+  end
+
+  def test_a_name_set_by_the_user_is_kept
+    saved = ENV.delete("PGAPPNAME")
+    c = PG.connect
+    c.exec("SET application_name = 'billing-worker'") # a connect Proc, ActiveRecord's variables:
+    QLater::Connections.name_session(c)
+    assert_equal "billing-worker", name_of(c)
+    c.close
+    c = PG.connect(application_name: "from-params")
+    QLater::Connections.name_session(c)
+    assert_equal "from-params", name_of(c)
+  ensure
+    ENV["PGAPPNAME"] = saved if saved
+    c&.close
+  end
+
+  def test_the_fallback_name_is_replaced_again_after_a_reconnect
+    saved = ENV.delete("PGAPPNAME")
+    c = PG.connect(fallback_application_name: "/usr/bin/some-program")
+    assert_equal "/usr/bin/some-program", name_of(c)
+    QLater::Connections.name_session(c)
+    assert_equal "qlater-worker", name_of(c)
+    c.reset # ActiveRecord's reconnect! reuses the PG::Connection
+    assert_equal "/usr/bin/some-program", name_of(c)
+    QLater::Connections.name_session(c)
+    assert_equal "qlater-worker", name_of(c)
+    c.exec("DISCARD ALL") # connection.reset!
+    QLater::Connections.name_session(c)
+    assert_equal "qlater-worker", name_of(c)
+  ensure
+    ENV["PGAPPNAME"] = saved if saved
+    c&.close
+  end
+end

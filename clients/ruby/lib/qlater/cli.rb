@@ -116,8 +116,19 @@ module QLater
         end
       end
       # a Rails app loads its code lazily: the job classes must be there
-      ::Rails.application.eager_load! if defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+      eager_load if defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
       QLater.logger = logger(options[:log_level])
+    end
+
+    # The app's code may use the database as it loads: out of reach, that
+    # is the error of a database out of reach
+    def eager_load
+      ::Rails.application.eager_load!
+    rescue ScriptError, StandardError => e
+      raise ConfigError, cannot_connect(e) if unreachable?(e)
+
+      trace = (e.backtrace || []).first(15).map { |l| "\n    #{l}" }.join
+      raise ConfigError, "loading the application's code raised #{e.class}: #{e.message}#{trace}"
     end
 
     def logger(level)
@@ -154,19 +165,19 @@ module QLater
     end
 
     # Fails early, with the server's message, when the database is out of
-    # reach (ActiveRecord raises errors of its own for that), and when it
-    # has no qlater.
+    # reach (ActiveRecord raises errors of its own for that), and when its
+    # qlater is missing or not on the search_path.
     def check_connection(worker_options)
       conn = begin
         if QLater.active_record?
           QLater.active_record_class.connection.raw_connection
         else
-          Connections.new(worker_options[:connect]).connect
+          Connections.new(worker_options[:connect], set_application_name: worker_options[:lease].nil?).connect
         end
       rescue StandardError => e
-        raise unless e.is_a?(PG::Error) || active_record_error?(e)
+        raise unless connection_error?(e)
 
-        raise ConfigError, "cannot connect: #{e.message.strip}"
+        raise ConfigError, cannot_connect(e)
       end
       check_extension(conn)
       check_lease(conn, worker_options[:lease]) if worker_options[:lease]
@@ -179,21 +190,61 @@ module QLater
         conn.close
       end
     rescue PG::Error => e
-      raise ConfigError, "cannot connect: #{e.message.strip}"
+      raise ConfigError, cannot_connect(e)
     end
 
-    def active_record_error?(error)
-      defined?(::ActiveRecord::ActiveRecordError) && error.is_a?(::ActiveRecord::ActiveRecordError)
+    # Any error of the pg gem or of ActiveRecord while connecting.
+    def connection_error?(error)
+      error.is_a?(PG::Error) ||
+        (defined?(::ActiveRecord::ActiveRecordError) && error.is_a?(::ActiveRecord::ActiveRecordError))
+    end
+
+    # The errors that say the database is out of reach, whatever the code
+    # was doing (ActiveRecord's by name: some are not in every version).
+    UNREACHABLE = %w[ConnectionNotEstablished NoDatabaseError AdapterNotSpecified DatabaseConnectionError].freeze
+
+    def unreachable?(error)
+      return true if error.is_a?(PG::ConnectionBad)
+
+      defined?(::ActiveRecord) && UNREACHABLE.any? do |name|
+        ::ActiveRecord.const_defined?(name, false) && error.is_a?(::ActiveRecord.const_get(name, false))
+      end
+    end
+
+    # libpq's message on one line ("... failed: Connection refused\n\tIs
+    # the server running ...")
+    def cannot_connect(error)
+      "cannot connect: #{error.message.strip.gsub(/\s*\n\s*/, ' ')}"
     end
 
     def check_extension(conn)
-      row = conn.exec("SELECT current_database(), " \
-                      "EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'qlater')").first
-      return if [true, "t"].include?(row["exists"]) # (ActiveRecord's connection decodes booleans)
+      row = conn.exec("SELECT current_database() AS db, " \
+                      "to_regprocedure('qlater_lock(text, integer, interval)') IS NOT NULL AS visible").first
+      return if [true, "t"].include?(row["visible"]) # (ActiveRecord's connection decodes booleans)
 
-      raise ConfigError, "the qlater extension is not installed in database \"#{row['current_database']}\": " \
-                         "run CREATE EXTENSION qlater in it (as a superuser), or point the worker at the " \
-                         "database that has it (--database-url)"
+      schema = begin
+        conn.exec("SELECT n.nspname FROM pg_catalog.pg_extension e " \
+                  "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'qlater'")
+            .first&.fetch("nspname")
+      rescue PG::Error
+        :unknown
+      end
+      raise ConfigError, extension_message(row["db"], schema)
+    end
+
+    def extension_message(db, schema)
+      case schema
+      when nil
+        "the qlater extension is not installed in database \"#{db}\": run CREATE EXTENSION qlater in it " \
+          "(as a superuser), or point the worker at the database that has it (--database-url)"
+      when :unknown
+        "qlater's functions are not visible in database \"#{db}\": run CREATE EXTENSION qlater in it, " \
+          "or put the schema that has it on the search_path of the worker's role"
+      else
+        "the qlater extension is in schema \"#{schema}\", which is not on the search_path of the worker's " \
+          "sessions in database \"#{db}\": add it (ALTER ROLE ... SET search_path), or set it in the URL " \
+          "(options=-csearch_path%3D#{schema},public)"
+      end
     end
 
     def check_lease(conn, lease)

@@ -62,15 +62,15 @@ module QLater
       discard(state)
     end
 
-    # Sets application_name on a session whose parameters (or PGAPPNAME)
-    # name none.  A fallback name does not count: the pg gem gives every
-    # connection its program's path as one (ActiveRecord's too).
+    # Sets application_name on a session that has none but the pg gem's
+    # fallback (the program's path: ActiveRecord's connections have it):
+    # a name from the parameters, PGAPPNAME or a SET of the user's stays.
+    # Read from the connection each time (no round trip): a reconnect or a
+    # DISCARD ALL puts the fallback back.
     def self.name_session(conn, name = APPLICATION_NAME)
-      return if conn.instance_variable_get(:@qlater_named)
-
-      conn.instance_variable_set(:@qlater_named, true)
-      return unless conn.conninfo_hash[:application_name].to_s.empty?
-      return if conn.parameter_status("application_name") == name
+      current = conn.parameter_status("application_name").to_s
+      return if current == name
+      return unless current.empty? || current == conn.conninfo_hash[:fallback_application_name].to_s
 
       conn.exec("SET application_name = #{conn.escape_literal(name)}")
     end
