@@ -64,6 +64,12 @@ RESET ROLE;
 SELECT qlater_create_queue('default', external => true);
 SELECT qlater_alter_queue('default', external => true);
 SELECT external FROM qlater_queues WHERE name = 'default';
+-- one made external before (by an admin, with an older library): asked
+-- again, refused; turned back in-server, allowed
+UPDATE qlater_queue SET external = true WHERE name = 'default';
+SELECT qlater_alter_queue('default', external => true);
+SELECT qlater_alter_queue('default', external => false);
+SELECT external FROM qlater_queues WHERE name = 'default';
 SET ROLE ql_app_worker;
 
 -- finishing: the claim is released when the transaction commits

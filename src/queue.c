@@ -1141,11 +1141,11 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 	ql_lock_own_queue(c, queue, &save, &q);
 	external = PG_ARGISNULL(1) ? q.external : PG_GETARG_BOOL(1);
 	ql_check_batch(fcinfo, 2, external);
-	if (external != q.external)
-	{
+	/* asked for, even of a 'default' made external before this check */
+	if (!PG_ARGISNULL(1))
 		ql_check_default_in_server(queue, external);
+	if (external != q.external)
 		ql_check_kind_change(c, queue, external, &save);
-	}
 
 	for (i = 0; i < 9; i++)
 	{

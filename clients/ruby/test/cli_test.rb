@@ -15,9 +15,19 @@ class CLITest < QLaterTest::Case
     [RbConfig.ruby, ENV.fetch("QLATER_TEST_WORKER"), *args]
   end
 
-  # Runs qlater-worker to its end: [stdout, stderr, status].
+  # Runs qlater-worker to its end: [stdout, stderr, status]; one still
+  # running after 60 s is killed and the test fails.
   def run_worker(*args, chdir: Dir.pwd)
-    Timeout.timeout(60) { Open3.capture3(*command(*args), chdir: chdir) }
+    Open3.popen3(*command(*args), chdir: chdir) do |stdin, stdout, stderr, waiter|
+      stdin.close
+      out = Thread.new { stdout.read }
+      err = Thread.new { stderr.read }
+      unless waiter.join(60)
+        Process.kill(:KILL, waiter.pid)
+        flunk "qlater-worker #{args.join(' ')} still ran after 60 s: #{err.value}"
+      end
+      [out.value, err.value, waiter.value]
+    end
   end
 
   # Starts qlater-worker; yields [pid, stdout reader]; SIGTERMs it at the end
@@ -80,7 +90,38 @@ class CLITest < QLaterTest::Case
                                 "postgresql:///#{ENV['PGDATABASE']}?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}" \
                                 "&options=-csearch_path%3Dpg_catalog")
     assert_equal 2, status.exitstatus, err
-    assert_match(/qlater-worker: the qlater extension is in schema "public", which is not on the search_path/, err)
+    assert_match(/qlater-worker: the qlater extension is in schema "public", which is not first on the search_path/, err)
+
+    # the search_path finds another qlater_lock first: still not qlater's
+    conn.exec("CREATE SCHEMA IF NOT EXISTS rb_shadow")
+    conn.exec("CREATE OR REPLACE FUNCTION rb_shadow.qlater_lock(text, integer DEFAULT 1, interval DEFAULT NULL) " \
+              "RETURNS SETOF qlater_jobs LANGUAGE sql AS 'SELECT * FROM public.qlater_jobs WHERE false'")
+    begin
+      _, err, status = run_worker("--queues", "x", "--database-url",
+                                  "postgresql:///#{ENV['PGDATABASE']}?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}" \
+                                  "&options=-csearch_path%3Drb_shadow,public")
+    ensure
+      conn.exec("DROP SCHEMA rb_shadow CASCADE")
+    end
+    assert_equal 2, status.exitstatus, err
+    assert_match(/qlater-worker: the qlater extension is in schema "public", which is not first on the search_path/,
+                 err)
+
+    Dir.mktmpdir do |dir|
+      # out of reach while the code loads: one line
+      dead = File.join(dir, "dead.rb")
+      File.write(dead, "PG.connect('postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}')\n")
+      _, err, status = run_worker("--queues", "x", "--require", dead)
+      assert_equal 2, status.exitstatus, err
+      assert_match(/\Aqlater-worker: cannot connect: .*no_such_database_here/, err)
+      assert_equal 1, err.lines.size, err
+      # a configuration without an adapter is no database out of reach
+      bad = File.join(dir, "no_adapter.rb")
+      File.write(bad, "require 'active_record'\nActiveRecord::Base.establish_connection({})\n")
+      _, err, status = run_worker("--queues", "x", "--require", bad)
+      assert_equal 2, status.exitstatus, err
+      assert_match(/loading .*no_adapter\.rb raised ActiveRecord::AdapterNotSpecified/, err)
+    end
 
     # a database without the extension: say how to install it
     _, err, status = run_worker("--queues", "x", "--database-url",

@@ -50,6 +50,29 @@ class NameSessionTest < QLaterTest::Case
     c&.close
   end
 
+  # the server shows a program path's non-ASCII bytes as "?": still the fallback
+  def test_a_fallback_with_non_ascii_bytes_is_replaced
+    saved = ENV.delete("PGAPPNAME")
+    c = PG.connect(fallback_application_name: "/tmp/jos\u00e9/qlater-worker")
+    assert_equal "/tmp/jos??/qlater-worker", name_of(c)
+    QLater::Connections.name_session(c)
+    assert_equal "qlater-worker", name_of(c)
+  ensure
+    ENV["PGAPPNAME"] = saved if saved
+    c&.close
+  end
+
+  # a name given as a parameter is the user's, even one equal to the fallback
+  def test_a_given_name_equal_to_the_fallback_is_kept
+    saved = ENV.delete("PGAPPNAME")
+    c = PG.connect(application_name: "my-program", fallback_application_name: "my-program")
+    QLater::Connections.name_session(c)
+    assert_equal "my-program", name_of(c)
+  ensure
+    ENV["PGAPPNAME"] = saved if saved
+    c&.close
+  end
+
   def test_the_fallback_name_is_replaced_again_after_a_reconnect
     saved = ENV.delete("PGAPPNAME")
     c = PG.connect(fallback_application_name: "/usr/bin/some-program")

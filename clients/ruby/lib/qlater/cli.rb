@@ -108,27 +108,27 @@ module QLater
         path = File.expand_path(file)
         raise ConfigError, "cannot load #{file}: no such file" unless File.exist?(path) || File.exist?("#{path}.rb")
 
-        begin
-          require path
-        rescue ScriptError, StandardError => e
-          trace = (e.backtrace || []).first(15).map { |l| "\n    #{l}" }.join
-          raise ConfigError, "loading #{file} raised #{e.class}: #{e.message}#{trace}"
-        end
+        loading(file) { require path }
       end
       # a Rails app loads its code lazily: the job classes must be there
       eager_load if defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
       QLater.logger = logger(options[:log_level])
     end
 
-    # The app's code may use the database as it loads: out of reach, that
-    # is the error of a database out of reach
     def eager_load
-      ::Rails.application.eager_load!
+      loading("the application's code") { ::Rails.application.eager_load! }
+    end
+
+    # Loads code (what): its error is a configuration error, with its
+    # trace; the app's code may use the database as it loads, and a
+    # database out of reach then is just that, on one line.
+    def loading(what)
+      yield
     rescue ScriptError, StandardError => e
       raise ConfigError, cannot_connect(e) if unreachable?(e)
 
       trace = (e.backtrace || []).first(15).map { |l| "\n    #{l}" }.join
-      raise ConfigError, "loading the application's code raised #{e.class}: #{e.message}#{trace}"
+      raise ConfigError, "loading #{what} raised #{e.class}: #{e.message}#{trace}"
     end
 
     def logger(level)
@@ -201,7 +201,7 @@ module QLater
 
     # The errors that say the database is out of reach, whatever the code
     # was doing (ActiveRecord's by name: some are not in every version).
-    UNREACHABLE = %w[ConnectionNotEstablished NoDatabaseError AdapterNotSpecified DatabaseConnectionError].freeze
+    UNREACHABLE = %w[ConnectionNotEstablished NoDatabaseError DatabaseConnectionError].freeze
 
     def unreachable?(error)
       return true if error.is_a?(PG::ConnectionBad)
@@ -217,33 +217,41 @@ module QLater
       "cannot connect: #{error.message.strip.gsub(/\s*\n\s*/, ' ')}"
     end
 
+    # qlater's own qlater_lock must be the one the search_path finds.
     def check_extension(conn)
-      row = conn.exec("SELECT current_database() AS db, " \
-                      "to_regprocedure('qlater_lock(text, integer, interval)') IS NOT NULL AS visible").first
-      return if [true, "t"].include?(row["visible"]) # (ActiveRecord's connection decodes booleans)
-
-      schema = begin
-        conn.exec("SELECT n.nspname FROM pg_catalog.pg_extension e " \
-                  "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'qlater'")
-            .first&.fetch("nspname")
-      rescue PG::Error
-        :unknown
+      row = begin
+        conn.exec(<<~SQL).first
+          SELECT current_database() AS db, n.nspname AS schema,
+                 pg_catalog.has_schema_privilege(n.oid, 'USAGE') AS usage,
+                 pg_catalog.to_regprocedure('qlater_lock(text, integer, interval)') AS found,
+                 (SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+                   WHERE p.pronamespace = n.oid AND p.proname = 'qlater_lock'
+                     AND p.proargtypes = '25 23 1186'::pg_catalog.oidvector) AS ours
+            FROM (SELECT 1) one
+            LEFT JOIN pg_catalog.pg_extension e ON e.extname = 'qlater'
+            LEFT JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        SQL
+      rescue PG::InsufficientPrivilege
+        return # catalogs hidden from the role: its first call says what is wrong
       end
-      raise ConfigError, extension_message(row["db"], schema)
+      return if row["schema"] && row["found"] && row["found"].to_s == row["ours"].to_s
+
+      raise ConfigError, extension_message(row)
     end
 
-    def extension_message(db, schema)
-      case schema
-      when nil
+    def extension_message(row)
+      db = row["db"]
+      schema = row["schema"]
+      if schema.nil?
         "the qlater extension is not installed in database \"#{db}\": run CREATE EXTENSION qlater in it " \
           "(as a superuser), or point the worker at the database that has it (--database-url)"
-      when :unknown
-        "qlater's functions are not visible in database \"#{db}\": run CREATE EXTENSION qlater in it, " \
-          "or put the schema that has it on the search_path of the worker's role"
+      elsif ![true, "t"].include?(row["usage"])
+        "the worker's role may not use schema \"#{schema}\", where the qlater extension is, in database " \
+          "\"#{db}\": GRANT USAGE ON SCHEMA #{schema} TO the role"
       else
-        "the qlater extension is in schema \"#{schema}\", which is not on the search_path of the worker's " \
-          "sessions in database \"#{db}\": add it (ALTER ROLE ... SET search_path), or set it in the URL " \
-          "(options=-csearch_path%3D#{schema},public)"
+        "the qlater extension is in schema \"#{schema}\", which is not first on the search_path of the " \
+          "worker's sessions in database \"#{db}\" (or another qlater_lock comes before it): put it first " \
+          "(ALTER ROLE ... SET search_path), or set it in the URL (options=-csearch_path%3D#{[schema, "public"].uniq.join(",")})"
       end
     end
 

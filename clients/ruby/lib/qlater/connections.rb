@@ -70,9 +70,18 @@ module QLater
     def self.name_session(conn, name = APPLICATION_NAME)
       current = conn.parameter_status("application_name").to_s
       return if current == name
-      return unless current.empty? || current == conn.conninfo_hash[:fallback_application_name].to_s
+
+      given = conn.conninfo_hash
+      return unless given[:application_name].to_s.empty?
+      return unless current.empty? || current == as_the_server_shows(given[:fallback_application_name].to_s)
 
       conn.exec("SET application_name = #{conn.escape_literal(name)}")
+    end
+
+    # application_name as the server keeps it: a byte that is not printable
+    # ASCII becomes "?" (a program path "/tmp/josé/x" is "/tmp/jos??/x")
+    def self.as_the_server_shows(name)
+      name.b.gsub(/[^\x20-\x7e]/n, "?")
     end
 
     private
