@@ -1108,6 +1108,12 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 	char		nulls[9];
 	int			i;
 
+	/*
+	 * Asked for, even of a 'default' made external before this check; from
+	 * the arguments alone, before waiting for the enqueues into it
+	 */
+	if (!PG_ARGISNULL(1))
+		ql_check_default_in_server(queue, PG_GETARG_BOOL(1));
 	if (!PG_ARGISNULL(7))
 		ql_check_keep_history(PG_GETARG_INTERVAL_P(7));
 	if (!PG_ARGISNULL(5))
@@ -1141,9 +1147,6 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 	ql_lock_own_queue(c, queue, &save, &q);
 	external = PG_ARGISNULL(1) ? q.external : PG_GETARG_BOOL(1);
 	ql_check_batch(fcinfo, 2, external);
-	/* asked for, even of a 'default' made external before this check */
-	if (!PG_ARGISNULL(1))
-		ql_check_default_in_server(queue, external);
 	if (external != q.external)
 		ql_check_kind_change(c, queue, external, &save);
 

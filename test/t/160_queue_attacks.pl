@@ -165,8 +165,8 @@ like($err, qr/queue "default" cannot be external/,
 is(su(q{SELECT count(*) FROM qlater_queues WHERE name = 'default'}, 'dflt'), '0',
 	"B1: and the refused create left no row");
 ($ret, $out, $err) = try_as('mallory',
-	q{SELECT qlater_create_queue('default', external => true)}, 'dflt');
-isnt($ret, 0, "B1: mallory cannot create 'default'");
+	q{SELECT qlater_create_queue('default', external => false)}, 'dflt');
+like($err, qr/permission denied to create queue "default"/, "B1: mallory cannot create 'default'");
 isnt(su(q{SELECT coalesce((SELECT owner FROM qlater_queues WHERE name = 'default'), 'none')}, 'dflt'),
 	'mallory', "B1: mallory does not own 'default'");
 ($ret, $out, $err) = try_as('alice', q{
@@ -188,7 +188,9 @@ is(su(q{SELECT owner FROM qlater_queues WHERE name = 'default'}, 'dflt'), $ext_o
 ($ret, $out, $err) = try_as('mallory', q{SELECT qlater_pause_queue('default')}, 'dflt');
 like($err, qr/must be owner of queue "default"/, "held: nobody else pauses 'default' once it has its row");
 ($ret, $out, $err) = try_as('mallory', q{SELECT qlater_alter_queue('default', external => true)}, 'dflt');
-like($err, qr/must be owner of queue "default"/, "held: nor turns it external");
+like($err, qr/queue "default" cannot be external/, "held: nor turns it external");
+($ret, $out, $err) = try_as('mallory', q{SELECT qlater_alter_queue('default', batch_size => 64)}, 'dflt');
+like($err, qr/must be owner of queue "default"/, "held: nor changes its settings");
 
 ### setup of the main database
 su(q{

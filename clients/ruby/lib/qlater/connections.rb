@@ -71,11 +71,19 @@ module QLater
       current = conn.parameter_status("application_name").to_s
       return if current == name
 
-      given = conn.conninfo_hash
-      return unless given[:application_name].to_s.empty?
-      return unless current.empty? || current == as_the_server_shows(given[:fallback_application_name].to_s)
+      # [a name given as a parameter, the fallback as the server shows it]:
+      # a connection's parameters stay the same across a reset
+      given, fallback = conn.instance_variable_get(:@qlater_given_names) ||
+                        conn.instance_variable_set(:@qlater_given_names, given_names(conn))
+      return unless given.empty?
+      return unless current.empty? || current == fallback
 
       conn.exec("SET application_name = #{conn.escape_literal(name)}")
+    end
+
+    def self.given_names(conn)
+      info = conn.conninfo_hash
+      [info[:application_name].to_s, as_the_server_shows(info[:fallback_application_name].to_s)]
     end
 
     # application_name as the server keeps it: a byte that is not printable
