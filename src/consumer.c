@@ -383,10 +383,7 @@ static void
 ql_access_error(const char *queue, Datum access, bool isnull)
 {
 	if (isnull || DatumGetInt32(access) == QL_NOT_EXTERNAL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("queue \"%s\" is not an external queue", queue),
-				 ql_not_external_hint(queue)));
+		ql_queue_not_external_error(queue);
 	if (DatumGetInt32(access) != QL_ALLOWED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -734,16 +734,19 @@ ql_check_default_in_server(const char *queue, bool external)
 }
 
 /*
- * ql_not_external_hint: the hint of the error for a queue that is not
- * external, where a consumer needs one
+ * ql_queue_not_external_error: raise the error for a queue a consumer
+ * names that is not external (or not there); 'default' stays in-server
  */
-int
-ql_not_external_hint(const char *queue)
+void
+ql_queue_not_external_error(const char *queue)
 {
-	if (strcmp(queue, "default") == 0)
-		return errhint("Queue \"default\" stays in-server: consumers serve an external queue of another name, "
-					   "created with qlater_create_queue(name, external => true).");
-	return errhint("Create it with qlater_create_queue('%s', external => true).", queue);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("queue \"%s\" is not an external queue", queue),
+			 strcmp(queue, "default") == 0 ?
+			 errhint("Queue \"default\" stays in-server: consumers serve an external queue of another name, "
+					 "created with qlater_create_queue(name, external => true).") :
+			 errhint("Create it with qlater_create_queue('%s', external => true).", queue)));
 }
 
 /*
@@ -852,10 +855,7 @@ ql_queue_check_consume(const QlCatalog *c, const char *queue)
 	const QlQueue *q = ql_queue_get(c, queue);
 
 	if (q == NULL || !q->external)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("queue \"%s\" is not an external queue", queue),
-				 ql_not_external_hint(queue)));
+		ql_queue_not_external_error(queue);
 	if (!ql_queue_privilege(c, q, GetUserId(), QL_PRIV_CONSUME))
 		ql_queue_denied(queue, QL_PRIV_CONSUME);
 }

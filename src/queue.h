@@ -53,7 +53,7 @@ extern bool ql_queue_may_put(const QlCatalog *c, const char *queue,
 							 const char *handler_queue, Oid handler_owner,
 							 int32 priority, Oid roleid);
 extern void ql_queue_check_consume(const QlCatalog *c, const char *queue);
-extern int	ql_not_external_hint(const char *queue);
+extern void ql_queue_not_external_error(const char *queue) pg_attribute_noreturn();
 extern bool ql_role_is_admin(Oid roleid);
 
 #endif							/* QLATER_QUEUE_H */

@@ -17,8 +17,8 @@ class CLITest < QLaterTest::Case
 
   # Runs qlater-worker to its end: [stdout, stderr, status]; one still
   # running after 60 s is killed and the test fails.
-  def run_worker(*args, chdir: Dir.pwd)
-    Open3.popen3(*command(*args), chdir: chdir) do |stdin, stdout, stderr, waiter|
+  def run_worker(*args, chdir: Dir.pwd, env: {})
+    Open3.popen3(env, *command(*args), chdir: chdir) do |stdin, stdout, stderr, waiter|
       stdin.close
       out = Thread.new { stdout.read }
       err = Thread.new { stderr.read }
@@ -209,12 +209,7 @@ class CLITest < QLaterTest::Case
 
     Dir.mktmpdir("qlater-rails") do |app|
       write_rails_app(app)
-      env = { "RAILS_ENV" => "development" }
-      _, err, status = Timeout.timeout(60) do
-        Open3.capture3(env, *command("--queues", "aj_default", "--database-url",
-                                     "postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}"),
-                       chdir: app)
-      end
+      _, err, status = run_worker_on_a_missing_database(app)
       assert_equal 2, status.exitstatus, err
       assert_match(/\Aqlater-worker: cannot connect: .*no_such_database_here/, err)
       refute_match(/\.rb:\d+:in /, err, "no backtrace")
@@ -234,16 +229,19 @@ class CLITest < QLaterTest::Case
           NOW = connection.select_value("SELECT now()")
         end
       RUBY
-      env = { "RAILS_ENV" => "development" }
-      _, err, status = Timeout.timeout(60) do
-        Open3.capture3(env, *command("--queues", "aj_default", "--database-url",
-                                     "postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}"),
-                       chdir: app)
-      end
+      _, err, status = run_worker_on_a_missing_database(app)
       assert_equal 2, status.exitstatus, err
       assert_match(/\Aqlater-worker: cannot connect: .*no_such_database_here/, err)
       assert_equal 1, err.lines.size, err
     end
+  end
+
+  # qlater-worker in the Rails app's root, its --database-url a database
+  # that does not exist
+  def run_worker_on_a_missing_database(app)
+    run_worker("--queues", "aj_default", "--database-url",
+               "postgresql:///no_such_database_here?host=#{ENV['PGHOST']}&port=#{ENV['PGPORT']}",
+               chdir: app, env: { "RAILS_ENV" => "development" })
   end
 
   def rails_available?

@@ -35,47 +35,51 @@ class NameSessionTest < QLaterTest::Case
     conn.exec("SELECT current_setting('application_name')").getvalue(0, 0)
   end
 
+  # (PGAPPNAME, which the TAP harness sets, would name the sessions)
+  def setup
+    super
+    @saved_appname = ENV.delete("PGAPPNAME")
+  end
+
+  def teardown
+    ENV["PGAPPNAME"] = @saved_appname if @saved_appname
+    @c&.close unless @c&.finished?
+    super
+  end
+
+  # a connection closed with the test
+  def connect(**params)
+    @c = PG.connect(**params)
+  end
+
   def test_a_name_set_by_the_user_is_kept
-    saved = ENV.delete("PGAPPNAME")
-    c = PG.connect
+    c = connect
     c.exec("SET application_name = 'billing-worker'") # a connect Proc, ActiveRecord's variables:
     QLater::Connections.name_session(c)
     assert_equal "billing-worker", name_of(c)
     c.close
-    c = PG.connect(application_name: "from-params")
+    c = connect(application_name: "from-params")
     QLater::Connections.name_session(c)
     assert_equal "from-params", name_of(c)
-  ensure
-    ENV["PGAPPNAME"] = saved if saved
-    c&.close
   end
 
   # the server shows a program path's non-ASCII bytes as "?": still the fallback
   def test_a_fallback_with_non_ascii_bytes_is_replaced
-    saved = ENV.delete("PGAPPNAME")
-    c = PG.connect(fallback_application_name: "/tmp/jos\u00e9/qlater-worker")
+    c = connect(fallback_application_name: "/tmp/jos\u00e9/qlater-worker")
     assert_equal "/tmp/jos??/qlater-worker", name_of(c)
     QLater::Connections.name_session(c)
     assert_equal "qlater-worker", name_of(c)
-  ensure
-    ENV["PGAPPNAME"] = saved if saved
-    c&.close
   end
 
   # a name given as a parameter is the user's, even one equal to the fallback
   def test_a_given_name_equal_to_the_fallback_is_kept
-    saved = ENV.delete("PGAPPNAME")
-    c = PG.connect(application_name: "my-program", fallback_application_name: "my-program")
+    c = connect(application_name: "my-program", fallback_application_name: "my-program")
     QLater::Connections.name_session(c)
     assert_equal "my-program", name_of(c)
-  ensure
-    ENV["PGAPPNAME"] = saved if saved
-    c&.close
   end
 
   def test_the_fallback_name_is_replaced_again_after_a_reconnect
-    saved = ENV.delete("PGAPPNAME")
-    c = PG.connect(fallback_application_name: "/usr/bin/some-program")
+    c = connect(fallback_application_name: "/usr/bin/some-program")
     assert_equal "/usr/bin/some-program", name_of(c)
     QLater::Connections.name_session(c)
     assert_equal "qlater-worker", name_of(c)
@@ -86,8 +90,5 @@ class NameSessionTest < QLaterTest::Case
     c.exec("DISCARD ALL") # connection.reset!
     QLater::Connections.name_session(c)
     assert_equal "qlater-worker", name_of(c)
-  ensure
-    ENV["PGAPPNAME"] = saved if saved
-    c&.close
   end
 end

@@ -65,8 +65,8 @@ module QLater
     # Sets application_name on a session that has none but the pg gem's
     # fallback (the program's path: ActiveRecord's connections have it):
     # a name from the parameters, PGAPPNAME or a SET of the user's stays.
-    # Read from the connection each time (no round trip): a reconnect or a
-    # DISCARD ALL puts the fallback back.
+    # The session's name is read at each call (no round trip): a reconnect
+    # or a DISCARD ALL puts the fallback back.
     def self.name_session(conn, name = APPLICATION_NAME)
       current = conn.parameter_status("application_name").to_s
       return if current == name
