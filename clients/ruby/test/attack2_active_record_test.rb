@@ -114,3 +114,17 @@ class Attack2ActiveRecordTest < QLaterTest::Case
     assert_empty unknown, "connections in the pool's available list that the pool does not list"
   end
 end
+
+class Attack2ActiveRecordTest
+  # Found through a real PgBouncer: lease mode is for transaction poolers,
+  # where ActiveRecord's prepared statements (on unless database.yml says
+  # prepared_statements: false) fail, or run another client's statement of
+  # the same name.  A lease worker on ActiveRecord's pool says so when they
+  # are on.
+  def test_lease_mode_on_active_record_warns_of_prepared_statements
+    RecordJob.perform_later(queue, "ps")
+    assert_equal 1, aj_worker(lease: 30).work_off
+    assert_match(/prepared_statements: false/, @log.string)
+    assert_equal %w[ps], keys
+  end
+end

@@ -68,7 +68,7 @@ module QLater
         end
         o.on("--lease INTERVAL", "claim in lease mode (e.g. '5 minutes'), for connections through a " \
                                  "transaction pooler") { |v| options[:lease] = v }
-        o.on("--listen-url URL", "a direct connection for LISTEN (lease mode polls without it)") do |v|
+        o.on("--listen-url URL", "a direct connection for LISTEN and lease renewals (lease mode polls without it)") do |v|
           options[:listen_url] = v
         end
         o.on("--batch N", Integer, "jobs claimed at once per thread (default 1)") { |v| options[:batch] = v }

@@ -41,7 +41,9 @@ module QLater
   #                  Proc like connect:, or false to poll only; default: the
   #                  job connections' parameters in session mode, none
   #                  (polling) in lease mode, where a pooler would break
-  #                  LISTEN: give a direct URL to the server here
+  #                  LISTEN: give a direct URL to the server here (in lease
+  #                  mode the renewals then connect there too, not queued
+  #                  behind the jobs' transactions in the pooler)
   #   logger:        a Logger (default QLater.logger): one line per job
   class Worker
     attr_reader :queues, :threads
@@ -73,6 +75,7 @@ module QLater
       @stopping = false
       @lock = Mutex.new
       @counts = Hash.new(0)
+      warn_prepared_statements if @lease && active_record
     end
 
     # Runs jobs until #stop, SIGTERM or SIGINT (when called on the main
@@ -84,7 +87,7 @@ module QLater
       @stopping = false
       previous = trap_signals
       @waker = Waker.new(self, listen_connections, @queues, @poll_interval) if @listen
-      @heartbeat = Heartbeat.new(self, @connections.listen_connections, @lease) if @lease
+      @heartbeat = Heartbeat.new(self, heartbeat_connections, @lease) if @lease
       log(:info, "worker started: queues #{@queues.join(',')}, #{@threads} thread(s), " \
                  "#{@lease ? "lease #{@lease}" : 'session claims'}, commit per #{@commit}")
       join(spawn_threads(:run))
@@ -104,7 +107,7 @@ module QLater
     def work_off
       @stopping = false
       before = @counts[:completed] + @counts[:failed]
-      @heartbeat = Heartbeat.new(self, @connections.listen_connections, @lease) if @lease
+      @heartbeat = Heartbeat.new(self, heartbeat_connections, @lease) if @lease
       join(spawn_threads(:drain))
       @counts[:completed] + @counts[:failed] - before
     ensure
@@ -126,6 +129,20 @@ module QLater
     end
 
     private
+
+    # The Heartbeat renewing this worker's leases while it runs (lease mode)
+    attr_reader :heartbeat
+
+    # Lease mode is for transaction poolers, where ActiveRecord's prepared
+    # statements break (PgBouncer before 1.21): say so when they are on
+    def warn_prepared_statements
+      config = @connections.klass.connection_db_config.configuration_hash
+      return if [false, "false"].include?(config.fetch(:prepared_statements, true))
+
+      log(:warn, "lease mode on ActiveRecord with prepared statements on: through a transaction-pooling " \
+                 "PgBouncer (before 1.21) they fail, or run another client's statement of the same name; " \
+                 "set prepared_statements: false in database.yml (?prepared_statements=false in a URL)")
+    end
 
     def spawn_threads(mode)
       Array.new(@threads) do |i|
@@ -176,7 +193,7 @@ module QLater
             raise
           end
 
-          log(:error, "worker thread error: #{e.class}: #{e.message}")
+          log(:error, "worker thread error: #{e.class}: #{one_line(e.message)}")
           @connections.discard(state)
           pause(@poll_interval)
         end
@@ -207,6 +224,7 @@ module QLater
           give_back(link.raw, state[:held])
         rescue Exception # rubocop:disable Lint/RescueException
           @connections.discard(state, link)
+          abandon(state[:held])
         end
       end
       raise
@@ -227,6 +245,14 @@ module QLater
     # The Connections the waker opens its LISTEN session with.
     def listen_connections
       @listen == :jobs ? @connections.listen_connections : Connections.new(@listen)
+    end
+
+    # The Connections the heartbeat renews leases from: a session of its
+    # own, where the listener connects when listen: names a place (a direct
+    # URL: behind a transaction pooler, a renewal through the pooler would
+    # wait for a server session behind the jobs' own transactions)
+    def heartbeat_connections
+      @listen ? listen_connections : @connections.listen_connections
     end
 
     # Claims up to @batch jobs of the first queue that has some; reads only
@@ -269,7 +295,7 @@ module QLater
       rescue Exception => e # rubocop:disable Lint/RescueException -- a job's exception fails the job, whatever it is
         raise if link.lost? || link.in_transaction?
 
-        state[:held].shift # jobs run in claim order: this one is the first held
+        finished(state, 1) # jobs run in claim order: this one is the first held
         if reached && still_there(link.raw, [job]).empty?
           done(job, started)
           log(:error, "job #{job.id}: after its commit: #{error_summary(e)}")
@@ -279,7 +305,7 @@ module QLater
           failed(job, e, started)
         end
       else
-        state[:held].shift
+        finished(state, 1)
         done(job, started)
       end
     end
@@ -321,10 +347,16 @@ module QLater
         end
         log(:error, "jobs #{done.map(&:id).join(',')}: after their commit: #{error_summary(e)}")
       end
-      state[:held].shift(outcomes.size) # run in claim order, from the first
+      finished(state, outcomes.size) # run in claim order, from the first
       outcomes.each do |job, started, error|
         error ? failed(job, error, started) : done(job, started)
       end
+    end
+
+    # The first n jobs held are finished: no claim left to give back, no
+    # lease to renew.
+    def finished(state, n)
+      @heartbeat&.remove(state[:held].shift(n))
     end
 
     # The jobs of the list still there (not completed), as seen now.
@@ -424,15 +456,44 @@ module QLater
       stop
     end
 
+    # The claims of a connection closed while it held them: a session
+    # claim ended with the session; a lease holds on, and the heartbeat
+    # gives it back from its own session.  Empties the list.
+    def abandon(jobs)
+      if @heartbeat
+        @heartbeat.give_back(jobs)
+      else
+        jobs.each { |job| given_back(job, "(its connection was lost: the claim ended with the session)") }
+      end
+      jobs.clear
+    end
+
+    # What became of a claim of a lost connection (Heartbeat#give_back)
+    def abandoned(job, outcome)
+      case outcome
+      when :given_back then given_back(job, "(its connection was lost)")
+      when :gone then log_job(:info, job, nil, "gone", "(its connection was lost; the job is no longer " \
+                                                     "there: its commit went through, or it was cancelled)")
+      else lost(job, nil)
+      end
+    end
+
+    def given_back(job, extra = nil)
+      count(:unlocked)
+      log_job(:info, job, nil, "given back", extra)
+    end
+
+    def one_line(text)
+      text.to_s.lines.map(&:strip).reject(&:empty?).join(" ")
+    end
+
     # Gives back the claims of jobs not run, all in one statement, and
     # empties the list.
     def give_back(conn, jobs)
       conn.exec_params("SELECT qlater_unlock_many($1::bigint[], $2::uuid[])",
                        [array_literal(jobs.map(&:id)), @lease ? array_literal(jobs.map(&:claim_token)) : nil])
-      jobs.each do |job|
-        count(:unlocked)
-        log_job(:info, job, nil, "given back")
-      end
+      @heartbeat&.remove(jobs)
+      jobs.each { |job| given_back(job) }
       jobs.clear
     end
 
@@ -474,11 +535,22 @@ module QLater
     # Lease mode: renews the leases of the jobs the worker holds
     # (qlater_extend) every third of the lease, from a connection of its
     # own, so that a job longer than its lease keeps it; only a worker that
-    # stopped renewing (dead, hung, cut off) loses its jobs to others.
+    # stopped renewing (dead, hung, cut off) loses its jobs to others.  It
+    # also gives back the claims of a job connection that was lost (a
+    # lease outlives its session), and says when a renewal waited longer
+    # than the third of the lease it had.
     class Heartbeat
       # The shortest lease: the worker renews every third of it, and a beat
       # takes a round trip per job held.
       MIN_LEASE = 1.0
+
+      # At most one "renewal took" warning in this many seconds
+      SLOW_WARNING_EVERY = 60.0
+
+      # How long a give-back waits for the job's row (the lost session may
+      # still hold it, until the server notices its end); it is tried again
+      # at the next beat, its lease renewed meanwhile
+      GIVE_BACK_LOCK_TIMEOUT = "1s"
 
       # Raises ArgumentError for a lease that is no interval or shorter
       # than MIN_LEASE seconds (before any job is claimed).
@@ -487,8 +559,11 @@ module QLater
         @connections = connections
         @lease = lease
         @held = {}
+        @returning = {}
         @mutex = Mutex.new
         @stop = false
+        @wake = false
+        @warned_at = nil
         @conn = connections.connect
         seconds = begin
           Float(@conn.exec_params("SELECT extract(epoch FROM $1::interval)", [lease]).getvalue(0, 0))
@@ -515,6 +590,18 @@ module QLater
         @mutex.synchronize { jobs.each { |job| @held.delete(job.id) } }
       end
 
+      # The ids of the jobs whose leases it renews
+      def held_ids
+        @mutex.synchronize { (@held.keys + @returning.keys).uniq }
+      end
+
+      # Claims of a lost job connection: given back at once (a beat comes
+      # now), renewed until then
+      def give_back(jobs)
+        @mutex.synchronize { jobs.each { |job| @returning[job.id] = job } }
+        @wake = true
+      end
+
       def stop
         @stop = true
         @thread.join
@@ -525,26 +612,71 @@ module QLater
       def beat_loop
         conn = @conn
         until @stop
+          @wake = false
           begin
             conn ||= @connections.connect
-            @mutex.synchronize { @held.values }.each { |job| extend_lease(conn, job) }
+            give_back_returning(conn)
+            @mutex.synchronize { (@held.values + @returning.values).uniq(&:id) }.each { |job| extend_lease(conn, job) }
           rescue StandardError => e
             @worker.log(:warn, "lease renewal: #{e.class}: #{e.message.lines.first&.strip}")
             conn&.close unless conn.nil? || conn.finished?
             conn = nil
           end
           deadline = now + @interval
-          sleep([deadline - now, 0.1].min) while !@stop && now < deadline
+          sleep([deadline - now, 0.1].min) while !@stop && !@wake && now < deadline
         end
+        # a last try for claims still to give back
+        give_back_returning(conn ||= @connections.connect) unless @mutex.synchronize { @returning.empty? }
+      rescue StandardError => e
+        @worker.log(:warn, "lease give-back: #{e.class}: #{e.message.lines.first&.strip}")
       ensure
         conn&.close unless conn.nil? || conn.finished?
       end
 
+      # Gives back each claim of a lost connection, in a transaction of its
+      # own; one whose row is still locked waits for the next beat.  A job
+      # gone meanwhile (its COMMIT went through before the connection was
+      # lost, or it was cancelled) or whose lease ran out is left.
+      def give_back_returning(conn)
+        @mutex.synchronize { @returning.values }.each do |job|
+          outcome = begin
+            conn.transaction do
+              conn.exec("SET LOCAL lock_timeout = '#{GIVE_BACK_LOCK_TIMEOUT}'")
+              conn.exec_params("SELECT qlater_unlock($1, $2::uuid)", [job.id, job.claim_token])
+            end
+            :given_back
+          rescue PG::LockNotAvailable
+            next
+          rescue PG::UndefinedObject
+            :gone
+          rescue PG::ObjectNotInPrerequisiteState
+            :lapsed
+          end
+          @mutex.synchronize { @returning.delete(job.id) }
+          @worker.send(:abandoned, job, outcome)
+        end
+      end
+
       # A job finished meanwhile, or whose lease ran out already, is left.
+      # A renewal that waited longer than the third of the lease it had is
+      # logged (at most once a minute).
       def extend_lease(conn, job)
+        started = now
         conn.exec_params("SELECT qlater_extend($1, $2::uuid, $3::interval)", [job.id, job.claim_token, @lease])
       rescue PG::UndefinedObject, PG::ObjectNotInPrerequisiteState
         nil
+      ensure
+        slow(job, now - started) if now - started > @interval
+      end
+
+      def slow(job, took)
+        return if @warned_at && now - @warned_at < SLOW_WARNING_EVERY
+
+        @warned_at = now
+        @worker.log(:warn, format("lease renewal of job %d took %.1f s, more than a third of the lease " \
+                                  "(%.1f s): its session waited (behind a transaction pooler, give the " \
+                                  "worker a direct URL with --listen-url / listen:, or a pool larger than " \
+                                  "its threads)", job.id, took, @interval))
       end
 
       def now
