@@ -128,10 +128,16 @@ ql_check_queue_name(const char *queue)
 {
 	const char *p;
 
-	if (queue[0] == '\0' || strlen(queue) >= NAMEDATALEN)
+	size_t		len = strlen(queue);
+
+	if (len == 0 || len >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid queue name \"%s\"", queue),
+		/* an overlong name is shown by its first bytes (it may be huge) */
+				 len < NAMEDATALEN + 8 ?
+				 errmsg("invalid queue name \"%s\"", queue) :
+				 errmsg("invalid queue name \"%s...\" (%zu bytes)",
+						pnstrdup(queue, pg_mbcliplen(queue, len, NAMEDATALEN - 1)), len),
 				 errhint("A queue name has 1 to %d bytes.", NAMEDATALEN - 1)));
 	for (p = queue; *p; p++)
 	{

@@ -78,7 +78,9 @@ ql_release_claim(int64 job_id)
 	LOCKTAG		tag;
 
 	ql_set_job_locktag(&tag, job_id);
-	LockRelease(&tag, ExclusiveLock, true);
+	/* (pg_advisory_unlock_all() may have released it already) */
+	if (LockHeldByMe(&tag, ExclusiveLock))
+		LockRelease(&tag, ExclusiveLock, true);
 	/* a consumer's record of the claim goes with it (running.c) */
 	ql_claims_forget(job_id);
 }

@@ -199,7 +199,7 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	 */
 	[QL_STMT_LEASE] = {
 		"UPDATE %1$s.qlater_job SET claim_token = pg_catalog.gen_random_uuid(), "
-		"lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2, claimed_at = $3 "
+		"lease_until = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $2, claimed_at = $3 "
 		"WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND " QL_CLAIMABLE
 		" AND claim_token IS NULL RETURNING " QL_CLAIMED_ROW,
 		3, {INT8ARRAYOID, INTERVALOID, TIMESTAMPTZOID}
@@ -233,7 +233,7 @@ static const QlStmtDef stmt_defs[QL_NUM_STMTS] = {
 	},
 	[QL_STMT_EXTEND] = {
 		"UPDATE %1$s.qlater_job "
-		"SET lease_until = pg_catalog.now() OPERATOR(pg_catalog.+) $2 "
+		"SET lease_until = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $2 "
 		"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING lease_until",
 		2, {INT8OID, INTERVALOID}
 	},
@@ -1005,11 +1005,12 @@ ql_finish_check(const QlCatalog *c, int64 id, const pg_uuid_t *token,
 		/*
 		 * A session claim leaves no token on the row.  A lease does, and its
 		 * claiming transaction holds the job's lock too (for the
-		 * transaction only): that is no session claim.
+		 * transaction only): that is no session claim; nor is the hold of
+		 * a keyed enqueue of this transaction on the job it returned.
 		 */
 		ql_set_job_locktag(&tag, id);
 		if (!token_null || !LockHeldByMe(&tag, ExclusiveLock) ||
-			ql_claim_held_to_end(id))
+			ql_claim_held_to_end(id) || ql_enqueue_holds(id))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("job %lld is not claimed by this session", (long long) id),
@@ -1205,7 +1206,12 @@ qlater_fail(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("error must not be null")));
-	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(2) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(2)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retry_at must be finite")));
+	/* kept as a handler's error is: at most 8 kB */
+	error = (char *) ql_clip(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 
 	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	attempts = f.attempts + 1;

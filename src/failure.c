@@ -82,7 +82,7 @@ ql_error_json_fields(const char *sqlstate, const char *message,
  * size, and its record must not fail for it: the attempt would never
  * count).
  */
-static const char *
+const char *
 ql_clip(const char *text)
 {
 	size_t		len;

@@ -164,6 +164,7 @@ extern bool ql_batchable(void);
 extern void ql_run_batch(QlWorker *w, QlJob *first);
 
 /* failure.c */
+extern const char *ql_clip(const char *text);
 extern Jsonb *ql_error_json_fields(const char *sqlstate, const char *message,
 								   const char *detail, const char *hint,
 								   const char *context, int attempt,

@@ -110,12 +110,18 @@ static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 		"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 		1, {TEXTOID}
 	},
-	/* a new queue takes the min_priority of 'default' */
+	/*
+	 * A new queue takes the min_priority of 'default'.  Its created_at is
+	 * the clock's: the history shows a queue's owner the outcomes finished
+	 * since (a transaction begun before a queue of the name was dropped
+	 * must not date its new queue before that queue's outcomes).
+	 */
 	[QL_Q_CREATE] = {
-		"INSERT INTO %1$s.qlater_queue (name, external, owner, batch_size, batch_delay, min_priority) "
+		"INSERT INTO %1$s.qlater_queue (name, external, owner, batch_size, batch_delay, min_priority, "
+		"created_at) "
 		"VALUES ($1, $2, $3, COALESCE($4, 1), COALESCE($5, '20 ms'), "
 		"COALESCE((SELECT d.min_priority FROM %1$s.qlater_queue d "
-		"WHERE d.name OPERATOR(pg_catalog.=) 'default'), -32768)) "
+		"WHERE d.name OPERATOR(pg_catalog.=) 'default'), -32768), pg_catalog.clock_timestamp()) "
 		"ON CONFLICT (name) DO NOTHING",
 		5, {TEXTOID, BOOLOID, NAMEOID, INT4OID, INTERVALOID}
 	},
@@ -151,9 +157,20 @@ static const QlStmtDef q_stmt_defs[QL_NUM_Q_STMTS] = {
 		"AND owner OPERATOR(pg_catalog.<>) $2)",
 		2, {TEXTOID, NAMEOID}
 	},
+	/*
+	 * A job moved in-server under a live lease is due when the lease ends,
+	 * not before: its consumer may still be running it (as a session claim
+	 * keeps the workers off it until it is released).  Returns how many
+	 * moved, and the first lease end among them (the workers' wake-up).
+	 */
 	[QL_Q_MOVE_JOBS] = {
-		"UPDATE %1$s.qlater_job SET external = $2 "
-		"WHERE queue OPERATOR(pg_catalog.=) $1 AND external OPERATOR(pg_catalog.<>) $2",
+		"WITH m AS (UPDATE %1$s.qlater_job SET external = $2, "
+		"run_at = CASE WHEN NOT $2 AND lease_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() "
+		"THEN GREATEST(run_at, lease_until) ELSE run_at END "
+		"WHERE queue OPERATOR(pg_catalog.=) $1 AND external OPERATOR(pg_catalog.<>) $2 "
+		"RETURNING run_at, lease_until) "
+		"SELECT pg_catalog.count(*), pg_catalog.min(run_at) FILTER (WHERE run_at OPERATOR(pg_catalog.=) lease_until "
+		"AND run_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()) FROM m",
 		2, {TEXTOID, BOOLOID}
 	},
 	[QL_Q_IN_USE] = {
@@ -852,8 +869,11 @@ ql_queue_may_put(const QlCatalog *c, const char *queue,
 void
 ql_queue_check_consume(const QlCatalog *c, const char *queue)
 {
-	const QlQueue *q = ql_queue_get(c, queue);
+	const QlQueue *q;
 
+	/* a name no queue can have is said to be one */
+	ql_check_queue_name(queue);
+	q = ql_queue_get(c, queue);
 	if (q == NULL || !q->external)
 		ql_queue_not_external_error(queue);
 	if (!ql_queue_privilege(c, q, GetUserId(), QL_PRIV_CONSUME))
@@ -1162,10 +1182,18 @@ qlater_alter_queue(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not change queue \"%s\"", queue);
 	if (external != q.external)
 	{
+		bool		isnull;
+		Datum		first_lease_end;
+
 		values[1] = BoolGetDatum(external);
-		if (ql_stmt_exec(&q_stmts, c, QL_Q_MOVE_JOBS, values, NULL, false, 0) != SPI_OK_UPDATE)
+		if (ql_stmt_exec(&q_stmts, c, QL_Q_MOVE_JOBS, values, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "could not move the jobs of queue \"%s\"", queue);
-		moved = SPI_processed;
+		moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		first_lease_end = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		/* jobs due when their leases end: a worker looks then */
+		if (!isnull)
+			ql_wake_workers_at_commit(1, DatumGetTimestampTz(first_lease_end));
 	}
 	ql_spi_finish_owner(&save);
 	ql_queue_changed(c);
