@@ -356,7 +356,8 @@ module QLater
     # The first n jobs held are finished: no claim left to give back, no
     # lease to renew.
     def finished(state, n)
-      @heartbeat&.remove(state[:held].shift(n))
+      jobs = state[:held].shift(n) # (not in the call: &. would skip it without a heartbeat)
+      @heartbeat&.remove(jobs)
     end
 
     # The jobs of the list still there (not completed), as seen now.
