@@ -29,7 +29,7 @@
 
 #define QLATER_EXTENSION_NAME	"qlater"
 /* the version of the extension's SQL objects this library serves */
-#define QLATER_SQL_VERSION	"0.6"
+#define QLATER_SQL_VERSION	"0.7"
 
 /* settings (qlater.c) */
 extern int	ql_max_workers;

@@ -1,4 +1,4 @@
-# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4 -> 0.5 -> 0.6).  A cluster runs the 0.1
+# 130_upgrade.pl: from release 0.1 to this tree (0.1 -> 0.2 -> 0.3 -> 0.4 -> 0.5 -> 0.6 -> 0.7).  A cluster runs the 0.1
 # library with two databases at extension version 0.1 holding every kind
 # of state (pending, future, running and dead jobs of several roles, a
 # schedule, an external queue with consumers and jobs of another role,
@@ -13,7 +13,9 @@
 # made at 0.3: the outcomes of their jobs reach 0.4's history; one made at
 # 0.4, holding jobs and history, keeps both through its update to 0.5; one
 # made at 0.5, holding jobs of both kinds and history, through its update to
-# 0.6, whose outcomes are written without a statement each.
+# 0.6, whose outcomes are written without a statement each; one made at
+# 0.6, holding a job leased by a consumer, through its update to 0.7, where
+# another consumer of the queue no longer reads the lease's token.
 #
 # Both versions are installed into a private copy of the PostgreSQL
 # installation that pg_config (on PATH) names, made in this test's own
@@ -29,9 +31,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $old_version = '0.1';
-my $new_version = '0.6';
+my $new_version = '0.7';
 # the versions between, each with its upgrade script from the one before
-my @versions = ('0.1', '0.2', '0.3', '0.4', '0.5', '0.6');
+my @versions = ('0.1', '0.2', '0.3', '0.4', '0.5', '0.6', '0.7');
 
 ### where the source of 0.1 comes from
 # test/upgrade/qlater-0.1.tar.gz: what release 0.1 builds from (git archive
@@ -740,6 +742,47 @@ FROM qlater_outcome WHERE args->>0 = 'q7-ext';
 	"qdb7: a consumer's completion is in the history, every column as before");
 is($node->safe_psql('qdb7', q{SELECT string_agg(args->>0 || ':' || state, ' ') FROM qlater_jobs}),
 	'q7-dead:dead', 'qdb7: its dead job is kept');
+
+### qdb8: made at 0.6, holding an external job leased by one consumer and
+### a pending one, updated: the lease holds (its holder completes the job
+### with its token), and the queue's other consumer, which read the token
+### in qlater_jobs at 0.6, reads none at 0.7
+$node->safe_psql('postgres', q{
+CREATE DATABASE qdb8;
+CREATE ROLE c8a LOGIN;
+CREATE ROLE c8b LOGIN;
+});
+$node->safe_psql(
+	'qdb8', q{
+CREATE EXTENSION qlater VERSION '0.6';
+GRANT CREATE ON SCHEMA public TO PUBLIC;
+INSERT INTO qlater_queue (name, external, owner) VALUES ('ext8', true, CURRENT_USER);
+INSERT INTO qlater_queue_grant (queue, grantee, privilege) VALUES ('ext8', 'c8a', 'consume'), ('ext8', 'c8b', 'consume');
+INSERT INTO qlater_job (queue, handler, args, priority, run_at, max_attempts, role, external, claim_token, lease_until, claimed_at)
+VALUES ('ext8', 'Export8', '["q8-leased"]', 100, now(), 25, CURRENT_USER, true,
+        'f0e1d2c3-b4a5-4697-8899-aabbccddeeff', now() + interval '1 hour', now()),
+       ('ext8', 'Export8', '["q8-pending"]', 100, now(), 25, CURRENT_USER, true, NULL, NULL, NULL);
+});
+is($node->safe_psql('qdb8', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	'0.6', 'qdb8 is at 0.6');
+is($node->safe_psql('qdb8', q{SELECT count(claim_token) FROM qlater_jobs}, extra_params => [ '-U', 'c8b' ]),
+	'1', "qdb8: at 0.6 another consumer reads the lease's token");
+$node->safe_psql('qdb8', 'ALTER EXTENSION qlater UPDATE');
+is($node->safe_psql('qdb8', "SELECT extversion FROM pg_extension WHERE extname = 'qlater'"),
+	$new_version, "qdb8: updated from 0.6 to $new_version");
+is( $node->safe_psql(
+		'qdb8', q{SELECT count(*) || ' ' || count(claim_token) || ' ' || count(*) FILTER (WHERE state = 'running') FROM qlater_jobs},
+		extra_params => [ '-U', 'c8b' ]),
+	'2 0 1', "qdb8: the other consumer sees both jobs, the leased one running, and no token");
+is( $node->safe_psql(
+		'qdb8', q{SELECT qlater_complete(id, 'f0e1d2c3-b4a5-4697-8899-aabbccddeeff') FROM qlater_job WHERE args->>0 = 'q8-leased'}),
+	'', "qdb8: the lease's holder completes its job with its token");
+is( $node->safe_psql(
+		'qdb8', q{SELECT string_agg(args->>0, ' ') FROM qlater_lock('ext8', 5)},
+		extra_params => [ '-U', 'c8a' ]),
+	'q8-pending', 'qdb8: the pending job is claimed after the update');
+is($node->safe_psql('qdb8', q{SELECT outcome || ' ' || (args->>0) FROM qlater_history WHERE args->>0 = 'q8-leased'}),
+	'done q8-leased', "qdb8: the leased job's outcome is in the history");
 
 # a fresh CREATE EXTENSION reaches the new version through the upgrade scripts
 $node->safe_psql('postgres', 'CREATE DATABASE qdb4');

@@ -22,6 +22,10 @@
 #       own a lock of type ExclusiveLock).
 #   C6. qlater_fail took an infinite retry_at (qlater_enqueue refuses one)
 #       and kept any length of error text (a handler's is clipped to 8 kB).
+#   C8. qlater_jobs showed a lease's token to every role that sees the job
+#       (the queue's other consumers, its owner): any of them could renew,
+#       give back, fail or complete a lease another consumer held (0.7
+#       shows it to admins only).
 #   C7. qlater_lock and qlater_listen with an overlong queue name said the
 #       queue was not external (with a hint to create it, which would fail),
 #       and the error repeated a 100 kB name in full, twice.
@@ -63,6 +67,7 @@ su(q{
 CREATE EXTENSION qlater;
 CREATE ROLE owner_a LOGIN;
 CREATE ROLE consumer_c LOGIN;
+CREATE ROLE consumer_d LOGIN;
 CREATE ROLE tenant_t LOGIN;
 GRANT CREATE ON SCHEMA public TO PUBLIC;
 });
@@ -131,23 +136,32 @@ SELECT qlater_register('owner_a_f(int)', queue => 'qx');
 	as('owner_a', q{
 SELECT qlater_create_queue('lq', external => true);
 SELECT qlater_grant_queue('lq', 'consumer_c');
+SELECT qlater_grant_queue('lq', 'consumer_d');
 SELECT qlater_enqueue('Job', '[]', queue => 'lq');
 });
-	my $r = as('consumer_c', q{
+	my @r = grep { $_ ne '' } split /\n/, as('consumer_c', q{
 BEGIN;
 SELECT pg_sleep(2);
-SELECT lease_until > clock_timestamp() + interval '8 seconds' FROM qlater_lock('lq', 1, lease => '10 seconds');
+SELECT id, claim_token AS tok, lease_until > clock_timestamp() + interval '8 seconds' AS fresh
+  FROM qlater_lock('lq', 1, lease => '10 seconds') \gset
 COMMIT;
-});
-	is((split /\n/, $r)[-1], 't', 'C3: a lease taken late in a transaction runs from the clock');
-	my $ext = as('consumer_c', q{
+SELECT :'fresh';
 BEGIN;
 SELECT pg_sleep(2);
-SELECT qlater_extend(id, claim_token, '10 seconds') > clock_timestamp() + interval '8 seconds' FROM qlater_jobs WHERE queue = 'lq';
+SELECT qlater_extend(:id, :'tok', '10 seconds') > clock_timestamp() + interval '8 seconds';
 COMMIT;
 });
-	is((split /\n/, $ext)[-1], 't', 'C3: so does a renewal');
+	is($r[0], 't', 'C3: a lease taken late in a transaction runs from the clock');
+	is($r[1], 't', 'C3: so does a renewal');
 	is(su(q{SELECT attempts FROM qlater_jobs WHERE queue = 'lq'}), '0', 'C3: no attempt counted');
+
+	### C8. (0.7) the lease's token is its holder's: another consumer of
+	### the queue, and its owner, see the job but not the token
+	is(as('consumer_d', q{SELECT count(*) || ' ' || count(claim_token) FROM qlater_jobs WHERE queue = 'lq'}),
+		'1 0', "C8: another consumer sees the leased job, not its token");
+	is(as('owner_a', q{SELECT count(*) || ' ' || count(claim_token) FROM qlater_jobs WHERE queue = 'lq'}),
+		'1 0', "C8: nor does the queue's owner");
+	is(su(q{SELECT count(claim_token) FROM qlater_jobs WHERE queue = 'lq'}), '1', 'C8: an admin does');
 }
 
 ### C4. a keyed enqueue's hold is no claim
