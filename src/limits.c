@@ -873,8 +873,21 @@ ql_limits_xact_callback(XactEvent event, void *arg)
 			if (limits != NULL)
 				ql_release_list(xact_leases);
 			break;
+		case XACT_EVENT_PRE_PREPARE:
+			/*
+			 * The slots this transaction took, renews or gives back move at
+			 * its commit or abort, which COMMIT PREPARED and ROLLBACK
+			 * PREPARED do not run: a slot would stay taken to the end of a
+			 * lease of any length, or end before its renewed lease
+			 */
+			if (commit_releases != NIL || xact_leases != NIL || commit_extends != NIL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has claimed, renewed or finished jobs of a queue with max_running"),
+						 errdetail("qlater takes, moves and gives back such a queue's slots when the transaction commits or rolls back, which COMMIT PREPARED and ROLLBACK PREPARED cannot do.")));
+			return;
 		case XACT_EVENT_PREPARE:
-			/* COMMIT PREPARED runs no callback: the leases run out instead */
+			/* nothing is left to move (PRE_PREPARE refused it) */
 			break;
 		default:
 			return;

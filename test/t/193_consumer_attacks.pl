@@ -26,6 +26,12 @@
 #       (the queue's other consumers, its owner): any of them could renew,
 #       give back, fail or complete a lease another consumer held (0.7
 #       shows it to admins only).
+#   C9. a transaction that took, renewed or finished a lease in a queue
+#       with max_running could be prepared: its slot changes were dropped at
+#       PREPARE, so ROLLBACK PREPARED of a lease left a slot that blocked
+#       the queue until the lease's end (any length), and COMMIT PREPARED of
+#       a renewal left the slot ending before the lease (two running in a
+#       queue of max_running 1).
 #   C7. qlater_lock and qlater_listen with an overlong queue name said the
 #       queue was not external (with a hint to create it, which would fail),
 #       and the error repeated a 100 kB name in full, twice.
@@ -41,7 +47,8 @@ $node->init;
 $node->append_conf('postgresql.conf',
 	"shared_preload_libraries = 'qlater'\n"
 	  . "qlater.max_workers = 2\n"
-	  . "max_worker_processes = 16\n");
+	  . "max_worker_processes = 16\n"
+	  . "max_prepared_transactions = 4\n");
 $node->start;
 
 sub su
@@ -226,6 +233,39 @@ SELECT qlater_fail(id, 'x', '$at') FROM qlater_lock('fq');
 	cmp_ok($len, '<', 10000, 'C6: a consumer\'s error text is clipped as a handler\'s');
 	like(su(q{SELECT last_error->>'message' FROM qlater_jobs WHERE queue = 'fq'}),
 		qr/\.\.\. \(300000 bytes\)$/, 'C6: saying how long it was');
+}
+
+### C9. PREPARE of slot changes in a queue with max_running
+{
+	as('owner_a', q{
+SELECT qlater_create_queue('lim', external => true);
+SELECT qlater_grant_queue('lim', 'consumer_c');
+SELECT qlater_enqueue('Job', '[]', queue => 'lim') FROM generate_series(1, 3);
+});
+	su(q{SELECT qlater_alter_queue('lim', max_running => 1)});
+	my ($ret, $out, $err) = try_as('consumer_c', q{
+BEGIN;
+SELECT count(*) FROM qlater_lock('lim', 1, lease => '10 years');
+PREPARE TRANSACTION 'c9a';
+});
+	like($err, qr/cannot PREPARE/, 'C9: a lease taken in a limited queue is not prepared');
+	su(q{SELECT format('ROLLBACK PREPARED %L', gid) FROM pg_prepared_xacts \gexec});
+	my ($id, $tok) = split /\|/, as('consumer_c',
+		q{SELECT id || '|' || claim_token FROM qlater_lock('lim', 1, lease => '3 seconds')});
+	ok(defined $tok && $tok ne '', 'C9: the queue is not blocked: a job is leased');
+	for my $call ("qlater_extend($id, '$tok', '1 hour')", "qlater_complete($id, '$tok')")
+	{
+		($ret, $out, $err) = try_as('consumer_c', qq{
+BEGIN;
+SELECT $call;
+PREPARE TRANSACTION 'c9b';
+});
+		like($err, qr/cannot PREPARE/, "C9: $call is not prepared in a limited queue");
+		su(q{SELECT format('ROLLBACK PREPARED %L', gid) FROM pg_prepared_xacts \gexec});
+	}
+	as('consumer_c', qq{SELECT qlater_complete($id, '$tok')});
+	is(as('consumer_c', q{SELECT count(*) FROM qlater_lock('lim', 5, lease => '1 minute')}), '1',
+		'C9: max_running 1 holds: one job leased of the two left');
 }
 
 ### C7. overlong queue names
