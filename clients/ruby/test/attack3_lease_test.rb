@@ -25,6 +25,22 @@ class Attack3LeaseTest < QLaterTest::Case
     end
   end
 
+  # Records its key, then names itself in its session's last statement
+  # (pg_stat_activity.query), and sleeps
+  class Marked
+    include QLater::ProcessLater
+
+    def initialize(key, secs) = (@key, @secs = key, secs)
+    def initializer_arguments = [@key, @secs]
+
+    def call
+      job = QLater.current_job
+      QLater.connection.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)", [job.queue, @key])
+      QLater.connection.exec("SELECT 'marker-#{@key}'")
+      sleep @secs
+    end
+  end
+
   def lease_worker(**opts)
     @log = StringIO.new
     logger = Logger.new(@log)
@@ -131,5 +147,55 @@ class Attack3LeaseTest < QLaterTest::Case
     assert_match(/lease renewal .*took/, log_records.join("\n"))
   ensure
     w&.stop
+  end
+end
+
+class Attack3LeaseTest
+  # Found by an attack on the fixes above: one job's give-back or renewal
+  # that failed for a reason of its own (here its row locked by a DBA's
+  # session, past the role's statement_timeout) ended the whole beat,
+  # every beat: the worker's other leases were renewed no more, and a job
+  # of another queue, running well, was lost.  The failure is that job's
+  # alone: logged, and tried again at the next beat.
+  def test_one_job_s_renewal_error_leaves_the_others_renewed
+    role = "rb_c_#{SecureRandom.hex(3)}"
+    other = "#{queue}_b"
+    conn.exec("CREATE ROLE #{role} LOGIN")
+    conn.exec("ALTER ROLE #{role} SET statement_timeout = '500ms'")
+    conn.exec_params("SELECT qlater_create_queue($1, external => true)", [other])
+    [queue, other].each { |q| conn.exec_params("SELECT qlater_grant_queue($1, $2)", [q, role]) }
+    conn.exec("GRANT INSERT, SELECT ON rb_done TO #{role}")
+    a1 = Integer(Marked.new("a1", 2).later)
+    Marked.new("b1", 6).later(:call, queue: other)
+    params = PG::Connection.conninfo_parse("").to_h { |o| [o[:keyword].to_sym, o[:val]] }.compact
+    w = lease_worker(lease: 3, threads: 2, poll_interval: 0.2, connect: params.merge(user: role))
+    w.instance_variable_set(:@queues, [queue, other])
+    start(w)
+    marker = ->(key) { value("SELECT (SELECT pid FROM pg_stat_activity WHERE query = $1)", "SELECT 'marker-#{key}'") }
+    wait_until(message: "both jobs running") { marker.call("a1") && marker.call("b1") }
+    a1_pid = marker.call("a1")
+    locker = QLaterTest.connect
+    locker.exec("BEGIN")
+    locker.exec_params("SELECT 1 FROM qlater_job WHERE id = $1 FOR UPDATE", [a1])
+    value("SELECT pg_terminate_backend($1)", a1_pid)
+    begin
+      wait_until(timeout: 60, message: "the other queue's job") do
+        Integer(value("SELECT count(*) FROM rb_done WHERE queue = $1 AND key = 'b1'", other)) == 1
+      end
+    rescue Minitest::Assertion => e
+      raise e, "#{e.message}; the worker's log:\n#{log_records.join("\n")}"
+    end
+    locker.exec("COMMIT")
+    w.stop
+    @runner.value
+    refute_match(/queue=#{other} .*outcome=lost/, log_records.join("\n"))
+    assert_match(/job #{a1}: .*canceling statement/, log_records.join("\n"))
+  ensure
+    locker&.close
+    w&.stop
+    @runner&.join
+    conn.exec_params("SELECT qlater_cancel(id) FROM qlater_jobs WHERE queue = $1", [other]) if other
+    [queue, other].each { |q| conn.exec_params("SELECT qlater_revoke_queue($1, $2)", [q, role]) } if other
+    conn.exec("REVOKE ALL ON rb_done FROM #{role}; DROP OWNED BY #{role}; DROP ROLE IF EXISTS #{role}") if role
   end
 end

@@ -475,7 +475,10 @@ module QLater
       when :given_back then given_back(job, "(its connection was lost)")
       when :gone then log_job(:info, job, nil, "gone", "(its connection was lost; the job is no longer " \
                                                      "there: its commit went through, or it was cancelled)")
-      else lost(job, nil)
+      else
+        count(:lost)
+        log_job(:warn, job, nil, "lost", "(its connection was lost, and its claim is no longer this " \
+                                         "worker's: its lease ran out, or a qlater_fail of it committed)")
       end
     end
 
@@ -565,6 +568,7 @@ module QLater
         @stop = false
         @wake = false
         @warned_at = nil
+        @warned_jobs = {}
         @conn = connections.connect
         seconds = begin
           Float(@conn.exec_params("SELECT extract(epoch FROM $1::interval)", [lease]).getvalue(0, 0))
@@ -588,7 +592,12 @@ module QLater
       end
 
       def remove(jobs)
-        @mutex.synchronize { jobs.each { |job| @held.delete(job.id) } }
+        @mutex.synchronize do
+          jobs.each do |job|
+            @held.delete(job.id)
+            @warned_jobs.delete(job.id) unless @returning.key?(job.id)
+          end
+        end
       end
 
       # The ids of the jobs whose leases it renews
@@ -652,8 +661,14 @@ module QLater
             :gone
           rescue PG::ObjectNotInPrerequisiteState
             :lapsed
+          rescue PG::Error => e
+            job_error(conn, job, "lease give-back", e)
+            next
           end
-          @mutex.synchronize { @returning.delete(job.id) }
+          @mutex.synchronize do
+            @returning.delete(job.id)
+            @warned_jobs.delete(job.id)
+          end
           @worker.send(:abandoned, job, outcome)
         end
       end
@@ -666,8 +681,23 @@ module QLater
         conn.exec_params("SELECT qlater_extend($1, $2::uuid, $3::interval)", [job.id, job.claim_token, @lease])
       rescue PG::UndefinedObject, PG::ObjectNotInPrerequisiteState
         nil
+      rescue PG::Error => e
+        job_error(conn, job, "lease renewal", e)
       ensure
         slow(job, now - started) if now - started > @interval
+      end
+
+      # An error of one job's renewal or give-back is that job's: logged
+      # (once a job), tried again at the next beat, the other jobs' renewed
+      # meanwhile.  A connection that broke is the beat's (reconnected).
+      def job_error(conn, job, what, error)
+        raise error if conn.finished? || conn.status != PG::CONNECTION_OK
+
+        first = @mutex.synchronize { @warned_jobs[job.id] ? false : (@warned_jobs[job.id] = true) }
+        return unless first
+
+        @worker.log(:warn, "#{what} of job #{job.id}: #{error.class}: #{error.message.lines.first&.strip} " \
+                           "(tried again at each beat)")
       end
 
       def slow(job, took)
