@@ -130,10 +130,10 @@ ql_check_queue_name(const char *queue)
 
 	size_t		len = strlen(queue);
 
+	/* an overlong name is shown by its first bytes (it may be huge) */
 	if (len == 0 || len >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-		/* an overlong name is shown by its first bytes (it may be huge) */
 				 len < NAMEDATALEN + 8 ?
 				 errmsg("invalid queue name \"%s\"", queue) :
 				 errmsg("invalid queue name \"%s...\" (%zu bytes)",
@@ -1014,16 +1014,14 @@ typedef struct QlHeldJob
 static HTAB *held_jobs = NULL;
 static bool held_callbacks = false;
 
-/* ql_release_held: release the claim an enqueue took of a job */
+/*
+ * ql_release_held: release the claim an enqueue took of a job (not the
+ * session's record of a consumer's claim: ql_release_claim)
+ */
 static void
 ql_release_held(int64 job_id)
 {
-	LOCKTAG		tag;
-
-	ql_set_job_locktag(&tag, job_id);
-	/* (unless a handler's pg_advisory_unlock_all() did already) */
-	if (LockHeldByMe(&tag, ExclusiveLock))
-		LockRelease(&tag, ExclusiveLock, true);
+	ql_release_job_lock(job_id);
 }
 
 /*

@@ -71,16 +71,25 @@ ql_try_claim(int64 job_id, bool session_lock)
 	return LockAcquire(&tag, ExclusiveLock, session_lock, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
-/* ql_release_claim: release a session-level claim taken by ql_try_claim */
+/*
+ * ql_release_job_lock: release a session-level hold of a job's lock, unless
+ * it is gone already (a pg_advisory_unlock_all() of the session's code)
+ */
 void
-ql_release_claim(int64 job_id)
+ql_release_job_lock(int64 job_id)
 {
 	LOCKTAG		tag;
 
 	ql_set_job_locktag(&tag, job_id);
-	/* (pg_advisory_unlock_all() may have released it already) */
 	if (LockHeldByMe(&tag, ExclusiveLock))
 		LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* ql_release_claim: release a session-level claim taken by ql_try_claim */
+void
+ql_release_claim(int64 job_id)
+{
+	ql_release_job_lock(job_id);
 	/* a consumer's record of the claim goes with it (running.c) */
 	ql_claims_forget(job_id);
 }

@@ -1194,7 +1194,7 @@ qlater_fail(PG_FUNCTION_ARGS)
 {
 	const QlCatalog *c = ql_catalog(false);
 	int64		id = ql_id_arg(fcinfo);
-	char	   *error;
+	const char *error;
 	pg_uuid_t  *token = ql_token_arg(fcinfo, 3);
 	QlFinish	f;
 	int32		attempts;
@@ -1211,7 +1211,7 @@ qlater_fail(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("retry_at must be finite")));
 	/* kept as a handler's error is: at most 8 kB */
-	error = (char *) ql_clip(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	error = ql_clip(text_to_cstring(PG_GETARG_TEXT_PP(1)));
 
 	ql_finish_begin(&f, c, id, token, QL_STMT_FINISH, SPI_OK_SELECT);
 	attempts = f.attempts + 1;

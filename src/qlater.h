@@ -40,6 +40,7 @@ extern int	ql_revisit_interval;
 /* claim.c: a job's claim, for workers and consumers alike */
 extern void ql_set_job_locktag(LOCKTAG *tag, int64 job_id);
 extern bool ql_try_claim(int64 job_id, bool session_lock);
+extern void ql_release_job_lock(int64 job_id);
 extern void ql_release_claim(int64 job_id);
 
 /* qlater.c */

@@ -184,6 +184,13 @@ module QLater
       end
     end
 
+    # A message on one line: libpq's and the server's span several ("...
+    # failed: Connection refused\n\tIs the server running ..."), a log
+    # line or a one-line error must not
+    def one_line(text)
+      text.to_s.strip.gsub(/\s*\n\s*/, " ")
+    end
+
     def log(level, message)
       logger&.public_send(level, "qlater: #{message}")
     end

@@ -9,34 +9,22 @@ require "stringio"
 # heartbeat queued behind the job transactions, renewals of jobs already
 # finished.
 class Attack3LeaseTest < QLaterTest::Case
-  # Holds a FOR UPDATE lock on its own job's row for +hold+ seconds, in its
-  # transaction: a renewal of its lease (an UPDATE of that row) waits for it
-  class HoldOwnRow
-    include QLater::ProcessLater
-
-    def initialize(key, hold) = (@key, @hold = key, hold)
-    def initializer_arguments = [@key, @hold]
-
-    def call
-      job = QLater.current_job
-      QLater.connection.exec_params("SELECT 1 FROM qlater_job WHERE id = $1 FOR UPDATE", [job.id])
-      QLater.connection.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)", [job.queue, @key])
-      sleep @hold
-    end
-  end
-
-  # Records its key, then names itself in its session's last statement
-  # (pg_stat_activity.query), and sleeps
+  # Records its key, names itself in its session's last statement
+  # (pg_stat_activity.query) and sleeps, in its transaction; hold_row: with
+  # a FOR UPDATE lock on its own job's row first, which a renewal of its
+  # lease (an UPDATE of that row) waits for
   class Marked
     include QLater::ProcessLater
 
-    def initialize(key, secs) = (@key, @secs = key, secs)
-    def initializer_arguments = [@key, @secs]
+    def initialize(key, secs, hold_row: false) = (@key, @secs, @hold_row = key, secs, hold_row)
+    def initializer_arguments = [@key, @secs, { hold_row: @hold_row }]
 
     def call
       job = QLater.current_job
-      QLater.connection.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)", [job.queue, @key])
-      QLater.connection.exec("SELECT 'marker-#{@key}'")
+      conn = QLater.connection
+      conn.exec_params("SELECT 1 FROM qlater_job WHERE id = $1 FOR UPDATE", [job.id]) if @hold_row
+      conn.exec_params("INSERT INTO rb_done (queue, key) VALUES ($1, $2)", [job.queue, @key])
+      conn.exec("SELECT 'marker-#{@key}'")
       sleep @secs
     end
   end
@@ -138,7 +126,7 @@ class Attack3LeaseTest < QLaterTest::Case
   # A renewal that waits longer than the third of the lease it has (a
   # pooler's queue, a lock) is logged: the lease is in danger.
   def test_a_slow_renewal_is_logged
-    HoldOwnRow.new("slow", 2.0).later
+    Marked.new("slow", 2.0, hold_row: true).later
     w = start(lease_worker(lease: 3, poll_interval: 0.2))
     wait_until(message: "the job") { done_count == 1 && jobs.empty? }
     sleep 0.3

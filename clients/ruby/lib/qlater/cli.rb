@@ -211,10 +211,8 @@ module QLater
       end
     end
 
-    # libpq's message on one line ("... failed: Connection refused\n\tIs
-    # the server running ...")
     def cannot_connect(error)
-      "cannot connect: #{error.message.strip.gsub(/\s*\n\s*/, ' ')}"
+      "cannot connect: #{QLater.one_line(error.message)}"
     end
 
     # qlater's own qlater_lock must be the one the search_path finds.

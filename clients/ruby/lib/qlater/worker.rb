@@ -193,7 +193,7 @@ module QLater
             raise
           end
 
-          log(:error, "worker thread error: #{e.class}: #{one_line(e.message)}")
+          log(:error, "worker thread error: #{e.class}: #{QLater.one_line(e.message)}")
           @connections.discard(state)
           pause(@poll_interval)
         end
@@ -469,26 +469,9 @@ module QLater
       jobs.clear
     end
 
-    # What became of a claim of a lost connection (Heartbeat#give_back)
-    def abandoned(job, outcome)
-      case outcome
-      when :given_back then given_back(job, "(its connection was lost)")
-      when :gone then log_job(:info, job, nil, "gone", "(its connection was lost; the job is no longer " \
-                                                     "there: its commit went through, or it was cancelled)")
-      else
-        count(:lost)
-        log_job(:warn, job, nil, "lost", "(its connection was lost, and its claim is no longer this " \
-                                         "worker's: its lease ran out, or a qlater_fail of it committed)")
-      end
-    end
-
     def given_back(job, extra = nil)
       count(:unlocked)
       log_job(:info, job, nil, "given back", extra)
-    end
-
-    def one_line(text)
-      text.to_s.lines.map(&:strip).reject(&:empty?).join(" ")
     end
 
     # Gives back the claims of jobs not run, all in one statement, and
@@ -534,6 +517,20 @@ module QLater
 
     def log(level, message)
       @logger&.public_send(level, "qlater: #{message}")
+    end
+
+    # What became of a claim of a lost connection, given back by the
+    # heartbeat (Heartbeat#give_back)
+    def abandoned(job, outcome)
+      case outcome
+      when :given_back then given_back(job, "(its connection was lost)")
+      when :gone then log_job(:info, job, nil, "gone", "(its connection was lost; the job is no longer " \
+                                                     "there: its commit went through, or it was cancelled)")
+      else
+        count(:lost)
+        log_job(:warn, job, nil, "lost", "(its connection was lost, and its claim is no longer this " \
+                                         "worker's: its lease ran out, or a qlater_fail of it committed)")
+      end
     end
 
     # Lease mode: renews the leases of the jobs the worker holds
@@ -595,7 +592,7 @@ module QLater
         @mutex.synchronize do
           jobs.each do |job|
             @held.delete(job.id)
-            @warned_jobs.delete(job.id) unless @returning.key?(job.id)
+            @warned_jobs.delete(job.id)
           end
         end
       end
@@ -669,7 +666,7 @@ module QLater
             @returning.delete(job.id)
             @warned_jobs.delete(job.id)
           end
-          @worker.send(:abandoned, job, outcome)
+          @worker.abandoned(job, outcome)
         end
       end
 
